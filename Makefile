@@ -1,0 +1,28 @@
+# The two commands README.md opens with: `make bench` (the main job) and `make test` (the whole suite).
+# Both create or reuse .venv and install what they need; torch==2.13.0 goes in first so that nothing
+# pulls a CUDA build of torch from the registry.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev,rl]"
+	touch $(STAMP)
+
+.PHONY: install bench test lint benchmarks
+install: $(STAMP)
+
+bench: $(STAMP)
+	$(VENV)/bin/hermes-env templates
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/gittins_lookup.py

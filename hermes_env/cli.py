@@ -1,0 +1,71 @@
+"""The ``hermes-env`` command line.
+
+``hermes-env templates`` analyses every application of the library under a cost model and prints,
+per application, its demand at arrival (mean and quantiles of total service), its Gittins index, its
+structural entropy and, per backend, the probability and expected time of first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from hermes_env.errors import ConfigError
+from hermes_env.pdgraph import DemandModel, LinearTokenCost
+from hermes_env.pdgraph.library import TEMPLATE_NAMES, load_template
+
+DEFAULT_COST = Path(__file__).resolve().parent.parent / "configs" / "costs" / "llama3-8b-h100-roofline.yaml"
+
+
+def _templates(args: argparse.Namespace) -> int:
+    if args.show:
+        print(load_template(args.show).to_yaml(), end="")
+        return 0
+    cost = LinearTokenCost.from_yaml(args.cost)
+    print(f"cost model: {args.cost}\n  ({cost.source})\n")
+    header = (f"{'application':26s} {'states':>6s} {'mean s':>8s} {'P50 s':>8s} {'P95 s':>8s} {'P99 s':>8s} "
+              f"{'Gittins 1/s':>11s} {'H bits':>6s} {'build ms':>8s}  first use: backend P(use) E[t] s")
+    print(header)
+    print("-" * len(header))
+    for name in TEMPLATE_NAMES:
+        graph = load_template(name)
+        t0 = time.perf_counter()
+        model = DemandModel(graph, cost)
+        start = model.progress(graph.entry)
+        gittins = model.gittins_index(start)
+        build_ms = 1e3 * (time.perf_counter() - t0)
+        dist = model.remaining_demand(start)
+        q50, q95, q99 = dist.quantile([0.5, 0.95, 0.99])
+        uses = []
+        for backend in graph.backends:
+            nu = model.next_use(start, backend)
+            uses.append(f"{backend} {nu.probability:.2f} {nu.time.mean:.2f}" if nu.time else f"{backend} 0")
+        print(f"{name:26s} {len(model.space):6d} {dist.mean:8.2f} {q50:8.2f} {q95:8.2f} {q99:8.2f} "
+              f"{gittins:11.4f} {model.structure_entropy(start):6.2f} {build_ms:8.0f}  {'; '.join(uses)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hermes-env", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("templates", help="analyse the application library under a cost model")
+    t.add_argument("--cost", type=Path, default=DEFAULT_COST, help="cost model YAML (default: %(default)s)")
+    t.add_argument("--show", choices=TEMPLATE_NAMES, help="print one template's YAML instead")
+    t.set_defaults(run=_templates)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as err:
+        print(f"hermes-env: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
