@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def cost() -> LinearTokenCost:
-    """A fixed linear cost for every LLM backend the library uses (numbers need only be plausible)."""
-    c = TokenCost(overhead=0.007, prefill_per_token=3.2e-5, decode_per_token=0.0067)
+    """A linear cost for every LLM backend the library uses. Prefill is priced high on purpose, so that
+    prompt lengths (and their growth over loop iterations) weigh as much as outputs in the tests."""
+    c = TokenCost(overhead=0.007, prefill_per_token=4e-4, decode_per_token=0.004)
     return LinearTokenCost({"llm:llama3-8b": c, "llm:llama3-8b-lora": c})

@@ -242,7 +242,7 @@ class DemandModel:
             cdf *= np.cumsum(self.copy_pmf[p.state]) ** (p.copies_pending - 1)
             head = np.diff(np.concatenate([[0.0], np.minimum(cdf, 1.0)]))
         pmf = lat.convolve(head, self._first_use_after(backend)[p.state])
-        mass = float(pmf.sum())
+        mass = min(float(pmf.sum()), 1.0)  # a sum of probabilities may round past 1
         return NextUse(backend, mass, lat.distribution(pmf) if mass > 1e-12 else None)
 
     def _first_use_after(self, backend: str) -> list[np.ndarray]:

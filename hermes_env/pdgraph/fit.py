@@ -68,12 +68,20 @@ def fit_pdgraph(traces: Sequence[Trace], name: str, description: str = "") -> PD
 
 
 def _back_edges(entry: str, order: list[str], counts: Mapping[str, Counter]) -> set[tuple[str, str]]:
-    back: set[tuple[str, str]] = set()
+    """The loop edges: one edge per cycle found by a depth-first search from the entry.
+
+    A cycle's loop edge is where the decision to repeat is taken: the DFS back edge if its stage
+    branches, else the nearest earlier edge on the cycle whose stage does (in generate -> test ->
+    repair -> test, the loop edge is test -> repair, not repair -> test)."""
+    loops: set[tuple[str, str]] = set()
     colour: dict[str, int] = {}
     rank = {s: i for i, s in enumerate(order)}
 
     def succ(u: str) -> list[str]:
         return sorted((v for v in counts[u] if v != END), key=rank.__getitem__)
+
+    def branches(u: str) -> bool:
+        return len(counts[u]) > 1
 
     stack = [(entry, iter(succ(entry)))]
     colour[entry] = 1
@@ -84,11 +92,13 @@ def _back_edges(entry: str, order: list[str], counts: Mapping[str, Counter]) -> 
             colour[u] = 2
             stack.pop()
         elif colour.get(v) == 1:
-            back.add((u, v))
+            path = [n for n, _ in stack]
+            cycle = list(zip(path[path.index(v):], path[path.index(v) + 1:] + [v], strict=True))
+            loops.add(next((e for e in reversed(cycle) if branches(e[0])), (u, v)))
         elif v not in colour:
             colour[v] = 1
             stack.append((v, iter(succ(v))))
-    return back
+    return loops
 
 
 def _loop_bodies(order: list[str], counts: Mapping[str, Counter], loops: set[tuple[str, str]]) -> dict:
@@ -161,7 +171,8 @@ def _stage(name: str, backend: str, transitions: tuple[Transition, ...], traces:
              for step, counter, _ in _walk(traces, loops, bodies) if step["stage"] == name]
     widths = [len(s["output_tokens"] if backend_kind(backend) == "llm" else s["service_time"]) for _, s in steps]
     fanout = Discrete(*np.unique(widths, return_counts=True)) if max(widths) > 1 else None
-    ends = dict(next=transitions, fanout=fanout)
+    # a stage that always finishes the application is written without transitions, as in the library
+    ends = dict(next=() if transitions == (Transition(END, 1.0),) else transitions, fanout=fanout)
     if backend_kind(backend) != "llm":
         times = np.concatenate([np.asarray(s["service_time"], dtype=float) for _, s in steps])
         return Stage(name, backend, service_time=_histogram(times, f"stage '{name}'.service_time"), **ends)

@@ -100,13 +100,17 @@ def sample_remaining_demand(
     cost: CostModel | None,
     attained: float = 0.0,
     copies_pending: int = 1,
+    fresh_width: bool = False,
 ) -> float:
     """One draw of the remaining demand from a progress state, by simulation.
 
     ``copies_pending`` copies of the current stage are unfinished; one of them has ``attained``
-    seconds of service, so its demand is drawn conditioned on exceeding it (by rejection).
-    This is the Monte Carlo reference that the exact analysis is tested against.
+    seconds of service, so its demand is drawn conditioned on exceeding it (by rejection). With
+    ``fresh_width`` the stage has not been issued yet and its fan-out width is drawn too. This is
+    the Monte Carlo reference that the exact analysis is tested against.
     """
+    if fresh_width:
+        return sample_realisation(space, rng, start=state).total_demand(cost)
     first = sample_stage_run(space, state, rng, width=1)
     tries = 0
     while (s := float(first.service_times(cost)[0])) <= attained:

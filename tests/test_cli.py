@@ -1,0 +1,33 @@
+import re
+
+import numpy as np
+
+from hermes_env.cli import main
+from hermes_env.pdgraph.library import TEMPLATE_NAMES
+from tests.conftest import ROOT
+
+
+def test_templates_command_analyses_every_application(capsys):
+    assert main(["templates"]) == 0
+    out = capsys.readouterr().out
+    for name in TEMPLATE_NAMES:
+        row = next(line for line in out.splitlines() if line.startswith(name + " "))
+        mean, p50, p95, p99, gittins = map(float, row.split()[2:7])
+        assert 0 < p50 <= p95 <= p99 and mean > 0 and gittins > 0
+
+
+def test_templates_command_reports_a_bad_cost_file(tmp_path, capsys):
+    bad = tmp_path / "cost.yaml"
+    bad.write_text("backends:\n  llm:llama3-8b: {overhead: 0.01, prefill_per_token: 1e-4}\n")
+    assert main(["templates", "--cost", str(bad)]) == 2
+    assert "cost.backends.llm:llama3-8b.decode_per_token: is missing" in capsys.readouterr().err
+
+
+def test_readme_example_runs():
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    namespace = {}
+    exec(compile(code.replace("configs/", str(ROOT / "configs") + "/"), "README.md", "exec"), namespace)
+    model, p = namespace["model"], namespace["p"]
+    assert model.next_use(p, "tool:python-sandbox").probability == 1.0
+    assert np.isfinite(model.gittins_index(p))
