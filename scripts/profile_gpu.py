@@ -1,0 +1,240 @@
+"""Measure the iteration latency of a Llama-3-8B-architecture model on a real GPU.
+
+Builds the model in plain torch, bf16, with random weights (nothing is downloaded), and times what a
+continuous-batching engine runs each iteration:
+
+* prefill of one prompt of T tokens (causal attention, K/V written to the cache, logits for the last
+  token only);
+* a batched decode step of B sequences, each attending to C cached tokens;
+* mixed iterations: a prefill chunk together with a decode batch in one forward pass (the linear layers
+  see all tokens at once, attention runs per part), held out to validate the additive latency model.
+
+Every shape is timed twice: replaying a captured CUDA graph (per-step launch overhead removed, as a
+serving engine runs it) and plainly in eager mode. Each figure is the median of 20 timed runs after 3
+warm-ups, timed with CUDA events. The copy bandwidth and bf16 matrix rate are measured first, so that
+each decode time can be checked against its memory floor (all weights read once per step).
+
+    python scripts/profile_gpu.py --out DIR     # writes DIR/profile.csv and DIR/environment.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# Llama-3-8B (Meta, config.json of Meta-Llama-3-8B)
+HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 4096, 32, 32, 8, 128
+INTERMEDIATE, VOCAB, ROPE_THETA, EPS = 14336, 128256, 500000.0, 1e-5
+DTYPE = torch.bfloat16
+DEV = "cuda"
+
+PREFILL_TOKENS = [16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192]
+DECODE_BATCH = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+DECODE_CONTEXT = [128, 512, 1024, 2048, 4096, 8192]
+MAX_CACHED_TOKENS = 262_144  # B * C bound: 34 GB of K/V over 32 layers, with the 16 GB of weights
+MIXED = [(256, 8, 1024), (256, 32, 1024), (1024, 16, 2048), (512, 64, 512), (2048, 32, 1024), (128, 128, 2048)]
+
+
+def randn(*shape: int, scale: float = 0.02) -> torch.Tensor:
+    return (torch.randn(*shape, device=DEV, dtype=torch.float32) * scale).to(DTYPE)
+
+
+class Model:
+    def __init__(self) -> None:
+        self.embed = randn(VOCAB, HIDDEN)
+        self.layers = []
+        for _ in range(LAYERS):
+            self.layers.append({
+                "ln1": torch.ones(HIDDEN, device=DEV, dtype=DTYPE),
+                "wqkv": randn(HIDDEN, (HEADS + 2 * KV_HEADS) * HEAD_DIM),
+                "wo": randn(HEADS * HEAD_DIM, HIDDEN),
+                "ln2": torch.ones(HIDDEN, device=DEV, dtype=DTYPE),
+                "w13": randn(HIDDEN, 2 * INTERMEDIATE),
+                "w2": randn(INTERMEDIATE, HIDDEN),
+            })
+        self.norm = torch.ones(HIDDEN, device=DEV, dtype=DTYPE)
+        self.lm_head = randn(HIDDEN, VOCAB)
+        inv = 1.0 / (ROPE_THETA ** (torch.arange(0, HEAD_DIM, 2, device=DEV, dtype=torch.float32) / HEAD_DIM))
+        pos = torch.arange(16384, device=DEV, dtype=torch.float32)
+        freqs = torch.outer(pos, inv)
+        self.cos, self.sin = freqs.cos().to(DTYPE), freqs.sin().to(DTYPE)
+
+    def weight_bytes(self) -> int:
+        per_layer = sum(t.numel() for t in self.layers[0].values()) * LAYERS
+        return 2 * (per_layer + self.embed.numel() + self.lm_head.numel() + HIDDEN)
+
+    def rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        # x: (..., S, D) with positions pos (S,)
+        cos, sin = self.cos[pos], self.sin[pos]
+        x1, x2 = x[..., ::2], x[..., 1::2]
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+    @staticmethod
+    def rms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS)).to(DTYPE) * w
+
+    def forward(self, tokens: torch.Tensor, prefill: int, caches: list, decode_ctx: int, decode_batch: int,
+                prefill_cache: list | None) -> torch.Tensor:
+        """One engine iteration: ``prefill`` prompt tokens of one sequence followed by ``decode_batch``
+        decode tokens, each sequence with ``decode_ctx`` cached tokens. Returns last-token logits."""
+        x = self.embed[tokens]  # (N, H)
+        p, b = prefill, decode_batch
+        for i, L in enumerate(self.layers):
+            h = self.rms(x, L["ln1"])
+            qkv = h @ L["wqkv"]
+            q, k, v = qkv.split([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], dim=-1)
+            outs = []
+            if p:
+                pos = torch.arange(p, device=DEV)
+                qp = self.rope(q[:p].view(p, HEADS, HEAD_DIM).transpose(0, 1), pos)
+                kp = self.rope(k[:p].view(p, KV_HEADS, HEAD_DIM).transpose(0, 1), pos)
+                vp = v[:p].view(p, KV_HEADS, HEAD_DIM).transpose(0, 1)
+                prefill_cache[i][0][:, :p].copy_(kp)
+                prefill_cache[i][1][:, :p].copy_(vp)
+                rep = HEADS // KV_HEADS
+                o = F.scaled_dot_product_attention(qp[None], kp.repeat_interleave(rep, 0)[None],
+                                                   vp.repeat_interleave(rep, 0)[None], is_causal=True)
+                outs.append(o[0].transpose(0, 1).reshape(p, HEADS * HEAD_DIM))
+            if b:
+                kc, vc = caches[i]  # (B, KV, C + 1, D)
+                pos = torch.full((1,), decode_ctx, device=DEV, dtype=torch.long)
+                qd = self.rope(q[p:].view(b, HEADS, 1, HEAD_DIM), pos)
+                kd = self.rope(k[p:].view(b, KV_HEADS, 1, HEAD_DIM), pos)
+                kc[:, :, decode_ctx:].copy_(kd)
+                vc[:, :, decode_ctx:].copy_(v[p:].view(b, KV_HEADS, 1, HEAD_DIM))
+                # grouped-query decode: the 4 query heads of a group act as 4 queries of one KV head
+                qg = qd.view(b, KV_HEADS, HEADS // KV_HEADS, HEAD_DIM)
+                o = F.scaled_dot_product_attention(qg, kc, vc)
+                outs.append(o.reshape(b, HEADS * HEAD_DIM))
+            attn = outs[0] if len(outs) == 1 else torch.cat(outs)
+            x = x + attn @ L["wo"]
+            h = self.rms(x, L["ln2"])
+            gate, up = (h @ L["w13"]).chunk(2, dim=-1)
+            x = x + (F.silu(gate) * up) @ L["w2"]
+        last = []
+        if p:
+            last.append(x[p - 1:p])
+        if b:
+            last.append(x[p:])
+        return self.rms(torch.cat(last), self.norm) @ self.lm_head
+
+
+def time_fn(fn, warmup: int = 3, reps: int = 20) -> list[float]:  # noqa: ANN001
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)
+
+
+def measure(model: Model, prefill: int, batch: int, ctx: int, eager_reps: int) -> dict:
+    n = prefill + batch
+    tokens = torch.randint(0, VOCAB, (n,), device=DEV)
+    caches = [(randn(batch, KV_HEADS, ctx + 1, HEAD_DIM, scale=1.0), randn(batch, KV_HEADS, ctx + 1, HEAD_DIM, scale=1.0))
+              for _ in range(LAYERS)] if batch else []
+    pcache = [(torch.empty(KV_HEADS, prefill, HEAD_DIM, device=DEV, dtype=DTYPE),
+               torch.empty(KV_HEADS, prefill, HEAD_DIM, device=DEV, dtype=DTYPE)) for _ in range(LAYERS)] if prefill else None
+
+    def step() -> torch.Tensor:
+        return model.forward(tokens, prefill, caches, ctx, batch, pcache)
+
+    with torch.inference_mode():
+        eager = time_fn(step, warmup=2, reps=eager_reps)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        graphed = time_fn(graph.replay)
+        del graph
+    del caches, pcache
+    torch.cuda.empty_cache()
+    med = lambda t: t[len(t) // 2]  # noqa: E731
+    return {"prefill_tokens": prefill, "decode_batch": batch, "decode_context": ctx,
+            "graph_ms": med(graphed), "graph_p10_ms": graphed[len(graphed) // 10],
+            "graph_p90_ms": graphed[9 * len(graphed) // 10], "eager_ms": med(eager)}
+
+
+def ceilings() -> dict:
+    a = torch.empty(2 * 1024**3, device=DEV, dtype=torch.uint8)
+    b = torch.empty_like(a)
+    copy_ms = time_fn(lambda: b.copy_(a), reps=10)[5]
+    del a, b
+    x, y = randn(8192, 8192, scale=1.0), randn(8192, 8192, scale=1.0)
+    mm_ms = time_fn(lambda: x @ y, reps=10)[5]
+    del x, y
+    torch.cuda.empty_cache()
+    return {"copy_GBps_read_plus_write": 2 * 2 * 1024**3 / copy_ms / 1e6,
+            "bf16_matmul_TFLOPs": 2 * 8192**3 / mm_ms / 1e9}
+
+
+def environment() -> dict:
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                          "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    props = torch.cuda.get_device_properties(0)
+    return {"gpu": props.name, "nvidia_smi": smi, "multiprocessors": props.multi_processor_count,
+            "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "python": platform.python_version(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="a few shapes only, to check the script")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    env = environment()
+    env.update(ceilings())
+    model = Model()
+    env["weight_bytes"] = model.weight_bytes()
+    env["decode_floor_ms"] = env["weight_bytes"] / (env["copy_GBps_read_plus_write"] / 2) / 1e6
+    print(json.dumps(env, indent=1), flush=True)
+    shapes = [(t, 0, 0, "prefill") for t in PREFILL_TOKENS]
+    shapes += [(0, b, c, "decode") for b in DECODE_BATCH for c in DECODE_CONTEXT if b * c <= MAX_CACHED_TOKENS]
+    shapes += [(p, b, c, "mixed") for p, b, c in MIXED]
+    if args.quick:
+        shapes = [shapes[0], shapes[len(PREFILL_TOKENS)], shapes[-1]]
+    rows = []
+    t0 = time.time()
+    with open(args.out / "profile.csv", "w", newline="") as fh:
+        writer = None
+        for p, b, c, kind in shapes:
+            row = {"kind": kind, **measure(model, p, b, c, eager_reps=5)}
+            rows.append(row)
+            if writer is None:
+                writer = csv.DictWriter(fh, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+            fh.flush()
+            floor = env["decode_floor_ms"]
+            print(f"{kind:7s} P={p:5d} B={b:3d} C={c:5d} graph {row['graph_ms']:8.3f} ms eager {row['eager_ms']:8.3f} ms"
+                  f" (floor {floor:.2f}; {time.time() - t0:.0f}s)", flush=True)
+    env["shapes"] = len(rows)
+    (args.out / "environment.json").write_text(json.dumps(env, indent=1) + "\n")
+    assert all(math.isfinite(r["graph_ms"]) for r in rows)
+
+
+if __name__ == "__main__":
+    main()
