@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hermes_env.pdgraph import DemandModel, LinearTokenCost
+from hermes_env.cluster.latency import load_cost_model
+from hermes_env.pdgraph import DemandModel
 from hermes_env.pdgraph.library import TEMPLATE_NAMES, load_template
 
-COST = Path(__file__).resolve().parent.parent / "configs" / "costs" / "llama3-8b-h100-roofline.yaml"
+COST = Path(__file__).resolve().parent.parent / "configs" / "costs" / "h100-measured.yaml"
 LOOKUPS = 200_000
 
 
@@ -31,7 +32,7 @@ def per_call(fn, args, repeat=3):
 
 
 def main() -> None:
-    cost = LinearTokenCost.from_yaml(COST)
+    cost = load_cost_model(COST)
     rng = np.random.default_rng(0)
     print(f"{'application':26s} {'states':>6s} {'precompute ms':>13s} {'lookup us':>9s} {'dict us':>8s} "
           f"{'lookup/dict':>11s} {'exact us':>9s} {'exact/lookup':>12s}")

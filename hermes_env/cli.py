@@ -13,19 +13,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from hermes_env.cluster.latency import load_cost_model
 from hermes_env.errors import ConfigError
-from hermes_env.pdgraph import DemandModel, LinearTokenCost
+from hermes_env.pdgraph import DemandModel
 from hermes_env.pdgraph.library import TEMPLATE_NAMES, load_template
 
-DEFAULT_COST = Path(__file__).resolve().parent.parent / "configs" / "costs" / "llama3-8b-h100-roofline.yaml"
+DEFAULT_COST = Path(__file__).resolve().parent.parent / "configs" / "costs" / "h100-measured.yaml"
 
 
 def _templates(args: argparse.Namespace) -> int:
     if args.show:
         print(load_template(args.show).to_yaml(), end="")
         return 0
-    cost = LinearTokenCost.from_yaml(args.cost)
-    print(f"cost model: {args.cost}\n  ({cost.source})\n")
+    cost = load_cost_model(args.cost)
+    print(f"cost model: {args.cost}\n")
     header = (f"{'application':26s} {'states':>6s} {'mean s':>8s} {'P50 s':>8s} {'P95 s':>8s} {'P99 s':>8s} "
               f"{'Gittins 1/s':>11s} {'H bits':>6s} {'build ms':>8s}  first use: backend P(use) E[t] s")
     print(header)

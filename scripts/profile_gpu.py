@@ -209,7 +209,8 @@ def main() -> None:
     env.update(ceilings())
     model = Model()
     env["weight_bytes"] = model.weight_bytes()
-    env["decode_floor_ms"] = env["weight_bytes"] / (env["copy_GBps_read_plus_write"] / 2) / 1e6
+    # HBM moves read and written bytes at one shared rate, so weights are read at the copy's total rate
+    env["decode_floor_ms"] = env["weight_bytes"] / env["copy_GBps_read_plus_write"] / 1e6
     print(json.dumps(env, indent=1), flush=True)
     shapes = [(t, 0, 0, "prefill") for t in PREFILL_TOKENS]
     shapes += [(0, b, c, "decode") for b in DECODE_BATCH for c in DECODE_CONTEXT if b * c <= MAX_CACHED_TOKENS]

@@ -1,0 +1,171 @@
+"""Iteration latency of an LLM engine, fitted to a profile measured on a real GPU.
+
+One iteration of a continuous-batching engine runs the linear layers over every token in the batch
+(the prompt tokens of the requests it prefills and one token per decoding request) and attention per
+request. The model, in seconds:
+
+    t = (floor^p + (per_token * N)^p)^(1/p)       linear layers: weight-read floor blending into compute
+        + per_kv_token * sum(decode contexts)      decode attention reads every cached token
+        + per_prefill_pair * sum(prompt^2)         causal prefill attention
+        + per_max_context * max(decode context)    the longest sequence's attention runs serially
+
+``scripts/fit_latency.py`` fits it to ``profiles/<name>.csv`` (measured by ``scripts/profile_gpu.py``)
+and writes ``profiles/<name>.yaml`` with the held-out errors; this module only reads the YAML.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from scipy.optimize import least_squares
+
+from hermes_env.errors import ConfigError, require
+from hermes_env.pdgraph.cost import LinearTokenCost
+
+PARAMETERS = ("floor", "per_token", "sharpness", "per_kv_token", "per_prefill_pair", "per_max_context")
+
+
+@dataclass(frozen=True)
+class IterationLatency:
+    floor: float
+    per_token: float
+    sharpness: float
+    per_kv_token: float
+    per_prefill_pair: float
+    per_max_context: float
+    name: str = ""
+    source: str = ""
+    derived: bool = False
+    errors: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for key in PARAMETERS:
+            v = getattr(self, key)
+            require(isinstance(v, int | float) and np.isfinite(v) and v >= 0, f"latency.{key}",
+                    f"must be a finite number >= 0, got {v!r}")
+        require(self.sharpness >= 1, "latency.sharpness", f"must be >= 1, got {self.sharpness}")
+
+    def linear_layers(self, tokens: np.ndarray | float) -> np.ndarray | float:
+        p = self.sharpness
+        return (self.floor**p + (self.per_token * np.asarray(tokens, dtype=float)) ** p) ** (1.0 / p)
+
+    def iteration_time(self, tokens: float, kv_tokens: float = 0.0, prefill_pairs: float = 0.0,
+                       max_context: float = 0.0) -> float:
+        """Seconds for one iteration over ``tokens`` tokens whose decoding requests hold ``kv_tokens``
+        cached tokens in all (the longest ``max_context``) and whose prompts sum to ``prefill_pairs``
+        squared tokens."""
+        return float(self.linear_layers(tokens) + self.per_kv_token * kv_tokens
+                     + self.per_prefill_pair * prefill_pairs + self.per_max_context * max_context)
+
+    def prefill_time(self, prompt: np.ndarray | float) -> np.ndarray | float:
+        prompt = np.asarray(prompt, dtype=float)
+        return self.linear_layers(prompt) + self.per_prefill_pair * prompt**2
+
+    def isolated_service_time(self, prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
+        """Seconds to serve a request alone: its prefill (which yields the first token) and
+        ``output - 1`` decode steps at batch 1 whose context grows from ``prompt + 1``."""
+        prompt = np.asarray(prompt, dtype=float)
+        steps = np.asarray(output, dtype=float) - 1.0
+        context_sum = steps * prompt + steps * (steps + 1.0) / 2.0  # sum of prompt + k, k = 1..steps
+        per_step = float(self.linear_layers(1.0))
+        return self.prefill_time(prompt) + steps * per_step + (self.per_kv_token + self.per_max_context) * context_sum
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["errors"] = dict(self.errors)
+        return out
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], where: str = "latency") -> IterationLatency:
+        require(isinstance(spec, Mapping), where, "must be a mapping of latency parameters")
+        missing = [k for k in PARAMETERS if k not in spec]
+        if missing:
+            raise ConfigError(f"{where}.{missing[0]}", "is missing", f"a latency profile gives {', '.join(PARAMETERS)}")
+        unknown = set(spec) - set(PARAMETERS) - {"name", "source", "derived", "errors"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not a latency parameter")
+        return cls(**{k: spec[k] for k in spec})
+
+
+def load_profile(name_or_path: str | Path) -> IterationLatency:
+    """A packaged profile by name (``llama3-8b-h100``) or a YAML file by path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        packaged = resources.files("hermes_env.cluster") / "profiles" / f"{name_or_path}.yaml"
+        available = sorted(p.name.removesuffix(".yaml") for p in (resources.files("hermes_env.cluster") / "profiles")
+                           .iterdir() if p.name.endswith(".yaml"))
+        require(packaged.is_file(), "latency_profile", f"unknown profile {name_or_path!r}",
+                f"use one of {available} or a path to a YAML file")
+        text = packaged.read_text()
+    else:
+        require(path.is_file(), "latency_profile", f"no file {str(path)!r}")
+        text = path.read_text()
+    return IterationLatency.from_dict(yaml.safe_load(text), f"latency_profile({name_or_path})")
+
+
+def _features(row: Mapping[str, str]) -> tuple[float, float, float, float]:
+    p, b, c = int(row["prefill_tokens"]), int(row["decode_batch"]), int(row["decode_context"])
+    return p + b, b * c, p * p, c if b else 0
+
+
+def _predict(theta: np.ndarray, x: np.ndarray) -> np.ndarray:
+    model = IterationLatency(*theta)
+    n, kv, pairs, longest = x.T
+    return (model.linear_layers(n) + model.per_kv_token * kv + model.per_prefill_pair * pairs
+            + model.per_max_context * longest)
+
+
+def fit_iteration_latency(csv_path: str | Path) -> tuple[np.ndarray, dict]:
+    """Least-squares fit (relative error) of the CUDA-graph times of a profile CSV. Training points: the
+    prefill and decode shapes except every third; held out: every third and all mixed (prefill +
+    decode) iterations. Returns the parameters and the held-out relative errors per kind."""
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    x = np.array([_features(r) for r in rows], dtype=float)
+    y = np.array([float(r["graph_ms"]) for r in rows]) / 1e3
+    kind = np.array([r["kind"] for r in rows])
+    train = (kind != "mixed") & (np.arange(len(rows)) % 3 != 1)
+    start = np.array([9e-3, 3e-5, 4.0, 4e-8, 1e-10, 3e-7])
+    result = least_squares(lambda th: (_predict(th, x[train]) - y[train]) / y[train], start,
+                           bounds=([0, 0, 1, 0, 0, 0], [1, 1, 20, 1, 1, 1]), x_scale=start)
+    err = np.abs(_predict(result.x, x) - y) / y
+    report = {}
+    for k in ("prefill", "decode", "mixed"):
+        held = err[(kind == k) & ~train]
+        report[k] = {"held_out_points": int(held.size), "held_out_mean_rel_error": round(float(held.mean()), 4),
+                     "held_out_max_rel_error": round(float(held.max()), 4)}
+    report["train_max_rel_error"] = round(float(err[train].max()), 4)
+    return result.x, report
+
+
+class ProfileCost:
+    """A PDGraph cost model from latency profiles: an LLM request's service is its isolated time."""
+
+    def __init__(self, per_backend: Mapping[str, IterationLatency]) -> None:
+        self.per_backend = dict(per_backend)
+
+    def llm_service_time(self, backend: str, prompt_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
+        require(backend in self.per_backend, f"cost.backends.{backend}", "has no latency profile",
+                f"profiles are given for {sorted(self.per_backend)}")
+        return self.per_backend[backend].isolated_service_time(prompt_tokens, output_tokens)
+
+
+def load_cost_model(path: str | Path) -> LinearTokenCost | ProfileCost:
+    """A cost model YAML: ``profiles:`` maps LLM backends to latency profiles (measured), or
+    ``backends:`` gives linear token costs (see :class:`~hermes_env.pdgraph.cost.LinearTokenCost`)."""
+    with open(path) as fh:
+        spec = yaml.safe_load(fh)
+    require(isinstance(spec, Mapping) and ("profiles" in spec) != ("backends" in spec), "cost",
+            "must have exactly one of 'profiles' (backend -> latency profile) or 'backends' (linear costs)")
+    if "backends" in spec:
+        return LinearTokenCost.from_dict(spec)
+    require(isinstance(spec["profiles"], Mapping) and spec["profiles"], "cost.profiles",
+            "must map LLM backends to profile names or YAML paths")
+    return ProfileCost({backend: load_profile(profile) for backend, profile in spec["profiles"].items()})
