@@ -1,0 +1,233 @@
+"""LLM backends: replicas of a model with iteration-level continuous batching and a KV-cache limit.
+
+Each replica runs iterations back to back while it has work. An iteration in which requests are
+admitted prefills their prompts together with one decode token for every running request (a mixed
+iteration); otherwise it decodes one token per running request. Iteration times come from the measured
+latency profile (:mod:`hermes_env.cluster.latency`).
+
+Decode-only iterations are simulated in *segments*: while the batch does not change, iteration ``k``
+of a segment takes ``lin(B) + per_kv * (S0 + k B) + per_max * (C0 + k)``, so a segment of ``m``
+iterations has a closed-form length, and the replica schedules one event for the earliest of: the first
+request to finish, the KV cache filling up. A request arriving mid-segment cuts the segment at the end of
+the iteration in progress, so it is admitted at the next iteration boundary, exactly as iteration by
+iteration stepping would admit it.
+
+Admission (at iteration boundaries) takes requests in the scheduling policy's order while the batch has
+fewer than ``max_batch`` requests, the prompts fit the ``max_prefill_tokens`` budget (a single longer
+prompt is admitted alone) and the KV cache has room for the prompt plus one token for every running
+request. When the cache cannot grow by one token per request, the lowest-priority running request is
+preempted and recomputed later (vLLM's recompute preemption): its KV is freed and it rejoins the queue,
+keeping the tokens it generated, which its next prefill recomputes. KV is accounted in tokens; the
+capacity is whole blocks (per-request fragmentation within the last block is not modelled).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from hermes_env.cluster.config import LLMBackendConfig
+from hermes_env.cluster.queue import WaitQueue
+from hermes_env.cluster.request import Request
+from hermes_env.cluster.tool import EventScheduler
+
+
+class Replica:
+    def __init__(self, backend: LLMBackend, index: int) -> None:
+        self.backend, self.index = backend, index
+        cfg = backend.cfg
+        self.capacity = cfg.kv_capacity_tokens
+        self.max_batch = cfg.max_batch
+        self.latency = cfg.latency
+        self.running: list[Request] = []
+        self.ctx = np.zeros(0, dtype=np.int64)  # cached tokens of each running request
+        self.left = np.zeros(0, dtype=np.int64)  # tokens each still has to generate
+        self.kv_used = 0
+        self.prefilling: list[Request] = []  # admitted in the iteration in progress
+        self.version = 0
+        self.busy = False
+        # the plan of the iteration or segment in progress
+        self.t0 = 0.0
+        self.planned = 0  # decode iterations planned in the segment (0 for a mixed iteration)
+        self.a = 0.0  # segment length T(m) = a m^2 + b m
+        self.b = 0.0
+        self.mixed_time = 0.0
+        self._prefill_tokens = 0
+        self.busy_seconds = 0.0
+        self.iterations = 0
+        self.preemptions = 0
+
+    # -- the iteration loop -----------------------------------------------------------------
+    def poke(self, now: float) -> None:
+        """New work is waiting: start at once if idle, else cut a decode segment at the next boundary."""
+        if not self.busy:
+            self._boundary(now, self.version)
+        elif self.planned > 1 and len(self.running) < self.max_batch:
+            done = self._iterations_by(now - self.t0)
+            if done + 1 < self.planned:
+                self.kv_used -= (self.planned - done - 1) * len(self.running)  # unreserve the cut iterations
+                self.planned = done + 1
+                self.version += 1
+                end = self.t0 + self._segment_time(self.planned)
+                self.backend.engine.at(max(end, now), self._boundary, self.version)
+
+    def _segment_time(self, m: int) -> float:
+        return self.a * m * m + self.b * m
+
+    def _iterations_by(self, elapsed: float) -> int:
+        """The number of whole iterations of the segment finished ``elapsed`` seconds after its start."""
+        a, b = self.a, self.b
+        k = int(elapsed / b) if a <= 0 else int((-b + math.sqrt(b * b + 4 * a * elapsed)) / (2 * a))
+        while k > 0 and self._segment_time(k) > elapsed:
+            k -= 1
+        while self._segment_time(k + 1) <= elapsed:
+            k += 1
+        return min(k, self.planned)
+
+    def _boundary(self, now: float, version: int) -> None:
+        if version != self.version:
+            return
+        backend = self.backend
+        if self.busy:
+            self.busy_seconds += now - self.t0
+            self._apply_progress(now)
+        self._admit(now)
+        if self.prefilling:
+            self._plan_mixed(now)
+        elif self.running:
+            self._plan_segment(now)
+        else:
+            self.busy = False
+            return
+        self.busy = True
+        self.version += 1
+        backend.engine.at(self.t0 + (self.mixed_time if self.planned == 0 else self._segment_time(self.planned)),
+                          self._boundary, self.version)
+
+    def _apply_progress(self, now: float) -> None:
+        steps = 1 if self.planned == 0 else self.planned
+        self.iterations += steps
+        if len(self.running):  # their KV growth was reserved when the steps were planned
+            self.ctx += steps
+            self.left -= steps
+        if self.prefilling:  # their prefill produced each one's next token
+            new = self.prefilling
+            self.prefilling = []
+            for r in new:
+                r.generated += 1
+                if r.first_token < 0:
+                    r.first_token = now
+            self.running.extend(new)
+            self.ctx = np.concatenate([self.ctx, [r.prompt_tokens + r.generated for r in new]])
+            self.left = np.concatenate([self.left, [r.output_tokens - r.generated for r in new]])
+        finished = self.left <= 0
+        if finished.any():
+            self.kv_used -= int(self.ctx[finished].sum())
+            keep = ~finished
+            done_requests = [r for r, f in zip(self.running, finished, strict=True) if f]
+            self.running = [r for r, k in zip(self.running, keep, strict=True) if k]
+            self.ctx, self.left = self.ctx[keep], self.left[keep]
+            for r in done_requests:
+                r.generated = r.output_tokens
+                r.finished = now
+                self.backend.finish(r, now)
+
+    def _admit(self, now: float) -> None:
+        queue = self.backend.queue
+        budget = self.backend.cfg.max_prefill_tokens
+        prefill = 0
+        while len(queue) and len(self.running) + len(self.prefilling) < self.max_batch:
+            r = queue.peek(now)
+            tokens = r.prompt_tokens + r.generated  # a preempted request recomputes what it generated
+            growth = len(self.running) + len(self.prefilling) + 1
+            if self.prefilling and prefill + tokens > budget:
+                break
+            if self.kv_used + tokens + growth > self.capacity:
+                break
+            queue.pop(now)
+            r.started = now if r.started < 0 else r.started
+            self.prefilling.append(r)
+            self.kv_used += tokens
+            prefill += tokens
+        self._prefill_tokens = prefill
+
+    def _plan_mixed(self, now: float) -> None:
+        pairs = sum((r.prompt_tokens + r.generated) ** 2 for r in self.prefilling)
+        n_run = len(self.running)
+        self.t0, self.planned = now, 0
+        self.mixed_time = self.latency.iteration_time(
+            self._prefill_tokens + n_run, kv_tokens=float(self.ctx.sum()) if n_run else 0.0,
+            prefill_pairs=float(pairs), max_context=float(self.ctx.max()) if n_run else 0.0)
+        self.kv_used += n_run + len(self.prefilling)  # every request's next token
+
+    def _plan_segment(self, now: float) -> None:
+        while len(self.running) > self.capacity - self.kv_used:  # no room for one more token each
+            self._preempt(now)
+        n = len(self.running)
+        if n == 0:  # everything was preempted: restart from admission
+            self._admit(now)
+            if self.prefilling:
+                self._plan_mixed(now)
+                return
+            raise RuntimeError(f"{self.backend.name}: a single request does not fit the KV cache")
+        room = (self.capacity - self.kv_used) // n
+        m = int(min(self.left.min(), room))
+        lat = self.latency
+        base = float(lat.linear_layers(n)) + lat.per_kv_token * float(self.ctx.sum()) + lat.per_max_context * float(
+            self.ctx.max())
+        step = lat.per_kv_token * n + lat.per_max_context  # growth of the iteration time per iteration
+        self.a, self.b = step / 2.0, base - step / 2.0
+        self.t0, self.planned = now, m
+        self.kv_used += m * n  # reserve the segment's growth
+
+    def _preempt(self, now: float) -> None:
+        """Free the KV of the lowest-priority running request and send it back to the queue."""
+        i = max(range(len(self.running)), key=lambda j: (self.running[j].key, self.running[j].seq))
+        victim = self.running.pop(i)
+        victim.generated = int(self.ctx[i]) - victim.prompt_tokens
+        self.kv_used -= int(self.ctx[i])
+        self.ctx = np.delete(self.ctx, i)
+        self.left = np.delete(self.left, i)
+        victim.preemptions += 1
+        self.preemptions += 1
+        self.backend.queue.push(victim, now)
+
+    def check_invariants(self) -> None:
+        name = f"{self.backend.name}[{self.index}]"
+        assert self.kv_used <= self.capacity, f"{name}: KV {self.kv_used} > capacity {self.capacity}"
+        assert len(self.running) + len(self.prefilling) <= self.max_batch, f"{name}: batch over max_batch"
+        held = int(self.ctx.sum()) + sum(r.prompt_tokens + r.generated for r in self.prefilling)
+        assert 0 <= held <= self.kv_used, f"{name}: requests hold {held} KV tokens, accounted {self.kv_used}"
+
+
+class LLMBackend:
+    """All replicas of one model share a waiting queue; an idle replica, or one with room in its batch,
+    takes work at its next iteration boundary."""
+
+    def __init__(self, cfg: LLMBackendConfig, engine: EventScheduler, queue: WaitQueue,
+                 on_done: Callable[[Request, float], None]) -> None:
+        self.cfg, self.name = cfg, cfg.name
+        self.engine, self.queue, self.on_done = engine, queue, on_done
+        self.replicas = [Replica(self, i) for i in range(cfg.replicas)]
+        self.completed = 0
+
+    def submit(self, request: Request, now: float) -> None:
+        need = request.prompt_tokens + request.output_tokens
+        if need > self.replicas[0].capacity:
+            raise ValueError(f"{self.name}: a request of {request.prompt_tokens} prompt and {request.output_tokens} "
+                             f"output tokens needs {need} KV tokens, more than a replica holds "
+                             f"({self.replicas[0].capacity}); give the backend more GPU memory per replica")
+        self.queue.push(request, now)
+        # the replica with the most room takes it; ties go to the lowest index (deterministic)
+        replica = min(self.replicas, key=lambda r: (r.busy, len(r.running) + len(r.prefilling), r.index))
+        replica.poke(now)
+
+    def finish(self, request: Request, now: float) -> None:
+        self.completed += 1
+        self.on_done(request, now)
+
+    def check_invariants(self) -> None:
+        for r in self.replicas:
+            r.check_invariants()

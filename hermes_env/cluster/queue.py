@@ -1,0 +1,65 @@
+"""The queue of requests waiting at a backend, in the order a scheduling policy decides.
+
+A policy either ranks requests with a static ``key(request, now)`` computed when the request joins the
+queue (lower first; a heap keeps the order, O(log n)), or, when it defines ``select(backend, waiting,
+now)``, chooses among all waiting requests at every decision point (a learned policy does this)."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from typing import Any
+
+from hermes_env.cluster.request import Request
+
+
+class WaitQueue:
+    def __init__(self, backend: str, policy: Any) -> None:
+        self.backend = backend
+        self.policy = policy
+        self._select = getattr(policy, "select", None)
+        self._heap: list[tuple[Any, int, Request]] = []
+        self._list: list[Request] = []
+        self._seq = 0
+        self._choice: int | None = None  # a select-policy's pick, kept from peek to pop
+
+    def __len__(self) -> int:
+        return len(self._list) if self._select else len(self._heap)
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(self._list) if self._select else (r for _, _, r in self._heap)
+
+    def push(self, request: Request, now: float) -> None:
+        request.enqueued = now
+        if request.first_enqueued < 0:
+            request.first_enqueued = now
+        self._seq += 1
+        request.seq = self._seq
+        if self._select:
+            self._list.append(request)
+            self._choice = None
+        else:
+            request.key = self.policy.key(request, now)
+            heapq.heappush(self._heap, (request.key, self._seq, request))
+
+    def peek(self, now: float) -> Request:
+        if self._select:
+            if self._choice is None:
+                self._choice = self._chosen(now)
+            return self._list[self._choice]
+        return self._heap[0][2]
+
+    def pop(self, now: float) -> Request:
+        if self._select:
+            i = self._choice if self._choice is not None else self._chosen(now)
+            self._choice = None
+            return self._list.pop(i)
+        return heapq.heappop(self._heap)[2]
+
+    def _chosen(self, now: float) -> int:
+        i = self._select(self.backend, self._list, now)
+        i = int(i) if hasattr(i, "__index__") else i
+        if not (isinstance(i, int) and 0 <= i < len(self._list)):
+            raise ValueError(f"policy {type(self.policy).__name__} selected {i!r} among {len(self._list)} requests "
+                             f"waiting at {self.backend}; select must return an index into the waiting list")
+        return int(i)

@@ -1,0 +1,114 @@
+"""The policy interface shared by heuristics and learned agents, and the registry of named policies.
+
+**Scheduling.** At a decision point (a backend has free capacity and requests wait for it) the backend
+takes the next request in the policy's order. A policy defines either
+
+* ``key(request, now)``: a priority fixed when the request joins the queue, lower first (FCFS, SJF, a
+  Gittins index read when the stage is issued); the queue is a heap; or
+* ``select(backend, waiting, now) -> int``: the index of the request to admit among all those waiting,
+  asked at every decision point (a learned policy, or a rank that changes while requests wait).
+
+``bind(sim)`` is called once before the run, so a policy can read the simulation (applications'
+PDGraph models, backends' state). A request knows its application: ``request.app`` (an
+:class:`~hermes_env.sim.simulator.Application`), with its template, class, arrival and progress.
+
+**Prewarm.** ``start(sim, now)`` at time 0; ``decide(sim, now)`` at every decision point (an
+application arrives or issues a stage) and, when ``tick`` is set, every ``tick`` seconds. It acts through
+``sim.prewarm(backend, now)`` and ``sim.release(backend, now)``.
+
+Policies register by name (``@register_scheduler("fcfs")``); ``make_scheduler("fcfs")`` builds one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from hermes_env.cluster.request import Request
+from hermes_env.errors import require
+
+_SCHEDULERS: dict[str, Callable[..., Any]] = {}
+_PREWARMERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_scheduler(name: str) -> Callable[[type], type]:
+    def add(cls: type) -> type:
+        _SCHEDULERS[name] = cls
+        cls.name = name
+        return cls
+    return add
+
+
+def register_prewarm(name: str) -> Callable[[type], type]:
+    def add(cls: type) -> type:
+        _PREWARMERS[name] = cls
+        cls.name = name
+        return cls
+    return add
+
+
+def make_scheduler(name: str, **kwargs: Any) -> Any:
+    require(name in _SCHEDULERS, "scheduler", f"unknown scheduler {name!r}", f"use one of {sorted(_SCHEDULERS)}")
+    return _SCHEDULERS[name](**kwargs)
+
+
+def make_prewarm(name: str, **kwargs: Any) -> Any:
+    require(name in _PREWARMERS, "prewarm", f"unknown prewarm policy {name!r}", f"use one of {sorted(_PREWARMERS)}")
+    return _PREWARMERS[name](**kwargs)
+
+
+def scheduler_names() -> list[str]:
+    return sorted(_SCHEDULERS)
+
+
+def prewarm_names() -> list[str]:
+    return sorted(_PREWARMERS)
+
+
+class SchedulingPolicy:
+    name = ""
+
+    def bind(self, sim: Any) -> None:
+        """Called once before the run."""
+
+
+class PrewarmPolicy:
+    name = ""
+    tick: float | None = None
+
+    def start(self, sim: Any, now: float) -> None:
+        """Called at time 0."""
+
+    def decide(self, sim: Any, now: float) -> None:
+        """Called at decision points and ticks."""
+
+
+@register_scheduler("fcfs")
+class FCFS(SchedulingPolicy):
+    """First come, first served per request: the order in which requests first reached the backend
+    (a preempted request keeps its place)."""
+
+    def key(self, request: Request, now: float) -> float:
+        return request.first_enqueued
+
+
+@register_scheduler("app_fcfs")
+class ApplicationFCFS(SchedulingPolicy):
+    """Requests of earlier-arrived applications first, whatever stage they are in."""
+
+    def key(self, request: Request, now: float) -> tuple[float, float]:
+        return (request.app.arrival, request.first_enqueued)
+
+
+@register_prewarm("none")
+class NoPrewarm(PrewarmPolicy):
+    """Backends stay cold until requested and cool after their configured keep-alive."""
+
+
+@register_prewarm("always")
+class AlwaysWarm(PrewarmPolicy):
+    """Every tool instance is warm from the start and never released (no cold start, maximal idle cost)."""
+
+    def start(self, sim: Any, now: float) -> None:
+        for backend in sim.tool_backends.values():
+            backend.pin_warm(now)

@@ -1,0 +1,219 @@
+"""The headless simulation: applications flowing through the cluster's backends.
+
+    sim = Simulation(ExperimentConfig.from_yaml("configs/experiments/small.yaml"), scheduler="fcfs",
+                     prewarm="none", seed=0)
+    result = sim.run()                      # a SimulationResult: per-application rows and a summary
+    result.summary["jct"]["mean"]
+
+An application arrives, draws its realisation from its own random stream (so that every policy sees the
+same demands), and issues its stages one after another: every parallel copy of a stage is a
+:class:`~hermes_env.cluster.request.Request` sent to the stage's backend; when the last copy finishes,
+the next stage is issued; after the last stage the application completes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from hermes_env.cluster.config import ClusterConfig
+from hermes_env.cluster.llm import LLMBackend
+from hermes_env.cluster.queue import WaitQueue
+from hermes_env.cluster.request import Request
+from hermes_env.cluster.tool import ToolBackend
+from hermes_env.errors import ConfigError, require
+from hermes_env.pdgraph.sampling import StageRun, sample_realisation
+from hermes_env.sim.engine import Engine
+from hermes_env.sim.metrics import SimulationResult, summarise
+from hermes_env.sim.policies import make_prewarm, make_scheduler
+from hermes_env.sim.workload import ApplicationMix, WorkloadConfig
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    cluster: ClusterConfig
+    workload: WorkloadConfig
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], base: Path | None = None) -> ExperimentConfig:
+        require(isinstance(spec, Mapping), "experiment", "must be a mapping with 'cluster' and 'workload'")
+        unknown = set(spec) - {"cluster", "workload", "description"}
+        if unknown:
+            raise ConfigError(f"experiment.{sorted(unknown)[0]}", "is not an experiment field",
+                              "use cluster, workload, description")
+        parts = {}
+        for key in ("cluster", "workload"):
+            part = spec.get(key)
+            require(part is not None, f"experiment.{key}", "is missing", "give a mapping or a YAML path")
+            if isinstance(part, str):
+                path = Path(part) if base is None or Path(part).is_absolute() else base / part
+                require(path.is_file(), f"experiment.{key}", f"no file {str(path)!r}")
+                with open(path) as fh:
+                    part = yaml.safe_load(fh)
+            parts[key] = part
+        cluster = ClusterConfig.from_dict(parts["cluster"])
+        return cls(cluster, WorkloadConfig.from_dict(parts["workload"], cluster.backend_names, base=base))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ExperimentConfig:
+        path = Path(path)
+        require(path.is_file(), "config", f"no file {str(path)!r}")
+        with open(path) as fh:
+            return cls.from_dict(yaml.safe_load(fh), base=path.parent)
+
+
+class Application:
+    """One application in the system: its realisation and how far it has got."""
+
+    __slots__ = ("id", "mix", "arrival", "runs", "cursor", "pending", "completion", "queue_times", "service_times",
+                 "issued_at")
+
+    def __init__(self, app_id: int, mix: ApplicationMix, arrival: float, runs: tuple[StageRun, ...]) -> None:
+        self.id, self.mix, self.arrival, self.runs = app_id, mix, arrival, runs
+        self.cursor = 0  # index of the stage run in progress
+        self.pending = 0  # its copies not yet finished
+        self.completion = math.nan
+        self.queue_times: list[float] = []  # per stage run: mean over copies of the wait before service
+        self.service_times: list[float] = []  # per stage run: mean over copies of the time in service
+        self.issued_at = 0.0
+
+    @property
+    def template(self) -> str:
+        return self.mix.template
+
+    @property
+    def app_class(self) -> str:
+        return self.mix.app_class
+
+    @property
+    def current(self) -> StageRun:
+        return self.runs[self.cursor]
+
+
+class Simulation:
+    def __init__(self, config: ExperimentConfig, scheduler: Any = "fcfs", prewarm: Any = "none", seed: int = 0,
+                 check_invariants: bool = False) -> None:
+        self.config, self.seed, self.check = config, seed, check_invariants
+        self.engine = Engine()
+        self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
+        self.prewarm_policy = make_prewarm(prewarm) if isinstance(prewarm, str) else prewarm
+        cluster_rng = np.random.default_rng([seed, 4])
+        self.llm_backends = {c.name: LLMBackend(c, self.engine, WaitQueue(c.name, self.scheduler), self._done)
+                             for c in config.cluster.llm_backends}
+        self.tool_backends = {c.name: ToolBackend(c, self.engine, WaitQueue(c.name, self.scheduler), cluster_rng,
+                                                  self._done) for c in config.cluster.tool_backends}
+        self.backends: dict[str, LLMBackend | ToolBackend] = {**self.llm_backends, **self.tool_backends}
+        workload = config.workload
+        n = workload.num_applications
+        self.arrival_times = workload.arrivals.times(n, np.random.default_rng([seed, 1]))
+        weights = np.array([m.weight for m in workload.applications])
+        self.app_mix = np.random.default_rng([seed, 2]).choice(len(weights), size=n, p=weights / weights.sum())
+        self._spaces = {m.template: m.graph.state_space() for m in workload.applications}
+        self.apps: list[Application] = []
+        self.completed: list[Application] = []
+        self.in_system = 0
+        self.stage_requests = 0
+        self._last_event = 0.0
+        self.scheduler.bind(self)
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, until: float = math.inf) -> SimulationResult:
+        if not self.apps:
+            self.prewarm_policy.start(self, 0.0)
+            self.engine.at(float(self.arrival_times[0]), self._arrive, 0)
+            if self.prewarm_policy.tick:
+                self.engine.at(self.prewarm_policy.tick, self._tick)
+        if self.check:
+            while len(self.engine) and self.engine.next_time() <= until and not self._finished():
+                self.engine.step()
+                self._check_invariants()
+        else:
+            self.engine.run(until, stop=self._finished)
+        return summarise(self)
+
+    def _finished(self) -> bool:
+        return len(self.completed) == self.config.workload.num_applications
+
+    def _arrive(self, now: float, i: int) -> None:
+        mix = self.config.workload.applications[self.app_mix[i]]
+        runs = sample_realisation(self._spaces[mix.template], np.random.default_rng([self.seed, 3, i])).runs
+        app = Application(i, mix, now, runs)
+        self.apps.append(app)
+        self.in_system += 1
+        if i + 1 < len(self.arrival_times):
+            self.engine.at(float(self.arrival_times[i + 1]), self._arrive, i + 1)
+        self._issue(app, now)
+
+    def _issue(self, app: Application, now: float) -> None:
+        run = app.current
+        app.pending = run.width
+        app.issued_at = now
+        backend = self.backends[run.backend]
+        self.prewarm_policy.decide(self, now)
+        for copy in range(run.width):
+            if run.tool_time is not None:
+                req = Request(app, app.cursor, copy, run.backend, service_time=float(run.tool_time[copy]))
+            else:
+                req = Request(app, app.cursor, copy, run.backend, int(run.prompt_tokens[copy]),
+                              int(run.output_tokens[copy]))
+            self.stage_requests += 1
+            backend.submit(req, now)
+
+    def _done(self, request: Request, now: float) -> None:
+        app: Application = request.app
+        app.pending -= 1
+        self._stage_times(app, request)
+        if app.pending:
+            return
+        app.cursor += 1
+        if app.cursor < len(app.runs):
+            self._issue(app, now)
+        else:
+            app.completion = now
+            self.in_system -= 1
+            self.completed.append(app)
+            self.prewarm_policy.decide(self, now)
+
+    def _stage_times(self, app: Application, request: Request) -> None:
+        wait, service = request.started - request.first_enqueued, request.finished - request.started
+        if len(app.queue_times) == app.cursor:
+            app.queue_times.append(0.0)
+            app.service_times.append(0.0)
+        width = app.current.width
+        app.queue_times[app.cursor] += wait / width
+        app.service_times[app.cursor] += service / width
+
+    def _tick(self, now: float) -> None:
+        self.prewarm_policy.decide(self, now)
+        if not self._finished():
+            self.engine.at(now + self.prewarm_policy.tick, self._tick)
+
+    # -- prewarm orders -----------------------------------------------------------------------
+    def prewarm(self, backend: str, now: float) -> bool:
+        require(backend in self.tool_backends, "prewarm.backend", f"{backend!r} is not a tool backend",
+                f"tool backends: {sorted(self.tool_backends)}")
+        return self.tool_backends[backend].prewarm(now)
+
+    def release(self, backend: str, now: float) -> bool:
+        require(backend in self.tool_backends, "release.backend", f"{backend!r} is not a tool backend",
+                f"tool backends: {sorted(self.tool_backends)}")
+        return self.tool_backends[backend].release(now)
+
+    # -- invariants (tests) -------------------------------------------------------------------
+    def _check_invariants(self) -> None:
+        now = self.engine.now
+        assert now >= self._last_event, f"time went back from {self._last_event} to {now}"
+        self._last_event = now
+        for b in self.tool_backends.values():
+            b.check_invariants()
+            free = any(i.state == 2 and i.busy < b.cfg.capacity for i in b.instances)
+            assert not (len(b.queue) and free), f"{b.name}: requests wait while a warm slot is free"
+        for b in self.llm_backends.values():
+            b.check_invariants()
+            assert not (len(b.queue) and any(not r.busy for r in b.replicas)), f"{b.name}: idle replica, work waits"

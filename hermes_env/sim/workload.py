@@ -1,0 +1,170 @@
+"""Workloads: when applications arrive (Poisson, bursty, time-varying, trace replay) and which ones.
+
+Random streams are separated so that every policy sees the same workload under one seed (common random
+numbers): arrival times, the template and class of each application, and each application's own
+realisation (drawn from a generator seeded by ``(seed, application index)``) never depend on what the
+scheduler does.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hermes_env.errors import ConfigError, require
+from hermes_env.pdgraph.graph import PDGraph
+from hermes_env.pdgraph.library import TEMPLATE_NAMES, load_template
+
+PROCESSES = ("poisson", "bursty", "time_varying", "trace")
+CLASSES = ("real_time", "best_effort")
+
+
+@dataclass(frozen=True)
+class ArrivalConfig:
+    """``poisson`` at ``rate``/s; ``bursty``: gamma inter-arrivals of mean 1/rate and coefficient of
+    variation ``cv``; ``time_varying``: Poisson whose rate follows ``schedule`` (a cycle of
+    ``{duration, rate}`` pieces); ``trace``: the timestamps of a CSV file (column ``timestamp`` in seconds,
+    or the Azure LLM inference trace's ``TIMESTAMP`` datetimes), times ``time_scale``."""
+
+    process: str
+    rate: float = 0.0
+    cv: float = 1.0
+    schedule: tuple[tuple[float, float], ...] = ()
+    trace: str = ""
+    time_scale: float = 1.0
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], where: str, base: Path | None = None) -> ArrivalConfig:
+        require(isinstance(spec, Mapping), where, "must be a mapping with 'process'")
+        unknown = set(spec) - {"process", "rate", "cv", "schedule", "trace", "time_scale"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not an arrival field")
+        process = spec.get("process")
+        require(process in PROCESSES, f"{where}.process", f"unknown process {process!r}", f"use one of {PROCESSES}")
+        if process in ("poisson", "bursty"):
+            rate = spec.get("rate")
+            require(isinstance(rate, int | float) and rate > 0, f"{where}.rate", f"must be > 0, got {rate!r}")
+            cv = spec.get("cv", 1.0)
+            require(isinstance(cv, int | float) and cv > 0, f"{where}.cv", f"must be > 0, got {cv!r}")
+            return cls(process, float(rate), float(cv))
+        if process == "time_varying":
+            raw = spec.get("schedule")
+            require(isinstance(raw, list) and raw, f"{where}.schedule", "must be a list of {duration, rate}")
+            pieces = []
+            for i, piece in enumerate(raw):
+                ok = isinstance(piece, Mapping) and piece.get("duration", 0) > 0 and piece.get("rate", -1) >= 0
+                require(ok, f"{where}.schedule[{i}]", "needs duration > 0 and rate >= 0")
+                pieces.append((float(piece["duration"]), float(piece["rate"])))
+            require(max(r for _, r in pieces) > 0, f"{where}.schedule", "has no positive rate")
+            return cls(process, schedule=tuple(pieces))
+        trace = spec.get("trace")
+        require(isinstance(trace, str), f"{where}.trace", "must be a CSV path")
+        path = Path(trace) if base is None or Path(trace).is_absolute() else base / trace
+        require(path.is_file(), f"{where}.trace", f"no file {str(path)!r}")
+        scale = spec.get("time_scale", 1.0)
+        require(isinstance(scale, int | float) and scale > 0, f"{where}.time_scale", "must be > 0")
+        return cls(process, trace=str(path), time_scale=float(scale))
+
+    def times(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """The first ``n`` arrival times."""
+        if self.process == "poisson":
+            return np.cumsum(rng.exponential(1.0 / self.rate, n))
+        if self.process == "bursty":
+            shape = 1.0 / self.cv**2
+            return np.cumsum(rng.gamma(shape, 1.0 / (self.rate * shape), n))
+        if self.process == "time_varying":
+            return self._thinned(n, rng)
+        return self._trace(n)
+
+    def _thinned(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        ends = np.cumsum([d for d, _ in self.schedule])
+        rates = np.array([r for _, r in self.schedule])
+        peak, period = rates.max(), ends[-1]
+        out: list[float] = []
+        t = 0.0
+        while len(out) < n:
+            t += rng.exponential(1.0 / peak)
+            rate = rates[np.searchsorted(ends, t % period, side="right") % len(rates)]
+            if rng.random() * peak < rate:
+                out.append(t)
+        return np.array(out)
+
+    def _trace(self, n: int) -> np.ndarray:
+        with open(self.trace, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        require(len(rows) >= n, "workload.arrivals.trace", f"has {len(rows)} arrivals, {n} are needed",
+                "lower num_applications or use a longer trace")
+        column = next((c for c in ("timestamp", "TIMESTAMP") if rows and c in rows[0]), None)
+        require(column is not None, "workload.arrivals.trace", "has no 'timestamp' or 'TIMESTAMP' column")
+        raw = [r[column] for r in rows[:n]]
+        try:
+            t = np.array(raw, dtype=float)
+        except ValueError:
+            stamps = np.array([s.strip()[:26] for s in raw], dtype="datetime64[us]")
+            t = (stamps - stamps[0]).astype("timedelta64[us]").astype(float) / 1e6
+        require(bool(np.all(np.diff(t) >= 0)), "workload.arrivals.trace", "timestamps must not decrease")
+        return (t - t[0]) * self.time_scale
+
+
+@dataclass(frozen=True)
+class ApplicationMix:
+    template: str
+    graph: PDGraph
+    weight: float
+    app_class: str
+    slo: float  # seconds from arrival to completion; inf when the class has none
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    arrivals: ArrivalConfig
+    applications: tuple[ApplicationMix, ...]
+    num_applications: int
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], known_backends: frozenset[str], where: str = "workload",
+                  base: Path | None = None) -> WorkloadConfig:
+        require(isinstance(spec, Mapping), where, "must be a mapping")
+        unknown = set(spec) - {"arrivals", "applications", "num_applications", "description"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not a workload field")
+        n = spec.get("num_applications")
+        require(isinstance(n, int) and not isinstance(n, bool) and n >= 1, f"{where}.num_applications",
+                f"must be an integer >= 1, got {n!r}")
+        apps = spec.get("applications")
+        require(isinstance(apps, Sequence) and apps, f"{where}.applications", "must be a non-empty list")
+        mix = tuple(_mix_entry(a, f"{where}.applications[{i}]", known_backends, base) for i, a in enumerate(apps))
+        return cls(ArrivalConfig.from_dict(spec.get("arrivals"), f"{where}.arrivals", base), mix, n)
+
+
+def _mix_entry(spec: Any, where: str, known_backends: frozenset[str], base: Path | None) -> ApplicationMix:
+    require(isinstance(spec, Mapping), where, "must be a mapping with template, weight, class")
+    unknown = set(spec) - {"template", "weight", "class", "slo"}
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not an application-mix field",
+                          "use template, weight, class, slo")
+    name = spec.get("template")
+    require(isinstance(name, str), f"{where}.template", "must name a library template or a YAML file")
+    if name in TEMPLATE_NAMES:
+        graph = load_template(name)
+    else:
+        path = Path(name) if base is None or Path(name).is_absolute() else base / name
+        require(path.is_file(), f"{where}.template", f"is neither a library template nor a file: {name!r}",
+                f"library templates: {list(TEMPLATE_NAMES)}")
+        graph = PDGraph.from_yaml(path)
+    missing = [b for b in graph.backends if b not in known_backends]
+    require(not missing, f"{where}.template", f"{name!r} needs backends the cluster lacks: {missing}",
+            "add them to the cluster")
+    weight = spec.get("weight", 1.0)
+    require(isinstance(weight, int | float) and weight > 0, f"{where}.weight", f"must be > 0, got {weight!r}")
+    app_class = spec.get("class", "best_effort")
+    require(app_class in CLASSES, f"{where}.class", f"unknown class {app_class!r}", f"use one of {CLASSES}")
+    slo = spec.get("slo", math.inf)
+    require(isinstance(slo, int | float) and slo > 0, f"{where}.slo", f"must be seconds > 0, got {slo!r}")
+    return ApplicationMix(name, graph, float(weight), app_class, float(slo))
