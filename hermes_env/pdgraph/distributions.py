@@ -382,6 +382,7 @@ def distribution_from_spec(spec: Any, field: str = "distribution") -> Distributi
             mu = spec["mu"]
             require(isinstance(mu, int | float) and math.isfinite(mu), f"{field}.mu", "must be a finite number")
             return LogNormal(float(mu), _number(spec, "sigma", field))
+        require("shape" in spec, f"{field}.shape", "is missing", "give mean and cv, or shape and scale")
         return Gamma(_number(spec, "shape", field), _number(spec, "scale", field))
     edges = _vector(spec, "edges", field, positive=False)
     require(len(edges) >= 2 and bool(np.all(np.diff(edges) > 0)), f"{field}.edges", "must be >= 2 increasing numbers")

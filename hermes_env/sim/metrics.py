@@ -41,8 +41,8 @@ def summarise(sim: Any) -> SimulationResult:
     rows = []
     for app in sorted(sim.completed, key=lambda a: a.id):
         rows.append({
-            "id": app.id, "template": app.template, "class": app.app_class, "arrival": round(app.arrival, 6),
-            "completion": round(app.completion, 6), "completion_time": round(app.completion - app.arrival, 6),
+            "id": app.id, "template": app.template, "class": app.app_class, "arrival": app.arrival,
+            "completion": app.completion, "completion_time": app.completion - app.arrival,
             "slo_met": bool(app.completion - app.arrival <= app.mix.slo),
             "stages": ";".join(r.stage for r in app.runs),
             "queue_times": ";".join(f"{t:.6f}" for t in app.queue_times),

@@ -115,6 +115,9 @@ class Simulation:
         weights = np.array([m.weight for m in workload.applications])
         self.app_mix = np.random.default_rng([seed, 2]).choice(len(weights), size=n, p=weights / weights.sum())
         self._spaces = {m.template: m.graph.state_space() for m in workload.applications}
+        # Applications arrive in index order whatever the policies do, so drawing each realisation from
+        # one stream at arrival gives every policy the same demands (common random numbers).
+        self._realisation_rng = np.random.default_rng([seed, 3])
         self.apps: list[Application] = []
         self.completed: list[Application] = []
         self.in_system = 0
@@ -142,7 +145,7 @@ class Simulation:
 
     def _arrive(self, now: float, i: int) -> None:
         mix = self.config.workload.applications[self.app_mix[i]]
-        runs = sample_realisation(self._spaces[mix.template], np.random.default_rng([self.seed, 3, i])).runs
+        runs = sample_realisation(self._spaces[mix.template], self._realisation_rng).runs
         app = Application(i, mix, now, runs)
         self.apps.append(app)
         self.in_system += 1

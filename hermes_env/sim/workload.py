@@ -2,7 +2,7 @@
 
 Random streams are separated so that every policy sees the same workload under one seed (common random
 numbers): arrival times, the template and class of each application, and each application's own
-realisation (drawn from a generator seeded by ``(seed, application index)``) never depend on what the
+realisation (drawn at arrival, in arrival order, from a stream of its own) never depend on what the
 scheduler does.
 """
 
@@ -150,8 +150,12 @@ def _mix_entry(spec: Any, where: str, known_backends: frozenset[str], base: Path
         raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not an application-mix field",
                           "use template, weight, class, slo")
     name = spec.get("template")
-    require(isinstance(name, str), f"{where}.template", "must name a library template or a YAML file")
-    if name in TEMPLATE_NAMES:
+    require(isinstance(name, str | Mapping), f"{where}.template",
+            "must name a library template or a YAML file, or be a PDGraph mapping")
+    if isinstance(name, Mapping):
+        graph = PDGraph.from_dict(name)
+        name = graph.name
+    elif name in TEMPLATE_NAMES:
         graph = load_template(name)
     else:
         path = Path(name) if base is None or Path(name).is_absolute() else base / name

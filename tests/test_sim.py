@@ -1,0 +1,221 @@
+import copy
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from hermes_env.cluster.latency import load_profile
+from hermes_env.errors import ConfigError
+from hermes_env.sim import ExperimentConfig, Simulation
+from tests.conftest import ROOT
+
+SMALL = ROOT / "configs" / "experiments" / "small.yaml"
+
+
+def small_spec():
+    spec = yaml.safe_load(SMALL.read_text())
+    spec["cluster"] = yaml.safe_load((ROOT / "configs" / "clusters" / "small.yaml").read_text())
+    return spec
+
+
+def llm_experiment(prompt, output, rate, n, **backend):
+    llm = {"name": "llm:llama3-8b", "profile": "llama3-8b-h100", "model": "llama3-8b", **backend}
+    return ExperimentConfig.from_dict({
+        "cluster": {"llm_backends": [llm]},
+        "workload": {"num_applications": n, "arrivals": {"process": "poisson", "rate": rate},
+                     "applications": [{"template": {"name": "req", "stages": [
+                         {"name": "gen", "backend": "llm:llama3-8b", "prompt_tokens": prompt,
+                          "output_tokens": output}]}}]},
+    })
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_invariants_hold_and_every_application_completes_once(seed):
+    cfg = ExperimentConfig.from_yaml(SMALL)
+    sim = Simulation(cfg, seed=seed, check_invariants=True)  # asserts capacity, KV, time order, non-idling
+    result = sim.run()
+    ids = [r["id"] for r in result.rows]
+    assert ids == list(range(cfg.workload.num_applications))
+    assert all(r["completion"] >= r["arrival"] for r in result.rows)
+    # tool backends did exactly the work the completed applications demanded
+    for name, backend in sim.tool_backends.items():
+        demanded = sum(float(run.tool_time.sum()) for app in sim.completed for run in app.runs if run.backend == name)
+        assert backend.busy_slot_seconds == pytest.approx(demanded, rel=1e-9, abs=1e-9)
+        assert len(backend.queue) == 0
+    for backend in sim.llm_backends.values():
+        assert all(r.kv_used == 0 and not r.running for r in backend.replicas)
+        demanded = sum(int(run.output_tokens.sum()) for app in sim.completed for run in app.runs
+                       if run.backend == backend.name)
+        assert backend.completed == sum(run.width for app in sim.completed for run in app.runs
+                                        if run.backend == backend.name)
+        assert demanded > 0
+
+
+def test_same_seed_same_result_and_common_random_numbers():
+    cfg = ExperimentConfig.from_yaml(SMALL)
+    a, b = Simulation(cfg, seed=3).run(), Simulation(cfg, seed=3).run()
+    assert a.rows == b.rows and a.summary == b.summary
+    c = Simulation(cfg, seed=4).run()
+    assert c.rows != a.rows
+    other = Simulation(cfg, scheduler="app_fcfs", prewarm="always", seed=3).run()
+    for x, y in zip(a.rows, other.rows, strict=True):  # same arrivals and realised stages under any policy
+        assert (x["arrival"], x["template"], x["stages"]) == (y["arrival"], y["template"], y["stages"])
+
+
+def test_a_request_alone_takes_its_isolated_service_time():
+    lat = load_profile("llama3-8b-h100")
+    result = Simulation(llm_experiment(700, 150, rate=0.001, n=30), seed=0).run()
+    expected = float(lat.isolated_service_time(np.array(700), np.array(150)))
+    arrivals = np.array([r["arrival"] for r in result.rows])
+    gaps = np.diff(arrivals)
+    alone = [r for i, r in enumerate(result.rows)
+             if (i == 0 or gaps[i - 1] > 5) and (i == len(gaps) or gaps[i] > 5)]
+    assert len(alone) >= 20
+    for row in alone:
+        assert row["completion_time"] == pytest.approx(expected, rel=1e-9)
+    together = [r for i, r in enumerate(result.rows[1:]) if gaps[i] < 1]
+    assert together and all(r["completion_time"] > expected for r in together)  # batching slows each one
+
+
+def reference_replica(arrivals, prompt, output, lat, max_batch, budget):
+    """Iteration-by-iteration continuous batching, the naive way (ample KV memory)."""
+    waiting = sorted((t, i) for i, t in enumerate(arrivals))
+    running = {}  # i -> (ctx, left)
+    done = {}
+    now, k = 0.0, 0
+    while len(done) < len(arrivals):
+        if not running and k < len(waiting) and waiting[k][0] > now:
+            now = waiting[k][0]
+        new, tokens = [], 0
+        while k < len(waiting) and waiting[k][0] <= now and len(running) + len(new) < max_batch:
+            if new and tokens + prompt > budget:
+                break
+            new.append(waiting[k][1])
+            tokens += prompt
+            k += 1
+        ctx = [c for c, _ in running.values()]
+        t = lat.iteration_time(tokens + len(running), kv_tokens=sum(ctx), prefill_pairs=len(new) * prompt**2,
+                               max_context=max(ctx, default=0))
+        now += t
+        running = {i: (c + 1, left - 1) for i, (c, left) in running.items()}
+        running.update({i: (prompt + 1, output - 1) for i in new})
+        for i in [i for i, (_, left) in running.items() if left == 0]:
+            done[i] = now
+            del running[i]
+    return [done[i] for i in range(len(arrivals))]
+
+
+@pytest.mark.parametrize("rate, max_batch", [(2.0, 256), (8.0, 8), (20.0, 256)])
+def test_closed_form_segments_match_iteration_by_iteration_stepping(rate, max_batch):
+    prompt, output, n = 300, 120, 150
+    cfg = llm_experiment(prompt, output, rate=rate, n=n, max_batch=max_batch, max_prefill_tokens=1024)
+    sim = Simulation(cfg, seed=2, check_invariants=True)
+    result = sim.run()
+    lat = cfg.cluster.llm_backends[0].latency
+    expected = reference_replica(sim.arrival_times, prompt, output, lat, max_batch, 1024)
+    got = [r["completion"] for r in result.rows]
+    assert np.allclose(got, expected, rtol=1e-9, atol=1e-9)
+    assert sim.llm_backends["llm:llama3-8b"].replicas[0].iterations > 0
+
+
+def test_kv_exhaustion_preempts_and_still_completes_everything():
+    cfg = llm_experiment({"dist": "lognormal", "mean": 2000, "cv": 0.5}, {"dist": "lognormal", "mean": 800, "cv": 0.5},
+                         rate=6.0, n=300, gpu_memory_gb=20.0)
+    sim = Simulation(cfg, seed=0, check_invariants=True)
+    result = sim.run()
+    assert result.summary["backends"]["llm:llama3-8b"]["preemptions"] > 0
+    assert len(result.rows) == 300
+
+
+def test_keep_alive_decides_cold_starts(tmp_path):
+    trace = tmp_path / "arrivals.csv"
+    trace.write_text("timestamp\n" + "\n".join(str(10.0 * i) for i in range(5)) + "\n")
+
+    def run(keep_alive):
+        cfg = ExperimentConfig.from_dict({
+            "cluster": {"tool_backends": [{"name": "tool:box", "cold_start": {"dist": "deterministic", "value": 2.0},
+                                           "keep_alive": keep_alive}]},
+            "workload": {"num_applications": 5, "arrivals": {"process": "trace", "trace": str(trace)},
+                         "applications": [{"template": {"name": "j", "stages": [
+                             {"name": "s", "backend": "tool:box", "service_time": 1.0}]}}]},
+        })
+        return Simulation(cfg, seed=0).run()
+
+    warm, cold = run(keep_alive=60), run(keep_alive=5)  # a request every 10 s, served in 1 s
+    assert warm.summary["cold_starts"] == 1  # only the first application pays the warm-up
+    assert cold.summary["cold_starts"] == 5  # every gap outlasts the keep-alive
+    assert warm.rows[0]["completion_time"] == pytest.approx(3.0)
+    assert cold.summary["idle_warm_cost"] < warm.summary["idle_warm_cost"]
+
+
+def test_always_warm_removes_cold_starts_at_an_idle_cost():
+    cfg = ExperimentConfig.from_yaml(SMALL)
+    none, always = Simulation(cfg, seed=1).run(), Simulation(cfg, prewarm="always", seed=1).run()
+    assert none.summary["cold_starts"] > 0 and always.summary["cold_starts"] == 0
+    assert always.summary["idle_warm_cost"] > none.summary["idle_warm_cost"]
+    assert always.summary["jct"]["mean"] < none.summary["jct"]["mean"]
+
+
+@pytest.mark.parametrize("path, value, field", [
+    (["cluster", "llm_backends", 0, "model"], "gpt-5", "cluster.llm_backends[0].model"),
+    (["cluster", "llm_backends", 0, "replicas"], 0, "cluster.llm_backends[0].replicas"),
+    (["cluster", "llm_backends", 0, "gpu_memory_gb"], 16, "cluster.llm_backends[0].gpu_memory_gb"),
+    (["cluster", "llm_backends", 0, "profile"], "nope", "latency_profile"),
+    (["cluster", "tool_backends", 0, "keep_alive"], -1, "cluster.tool_backends[0].keep_alive"),
+    (["cluster", "tool_backends", 0, "cold_start"], {"dist": "gamma"}, "cluster.tool_backends[0].cold_start.shape"),
+    (["workload", "arrivals", "process"], "hawkes", "workload.arrivals.process"),
+    (["workload", "arrivals", "rate"], 0, "workload.arrivals.rate"),
+    (["workload", "applications", 0, "template"], "chess", "workload.applications[0].template"),
+    (["workload", "applications", 1, "class"], "gold", "workload.applications[1].class"),
+    (["workload", "num_applications"], 0, "workload.num_applications"),
+    (["workload", "colour"], "red", "workload.colour"),
+])
+def test_bad_configs_raise_named_errors(path, value, field):
+    spec = small_spec()
+    target = spec
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig.from_dict(copy.deepcopy(spec), base=SMALL.parent)
+    assert err.value.field == field, str(err.value)
+
+
+def test_workload_needs_the_backends_its_applications_use():
+    spec = small_spec()
+    spec["cluster"]["tool_backends"] = [b for b in spec["cluster"]["tool_backends"] if b["name"] != "api:web-search"]
+    with pytest.raises(ConfigError, match="needs backends the cluster lacks: \\['api:web-search'\\]"):
+        ExperimentConfig.from_dict(spec, base=SMALL.parent)
+
+
+def test_arrival_processes_have_their_rates(tmp_path):
+    from hermes_env.sim.workload import ArrivalConfig
+
+    rng = np.random.default_rng(0)
+    for spec in ({"process": "poisson", "rate": 4.0}, {"process": "bursty", "rate": 4.0, "cv": 3.0}):
+        t = ArrivalConfig.from_dict(spec, "a").times(50_000, rng)
+        gaps = np.diff(t)
+        assert 1 / gaps.mean() == pytest.approx(4.0, rel=0.05)
+        assert gaps.std() / gaps.mean() == pytest.approx(spec.get("cv", 1.0), rel=0.1)
+    tv = ArrivalConfig.from_dict({"process": "time_varying", "schedule": [{"duration": 10, "rate": 1},
+                                                                       {"duration": 10, "rate": 9}]}, "a")
+    t = tv.times(20_000, rng)
+    in_fast = np.mod(t, 20) >= 10
+    assert in_fast.mean() == pytest.approx(0.9, abs=0.02)
+    trace = tmp_path / "trace.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,10,5\n"
+                     "2023-11-16 18:15:47.1805900,10,5\n2023-11-16 18:15:50.6805900,10,5\n")
+    replay = ArrivalConfig.from_dict({"process": "trace", "trace": str(trace), "time_scale": 2.0}, "a")
+    assert replay.times(3, rng).tolist() == pytest.approx([0.0, 1.0, 8.0])
+    with pytest.raises(ConfigError, match="3 arrivals, 4 are needed"):
+        replay.times(4, rng)
+
+
+def test_slo_attainment_is_reported_per_class():
+    result = Simulation(ExperimentConfig.from_yaml(SMALL), seed=0).run()
+    att = result.summary["slo_attainment"]
+    assert set(att) == {"real_time"} and 0.0 < att["real_time"] <= 1.0
+    rt = [r for r in result.rows if r["class"] == "real_time"]
+    assert att["real_time"] == pytest.approx(np.mean([r["slo_met"] for r in rt]))
+    assert math.isfinite(result.summary["jct"]["p99"])
