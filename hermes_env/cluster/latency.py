@@ -54,6 +54,8 @@ class IterationLatency:
 
     def linear_layers(self, tokens: np.ndarray | float) -> np.ndarray | float:
         p = self.sharpness
+        if isinstance(tokens, int | float):  # the simulator's hot path: plain floats, no array overhead
+            return (self.floor**p + (self.per_token * tokens) ** p) ** (1.0 / p)
         return (self.floor**p + (self.per_token * np.asarray(tokens, dtype=float)) ** p) ** (1.0 / p)
 
     def iteration_time(self, tokens: float, kv_tokens: float = 0.0, prefill_pairs: float = 0.0,

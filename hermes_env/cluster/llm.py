@@ -23,10 +23,9 @@ capacity is whole blocks (per-request fragmentation within the last block is not
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
-
-import numpy as np
 
 from hermes_env.cluster.config import LLMBackendConfig
 from hermes_env.cluster.queue import WaitQueue
@@ -35,16 +34,24 @@ from hermes_env.cluster.tool import EventScheduler
 
 
 class Replica:
+    """One model replica. Running requests are kept against an iteration *clock* (decode tokens produced
+    per running request since the replica started): a request admitted at clock ``c`` with context ``x``
+    and ``y`` tokens left holds ``x + (clock - c)`` tokens and finishes at clock ``c + y``. A heap on the
+    finishing clock and the running sums make every event O(log batch) with no per-request updates."""
+
     def __init__(self, backend: LLMBackend, index: int) -> None:
         self.backend, self.index = backend, index
         cfg = backend.cfg
         self.capacity = cfg.kv_capacity_tokens
         self.max_batch = cfg.max_batch
         self.latency = cfg.latency
-        self.running: list[Request] = []
-        self.ctx = np.zeros(0, dtype=np.int64)  # cached tokens of each running request
-        self.left = np.zeros(0, dtype=np.int64)  # tokens each still has to generate
-        self.kv_used = 0
+        self.clock = 0
+        self.running: dict[Request, tuple[int, int, int]] = {}  # request -> (ctx0, finish clock, admission id)
+        self._finish: list[tuple[int, int, Request]] = []  # (finish clock, admission id, request), lazy
+        self._longest: list[tuple[int, int, Request]] = []  # (-ctx0, admission id, request), lazy
+        self.sum_ctx0 = 0  # sum of ctx0: the running requests hold sum_ctx0 + n * clock tokens
+        self._admissions = 0
+        self.kv_used = 0  # tokens held or reserved for the iterations planned
         self.prefilling: list[Request] = []  # admitted in the iteration in progress
         self.version = 0
         self.busy = False
@@ -58,6 +65,34 @@ class Replica:
         self.busy_seconds = 0.0
         self.iterations = 0
         self.preemptions = 0
+
+    # -- the running set ----------------------------------------------------------------------
+    def context(self, request: Request) -> int:
+        return self.running[request][0] + self.clock
+
+    def _kv_held(self) -> int:
+        return self.sum_ctx0 + len(self.running) * self.clock
+
+    def _max_context(self) -> int:
+        heap, running = self._longest, self.running
+        while heap and running.get(heap[0][2], (0, 0, -1))[2] != heap[0][1]:
+            heapq.heappop(heap)
+        return -heap[0][0] + self.clock if heap else 0
+
+    def _join(self, r: Request) -> None:
+        ctx0 = r.prompt_tokens + r.generated - self.clock
+        finish = self.clock + r.output_tokens - r.generated
+        self._admissions += 1
+        self.running[r] = (ctx0, finish, self._admissions)
+        self.sum_ctx0 += ctx0
+        heapq.heappush(self._finish, (finish, self._admissions, r))
+        heapq.heappush(self._longest, (-ctx0, self._admissions, r))
+
+    def _leave(self, r: Request) -> int:
+        """Remove a running request; returns the tokens it held."""
+        ctx0, _, _ = self.running.pop(r)
+        self.sum_ctx0 -= ctx0
+        return ctx0 + self.clock
 
     # -- the iteration loop -----------------------------------------------------------------
     def poke(self, now: float) -> None:
@@ -89,50 +124,43 @@ class Replica:
     def _boundary(self, now: float, version: int) -> None:
         if version != self.version:
             return
-        backend = self.backend
         if self.busy:
             self.busy_seconds += now - self.t0
             self._apply_progress(now)
         self._admit(now)
         if self.prefilling:
             self._plan_mixed(now)
+            end = now + self.mixed_time
         elif self.running:
             self._plan_segment(now)
+            end = self.t0 + self._segment_time(self.planned)
         else:
             self.busy = False
             return
         self.busy = True
         self.version += 1
-        backend.engine.at(self.t0 + (self.mixed_time if self.planned == 0 else self._segment_time(self.planned)),
-                          self._boundary, self.version)
+        self.backend.engine.at(end, self._boundary, self.version)
 
     def _apply_progress(self, now: float) -> None:
         steps = 1 if self.planned == 0 else self.planned
         self.iterations += steps
-        if len(self.running):  # their KV growth was reserved when the steps were planned
-            self.ctx += steps
-            self.left -= steps
-        if self.prefilling:  # their prefill produced each one's next token
-            new = self.prefilling
-            self.prefilling = []
-            for r in new:
+        self.clock += steps  # the running requests' growth was reserved when the steps were planned
+        if self.prefilling:  # each prefill produced its request's next token
+            for r in self.prefilling:
                 r.generated += 1
                 if r.first_token < 0:
                     r.first_token = now
-            self.running.extend(new)
-            self.ctx = np.concatenate([self.ctx, [r.prompt_tokens + r.generated for r in new]])
-            self.left = np.concatenate([self.left, [r.output_tokens - r.generated for r in new]])
-        finished = self.left <= 0
-        if finished.any():
-            self.kv_used -= int(self.ctx[finished].sum())
-            keep = ~finished
-            done_requests = [r for r, f in zip(self.running, finished, strict=True) if f]
-            self.running = [r for r, k in zip(self.running, keep, strict=True) if k]
-            self.ctx, self.left = self.ctx[keep], self.left[keep]
-            for r in done_requests:
-                r.generated = r.output_tokens
-                r.finished = now
-                self.backend.finish(r, now)
+                self._join(r)
+            self.prefilling = []
+        heap, running, clock = self._finish, self.running, self.clock
+        while heap and heap[0][0] <= clock:
+            _, admission, r = heapq.heappop(heap)
+            if running.get(r, (0, 0, -1))[2] != admission:
+                continue  # stale: preempted since
+            self.kv_used -= self._leave(r)
+            r.generated = r.output_tokens
+            r.finished = now
+            self.backend.finish(r, now)
 
     def _admit(self, now: float) -> None:
         queue = self.backend.queue
@@ -157,9 +185,8 @@ class Replica:
         pairs = sum((r.prompt_tokens + r.generated) ** 2 for r in self.prefilling)
         n_run = len(self.running)
         self.t0, self.planned = now, 0
-        self.mixed_time = self.latency.iteration_time(
-            self._prefill_tokens + n_run, kv_tokens=float(self.ctx.sum()) if n_run else 0.0,
-            prefill_pairs=float(pairs), max_context=float(self.ctx.max()) if n_run else 0.0)
+        self.mixed_time = self.latency.iteration_time(self._prefill_tokens + n_run, kv_tokens=self._kv_held(),
+                                                      prefill_pairs=pairs, max_context=self._max_context())
         self.kv_used += n_run + len(self.prefilling)  # every request's next token
 
     def _plan_segment(self, now: float) -> None:
@@ -172,24 +199,23 @@ class Replica:
                 self._plan_mixed(now)
                 return
             raise RuntimeError(f"{self.backend.name}: a single request does not fit the KV cache")
-        room = (self.capacity - self.kv_used) // n
-        m = int(min(self.left.min(), room))
+        heap = self._finish
+        while self.running.get(heap[0][2], (0, 0, -1))[2] != heap[0][1]:
+            heapq.heappop(heap)
+        m = min(heap[0][0] - self.clock, (self.capacity - self.kv_used) // n)
         lat = self.latency
-        base = float(lat.linear_layers(n)) + lat.per_kv_token * float(self.ctx.sum()) + lat.per_max_context * float(
-            self.ctx.max())
+        base = lat.linear_layers(n) + lat.per_kv_token * self._kv_held() + lat.per_max_context * self._max_context()
         step = lat.per_kv_token * n + lat.per_max_context  # growth of the iteration time per iteration
-        self.a, self.b = step / 2.0, base - step / 2.0
+        self.a, self.b = step / 2.0, float(base) - step / 2.0
         self.t0, self.planned = now, m
         self.kv_used += m * n  # reserve the segment's growth
 
     def _preempt(self, now: float) -> None:
         """Free the KV of the lowest-priority running request and send it back to the queue."""
-        i = max(range(len(self.running)), key=lambda j: (self.running[j].key, self.running[j].seq))
-        victim = self.running.pop(i)
-        victim.generated = int(self.ctx[i]) - victim.prompt_tokens
-        self.kv_used -= int(self.ctx[i])
-        self.ctx = np.delete(self.ctx, i)
-        self.left = np.delete(self.left, i)
+        victim = max(self.running, key=lambda r: (r.key, r.seq))
+        held = self._leave(victim)
+        victim.generated = held - victim.prompt_tokens
+        self.kv_used -= held
         victim.preemptions += 1
         self.preemptions += 1
         self.backend.queue.push(victim, now)
@@ -198,8 +224,9 @@ class Replica:
         name = f"{self.backend.name}[{self.index}]"
         assert self.kv_used <= self.capacity, f"{name}: KV {self.kv_used} > capacity {self.capacity}"
         assert len(self.running) + len(self.prefilling) <= self.max_batch, f"{name}: batch over max_batch"
-        held = int(self.ctx.sum()) + sum(r.prompt_tokens + r.generated for r in self.prefilling)
+        held = self._kv_held() + sum(r.prompt_tokens + r.generated for r in self.prefilling)
         assert 0 <= held <= self.kv_used, f"{name}: requests hold {held} KV tokens, accounted {self.kv_used}"
+        assert self.sum_ctx0 == sum(v[0] for v in self.running.values())
 
 
 class LLMBackend:

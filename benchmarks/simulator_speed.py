@@ -1,0 +1,75 @@
+"""Headless simulator speed: FCFS on the default cluster.
+
+1. Throughput: LLM requests and events simulated per second of CPU (process time), on an LLM-only workload
+   (ShareGPT-like single requests at about the cluster's capacity) and on the Hermes-like mix; the
+   issue's target is one million LLM requests per CPU-minute.
+2. Scaling: the cost per event with 10 to 10,000 applications in the system at once (all arriving in a
+   burst), as a ratio to the cost with 10 (the target is to stay within 2x).
+
+    python benchmarks/simulator_speed.py
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from hermes_env.sim import ExperimentConfig, Simulation
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER = yaml.safe_load((ROOT / "configs" / "clusters" / "default.yaml").read_text())
+
+
+def experiment(applications, arrivals, n):
+    return ExperimentConfig.from_dict({"cluster": CLUSTER, "workload": {
+        "num_applications": n, "arrivals": arrivals, "applications": applications}})
+
+
+def timed(cfg):
+    sim = Simulation(cfg, scheduler="fcfs", prewarm="none", seed=0)
+    t0 = time.process_time()
+    result = sim.run()
+    cpu = time.process_time() - t0
+    llm = sum(b["completed"] for name, b in result.summary["backends"].items() if name.startswith("llm:"))
+    return cpu, llm, result.summary["events"], result
+
+
+def main() -> None:
+    print("throughput (FCFS, default cluster)")
+    print(f"{'workload':34s} {'LLM requests':>12s} {'events':>9s} {'CPU s':>7s} {'req/s':>8s} {'events/s':>9s} "
+          f"{'req per CPU-min':>15s}")
+    single = [{"template": "single_request", "weight": 1}]
+    hermes = yaml.safe_load((ROOT / "configs" / "workloads" / "hermes.yaml").read_text())["applications"]
+    for name, apps, rate, n in (("single_request, 16 req/s", single, 16.0, 200_000),
+                                ("Hermes-like mix, 2 apps/s", hermes, 2.0, 40_000)):
+        cpu, llm, events, result = timed(experiment(apps, {"process": "poisson", "rate": rate}, n))
+        print(f"{name:34s} {llm:12d} {events:9d} {cpu:7.2f} {llm / cpu:8.0f} {events / cpu:9.0f} "
+              f"{60 * llm / cpu:15.0f}   (LLM utilisation "
+              f"{result.summary['backends']['llm:llama3-8b']['utilisation']:.2f})")
+
+    print("\ncost per event against applications in the system (a burst of N arrivals, Hermes-like mix)")
+    print(f"{'N':>6s} {'events':>9s} {'us/event':>9s} {'ratio to N=10':>13s}")
+    reference = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (10, 100, 1000, 10_000):
+            trace = Path(tmp) / f"burst{n}.csv"
+            trace.write_text("timestamp\n" + "\n".join(f"{i * 1e-4:.6f}" for i in range(n)) + "\n")
+            repeats = max(1, 20_000 // n)
+            cpu = events = 0
+            for seed in range(repeats):
+                cfg = experiment(hermes, {"process": "trace", "trace": str(trace)}, n)
+                sim = Simulation(cfg, seed=seed)
+                t0 = time.process_time()
+                sim.run()
+                cpu += time.process_time() - t0
+                events += sim.engine.events
+            per = cpu / events
+            reference = reference or per
+            print(f"{n:6d} {events:9d} {1e6 * per:9.2f} {per / reference:13.2f}")
+
+
+if __name__ == "__main__":
+    main()
