@@ -26,3 +26,4 @@ test: lint
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/gittins_lookup.py
+	$(PY) benchmarks/simulator_speed.py

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from hermes_env.sim import ExperimentConfig, Simulation
+from hermes_env.sim import Engine, ExperimentConfig, Simulation
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = yaml.safe_load((ROOT / "configs" / "clusters" / "default.yaml").read_text())
@@ -37,17 +37,34 @@ def timed(cfg):
     return cpu, llm, result.summary["events"], result
 
 
+def bare_engine_event_cost(n: int = 500_000) -> float:
+    """CPU seconds per event of the engine alone (no-op callbacks): the same-run reference that makes the
+    figures below comparable across machines."""
+    engine = Engine()
+
+    def noop(now, i):
+        if i < n:
+            engine.at(now + 1.0, noop, i + 1)
+
+    engine.at(0.0, noop, 0)
+    t0 = time.process_time()
+    engine.run()
+    return (time.process_time() - t0) / engine.events
+
+
 def main() -> None:
+    bare = bare_engine_event_cost()
+    print(f"reference: the bare event loop costs {1e6 * bare:.2f} us per event on this machine\n")
     print("throughput (FCFS, default cluster)")
     print(f"{'workload':34s} {'LLM requests':>12s} {'events':>9s} {'CPU s':>7s} {'req/s':>8s} {'events/s':>9s} "
-          f"{'req per CPU-min':>15s}")
+          f"{'req per CPU-min':>15s} {'event/bare':>10s}")
     single = [{"template": "single_request", "weight": 1}]
     hermes = yaml.safe_load((ROOT / "configs" / "workloads" / "hermes.yaml").read_text())["applications"]
     for name, apps, rate, n in (("single_request, 16 req/s", single, 16.0, 200_000),
                                 ("Hermes-like mix, 2 apps/s", hermes, 2.0, 40_000)):
         cpu, llm, events, result = timed(experiment(apps, {"process": "poisson", "rate": rate}, n))
         print(f"{name:34s} {llm:12d} {events:9d} {cpu:7.2f} {llm / cpu:8.0f} {events / cpu:9.0f} "
-              f"{60 * llm / cpu:15.0f}   (LLM utilisation "
+              f"{60 * llm / cpu:15.0f} {cpu / events / bare:10.1f}   (LLM utilisation "
               f"{result.summary['backends']['llm:llama3-8b']['utilisation']:.2f})")
 
     print("\ncost per event against applications in the system (a burst of N arrivals, Hermes-like mix)")

@@ -72,6 +72,26 @@ def _float(spec: Mapping[str, Any], key: str, where: str, default: float | None 
 
 
 @dataclass(frozen=True)
+class PrefixCacheConfig:
+    """A remote prefix cache (distributed KV store) a replica fetches reusable prompt prefixes from.
+
+    ``load_bandwidth`` is bytes/s from the store to one replica's GPU. ``mode: async`` loads on the
+    network link while the GPU computes other requests, and a request is prefilled once its prefix is
+    loaded (CALVO); ``mode: sync`` loads inside the iteration that prefills the request, stalling the GPU
+    (a compute-centric engine that treats loading as part of the prefill)."""
+
+    load_bandwidth: float
+    mode: str = "async"
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], where: str) -> PrefixCacheConfig:
+        _check_keys(spec, {"load_bandwidth_gbps", "mode"}, where)
+        mode = spec.get("mode", "async")
+        require(mode in ("async", "sync"), f"{where}.mode", f"must be 'async' or 'sync', got {mode!r}")
+        return cls(_float(spec, "load_bandwidth_gbps", where, minimum=1e-6) * 1e9 / 8, mode)
+
+
+@dataclass(frozen=True)
 class LLMBackendConfig:
     name: str
     latency: IterationLatency
@@ -83,6 +103,7 @@ class LLMBackendConfig:
     max_batch: int = 256
     max_prefill_tokens: int = 8192
     block_size: int = 16
+    prefix_cache: PrefixCacheConfig | None = None
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -95,7 +116,8 @@ class LLMBackendConfig:
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str) -> LLMBackendConfig:
         _check_keys(spec, {"name", "profile", "model", "replicas", "gpus_per_replica", "gpu_memory_gb",
-                           "gpu_memory_utilization", "max_batch", "max_prefill_tokens", "block_size", "source"}, where)
+                           "gpu_memory_utilization", "max_batch", "max_prefill_tokens", "block_size", "prefix_cache",
+                           "source"}, where)
         name = spec.get("name")
         require(isinstance(name, str) and backend_kind(name) == "llm", f"{where}.name",
                 f"must be an 'llm:<model>' backend name, got {name!r}")
@@ -116,6 +138,8 @@ class LLMBackendConfig:
             max_batch=_int(spec, "max_batch", where, 256),
             max_prefill_tokens=_int(spec, "max_prefill_tokens", where, 8192),
             block_size=_int(spec, "block_size", where, 16),
+            prefix_cache=None if spec.get("prefix_cache") is None else PrefixCacheConfig.from_dict(
+                spec["prefix_cache"], f"{where}.prefix_cache"),
         )
         require(cfg.kv_capacity_tokens >= cfg.max_prefill_tokens, f"{where}.gpu_memory_gb",
                 f"leaves {cfg.kv_capacity_tokens} KV tokens per replica after {model}'s weights, fewer than "

@@ -19,6 +19,12 @@ request. When the cache cannot grow by one token per request, the lowest-priorit
 preempted and recomputed later (vLLM's recompute preemption): its KV is freed and it rejoins the queue,
 keeping the tokens it generated, which its next prefill recomputes. KV is accounted in tokens; the
 capacity is whole blocks (per-request fragmentation within the last block is not modelled).
+
+With a prefix cache (CALVO), a request's reusable prefix is fetched from remote storage at the
+configured bandwidth before its prefill, which then computes only the rest of the prompt. In ``async``
+mode the fetch runs on the replica's network link (one fetch at a time, in admission order) while the
+GPU keeps iterating, and the request is prefilled at the first boundary after its prefix arrives; in
+``sync`` mode the iteration that prefills the request waits for the fetch.
 """
 
 from __future__ import annotations
@@ -53,6 +59,12 @@ class Replica:
         self._admissions = 0
         self.kv_used = 0  # tokens held or reserved for the iterations planned
         self.prefilling: list[Request] = []  # admitted in the iteration in progress
+        self.cache = cfg.prefix_cache
+        self.kv_bytes_per_token = cfg.model.kv_bytes_per_token
+        self.loading: set[Request] = set()  # admitted, prefix still loading from the prefix cache (async)
+        self.loaded: list[Request] = []  # prefix loaded, waiting for the next iteration's prefill
+        self.link_free_at = 0.0
+        self.load_seconds = 0.0
         self.version = 0
         self.busy = False
         # the plan of the iteration or segment in progress
@@ -62,6 +74,7 @@ class Replica:
         self.b = 0.0
         self.mixed_time = 0.0
         self._prefill_tokens = 0
+        self._load_stall = 0.0
         self.busy_seconds = 0.0
         self.iterations = 0
         self.preemptions = 0
@@ -94,12 +107,34 @@ class Replica:
         self.sum_ctx0 -= ctx0
         return ctx0 + self.clock
 
+    # -- prefix cache -------------------------------------------------------------------------
+    def load_time(self, r: Request) -> float:
+        """Seconds to fetch the request's reusable prefix from the prefix cache (0 without one)."""
+        if self.cache is None or not r.prefix_tokens:
+            return 0.0
+        return r.prefix_tokens * self.kv_bytes_per_token / self.cache.load_bandwidth
+
+    def _prefill_work(self, r: Request) -> tuple[int, int]:
+        """Tokens to compute and causal attention pairs of the request's prefill: with a loaded prefix
+        only the rest of the prompt is computed, attending to the whole of it."""
+        total = r.prompt_tokens + r.generated
+        cached = r.prefix_tokens if self.cache is not None else 0
+        return total - cached, total * total - cached * cached
+
+    def _loaded_prefix(self, now: float, r: Request) -> None:
+        self.loading.discard(r)
+        self.loaded.append(r)
+        self.poke(now)
+
+    def _batch(self) -> int:
+        return len(self.running) + len(self.prefilling) + len(self.loading) + len(self.loaded)
+
     # -- the iteration loop -----------------------------------------------------------------
     def poke(self, now: float) -> None:
         """New work is waiting: start at once if idle, else cut a decode segment at the next boundary."""
         if not self.busy:
             self._boundary(now, self.version)
-        elif self.planned > 1 and len(self.running) < self.max_batch:
+        elif self.planned > 1 and (self.loaded or self._batch() < self.max_batch):
             done = self._iterations_by(now - self.t0)
             if done + 1 < self.planned:
                 self.kv_used -= (self.planned - done - 1) * len(self.running)  # unreserve the cut iterations
@@ -135,7 +170,7 @@ class Replica:
             self._plan_segment(now)
             end = self.t0 + self._segment_time(self.planned)
         else:
-            self.busy = False
+            self.busy = False  # prefixes still loading call poke when they arrive
             return
         self.busy = True
         self.version += 1
@@ -166,27 +201,47 @@ class Replica:
         queue = self.backend.queue
         budget = self.backend.cfg.max_prefill_tokens
         prefill = 0
-        while len(queue) and len(self.running) + len(self.prefilling) < self.max_batch:
-            r = queue.peek(now)
-            tokens = r.prompt_tokens + r.generated  # a preempted request recomputes what it generated
-            growth = len(self.running) + len(self.prefilling) + 1
+        self._load_stall = 0.0
+        while self.loaded:  # requests whose prefix has arrived go first
+            tokens = self._prefill_work(self.loaded[0])[0]
             if self.prefilling and prefill + tokens > budget:
                 break
-            if self.kv_used + tokens + growth > self.capacity:
+            self.prefilling.append(self.loaded.pop(0))
+            prefill += tokens
+        batch = self._batch()
+        while len(queue) and batch < self.max_batch:
+            r = queue.peek(now)
+            held = r.prompt_tokens + r.generated  # a preempted request recomputes what it generated
+            tokens = self._prefill_work(r)[0]
+            growth = batch + 1
+            if self.prefilling and prefill + tokens > budget:
+                break
+            if self.kv_used + held + growth > self.capacity:
                 break
             queue.pop(now)
+            batch += 1
             r.started = now if r.started < 0 else r.started
+            self.kv_used += held
+            load = self.load_time(r)
+            self.load_seconds += load
+            if load and self.cache.mode == "async":  # fetch on the link while the GPU works
+                start = max(now, self.link_free_at)
+                self.link_free_at = start + load
+                self.loading.add(r)
+                self.backend.engine.at(self.link_free_at, self._loaded_prefix, r)
+                continue
+            self._load_stall += load  # sync: the iteration waits for the fetch
             self.prefilling.append(r)
-            self.kv_used += tokens
             prefill += tokens
         self._prefill_tokens = prefill
 
     def _plan_mixed(self, now: float) -> None:
-        pairs = sum((r.prompt_tokens + r.generated) ** 2 for r in self.prefilling)
+        pairs = sum(self._prefill_work(r)[1] for r in self.prefilling)
         n_run = len(self.running)
         self.t0, self.planned = now, 0
-        self.mixed_time = self.latency.iteration_time(self._prefill_tokens + n_run, kv_tokens=self._kv_held(),
-                                                      prefill_pairs=pairs, max_context=self._max_context())
+        self.mixed_time = self._load_stall + self.latency.iteration_time(
+            self._prefill_tokens + n_run, kv_tokens=self._kv_held(), prefill_pairs=pairs,
+            max_context=self._max_context())
         self.kv_used += n_run + len(self.prefilling)  # every request's next token
 
     def _plan_segment(self, now: float) -> None:
@@ -223,8 +278,9 @@ class Replica:
     def check_invariants(self) -> None:
         name = f"{self.backend.name}[{self.index}]"
         assert self.kv_used <= self.capacity, f"{name}: KV {self.kv_used} > capacity {self.capacity}"
-        assert len(self.running) + len(self.prefilling) <= self.max_batch, f"{name}: batch over max_batch"
-        held = self._kv_held() + sum(r.prompt_tokens + r.generated for r in self.prefilling)
+        assert self._batch() <= self.max_batch, f"{name}: batch over max_batch"
+        staged = [*self.prefilling, *self.loading, *self.loaded]
+        held = self._kv_held() + sum(r.prompt_tokens + r.generated for r in staged)
         assert 0 <= held <= self.kv_used, f"{name}: requests hold {held} KV tokens, accounted {self.kv_used}"
         assert self.sum_ctx0 == sum(v[0] for v in self.running.values())
 
@@ -247,9 +303,16 @@ class LLMBackend:
                              f"output tokens needs {need} KV tokens, more than a replica holds "
                              f"({self.replicas[0].capacity}); give the backend more GPU memory per replica")
         self.queue.push(request, now)
-        # the replica with the most room takes it; ties go to the lowest index (deterministic)
-        replica = min(self.replicas, key=lambda r: (r.busy, len(r.running) + len(r.prefilling), r.index))
-        replica.poke(now)
+        # an idle replica takes it, else the one with the smallest batch; ties go to the lowest index
+        best, best_batch = None, 0
+        for replica in self.replicas:
+            if not replica.busy:
+                best = replica
+                break
+            batch = replica._batch()
+            if best is None or batch < best_batch:
+                best, best_batch = replica, batch
+        best.poke(now)
 
     def finish(self, request: Request, now: float) -> None:
         self.completed += 1

@@ -4,7 +4,9 @@ An application is a graph of *stages*. Each stage runs on one backend, named ``k
 
 * ``llm:<model>`` stages carry ``prompt_tokens`` and ``output_tokens`` distributions; the prompt may
   grow by ``prompt_growth_per_iteration`` tokens for each iteration of the loops around the stage
-  (an agent's context accumulates observations);
+  (an agent's context accumulates observations); ``prefix_reuse`` is the fraction of the prompt that
+  repeats a prefix computed before (conversation history, an agent's earlier steps, a shared few-shot
+  prompt), whose KV a backend with a prefix cache can fetch instead of recomputing;
 * ``tool:``, ``dnn:`` and ``api:`` stages carry a ``service_time`` distribution in seconds.
 
 A stage may fan out: ``fanout`` is an integer distribution of the number of parallel copies,
@@ -73,6 +75,7 @@ class Stage:
     prompt_tokens: Distribution | None = None
     output_tokens: Distribution | None = None
     prompt_growth_per_iteration: float = 0.0
+    prefix_reuse: float = 0.0
     fanout: Distribution | None = None
     next: tuple[Transition, ...] = ()
     description: str = ""
@@ -91,6 +94,8 @@ class Stage:
                 out[key] = dist.to_dict()
         if self.prompt_growth_per_iteration:
             out["prompt_growth_per_iteration"] = self.prompt_growth_per_iteration
+        if self.prefix_reuse:
+            out["prefix_reuse"] = self.prefix_reuse
         if self.next:
             out["next"] = [t.to_dict() for t in self.next]
         return out
@@ -180,7 +185,7 @@ class PDGraph:
 
 _STAGE_KEYS = {
     "name", "backend", "service_time", "prompt_tokens", "output_tokens",
-    "prompt_growth_per_iteration", "fanout", "next", "description",
+    "prompt_growth_per_iteration", "prefix_reuse", "fanout", "next", "description",
 }
 
 
@@ -203,7 +208,11 @@ def _stage_from_dict(spec: Any, where: str) -> Stage:
     growth = spec.get("prompt_growth_per_iteration", 0.0)
     require(isinstance(growth, int | float) and growth >= 0, f"{where}.prompt_growth_per_iteration",
             f"must be a number >= 0, got {growth!r}")
+    reuse = spec.get("prefix_reuse", 0.0)
+    require(isinstance(reuse, int | float) and 0 <= reuse <= 1, f"{where}.prefix_reuse",
+            f"must be a fraction in [0, 1], got {reuse!r}")
     return Stage(name=name, backend=backend, next=transitions, prompt_growth_per_iteration=float(growth),
+                 prefix_reuse=float(reuse),
                  description=str(spec.get("description", "")), **dists)
 
 
@@ -264,6 +273,7 @@ def _validate_stage(s: Stage, names: set[str], known_backends: frozenset[str] | 
             require(getattr(s, key) is None, f"{where}.{key}", f"is only allowed on llm: stages, not {s.backend}")
         require(s.prompt_growth_per_iteration == 0, f"{where}.prompt_growth_per_iteration",
                 "is only allowed on llm: stages")
+        require(s.prefix_reuse == 0, f"{where}.prefix_reuse", "is only allowed on llm: stages")
     if s.fanout is not None:
         require(s.fanout.is_discrete, f"{where}.fanout", "must be a discrete or deterministic distribution of widths")
         values, _ = s.fanout.points()

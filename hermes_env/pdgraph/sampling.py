@@ -63,8 +63,12 @@ class Realisation:
 def sample_tokens(stage: Stage, iteration: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Integer prompt and output tokens (at least 1 each) for ``width`` copies of an LLM stage."""
     growth = int(round(stage.prompt_growth_per_iteration * iteration))
-    prompt = np.maximum(1, np.rint(stage.prompt_tokens.sample(rng, width))).astype(np.int64) + growth  # type: ignore[union-attr]
-    output = np.maximum(1, np.rint(stage.output_tokens.sample(rng, width))).astype(np.int64)  # type: ignore[union-attr]
+    prompt = np.rint(stage.prompt_tokens.sample(rng, width)).astype(np.int64)  # type: ignore[union-attr]
+    output = np.rint(stage.output_tokens.sample(rng, width)).astype(np.int64)  # type: ignore[union-attr]
+    np.maximum(prompt, 1, out=prompt)
+    np.maximum(output, 1, out=output)
+    if growth:
+        prompt += growth
     return prompt, output
 
 

@@ -67,9 +67,13 @@ def summarise(sim: Any) -> SimulationResult:
                           "idle_warm_seconds": b.idle_warm_seconds, "idle_cost": b.idle_cost}
     for name, b in sim.llm_backends.items():
         busy = sum(r.busy_seconds for r in b.replicas)
+        latency = {cls: {"ttft": distribution_summary(np.array(ttft)), "tpot": distribution_summary(np.array(tpot))}
+                   for (backend, cls), (ttft, tpot) in sorted(sim.token_latency.items()) if backend == name}
         backends[name] = {"utilisation": busy / (len(b.replicas) * now) if now else 0.0, "completed": b.completed,
                           "iterations": sum(r.iterations for r in b.replicas),
-                          "preemptions": sum(r.preemptions for r in b.replicas)}
+                          "preemptions": sum(r.preemptions for r in b.replicas),
+                          "prefix_load_seconds": sum(r.load_seconds for r in b.replicas),
+                          "token_latency": latency}
     summary = {
         "seed": sim.seed, "scheduler": sim.scheduler.name, "prewarm": sim.prewarm_policy.name,
         "simulated_seconds": now, "applications": len(rows), "stage_requests": sim.stage_requests,

@@ -115,6 +115,8 @@ class Simulation:
         weights = np.array([m.weight for m in workload.applications])
         self.app_mix = np.random.default_rng([seed, 2]).choice(len(weights), size=n, p=weights / weights.sum())
         self._spaces = {m.template: m.graph.state_space() for m in workload.applications}
+        self._prefix_reuse = {(m.template, st.name): st.prefix_reuse for m in workload.applications
+                              for st in m.graph.stages}
         # Applications arrive in index order whatever the policies do, so drawing each realisation from
         # one stream at arrival gives every policy the same demands (common random numbers).
         self._realisation_rng = np.random.default_rng([seed, 3])
@@ -122,6 +124,7 @@ class Simulation:
         self.completed: list[Application] = []
         self.in_system = 0
         self.stage_requests = 0
+        self.token_latency: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         self._last_event = 0.0
         self.scheduler.bind(self)
 
@@ -163,13 +166,20 @@ class Simulation:
             if run.tool_time is not None:
                 req = Request(app, app.cursor, copy, run.backend, service_time=float(run.tool_time[copy]))
             else:
-                req = Request(app, app.cursor, copy, run.backend, int(run.prompt_tokens[copy]),
-                              int(run.output_tokens[copy]))
+                prompt = int(run.prompt_tokens[copy])
+                reuse = self._prefix_reuse[(app.template, run.stage)]
+                req = Request(app, app.cursor, copy, run.backend, prompt, int(run.output_tokens[copy]),
+                              prefix_tokens=int(prompt * reuse))
             self.stage_requests += 1
             backend.submit(req, now)
 
     def _done(self, request: Request, now: float) -> None:
         app: Application = request.app
+        if request.output_tokens:  # an LLM request: time to first token, time per output token
+            ttft, tpot = self.token_latency.setdefault((request.backend, app.app_class), ([], []))
+            ttft.append(request.first_token - request.first_enqueued)
+            if request.output_tokens > 1:
+                tpot.append((request.finished - request.first_token) / (request.output_tokens - 1))
         app.pending -= 1
         self._stage_times(app, request)
         if app.pending:
@@ -219,4 +229,5 @@ class Simulation:
             assert not (len(b.queue) and free), f"{b.name}: requests wait while a warm slot is free"
         for b in self.llm_backends.values():
             b.check_invariants()
-            assert not (len(b.queue) and any(not r.busy for r in b.replicas)), f"{b.name}: idle replica, work waits"
+            idle = any(not r.busy and not r.loading and not r.loaded for r in b.replicas)
+            assert not (len(b.queue) and idle), f"{b.name}: an idle replica while work waits"
