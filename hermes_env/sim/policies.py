@@ -31,30 +31,27 @@ _SCHEDULERS: dict[str, Callable[..., Any]] = {}
 _PREWARMERS: dict[str, Callable[..., Any]] = {}
 
 
-def register_scheduler(name: str) -> Callable[[type], type]:
-    def add(cls: type) -> type:
-        _SCHEDULERS[name] = cls
-        cls.name = name
-        return cls
-    return add
+def _registrar(registry: dict[str, Callable[..., Any]]) -> Callable[[str], Callable[[type], type]]:
+    def register(name: str) -> Callable[[type], type]:
+        def add(cls: type) -> type:
+            registry[name] = cls
+            cls.name = name
+            return cls
+        return add
+    return register
 
 
-def register_prewarm(name: str) -> Callable[[type], type]:
-    def add(cls: type) -> type:
-        _PREWARMERS[name] = cls
-        cls.name = name
-        return cls
-    return add
+def _maker(registry: dict[str, Callable[..., Any]], kind: str) -> Callable[..., Any]:
+    def make(name: str, **kwargs: Any) -> Any:
+        require(name in registry, kind, f"unknown {kind} {name!r}", f"use one of {sorted(registry)}")
+        return registry[name](**kwargs)
+    return make
 
 
-def make_scheduler(name: str, **kwargs: Any) -> Any:
-    require(name in _SCHEDULERS, "scheduler", f"unknown scheduler {name!r}", f"use one of {sorted(_SCHEDULERS)}")
-    return _SCHEDULERS[name](**kwargs)
-
-
-def make_prewarm(name: str, **kwargs: Any) -> Any:
-    require(name in _PREWARMERS, "prewarm", f"unknown prewarm policy {name!r}", f"use one of {sorted(_PREWARMERS)}")
-    return _PREWARMERS[name](**kwargs)
+register_scheduler = _registrar(_SCHEDULERS)
+register_prewarm = _registrar(_PREWARMERS)
+make_scheduler = _maker(_SCHEDULERS, "scheduler")
+make_prewarm = _maker(_PREWARMERS, "prewarm")
 
 
 def scheduler_names() -> list[str]:
