@@ -1,3 +1,9 @@
-"""hermes_env: scheduling LLM applications on a GPU cluster, as a Gymnasium environment."""
+"""hermes_env: scheduling LLM applications on a GPU cluster, as a Gymnasium environment.
+
+Importing the package registers the environments ``hermes_env/Scheduling-v0``, ``hermes_env/Prewarm-v0``
+and ``hermes_env/Joint-v0``.
+"""
 
 __version__ = "0.1.0"
+
+from hermes_env import envs as envs  # noqa: E402  (registers the environments)

@@ -34,7 +34,7 @@ import math
 from collections.abc import Callable
 
 from hermes_env.cluster.config import LLMBackendConfig
-from hermes_env.cluster.queue import WaitQueue
+from hermes_env.cluster.queue import DecisionPending, WaitQueue
 from hermes_env.cluster.request import Request
 from hermes_env.cluster.tool import EventScheduler
 
@@ -67,6 +67,7 @@ class Replica:
         self.load_seconds = 0.0
         self.version = 0
         self.busy = False
+        self.deciding = False  # suspended in admission until an external policy chooses
         # the plan of the iteration or segment in progress
         self.t0 = 0.0
         self.planned = 0  # decode iterations planned in the segment (0 for a mixed iteration)
@@ -132,6 +133,8 @@ class Replica:
     # -- the iteration loop -----------------------------------------------------------------
     def poke(self, now: float) -> None:
         """New work is waiting: start at once if idle, else cut a decode segment at the next boundary."""
+        if self.deciding:
+            return
         if not self.busy:
             self._boundary(now, self.version)
         elif self.planned > 1 and (self.loaded or self._batch() < self.max_batch):
@@ -162,18 +165,32 @@ class Replica:
         if self.busy:
             self.busy_seconds += now - self.t0
             self._apply_progress(now)
-        self._admit(now)
-        if self.prefilling:
-            self._plan_mixed(now)
-            end = now + self.mixed_time
-        elif self.running:
-            self._plan_segment(now)
-            end = self.t0 + self._segment_time(self.planned)
-        else:
-            self.busy = False  # prefixes still loading call poke when they arrive
+        self._prefill_tokens = 0
+        self._load_stall = 0.0
+        self._continue(now)
+
+    def _resume(self, now: float) -> None:
+        self.deciding = False
+        self._continue(now)
+
+    def _continue(self, now: float) -> None:
+        """Admit, then plan the next iteration; suspends if an external policy has a choice to make."""
+        try:
+            self._admit(now)
+            if self.prefilling:
+                self._plan_mixed(now)
+            elif self.running:
+                self._plan_segment(now)  # may preempt everything and admit again (a mixed iteration)
+            else:
+                self.busy = False  # prefixes still loading call poke when they arrive
+                return
+        except DecisionPending:
+            self.deciding = True
+            self.backend.on_decision(self.backend.queue, now, self._resume)  # type: ignore[misc]
             return
         self.busy = True
         self.version += 1
+        end = self.t0 + (self.mixed_time if self.planned == 0 else self._segment_time(self.planned))
         self.backend.engine.at(end, self._boundary, self.version)
 
     def _apply_progress(self, now: float) -> None:
@@ -200,14 +217,14 @@ class Replica:
     def _admit(self, now: float) -> None:
         queue = self.backend.queue
         budget = self.backend.cfg.max_prefill_tokens
-        prefill = 0
-        self._load_stall = 0.0
+        prefill = self._prefill_tokens  # kept across a suspension for an external choice
         while self.loaded:  # requests whose prefix has arrived go first
             tokens = self._prefill_work(self.loaded[0])[0]
             if self.prefilling and prefill + tokens > budget:
                 break
             self.prefilling.append(self.loaded.pop(0))
             prefill += tokens
+        self._prefill_tokens = prefill
         batch = self._batch()
         while len(queue) and batch < self.max_batch:
             r = queue.peek(now)
@@ -233,6 +250,7 @@ class Replica:
             self._load_stall += load  # sync: the iteration waits for the fetch
             self.prefilling.append(r)
             prefill += tokens
+            self._prefill_tokens = prefill
         self._prefill_tokens = prefill
 
     def _plan_mixed(self, now: float) -> None:
@@ -290,9 +308,11 @@ class LLMBackend:
     takes work at its next iteration boundary."""
 
     def __init__(self, cfg: LLMBackendConfig, engine: EventScheduler, queue: WaitQueue,
-                 on_done: Callable[[Request, float], None]) -> None:
+                 on_done: Callable[[Request, float], None],
+                 on_decision: Callable[[WaitQueue, float, Callable[[float], None]], None] | None = None) -> None:
         self.cfg, self.name = cfg, cfg.name
         self.engine, self.queue, self.on_done = engine, queue, on_done
+        self.on_decision = on_decision  # told when an external policy must choose; gets a resume callback
         self.replicas = [Replica(self, i) for i in range(cfg.replicas)]
         self.completed = 0
 

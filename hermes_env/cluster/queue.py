@@ -2,7 +2,10 @@
 
 A policy either ranks requests with a static ``key(request, now)`` computed when the request joins the
 queue (lower first; a heap keeps the order, O(log n)), or, when it defines ``select(backend, waiting,
-now)``, chooses among all waiting requests at every decision point (a learned policy does this)."""
+now)``, chooses among all waiting requests at every decision point. A policy marked ``external`` (an
+agent stepping a Gymnasium environment) chooses from outside the simulation: when a choice among two or
+more requests is needed the queue raises :class:`DecisionPending`, the backend suspends, and the choice
+arrives later through :meth:`WaitQueue.choose`."""
 
 from __future__ import annotations
 
@@ -13,11 +16,16 @@ from typing import Any
 from hermes_env.cluster.request import Request
 
 
+class DecisionPending(Exception):
+    """An external policy must choose among the waiting requests before the backend can go on."""
+
+
 class WaitQueue:
     def __init__(self, backend: str, policy: Any) -> None:
         self.backend = backend
         self.policy = policy
-        self._select = getattr(policy, "select", None)
+        self.external = bool(getattr(policy, "external", False))
+        self._select = getattr(policy, "select", None) or (self._external_choice if self.external else None)
         self._heap: list[tuple[Any, int, Request]] = []
         self._list: list[Request] = []
         self._seq = 0
@@ -55,6 +63,22 @@ class WaitQueue:
             self._choice = None
             return self._list.pop(i)
         return heapq.heappop(self._heap)[2]
+
+    def choose(self, index: int) -> None:
+        """An external policy's choice: the request at ``index`` of :attr:`waiting` goes next."""
+        if not (0 <= index < len(self._list)):
+            raise ValueError(f"choice {index} is not among the {len(self._list)} requests waiting at {self.backend}")
+        self._choice = index
+
+    @property
+    def waiting(self) -> list[Request]:
+        """The waiting requests in arrival order (the order of the slots an external policy sees)."""
+        return self._list if self._select else [r for _, _, r in sorted(self._heap)]
+
+    def _external_choice(self, backend: str, waiting: list[Request], now: float) -> int:
+        if len(waiting) == 1:
+            return 0
+        raise DecisionPending(backend)
 
     def _chosen(self, now: float) -> int:
         i = self._select(self.backend, self._list, now)

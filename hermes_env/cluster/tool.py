@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hermes_env.cluster.config import ToolBackendConfig
-from hermes_env.cluster.queue import WaitQueue
+from hermes_env.cluster.queue import DecisionPending, WaitQueue
 from hermes_env.cluster.request import Request
 
 COLD, WARMING, WARM = 0, 1, 2
@@ -41,9 +41,12 @@ class Instance:
 
 class ToolBackend:
     def __init__(self, cfg: ToolBackendConfig, engine: EventScheduler, queue: WaitQueue, rng: np.random.Generator,
-                 on_done: Callable[[Request, float], None]) -> None:
+                 on_done: Callable[[Request, float], None],
+                 on_decision: Callable[[Any, float, Callable[[float], None]], None] | None = None) -> None:
         self.cfg, self.name = cfg, cfg.name
         self.engine, self.queue, self.rng, self.on_done = engine, queue, rng, on_done
+        self.on_decision = on_decision  # told when an external policy must choose; gets a resume callback
+        self.deciding = False
         self.instances = [Instance(i) for i in range(cfg.instances)]
         # Pinned instances stay warm: keep-alive never expires them. A backend without a cold start (an
         # external API) is always warm; an always-warm prewarm policy pins the others.
@@ -76,6 +79,11 @@ class ToolBackend:
     def idle_cost(self) -> float:
         return self.idle_warm_seconds * self.cfg.idle_cost
 
+    def idle_cost_until(self, now: float) -> float:
+        """The idle cost accrued up to ``now``."""
+        self._account(now)
+        return self.idle_cost
+
     def warm_instances(self) -> int:
         return sum(inst.state == WARM for inst in self.instances)
 
@@ -90,12 +98,20 @@ class ToolBackend:
         self._dispatch(now)
 
     def _dispatch(self, now: float) -> None:
+        if self.deciding:
+            return  # the pending choice re-runs dispatch once made
         queue, capacity = self.queue, self.cfg.capacity
         while len(queue):
             inst = next((i for i in self.instances if i.state == WARM and i.busy < capacity), None)
             if inst is None:
                 break
-            self._start(inst, queue.pop(now), now)
+            try:
+                request = queue.pop(now)
+            except DecisionPending:
+                self.deciding = True
+                self.on_decision(self.queue, now, self._resume)  # type: ignore[misc]
+                return
+            self._start(inst, request, now)
         if len(queue):
             coming = self.warming_instances() * capacity
             for inst in self.instances:
@@ -105,6 +121,10 @@ class ToolBackend:
                     self.cold_starts += 1
                     self._warm(inst, now)
                     coming += capacity
+
+    def _resume(self, now: float) -> None:
+        self.deciding = False
+        self._dispatch(now)
 
     def _start(self, inst: Instance, request: Request, now: float) -> None:
         self._account(now)

@@ -97,6 +97,42 @@ class ApplicationFCFS(SchedulingPolicy):
         return (request.app.arrival, request.first_enqueued)
 
 
+@register_scheduler("gittins")
+class Gittins(SchedulingPolicy):
+    """Hermes: serve the application with the highest Gittins index of its remaining demand (from its
+    PDGraph, at its current stage with its unfinished copies), read when the stage is issued. Ties go to
+    the earlier request."""
+
+    def bind(self, sim: Any) -> None:
+        self.sim = sim
+
+    def key(self, request: Request, now: float) -> tuple[float, float]:
+        app = request.app
+        table = self.sim.demand_model(app.template).gittins_table
+        return (-table.lookup(app.current.state, 0.0, app.pending), request.first_enqueued)
+
+
+class ExternalScheduler(SchedulingPolicy):
+    """The scheduling side of an agent outside the simulation (the Gymnasium environments): every choice
+    among two or more waiting requests pauses the simulation until ``Simulation.resolve`` gives it."""
+
+    name = "external"
+    external = True
+
+
+class ExternalPrewarm(PrewarmPolicy):
+    """The prewarm side of an agent outside the simulation: every decision point (and every ``tick``
+    seconds) pauses the simulation for the agent's warm/release orders."""
+
+    name = "external"
+
+    def __init__(self, tick: float | None = None) -> None:
+        self.tick = tick
+
+    def decide(self, sim: Any, now: float) -> None:
+        sim.request_prewarm_decision(now)
+
+
 @register_prewarm("none")
 class NoPrewarm(PrewarmPolicy):
     """Backends stay cold until requested and cool after their configured keep-alive."""

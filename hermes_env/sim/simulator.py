@@ -14,8 +14,10 @@ the next stage is issued; after the last stage the application completes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,14 @@ import numpy as np
 import yaml
 
 from hermes_env.cluster.config import ClusterConfig
+from hermes_env.cluster.latency import IterationLatency, ProfileCost
 from hermes_env.cluster.llm import LLMBackend
 from hermes_env.cluster.queue import WaitQueue
 from hermes_env.cluster.request import Request
 from hermes_env.cluster.tool import ToolBackend
 from hermes_env.errors import ConfigError, require
+from hermes_env.pdgraph.demand import DemandModel
+from hermes_env.pdgraph.graph import PDGraph
 from hermes_env.pdgraph.sampling import StageRun, sample_realisation
 from hermes_env.sim.engine import Engine
 from hermes_env.sim.metrics import SimulationResult, summarise
@@ -68,6 +73,23 @@ class ExperimentConfig:
             return cls.from_dict(yaml.safe_load(fh), base=path.parent)
 
 
+@lru_cache(maxsize=256)
+def shared_demand_model(graph: PDGraph, profiles: tuple[tuple[str, IterationLatency], ...]) -> DemandModel:
+    return DemandModel(graph, ProfileCost(dict(profiles)))
+
+
+@dataclass
+class Decision:
+    """A choice an external policy owes: ``schedule`` (which request ``queue`` admits next at ``backend``)
+    or ``prewarm`` (which tool backends to warm or release)."""
+
+    kind: str
+    time: float
+    backend: str
+    queue: WaitQueue | None
+    resume: Callable[[float], None] | None
+
+
 class Application:
     """One application in the system: its realisation and how far it has got."""
 
@@ -104,10 +126,11 @@ class Simulation:
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
         self.prewarm_policy = make_prewarm(prewarm) if isinstance(prewarm, str) else prewarm
         cluster_rng = np.random.default_rng([seed, 4])
-        self.llm_backends = {c.name: LLMBackend(c, self.engine, WaitQueue(c.name, self.scheduler), self._done)
-                             for c in config.cluster.llm_backends}
+        self.llm_backends = {c.name: LLMBackend(c, self.engine, WaitQueue(c.name, self.scheduler), self._done,
+                                                self._decision_needed) for c in config.cluster.llm_backends}
         self.tool_backends = {c.name: ToolBackend(c, self.engine, WaitQueue(c.name, self.scheduler), cluster_rng,
-                                                  self._done) for c in config.cluster.tool_backends}
+                                                  self._done, self._decision_needed)
+                              for c in config.cluster.tool_backends}
         self.backends: dict[str, LLMBackend | ToolBackend] = {**self.llm_backends, **self.tool_backends}
         workload = config.workload
         n = workload.num_applications
@@ -125,16 +148,20 @@ class Simulation:
         self.in_system = 0
         self.stage_requests = 0
         self.token_latency: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+        self.pending: deque[Decision] = deque()  # choices an external policy owes, oldest first
+        self._area, self._area_since = 0.0, 0.0  # integral of applications in the system over time
+        self._demand_models: dict[str, DemandModel] = {}
         self._last_event = 0.0
         self.scheduler.bind(self)
 
     # -- running ----------------------------------------------------------------------------
     def run(self, until: float = math.inf) -> SimulationResult:
+        """Run to the end (or ``until``) with the policies given; external policies need
+        :meth:`run_until_decision` and :meth:`resolve` instead."""
+        require(not getattr(self.scheduler, "external", False), "scheduler",
+                "is external: drive the simulation with run_until_decision() and resolve()")
         if not self.apps:
-            self.prewarm_policy.start(self, 0.0)
-            self.engine.at(float(self.arrival_times[0]), self._arrive, 0)
-            if self.prewarm_policy.tick:
-                self.engine.at(self.prewarm_policy.tick, self._tick)
+            self._start()
         if self.check:
             while len(self.engine) and self.engine.next_time() <= until and not self._finished():
                 self.engine.step()
@@ -142,6 +169,54 @@ class Simulation:
         else:
             self.engine.run(until, stop=self._finished)
         return summarise(self)
+
+    def _count_area(self, now: float) -> None:
+        self._area += self.in_system * (now - self._area_since)
+        self._area_since = now
+
+    def system_area(self) -> float:
+        """The integral of the number of applications in the system up to now: by Little's law, the
+        sum of their completion times once all have completed."""
+        return self._area + self.in_system * (self.engine.now - self._area_since)
+
+    def demand_model(self, template: str) -> DemandModel:
+        """The PDGraph analysis of a workload template, LLM stages priced by this cluster's latency
+        profiles (built on first use, shared by every simulation of the same graph and profiles)."""
+        if template not in self._demand_models:
+            mix = next(m for m in self.config.workload.applications if m.template == template)
+            profiles = tuple((b.name, b.latency) for b in self.config.cluster.llm_backends)
+            self._demand_models[template] = shared_demand_model(mix.graph, profiles)
+        return self._demand_models[template]
+
+    # -- external decisions (the Gymnasium environments) ------------------------------------------
+    def _decision_needed(self, queue: WaitQueue, now: float, resume: Callable[[float], None]) -> None:
+        self.pending.append(Decision("schedule", now, queue.backend, queue, resume))
+
+    def request_prewarm_decision(self, now: float) -> None:
+        """Called by an external prewarm policy: pause so that the agent can order warm-ups/releases."""
+        self.pending.append(Decision("prewarm", now, "", None, None))
+
+    def run_until_decision(self) -> Decision | None:
+        """Run until an external policy owes a choice (returned) or every application has completed (None)."""
+        if not self.apps:
+            self._start()
+        if not self.pending and not self._finished():
+            self.engine.run(stop=lambda: bool(self.pending) or self._finished())
+        return self.pending[0] if self.pending else None
+
+    def resolve(self, choice: int | None = None) -> None:
+        """Settle the oldest pending decision: for a scheduling decision, admit the waiting request at
+        ``choice`` (an index of ``decision.queue.waiting``) and let the backend go on."""
+        decision = self.pending.popleft()
+        if decision.kind == "schedule":
+            decision.queue.choose(int(choice))  # type: ignore[arg-type, union-attr]
+            decision.resume(self.engine.now)  # type: ignore[misc]
+
+    def _start(self) -> None:
+        self.prewarm_policy.start(self, 0.0)
+        self.engine.at(float(self.arrival_times[0]), self._arrive, 0)
+        if self.prewarm_policy.tick:
+            self.engine.at(self.prewarm_policy.tick, self._tick)
 
     def _finished(self) -> bool:
         return len(self.completed) == self.config.workload.num_applications
@@ -151,6 +226,7 @@ class Simulation:
         runs = sample_realisation(self._spaces[mix.template], self._realisation_rng).runs
         app = Application(i, mix, now, runs)
         self.apps.append(app)
+        self._count_area(now)
         self.in_system += 1
         if i + 1 < len(self.arrival_times):
             self.engine.at(float(self.arrival_times[i + 1]), self._arrive, i + 1)
@@ -189,6 +265,7 @@ class Simulation:
             self._issue(app, now)
         else:
             app.completion = now
+            self._count_area(now)
             self.in_system -= 1
             self.completed.append(app)
             self.prewarm_policy.decide(self, now)

@@ -1,0 +1,155 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import hermes_env  # noqa: F401  (registers the environments)
+from hermes_env.envs import ENV_IDS
+from hermes_env.sim import ExperimentConfig, Simulation
+from hermes_env.sim.policies import ExternalScheduler
+from tests.conftest import ROOT
+
+SHORT = {"workload": {"num_applications": 40}}
+
+
+def random_episode(env, seed, rng_seed=0):
+    rng = np.random.default_rng(rng_seed)
+    obs, info = env.reset(seed=seed)
+    rewards, steps = [], 0
+    while True:
+        mask = env.unwrapped.action_masks()
+        assert np.array_equal(mask, info["action_mask"])
+        if isinstance(env.action_space, gym.spaces.Discrete):
+            action = int(rng.choice(np.flatnonzero(mask)))
+        else:
+            nvec = env.action_space.nvec
+            parts = np.split(mask, np.cumsum(nvec)[:-1])
+            action = np.array([rng.choice(np.flatnonzero(p)) for p in parts])
+        obs, reward, terminated, truncated, info = env.step(action)
+        assert env.observation_space.contains(obs)
+        rewards.append(reward)
+        steps += 1
+        if terminated or truncated:
+            return rewards, steps, info
+
+
+# The checkers step with unmasked random actions, so masked-out ones must be penalised, not raised.
+@pytest.mark.parametrize("env_id", sorted(ENV_IDS))
+def test_gymnasium_env_checker(env_id):
+    env = gym.make(env_id, overrides=SHORT, invalid_action="penalty")
+    check_env(env.unwrapped, skip_render_check=False)
+
+
+@pytest.mark.parametrize("env_id", sorted(ENV_IDS))
+def test_stable_baselines3_env_checker(env_id):
+    from stable_baselines3.common.env_checker import check_env as sb3_check
+
+    sb3_check(gym.make(env_id, overrides=SHORT, invalid_action="penalty").unwrapped, warn=True)
+
+
+@pytest.mark.parametrize("env_id", sorted(ENV_IDS))
+def test_reset_is_deterministic_and_return_is_minus_total_completion_time(env_id):
+    env = gym.make(env_id, overrides=SHORT)
+    a, steps_a, info = random_episode(env, seed=7)
+    sim = env.unwrapped.sim
+    total_jct = sum(app.completion - app.arrival for app in sim.completed)
+    assert len(sim.completed) == 40 and info["completed"] == 40
+    assert sum(a) == pytest.approx(-total_jct, rel=1e-9)
+    b, steps_b, _ = random_episode(env, seed=7)
+    assert a == b and steps_a == steps_b
+    c, _, _ = random_episode(env, seed=8)
+    assert c != a
+
+
+def test_module_prefix_make_and_vector_envs():
+    env = gym.make("hermes_env:hermes_env/Scheduling-v0", overrides=SHORT)
+    assert isinstance(env.unwrapped, hermes_env.envs.SchedulingEnv)
+    for mode in ("sync", "async"):
+        vec = gym.make_vec("hermes_env/Scheduling-v0", num_envs=2, vectorization_mode=mode, overrides=SHORT)
+        obs, info = vec.reset(seed=3)
+        assert obs["requests"].shape[0] == 2
+        for _ in range(5):
+            obs, reward, term, trunc, info = vec.step(np.zeros(2, dtype=np.int64))  # slot 0 is always valid
+        assert reward.shape == (2,)
+        vec.close()
+
+
+def test_invalid_actions_raise_or_are_penalised():
+    env = gym.make("hermes_env/Scheduling-v0", overrides=SHORT)
+    env.reset(seed=0)
+    bad = int(np.flatnonzero(~env.unwrapped.action_masks())[0])
+    with pytest.raises(ValueError, match="masked out"):
+        env.step(bad)
+    lenient = gym.make("hermes_env/Scheduling-v0", overrides=SHORT, invalid_action="penalty",
+                       invalid_action_penalty=5.0)
+    lenient.reset(seed=0)
+    strict = gym.make("hermes_env/Scheduling-v0", overrides=SHORT)
+    strict.reset(seed=0)
+    _, r_bad, *_ = lenient.step(bad)
+    _, r_ok, *_ = strict.step(0)  # the fallback admits the oldest request: same transition as slot 0
+    assert r_bad == pytest.approx(r_ok - 5.0)
+
+
+def test_slots_are_in_arrival_order_and_hide_realised_sizes():
+    env = gym.make("hermes_env/Scheduling-v0", overrides=SHORT)
+    obs, info = env.reset(seed=1)
+    cands = env.unwrapped.candidates
+    assert len(cands) >= 2
+    assert [r.seq for r in cands] == sorted(r.seq for r in cands)
+    from hermes_env.envs.features import REQUEST_BASE_FEATURES
+
+    assert not any("output" in f or "service_time" in f for f in REQUEST_BASE_FEATURES)
+
+
+def test_graph_observation_describes_each_candidates_pdgraph():
+    env = gym.make("hermes_env/Scheduling-v0", overrides=SHORT, graph_observation=True)
+    obs, _ = env.reset(seed=1)
+    n = int(obs["request_mask"].sum())
+    for slot in range(n):
+        app = env.unwrapped.candidates[slot].app
+        stages = len(app.mix.graph.stages)
+        assert obs["graph_node_mask"][slot].sum() == stages
+        assert np.allclose(obs["graph_edges"][slot, :stages].sum(axis=1), 1.0)  # each stage's transitions
+        current = [s.name for s in app.mix.graph.stages].index(app.current.stage)
+        assert obs["graph_nodes"][slot, current, 4] == 1.0
+    assert obs["graph_node_mask"][n:].sum() == 0
+
+
+def test_render_modes():
+    env = gym.make("hermes_env/Joint-v0", overrides=SHORT, render_mode="ansi")
+    env.reset(seed=0)
+    text = env.render()
+    assert "llm:llama3-8b" in text and "queue" in text
+    env = gym.make("hermes_env/Scheduling-v0", overrides=SHORT, render_mode="rgb_array")
+    env.reset(seed=0)
+    for _ in range(10):
+        env.step(0)
+    img = env.render()
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and (img < 255).any()
+
+
+def test_external_choices_in_fcfs_order_reproduce_the_fcfs_simulation():
+    cfg = ExperimentConfig.from_yaml(ROOT / "configs" / "experiments" / "small.yaml")
+    reference = Simulation(cfg, scheduler="fcfs", seed=5).run()
+    sim = Simulation(cfg, scheduler=ExternalScheduler(), seed=5)
+    decisions = 0
+    while (d := sim.run_until_decision()) is not None:
+        waiting = d.queue.waiting
+        sim.resolve(min(range(len(waiting)), key=lambda i: (waiting[i].first_enqueued, waiting[i].seq)))
+        decisions += 1
+    assert decisions > 0
+    from hermes_env.sim.metrics import summarise
+
+    assert summarise(sim).rows == reference.rows
+
+
+def test_prewarm_env_orders_reach_the_backends():
+    env = gym.make("hermes_env/Prewarm-v0", overrides=SHORT)
+    obs, info = env.reset(seed=0)
+    mask = env.unwrapped.action_masks().reshape(-1, 3)
+    tools = env.unwrapped.tool_names
+    i = next(k for k, m in enumerate(mask) if m[1])  # a backend with a cold instance
+    action = np.zeros(len(tools), dtype=np.int64)
+    action[i] = 1
+    env.step(action)
+    assert env.unwrapped.sim.tool_backends[tools[i]].prewarms == 1
