@@ -27,3 +27,4 @@ test: lint
 benchmarks: $(STAMP)
 	$(PY) benchmarks/gittins_lookup.py
 	$(PY) benchmarks/simulator_speed.py
+	$(PY) benchmarks/env_speed.py

@@ -153,3 +153,15 @@ def test_prewarm_env_orders_reach_the_backends():
     action[i] = 1
     env.step(action)
     assert env.unwrapped.sim.tool_backends[tools[i]].prewarms == 1
+
+
+def test_example_heuristic_beats_random():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quickstart", ROOT / "examples" / "quickstart.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    env = gym.make("hermes_env/Scheduling-v0")
+    gittins = np.mean([example.mean_completion_time(env, example.highest_gittins, s) for s in range(3)])
+    random = np.mean([example.mean_completion_time(env, example.uniform_random, s) for s in range(3)])
+    assert gittins < random

@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from hermes_env.cluster.llm import LLMBackend
 from hermes_env.cluster.request import Request
-from hermes_env.cluster.tool import COLD, WARM, WARMING, ToolBackend
+from hermes_env.cluster.tool import WARM, WARMING, ToolBackend
 from hermes_env.pdgraph.demand import Progress
 from hermes_env.pdgraph.graph import BACKEND_KINDS, backend_kind
 
@@ -31,10 +30,6 @@ GLOBAL_FEATURES = ("applications_in_system", "time", "completed_fraction", "prew
 NO_SLO = 1e4  # seconds of slack reported for applications without an SLO
 
 
-def signed_log(x: float) -> float:
-    return math.copysign(math.log1p(abs(x)), x)
-
-
 class FeatureBuilder:
     """Builds the fixed-shape arrays of the observation. One builder serves an environment's episodes:
     ``bind`` it to each new simulation; its cache of PDGraph statistics carries over."""
@@ -43,75 +38,85 @@ class FeatureBuilder:
         self.slots = slots
         self.backend_names = backend_names
         self.n_request_features = self.request_features(len(self.backend_names))
-        self._app_stats: dict[tuple[str, int, int | None], np.ndarray] = {}
+        self._app_stats: dict[tuple[int, int, int], np.ndarray] = {}
         self.sim: Any = None
 
     def bind(self, sim: Any) -> None:
         self.sim = sim
+        self._backend_objects = [sim.backends[n] for n in self.backend_names]
+        static = np.zeros((len(self.backend_names), len(BACKEND_FEATURES)), dtype=np.float32)
+        for i, name in enumerate(self.backend_names):
+            static[i, 1:5] = [backend_kind(name) == k for k in BACKEND_KINDS]
+            if not isinstance(sim.backends[name], ToolBackend):
+                static[i, 7] = 1.0  # an LLM replica is always warm
+        self._backend_static = static
 
     @staticmethod
     def request_features(n_backends: int) -> int:
         return len(REQUEST_BASE_FEATURES) + 2 * n_backends
 
     # -- per application progress: cached PDGraph analysis -----------------------------------
-    def app_stats(self, template: str, state: int, pending: int | None) -> np.ndarray:
-        key = (template, state, pending)
-        stats = self._app_stats.get(key)
-        if stats is None:
-            model = self.sim.demand_model(template)
-            progress = Progress(state, 0.0, pending)
+    def static_row(self, r: Request) -> np.ndarray:
+        """The part of a request's features fixed by its application's template, class, state and
+        unfinished copies (computed once, then cached); the time-dependent columns are left at 0."""
+        app = r.app
+        key = (id(app.mix), app.current.state, app.pending)
+        row = self._app_stats.get(key)
+        if row is None:
+            model = self.sim.demand_model(app.template)
+            progress = Progress(app.current.state, 0.0, app.pending)
             dist = model.remaining_demand(progress)
             p50, p90 = dist.quantile([0.5, 0.9])
+            kind = backend_kind(r.backend)
             values = [math.log1p(model.gittins_index(progress)), math.log1p(dist.mean), math.log1p(dist.std),
-                      math.log1p(float(p50)), math.log1p(float(p90)), model.structure_entropy(progress)]
+                      math.log1p(float(p50)), math.log1p(float(p90)), 0.0, 0.0, 0.0,
+                      float(app.app_class == "real_time"), 0.0, *(float(kind == k) for k in BACKEND_KINDS), 0.0,
+                      math.log1p(app.pending), model.structure_entropy(progress)]
             for backend in self.backend_names:
                 use = model.next_use(progress, backend)
                 values += [use.probability, math.log1p(use.time.mean) if use.time is not None else 0.0]
-            stats = self._app_stats[key] = np.array(values, dtype=np.float32)
-        return stats
-
-    def request_row(self, r: Request, now: float) -> np.ndarray:
-        app = r.app
-        stats = self.app_stats(app.template, app.current.state, app.pending)
-        slack = app.arrival + app.mix.slo - now if math.isfinite(app.mix.slo) else NO_SLO
-        kind = backend_kind(r.backend)
-        row = np.empty(self.n_request_features, dtype=np.float32)
-        row[:5] = stats[:5]
-        row[5:10] = (math.log1p(sum(app.service_times[: app.cursor])), math.log1p(now - r.enqueued),
-                     math.log1p(now - app.arrival), float(app.app_class == "real_time"), signed_log(slack))
-        row[10:14] = [float(kind == k) for k in BACKEND_KINDS]
-        row[14:17] = (math.log1p(r.prompt_tokens), math.log1p(app.pending), stats[5])
-        row[17:] = stats[6:]
+            row = self._app_stats[key] = np.array(values, dtype=np.float32)
         return row
 
     # -- arrays ---------------------------------------------------------------------------------
     def requests(self, candidates: list[Request], now: float) -> tuple[np.ndarray, np.ndarray]:
         out = np.zeros((self.slots, self.n_request_features), dtype=np.float32)
         mask = np.zeros(self.slots, dtype=np.int8)
-        for i, r in enumerate(candidates[: self.slots]):
-            out[i] = self.request_row(r, now)
-            mask[i] = 1
+        cands = candidates[: self.slots]
+        n = len(cands)
+        if n:
+            out[:n] = [self.static_row(r) for r in cands]
+            dynamic = np.array([(sum(r.app.service_times[: r.app.cursor]), now - r.enqueued, now - r.app.arrival,
+                                 r.app.arrival + r.app.mix.slo - now, r.prompt_tokens) for r in cands])
+            slack = np.where(np.isfinite(dynamic[:, 3]), dynamic[:, 3], NO_SLO)
+            out[:n, 5:8] = np.log1p(dynamic[:, :3])
+            out[:n, 9] = np.sign(slack) * np.log1p(np.abs(slack))
+            out[:n, 14] = np.log1p(dynamic[:, 4])
+            mask[:n] = 1
         return out, mask
 
     def backends(self, deciding: str, now: float) -> np.ndarray:
-        out = np.zeros((len(self.backend_names), len(BACKEND_FEATURES)), dtype=np.float32)
-        for i, name in enumerate(self.backend_names):
-            b = self.sim.backends[name]
-            kind = backend_kind(name)
-            row = [float(name == deciding), *(float(kind == k) for k in BACKEND_KINDS), math.log1p(len(b.queue))]
+        out = self._backend_static.copy()
+        for i, b in enumerate(self._backend_objects):
+            out[i, 0] = b.name == deciding
+            out[i, 5] = math.log1p(len(b.queue))
             if isinstance(b, ToolBackend):
+                busy = warm = warming = 0
+                soonest = math.inf
+                for inst in b.instances:
+                    busy += inst.busy
+                    if inst.state == WARM:
+                        warm += 1
+                    elif inst.state == WARMING:
+                        warming += 1
+                        soonest = min(soonest, inst.ready_at - now)
                 n = len(b.instances)
-                states = [inst.state for inst in b.instances]
-                ready = [inst.ready_at - now for inst in b.instances if inst.state == WARMING]
-                row += [sum(inst.busy for inst in b.instances) / (n * b.cfg.capacity), states.count(WARM) / n,
-                        states.count(WARMING) / n, states.count(COLD) / n,
-                        math.log1p(min(ready)) if ready and WARM not in states else 0.0, 0.0]
+                out[i, 6:11] = (busy / (n * b.cfg.capacity), warm / n, warming / n, (n - warm - warming) / n,
+                                math.log1p(soonest) if warming and not warm else 0.0)
             else:
-                assert isinstance(b, LLMBackend)
                 reps = b.replicas
-                row += [sum(r._batch() for r in reps) / (len(reps) * b.cfg.max_batch), 1.0, 0.0, 0.0, 0.0,
-                        sum(r.kv_used for r in reps) / sum(r.capacity for r in reps)]
-            out[i] = row
+                out[i, 6] = sum(r._batch() for r in reps) / (len(reps) * b.cfg.max_batch)
+                out[i, 11] = sum(r.kv_used for r in reps) / sum(r.capacity for r in reps)
         return out
 
     def global_features(self, now: float, prewarm_decision: bool) -> np.ndarray:

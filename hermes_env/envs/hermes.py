@@ -156,7 +156,7 @@ class HermesEnv(gym.Env):
         sim = self.sim
         area = sim.system_area()
         idle = sum(b.idle_cost_until(sim.engine.now) for b in sim.tool_backends.values())
-        missed = sum(1 for a in sim.completed if a.completion - a.arrival > a.mix.slo)
+        missed = sim.slo_missed
         reward = -(area - self._last_area) * self.reward_scale
         reward -= self.idle_cost_weight * (idle - self._last_idle) + self.slo_miss_weight * (missed - self._last_missed)
         self._last_area, self._last_idle, self._last_missed = area, idle, missed

@@ -147,6 +147,7 @@ class Simulation:
         self.completed: list[Application] = []
         self.in_system = 0
         self.stage_requests = 0
+        self.slo_missed = 0
         self.token_latency: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         self.pending: deque[Decision] = deque()  # choices an external policy owes, oldest first
         self._area, self._area_since = 0.0, 0.0  # integral of applications in the system over time
@@ -267,6 +268,7 @@ class Simulation:
             app.completion = now
             self._count_area(now)
             self.in_system -= 1
+            self.slo_missed += now - app.arrival > app.mix.slo
             self.completed.append(app)
             self.prewarm_policy.decide(self, now)
 
