@@ -1,5 +1,14 @@
-"""Reference scheduling and prewarm policies (FCFS, SJF, Gittins, LLMSched, BROS, CALVO, EDF, oracles).
+"""Reference scheduling and prewarm policies.
 
-They arrive with the simulator's policy interface (issues 3 and 5); this package depends only on the
-environment core, never on torch.
+Importing the package registers, by name, in the simulator's registry: the schedulers ``sjf``,
+``llmsched``, ``edf``, ``bros``, ``calvo`` and ``oracle`` (``fcfs``, ``app_fcfs`` and ``gittins`` are in
+the core) and the prewarm policies ``keepalive``, ``hybrid``, ``pdgraph`` and ``oracle`` (``none`` and
+``always`` are in the core). The package is an entry point of the ``hermes_env.policies`` group, so the
+simulator and ``hermes-env`` find these names without an import. ``EnvPolicy`` runs any of them on the
+Gymnasium environments. This package depends only on the environment core, never on torch.
 """
+
+from baselines import prewarm, scheduling
+from baselines.adapters import EnvPolicy
+
+__all__ = ["EnvPolicy", "prewarm", "scheduling"]

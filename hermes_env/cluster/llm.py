@@ -233,7 +233,7 @@ class Replica:
             growth = batch + 1
             if self.prefilling and prefill + tokens > budget:
                 break
-            if self.kv_used + held + growth > self.capacity:
+            if self.kv_used + held + growth > self.capacity and not self._make_room(r, held + growth, now):
                 break
             queue.pop(now)
             batch += 1
@@ -283,9 +283,25 @@ class Replica:
         self.t0, self.planned = now, m
         self.kv_used += m * n  # reserve the segment's growth
 
-    def _preempt(self, now: float) -> None:
-        """Free the KV of the lowest-priority running request and send it back to the queue."""
-        victim = max(self.running, key=lambda r: (r.key, r.seq))
+    def _make_room(self, head: Request, need: int, now: float) -> bool:
+        """If the policy lets ``head`` take KV memory from running requests (BROS: real-time from
+        best-effort), preempt such requests, lowest priority first, until ``need`` tokens fit."""
+        may_preempt = getattr(self.backend.queue.policy, "may_preempt", None)
+        if may_preempt is None:
+            return False
+        victims = sorted((r for r in self.running if may_preempt(head, r)), key=lambda r: (r.key, r.seq))
+        freeable = sum(self.context(r) for r in victims)
+        if self.kv_used - freeable + need > self.capacity:
+            return False
+        while self.kv_used + need > self.capacity:
+            self._preempt(now, victims.pop())
+        return True
+
+    def _preempt(self, now: float, victim: Request | None = None) -> None:
+        """Free the KV of a running request (by default the lowest-priority one) and send it back to the
+        queue."""
+        if victim is None:
+            victim = max(self.running, key=lambda r: (r.key, r.seq))
         held = self._leave(victim)
         victim.generated = held - victim.prompt_tokens
         self.kv_used -= held

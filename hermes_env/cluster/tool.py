@@ -47,6 +47,8 @@ class ToolBackend:
         self.engine, self.queue, self.rng, self.on_done = engine, queue, rng, on_done
         self.on_decision = on_decision  # told when an external policy must choose; gets a resume callback
         self.deciding = False
+        self.keep_alive = cfg.keep_alive  # a prewarm policy may change it
+        self.arrival_times: list[float] = []  # when requests reached the backend (prewarm policies learn from it)
         self.instances = [Instance(i) for i in range(cfg.instances)]
         # Pinned instances stay warm: keep-alive never expires them. A backend without a cold start (an
         # external API) is always warm; an always-warm prewarm policy pins the others.
@@ -92,6 +94,7 @@ class ToolBackend:
 
     # -- requests ---------------------------------------------------------------------------
     def submit(self, request: Request, now: float) -> None:
+        self.arrival_times.append(now)
         if not any(inst.state == WARM for inst in self.instances):
             self.delayed_by_warmup += 1
         self.queue.push(request, now)
@@ -164,8 +167,8 @@ class ToolBackend:
             self._idle(inst, now)
 
     def _idle(self, inst: Instance, now: float) -> None:
-        if not self.pinned and math.isfinite(self.cfg.keep_alive):
-            self.engine.at(now + self.cfg.keep_alive, self._expire, inst, inst.version)
+        if not self.pinned and math.isfinite(self.keep_alive):
+            self.engine.at(now + self.keep_alive, self._expire, inst, inst.version)
 
     def _expire(self, now: float, inst: Instance, version: int) -> None:
         if inst.version == version and inst.busy == 0 and inst.state == WARM and not self.pinned:

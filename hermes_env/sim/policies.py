@@ -22,11 +22,13 @@ Policies register by name (``@register_scheduler("fcfs")``); ``make_scheduler("f
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import Any
 
 from hermes_env.cluster.request import Request
 from hermes_env.errors import require
 
+_PLUGINS_LOADED = False
 _SCHEDULERS: dict[str, Callable[..., Any]] = {}
 _PREWARMERS: dict[str, Callable[..., Any]] = {}
 
@@ -41,8 +43,19 @@ def _registrar(registry: dict[str, Callable[..., Any]]) -> Callable[[str], Calla
     return register
 
 
+def load_plugins() -> None:
+    """Import the packages that register policies through the ``hermes_env.policies`` entry-point group
+    (``baselines``, ``agents``): the core never imports them, they announce themselves."""
+    global _PLUGINS_LOADED
+    if not _PLUGINS_LOADED:
+        _PLUGINS_LOADED = True
+        for entry_point in entry_points(group="hermes_env.policies"):
+            entry_point.load()
+
+
 def _maker(registry: dict[str, Callable[..., Any]], kind: str) -> Callable[..., Any]:
     def make(name: str, **kwargs: Any) -> Any:
+        load_plugins()
         require(name in registry, kind, f"unknown {kind} {name!r}", f"use one of {sorted(registry)}")
         return registry[name](**kwargs)
     return make
@@ -55,10 +68,12 @@ make_prewarm = _maker(_PREWARMERS, "prewarm")
 
 
 def scheduler_names() -> list[str]:
+    load_plugins()
     return sorted(_SCHEDULERS)
 
 
 def prewarm_names() -> list[str]:
+    load_plugins()
     return sorted(_PREWARMERS)
 
 

@@ -1,0 +1,187 @@
+"""Reference prewarm policies (``none`` and ``always`` are in the core, ``hermes_env.sim.policies``).
+
+Each acts through ``sim.prewarm(backend, now)`` / ``sim.release(backend, now)`` and may change a tool
+backend's ``keep_alive``; it is called at every decision point and every ``tick`` seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from hermes_env.cluster.tool import COLD, WARM, WARMING
+from hermes_env.pdgraph.demand import Progress
+from hermes_env.sim.policies import PrewarmPolicy, register_prewarm
+
+
+def _idle_warm(backend: Any) -> bool:
+    return any(i.state == WARM and i.busy == 0 for i in backend.instances)
+
+
+@register_prewarm("keepalive")
+class FixedKeepAlive(PrewarmPolicy):
+    """Cold until requested, then kept warm ``keep_alive`` seconds after the last request (10 minutes:
+    OpenWhisk's fixed keep-alive, the baseline of Shahrad et al., ATC 2020), whatever the cluster config
+    says."""
+
+    def __init__(self, keep_alive: float = 600.0) -> None:
+        self.keep_alive = keep_alive
+
+    def start(self, sim: Any, now: float) -> None:
+        for backend in sim.tool_backends.values():
+            backend.keep_alive = self.keep_alive
+
+
+@register_prewarm("hybrid")
+class HybridHistogram(PrewarmPolicy):
+    """The hybrid histogram policy of "Serverless in the Wild" (Shahrad et al., ATC 2020), per backend.
+
+    It keeps a histogram of idle times (gaps between consecutive requests to the backend). With enough
+    samples (``min_samples``) and a histogram that is not too spread (coefficient of variation of the
+    bin counts at most ``max_cv``), the pre-warm window is the 5th percentile of idle times and the
+    keep-alive the 99th percentile: after a request the instances are released, warmed again once the
+    pre-warm window has passed, and released when the keep-alive window ends without a request. Otherwise
+    (too few samples, or idle times out of the histogram's range) it falls back to a fixed keep-alive
+    equal to the histogram range, as the paper's policy does. Checked every ``tick`` seconds."""
+
+    def __init__(self, tick: float = 1.0, bins: int = 240, bin_width: float = 1.0, min_samples: int = 10,
+                 max_cv: float = 2.0) -> None:
+        self.tick, self.bins, self.bin_width = tick, bins, bin_width
+        self.min_samples, self.max_cv = min_samples, max_cv
+
+    def start(self, sim: Any, now: float) -> None:
+        for backend in sim.tool_backends.values():
+            if not backend.pinned:
+                backend.keep_alive = math.inf  # the policy releases instances itself
+
+    def _windows(self, arrivals: list[float]) -> tuple[float, float] | None:
+        if len(arrivals) < self.min_samples + 1:
+            return None
+        gaps = np.diff(arrivals[-1000:])
+        range_end = self.bins * self.bin_width
+        in_range = gaps[gaps < range_end]
+        if len(in_range) < self.min_samples or len(in_range) < 0.5 * len(gaps):
+            return None
+        counts = np.bincount((in_range / self.bin_width).astype(int), minlength=self.bins)
+        if counts.std() / max(counts.mean(), 1e-12) > self.max_cv * math.sqrt(self.bins):
+            return None
+        return float(np.percentile(in_range, 5)), float(np.percentile(in_range, 99))
+
+    def decide(self, sim: Any, now: float) -> None:
+        range_end = self.bins * self.bin_width
+        for name, backend in sim.tool_backends.items():
+            if backend.pinned or not backend.arrival_times:
+                continue
+            idle = now - backend.arrival_times[-1]
+            windows = self._windows(backend.arrival_times)
+            if windows is None:  # fixed keep-alive over the histogram range
+                if idle > range_end and _idle_warm(backend):
+                    sim.release(name, now)
+                continue
+            prewarm, keep = windows
+            busy = any(i.busy for i in backend.instances) or len(backend.queue)
+            if busy:
+                continue
+            if idle < prewarm or idle > keep:
+                while _idle_warm(backend):  # outside the window: hold nothing warm
+                    sim.release(name, now)
+            elif not any(i.state in (WARM, WARMING) for i in backend.instances):
+                sim.prewarm(name, now)
+
+
+@register_prewarm("pdgraph")
+class PDGraphPrewarm(PrewarmPolicy):
+    """Hermes's prewarm from PDGraphs.
+
+    For each tool backend, every application in the system forecasts (from its PDGraph at its current
+    progress) the probability that it issues a request to the backend within ``t`` seconds of its own
+    service. Combining them, ``P_any(t) = 1 - prod(1 - P_app(use within t))``. The backend is warmed when
+    no instance is warm or warming and ``P_any(mean cold start)`` crosses ``warm_threshold``: a request is
+    likely to arrive before a warm-up started now would finish. An idle warm instance is released when
+    ``P_any(keep_alive)`` falls under ``release_threshold`` and nothing waits. Backend keep-alives are left
+    to this policy (``keep_alive`` below). Called at every decision point."""
+
+    def __init__(self, warm_threshold: float = 0.5, release_threshold: float = 0.05, keep_alive: float = 60.0,
+                 tick: float | None = 1.0) -> None:
+        self.warm_threshold, self.release_threshold = warm_threshold, release_threshold
+        self.keep_alive, self.tick = keep_alive, tick
+        self._cache: dict[tuple[int, int, int, str], Any] = {}
+
+    def start(self, sim: Any, now: float) -> None:
+        for backend in sim.tool_backends.values():
+            if not backend.pinned:
+                backend.keep_alive = math.inf
+
+    def _forecast(self, sim: Any, app: Any, backend: str) -> Any:
+        key = (id(app.mix), app.current.state, app.pending, backend)
+        if key not in self._cache:
+            model = sim.demand_model(app.template)
+            self._cache[key] = model.next_use(Progress(app.current.state, 0.0, max(app.pending, 1)), backend)
+        return self._cache[key]
+
+    def p_any(self, sim: Any, backend: str, horizon: float, apps: list[Any]) -> float:
+        miss = 1.0
+        for app in apps:
+            use = self._forecast(sim, app, backend)
+            if use.time is not None:
+                miss *= 1.0 - use.probability * float(use.time.cdf(horizon))
+        return 1.0 - miss
+
+    def decide(self, sim: Any, now: float) -> None:
+        apps = [a for a in sim.apps if math.isnan(a.completion)]
+        for name, backend in sim.tool_backends.items():
+            if backend.pinned:
+                continue
+            cold_start = backend.cfg.cold_start.mean if backend.cfg.cold_start is not None else 0.0
+            states = [i.state for i in backend.instances]
+            if WARM not in states and WARMING not in states:
+                if self.p_any(sim, name, cold_start, apps) >= self.warm_threshold:
+                    sim.prewarm(name, now)
+            elif _idle_warm(backend) and not len(backend.queue):
+                if self.p_any(sim, name, self.keep_alive, apps) < self.release_threshold:
+                    sim.release(name, now)
+
+
+@register_prewarm("oracle")
+class ClairvoyantPrewarm(PrewarmPolicy):
+    """A clairvoyant prewarm, not achievable: it knows the realised stages of the applications in the
+    system, so for each tool backend it computes when each will next request it (its remaining service
+    before that stage, ignoring queueing) and starts a warm-up exactly one mean cold start before the
+    earliest; it releases idle instances no application in the system will use. It does not know future
+    arrivals."""
+
+    def __init__(self, tick: float | None = 0.5) -> None:
+        self.tick = tick
+
+    def start(self, sim: Any, now: float) -> None:
+        self.profiles = {b.name: b.latency for b in sim.config.cluster.llm_backends}
+        for backend in sim.tool_backends.values():
+            if not backend.pinned:
+                backend.keep_alive = math.inf
+
+    def _time_to(self, app: Any, backend: str) -> float:
+        elapsed = 0.0
+        for run in app.runs[app.cursor + 1:]:
+            if run.backend == backend:
+                return elapsed
+            if run.tool_time is not None:
+                elapsed += float(run.tool_time.max())
+            else:
+                elapsed += float(self.profiles[run.backend].isolated_service_time(run.prompt_tokens,
+                                                                                 run.output_tokens).max())
+        return math.inf
+
+    def decide(self, sim: Any, now: float) -> None:
+        apps = [a for a in sim.apps if math.isnan(a.completion)]
+        for name, backend in sim.tool_backends.items():
+            if backend.pinned:
+                continue
+            soonest = min((self._time_to(a, name) for a in apps), default=math.inf)
+            cold_start = backend.cfg.cold_start.mean if backend.cfg.cold_start is not None else 0.0
+            states = [i.state for i in backend.instances]
+            if soonest <= cold_start and WARM not in states and WARMING not in states and COLD in states:
+                sim.prewarm(name, now)
+            elif math.isinf(soonest) and _idle_warm(backend) and not len(backend.queue):
+                sim.release(name, now)
