@@ -97,8 +97,8 @@ class RandomOrder(SchedulingPolicy):
 def test_order_blind_policies_agree_with_fcfs_on_exponential_sizes():
     # size-independent orders give the same mean (conservation law) when sizes are exponential and
     # nothing is preempted; the PDGraph gives every job the same distribution, so Gittins and SJF are blind
-    cfg = single_server([("a", {"dist": "exponential", "mean": 1.0}, 1), ("b", {"dist": "exponential", "mean": 1.0}, 1)],
-                        rate=0.7, n=80_000)
+    exponential = {"dist": "exponential", "mean": 1.0}
+    cfg = single_server([("a", exponential, 1), ("b", exponential, 1)], rate=0.7, n=80_000)
     fcfs = mean_jct(cfg, "fcfs")
     for policy in ("gittins", "sjf", "app_fcfs", RandomOrder()):
         assert mean_jct(cfg, policy) == pytest.approx(fcfs, rel=0.05)
