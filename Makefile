@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 bench: $(STAMP)
-	$(VENV)/bin/hermes-env templates
+	$(VENV)/bin/hermes-env bench --config configs/bench/default.yaml --out runs/bench
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

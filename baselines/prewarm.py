@@ -95,52 +95,66 @@ class HybridHistogram(PrewarmPolicy):
 class PDGraphPrewarm(PrewarmPolicy):
     """Hermes's prewarm from PDGraphs.
 
-    For each tool backend, every application in the system forecasts (from its PDGraph at its current
-    progress) the probability that it issues a request to the backend within ``t`` seconds of its own
-    service. Combining them, ``P_any(t) = 1 - prod(1 - P_app(use within t))``. The backend is warmed when
-    no instance is warm or warming and ``P_any(mean cold start)`` crosses ``warm_threshold``: a request is
-    likely to arrive before a warm-up started now would finish. An idle warm instance is released when
-    ``P_any(keep_alive)`` falls under ``release_threshold`` and nothing waits. Backend keep-alives are left
-    to this policy (``keep_alive`` below). Called at every decision point."""
+    For each tool backend, the probability that some application requests it within ``t`` seconds:
 
-    def __init__(self, warm_threshold: float = 0.5, release_threshold: float = 0.05, keep_alive: float = 60.0,
+    - every application in the system forecasts, from its PDGraph at its current progress, the probability
+      that it issues a request to the backend within ``t`` seconds of its own service;
+    - applications yet to arrive add ``rate * t * sum_T w_T P_T(use within t)``: Poisson arrivals at the
+      rate observed so far, template shares ``w_T`` of the workload, each new application's forecast from
+      its entry stage (an upper bound, as if it arrived now);
+
+    so ``P_any(t) = 1 - prod_apps(1 - P_app(t)) * exp(-expected new requests)``. The backend is warmed when
+    no instance is warm or warming and ``P_any(mean cold start)`` reaches ``warm_threshold`` (a request is
+    likely before a warm-up started now would finish); an idle warm instance is released when
+    ``P_any(keep_alive)`` falls under ``release_threshold`` and nothing waits. Backend keep-alives are left
+    to this policy. Called at every decision point and every ``tick`` seconds."""
+
+    def __init__(self, warm_threshold: float = 0.5, release_threshold: float = 0.1, keep_alive: float = 60.0,
                  tick: float | None = 1.0) -> None:
         self.warm_threshold, self.release_threshold = warm_threshold, release_threshold
         self.keep_alive, self.tick = keep_alive, tick
-        self._cache: dict[tuple[int, int, int, str], Any] = {}
+        self._cache: dict[tuple[int, int, int | None, str], Any] = {}
 
     def start(self, sim: Any, now: float) -> None:
+        mix = sim.config.workload.applications
+        total = sum(m.weight for m in mix)
+        self.shares = [(m, m.weight / total) for m in mix]
         for backend in sim.tool_backends.values():
             if not backend.pinned:
                 backend.keep_alive = math.inf
 
-    def _forecast(self, sim: Any, app: Any, backend: str) -> Any:
-        key = (id(app.mix), app.current.state, app.pending, backend)
+    def _forecast(self, sim: Any, mix: Any, state: int, pending: int | None, backend: str) -> Any:
+        key = (id(mix), state, pending, backend)
         if key not in self._cache:
-            model = sim.demand_model(app.template)
-            self._cache[key] = model.next_use(Progress(app.current.state, 0.0, max(app.pending, 1)), backend)
+            model = sim.demand_model(mix.template)
+            self._cache[key] = model.next_use(Progress(state, 0.0, pending), backend)
         return self._cache[key]
 
-    def p_any(self, sim: Any, backend: str, horizon: float, apps: list[Any]) -> float:
+    @staticmethod
+    def _within(use: Any, horizon: float) -> float:
+        return 0.0 if use.time is None else use.probability * float(use.time.cdf(horizon))
+
+    def p_any(self, sim: Any, backend: str, horizon: float, now: float) -> float:
         miss = 1.0
-        for app in apps:
-            use = self._forecast(sim, app, backend)
-            if use.time is not None:
-                miss *= 1.0 - use.probability * float(use.time.cdf(horizon))
-        return 1.0 - miss
+        for app in sim.apps:
+            if math.isnan(app.completion):
+                use = self._forecast(sim, app.mix, app.current.state, max(app.pending, 1), backend)
+                miss *= 1.0 - self._within(use, horizon)
+        rate = len(sim.apps) / now if now > 0 else 0.0
+        new = sum(w * self._within(self._forecast(sim, m, 0, None, backend), horizon) for m, w in self.shares)
+        return 1.0 - miss * math.exp(-rate * horizon * new)
 
     def decide(self, sim: Any, now: float) -> None:
-        apps = [a for a in sim.apps if math.isnan(a.completion)]
         for name, backend in sim.tool_backends.items():
             if backend.pinned:
                 continue
             cold_start = backend.cfg.cold_start.mean if backend.cfg.cold_start is not None else 0.0
             states = [i.state for i in backend.instances]
             if WARM not in states and WARMING not in states:
-                if self.p_any(sim, name, cold_start, apps) >= self.warm_threshold:
+                if self.p_any(sim, name, cold_start, now) >= self.warm_threshold:
                     sim.prewarm(name, now)
             elif _idle_warm(backend) and not len(backend.queue):
-                if self.p_any(sim, name, self.keep_alive, apps) < self.release_threshold:
+                if self.p_any(sim, name, self.keep_alive, now) < self.release_threshold:
                     sim.release(name, now)
 
 

@@ -4,6 +4,9 @@
 simulation and writes ``applications.csv`` (one row per application: template, class, arrival,
 completion, per-stage queueing and service times) and ``summary.json``.
 
+``hermes-env bench --config configs/bench/NAME.yaml --schedulers a,b --prewarm x,y --seeds N --out DIR``
+compares policies on the same workloads (see :mod:`hermes_env.sim.bench`).
+
 ``hermes-env templates`` analyses every application of the library under a cost model and prints,
 per application, its demand at arrival (mean and quantiles of total service), its Gittins index, its
 structural entropy and, per backend, the probability and expected time of first use.
@@ -72,6 +75,17 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from hermes_env.sim.bench import BenchConfig, format_table, run_bench
+
+    split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
+    cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds)
+    summary = run_bench(cfg, args.out, progress=not args.quiet)
+    print(format_table(summary), end="")
+    print(f"wrote {args.out}/runs.csv, summary.json, table.txt and plots")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hermes-env", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", type=Path, required=True, help="output directory")
     m.set_defaults(run=_simulate)
+
+    b = sub.add_parser("bench", help="compare schedulers and prewarm policies on the same workloads over seeds")
+    b.add_argument("--config", type=Path, required=True, help="bench YAML (configs/bench/*.yaml)")
+    b.add_argument("--schedulers", help="comma-separated scheduler names (default: the config's)")
+    b.add_argument("--prewarm", help="comma-separated prewarm policy names (default: the config's)")
+    b.add_argument("--seeds", type=int, help="number of seeds (default: the config's)")
+    b.add_argument("--out", type=Path, required=True, help="output directory")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(run=_bench)
     return parser
 
 
