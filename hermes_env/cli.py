@@ -18,6 +18,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from hermes_env.cluster.latency import load_cost_model
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("simulate", help="run one headless simulation and write per-application CSV and summary JSON")
     m.add_argument("config", type=Path, help="experiment YAML (cluster + workload)")
-    m.add_argument("--scheduler", default="fcfs", choices=scheduler_names())
+    m.add_argument("--scheduler", default="fcfs", help=f"one of {', '.join(scheduler_names())}, or ppo:PATH")
     m.add_argument("--prewarm", default="none", choices=prewarm_names())
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", type=Path, required=True, help="output directory")
@@ -111,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, required=True, help="output directory")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(run=_bench)
+    for entry_point in entry_points(group="hermes_env.commands"):  # e.g. `train`, from agents
+        try:
+            entry_point.load()(sub)
+        except ImportError as err:
+            sub.add_parser(entry_point.name, help=f"unavailable: {err}")
     return parser
 
 

@@ -29,9 +29,7 @@ def test_default_experiment_config_loads():
     assert cfg.cluster.llm_backends[0].kv_capacity_tokens > 100_000
 
 
-def test_unknown_scheduler_is_refused(capsys):
-    import pytest
-
-    with pytest.raises(SystemExit):
-        main(["simulate", str(ROOT / "configs" / "experiments" / "small.yaml"), "--scheduler", "lifo", "--out", "x"])
-    assert "invalid choice: 'lifo'" in capsys.readouterr().err
+def test_unknown_scheduler_is_refused(capsys, tmp_path):
+    assert main(["simulate", str(ROOT / "configs" / "experiments" / "small.yaml"), "--scheduler", "lifo",
+                 "--out", str(tmp_path)]) == 2
+    assert "scheduler: unknown scheduler 'lifo'" in capsys.readouterr().err

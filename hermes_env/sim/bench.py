@@ -65,9 +65,12 @@ class BenchConfig:
                 experiment[key] = yaml.safe_load((base / experiment[key]).read_text())
         scheds = tuple(schedulers or spec.get("schedulers", ["fcfs"]))
         warms = tuple(prewarm or spec.get("prewarm", ["none"]))
-        for field, names, known in (("schedulers", scheds, scheduler_names()), ("prewarm", warms, prewarm_names())):
-            for name in names:
-                require(name in known, f"bench.{field}", f"unknown policy {name!r}", f"use some of {known}")
+        for name in scheds:
+            require(name in scheduler_names() or ":" in name, "bench.schedulers", f"unknown policy {name!r}",
+                    f"use some of {scheduler_names()}, or ppo:PATH")
+        for name in warms:
+            require(name in prewarm_names(), "bench.prewarm", f"unknown policy {name!r}",
+                    f"use some of {prewarm_names()}")
         n = seeds if seeds is not None else spec.get("seeds", 3)
         require(isinstance(n, int) and n >= 1, "bench.seeds", f"must be an integer >= 1, got {n!r}")
         ref = spec.get("reference", {"scheduler": "fcfs", "prewarm": "none"})

@@ -21,6 +21,7 @@ Policies register by name (``@register_scheduler("fcfs")``); ``make_scheduler("f
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
@@ -29,6 +30,7 @@ from hermes_env.cluster.request import Request
 from hermes_env.errors import require
 
 _PLUGINS_LOADED = False
+_FAMILIES: dict[str, Callable[..., Any]] = {}
 _SCHEDULERS: dict[str, Callable[..., Any]] = {}
 _PREWARMERS: dict[str, Callable[..., Any]] = {}
 
@@ -45,18 +47,35 @@ def _registrar(registry: dict[str, Callable[..., Any]]) -> Callable[[str], Calla
 
 def load_plugins() -> None:
     """Import the packages that register policies through the ``hermes_env.policies`` entry-point group
-    (``baselines``, ``agents``): the core never imports them, they announce themselves."""
+    (``baselines``, ``agents``): the core never imports them, they announce themselves. A package whose
+    own dependencies are missing (``agents`` without torch) is skipped with a warning."""
     global _PLUGINS_LOADED
     if not _PLUGINS_LOADED:
         _PLUGINS_LOADED = True
         for entry_point in entry_points(group="hermes_env.policies"):
-            entry_point.load()
+            try:
+                entry_point.load()
+            except ImportError as err:
+                warnings.warn(f"policies of {entry_point.value!r} are unavailable: {err}", stacklevel=2)
+
+
+def register_scheduler_family(prefix: str) -> Callable[[Callable[[str], Any]], Callable[[str], Any]]:
+    """Register a factory for scheduler names ``prefix:ARG`` (``ppo:runs/model.zip``)."""
+    def add(factory: Callable[[str], Any]) -> Callable[[str], Any]:
+        _FAMILIES[prefix] = factory
+        return factory
+    return add
 
 
 def _maker(registry: dict[str, Callable[..., Any]], kind: str) -> Callable[..., Any]:
     def make(name: str, **kwargs: Any) -> Any:
         load_plugins()
-        require(name in registry, kind, f"unknown {kind} {name!r}", f"use one of {sorted(registry)}")
+        prefix, _, arg = name.partition(":")
+        if kind == "scheduler" and arg and prefix in _FAMILIES:
+            return _FAMILIES[prefix](arg, **kwargs)
+        require(name in registry, kind, f"unknown {kind} {name!r}",
+                f"use one of {sorted(registry)}" + (f" or {', '.join(p + ':ARG' for p in sorted(_FAMILIES))}"
+                                                    if kind == "scheduler" and _FAMILIES else ""))
         return registry[name](**kwargs)
     return make
 

@@ -1,0 +1,49 @@
+"""A trained checkpoint as a scheduler of the simulator: ``ppo:PATH`` in ``hermes-env simulate`` and
+``hermes-env bench``, like any reference policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sb3_contrib import MaskablePPO
+
+from hermes_env.envs.features import FeatureBuilder
+from hermes_env.errors import require
+from hermes_env.sim.policies import SchedulingPolicy, register_scheduler_family
+
+
+class LearnedScheduler(SchedulingPolicy):
+    """At every decision the checkpoint sees the observation ``Scheduling-v0`` would give it (the oldest
+    K waiting requests in arrival order, backend and global features) and picks a slot, deterministically.
+    The cluster must have the backends the checkpoint was trained with."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.model = MaskablePPO.load(path, device="cpu")
+        space = self.model.observation_space
+        self.slots = space["requests"].shape[0]
+        self.name = f"ppo:{path}"
+
+    def bind(self, sim: Any) -> None:
+        names = list(sim.backends)
+        expected = self.model.observation_space["backends"].shape[0]
+        require(len(names) == expected, "scheduler", f"{self.name} was trained on a cluster of {expected} backends, "
+                f"this one has {len(names)}", "evaluate it on a cluster with the same backends")
+        self.features = FeatureBuilder(names, self.slots)
+        self.features.bind(sim)
+
+    def select(self, backend: str, waiting: list[Any], now: float) -> int:
+        if len(waiting) == 1:
+            return 0
+        candidates = waiting[: self.slots]
+        requests, mask = self.features.requests(candidates, now)
+        obs = {"requests": requests, "request_mask": mask, "backends": self.features.backends(backend, now),
+               "global": self.features.global_features(now, False)}
+        action, _ = self.model.predict(obs, action_masks=mask.astype(bool), deterministic=True)
+        return int(np.asarray(action).item())
+
+
+@register_scheduler_family("ppo")
+def learned_scheduler(path: str) -> LearnedScheduler:
+    return LearnedScheduler(path)

@@ -1,0 +1,150 @@
+"""Training MaskablePPO on the hermes_env environments: ``hermes-env train --config configs/train/NAME.yaml``.
+
+A train config names the environment and its keyword arguments, the policy (``set``: the set-structured
+policy of :mod:`agents.policy`; ``mlp``: sb3-contrib's ``MultiInputPolicy`` out of the box), PPO's
+hyperparameters, the number of vectorised environments, the step budget and the seed. Output, under
+``--out``: ``model.zip``, ``checkpoints/``, ``tb/`` (TensorBoard), ``monitor/`` (episode returns),
+``curve.csv`` (evaluation of the mean completion time during training) and ``config.yaml``. Runs on CPU
+unless ``device: auto`` finds a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import yaml
+from sb3_contrib import MaskablePPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+import hermes_env  # noqa: F401  (registers the environments)
+from agents.policy import SetPolicy
+from hermes_env.errors import ConfigError, require
+
+PPO_KEYS = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef", "clip_range")
+
+
+@dataclass
+class TrainConfig:
+    env_id: str = "hermes_env/Scheduling-v0"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    policy: str = "set"
+    n_envs: int = 4
+    total_timesteps: int = 200_000
+    seed: int = 0
+    device: str = "cpu"
+    ppo: dict[str, Any] = field(default_factory=dict)
+    eval_every: int = 20_000
+    eval_seeds: tuple[int, ...] = (1000, 1001, 1002)
+    vec_env: str = "dummy"  # dummy: environments in this process (fastest on few cores); subproc: one process each
+    torch_threads: int = 1
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        spec = yaml.safe_load(Path(path).read_text())
+        require(isinstance(spec, dict), "train", "must be a mapping")
+        unknown = set(spec) - set(cls.__dataclass_fields__) - {"description"}
+        if unknown:
+            raise ConfigError(f"train.{sorted(unknown)[0]}", "is not a train field",
+                              f"use {', '.join(cls.__dataclass_fields__)}")
+        spec.pop("description", None)
+        cfg = cls(**spec)
+        cfg.eval_seeds = tuple(cfg.eval_seeds)
+        require(cfg.policy in ("set", "mlp"), "train.policy", f"must be 'set' or 'mlp', got {cfg.policy!r}")
+        require(cfg.n_envs >= 1 and cfg.total_timesteps >= 1, "train", "n_envs and total_timesteps must be >= 1")
+        bad = set(cfg.ppo) - set(PPO_KEYS)
+        if bad:
+            raise ConfigError(f"train.ppo.{sorted(bad)[0]}", "is not a PPO setting here", f"use {', '.join(PPO_KEYS)}")
+        require(cfg.device in ("cpu", "cuda", "auto"), "train.device", "must be cpu, cuda or auto")
+        require(cfg.vec_env in ("dummy", "subproc"), "train.vec_env", "must be dummy or subproc")
+        return cfg
+
+
+def evaluate(model: MaskablePPO, env_id: str, env_kwargs: dict[str, Any], seeds: tuple[int, ...]) -> float:
+    """Mean application completion time of the deterministic policy over episodes with these seeds."""
+    env = gym.make(env_id, **env_kwargs)
+    means = []
+    for seed in seeds:
+        obs, info = env.reset(seed=seed)
+        done = False
+        while not done:
+            action, _ = model.predict(obs, action_masks=env.unwrapped.action_masks(), deterministic=True)
+            obs, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+        apps = env.unwrapped.sim.completed
+        means.append(np.mean([a.completion - a.arrival for a in apps]))
+    env.close()
+    return float(np.mean(means))
+
+
+class CurveCallback(BaseCallback):
+    """Evaluates the deterministic policy every ``every`` steps and appends to ``curve.csv``."""
+
+    def __init__(self, cfg: TrainConfig, out: Path) -> None:
+        super().__init__()
+        self.cfg, self.path, self.next = cfg, out / "curve.csv", 0
+        self.t0 = time.time()
+        with open(self.path, "w", newline="") as fh:
+            csv.writer(fh).writerow(["timesteps", "wall_seconds", "mean_completion_time"])
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.next:
+            self.next += self.cfg.eval_every
+            jct = evaluate(self.model, self.cfg.env_id, self.cfg.env_kwargs, self.cfg.eval_seeds)
+            self.logger.record("eval/mean_completion_time", jct)
+            with open(self.path, "a", newline="") as fh:
+                csv.writer(fh).writerow([self.num_timesteps, round(time.time() - self.t0, 1), jct])
+        return True
+
+
+def train(cfg: TrainConfig, out: Path, progress_bar: bool = True) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump({**asdict(cfg), "eval_seeds": list(cfg.eval_seeds)}))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    torch.set_num_threads(cfg.torch_threads)
+    vec = make_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=cfg.seed, env_kwargs=cfg.env_kwargs,
+                       monitor_dir=str(out / "monitor"),
+                       vec_env_cls=SubprocVecEnv if cfg.vec_env == "subproc" else DummyVecEnv)
+    policy = SetPolicy if cfg.policy == "set" else "MultiInputPolicy"
+    model = MaskablePPO(policy, vec, seed=cfg.seed, device=device, tensorboard_log=str(out / "tb"), verbose=0,
+                        **cfg.ppo)
+    callbacks = CallbackList([
+        CheckpointCallback(save_freq=max(cfg.eval_every // cfg.n_envs, 1), save_path=str(out / "checkpoints")),
+        CurveCallback(cfg, out),
+    ])
+    model.learn(total_timesteps=cfg.total_timesteps, callback=callbacks, progress_bar=progress_bar)
+    path = out / "model.zip"
+    model.save(path)
+    vec.close()
+    final = evaluate(model, cfg.env_id, cfg.env_kwargs, cfg.eval_seeds)
+    with open(out / "curve.csv", "a", newline="") as fh:
+        csv.writer(fh).writerow([model.num_timesteps, "", final])
+    return path
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="train MaskablePPO on a hermes_env environment (needs the [rl] extra)")
+    t.add_argument("--config", type=Path, required=True, help="train YAML (configs/train/*.yaml)")
+    t.add_argument("--out", type=Path, required=True, help="output directory")
+    t.add_argument("--timesteps", type=int, help="override total_timesteps")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        cfg = TrainConfig.from_yaml(args.config)
+        if args.timesteps:
+            cfg.total_timesteps = args.timesteps
+        path = train(cfg, args.out, progress_bar=not args.quiet)
+        print(f"wrote {path}; evaluate it with: hermes-env bench --config configs/bench/default.yaml "
+              f"--schedulers fcfs,gittins,ppo:{path} --prewarm none --out runs/ppo")
+        return 0
+
+    t.set_defaults(run=run)
