@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,14 @@ class LearnedScheduler(SchedulingPolicy):
         return int(np.asarray(action).item())
 
 
+SHIPPED = Path(__file__).resolve().parent / "checkpoints"
+
+
 @register_scheduler_family("ppo")
 def learned_scheduler(path: str) -> LearnedScheduler:
+    """``ppo:PATH`` loads a checkpoint file; ``ppo:NAME`` a checkpoint shipped in agents/checkpoints."""
+    if not Path(path).exists() and (SHIPPED / f"{path}.zip").is_file():
+        path = str(SHIPPED / f"{path}.zip")
+    require(Path(path).is_file() or Path(f"{path}.zip").is_file(), "scheduler", f"no checkpoint {path!r}",
+            f"give a model.zip path or one of {sorted(p.stem for p in SHIPPED.glob('*.zip'))}")
     return LearnedScheduler(path)

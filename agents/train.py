@@ -47,6 +47,9 @@ class TrainConfig:
     eval_seeds: tuple[int, ...] = (1000, 1001, 1002)
     vec_env: str = "dummy"  # dummy: environments in this process (fastest on few cores); subproc: one process each
     torch_threads: int = 1
+    imitate: str = ""  # a reference scheduler to clone before PPO (e.g. gittins); "" starts from scratch
+    imitate_episodes: int = 20
+    imitate_epochs: int = 20
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -66,7 +69,53 @@ class TrainConfig:
             raise ConfigError(f"train.ppo.{sorted(bad)[0]}", "is not a PPO setting here", f"use {', '.join(PPO_KEYS)}")
         require(cfg.device in ("cpu", "cuda", "auto"), "train.device", "must be cpu, cuda or auto")
         require(cfg.vec_env in ("dummy", "subproc"), "train.vec_env", "must be dummy or subproc")
+        if cfg.imitate:
+            from hermes_env.sim.policies import scheduler_names
+
+            require(cfg.imitate in scheduler_names(), "train.imitate", f"unknown scheduler {cfg.imitate!r}",
+                    f"use one of {scheduler_names()}")
         return cfg
+
+
+def imitate(model: MaskablePPO, cfg: TrainConfig) -> float:
+    """Behaviour cloning: fit the policy's slot choices to a reference scheduler's on ``imitate_episodes``
+    episodes (cross-entropy over the masked slots), so that PPO starts from the reference and improves on
+    it. Returns the final training accuracy."""
+    from baselines import EnvPolicy
+
+    teacher = EnvPolicy(cfg.imitate)
+    env = gym.make(cfg.env_id, **cfg.env_kwargs)
+    observations: list[dict[str, np.ndarray]] = []
+    actions, masks = [], []
+    for episode in range(cfg.imitate_episodes):
+        obs, info = env.reset(seed=10_000 + episode)
+        done = False
+        while not done:
+            action = teacher(env, obs, info)
+            if info["action_mask"].sum() > 1:  # only real choices teach anything
+                observations.append(obs)
+                actions.append(action)
+                masks.append(info["action_mask"])
+            obs, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+    env.close()
+    policy = model.policy
+    batch = {k: torch.as_tensor(np.stack([o[k] for o in observations]), device=policy.device) for k in observations[0]}
+    target = torch.as_tensor(np.array(actions), device=policy.device)
+    mask = np.stack(masks)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    accuracy = 0.0
+    for _ in range(cfg.imitate_epochs):
+        for idx in torch.randperm(len(target)).split(256):
+            dist = policy.get_distribution({k: v[idx] for k, v in batch.items()}, action_masks=mask[idx.numpy()])
+            loss = -dist.log_prob(target[idx]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            dist = policy.get_distribution(batch, action_masks=mask)
+            accuracy = float((dist.distribution.probs.argmax(dim=1) == target).float().mean())
+    return accuracy
 
 
 def evaluate(model: MaskablePPO, env_id: str, env_kwargs: dict[str, Any], seeds: tuple[int, ...]) -> float:
@@ -117,6 +166,9 @@ def train(cfg: TrainConfig, out: Path, progress_bar: bool = True) -> Path:
     policy = SetPolicy if cfg.policy == "set" else "MultiInputPolicy"
     model = MaskablePPO(policy, vec, seed=cfg.seed, device=device, tensorboard_log=str(out / "tb"), verbose=0,
                         **cfg.ppo)
+    if cfg.imitate:
+        accuracy = imitate(model, cfg)
+        (out / "imitation.txt").write_text(f"cloned {cfg.imitate}: training accuracy {accuracy:.3f}\n")
     callbacks = CallbackList([
         CheckpointCallback(save_freq=max(cfg.eval_every // cfg.n_envs, 1), save_path=str(out / "checkpoints")),
         CurveCallback(cfg, out),

@@ -167,13 +167,14 @@ def format_table(summary: Mapping[str, Any]) -> str:
     ref = "+".join(summary["reference"])
     lines = [f"completion time (s): mean over {summary['seeds']} seeds +- 95% CI; x = ratio to {ref} on the same "
              "seeds"]
-    header = (f"{'load':>4s} {'scheduler':9s} {'prewarm':9s} {'mean':>16s} {'P50':>15s} {'P95':>16s} {'P99':>16s} "
+    w = max(9, *(len(r["scheduler"]) for r in summary["rows"]))
+    header = (f"{'load':>4s} {'scheduler':{w}s} {'prewarm':9s} {'mean':>16s} {'P50':>15s} {'P95':>16s} {'P99':>16s} "
               f"{'SLO rt':>6s} {'cold':>11s} {'idle cost':>15s}")
     lines += [header, "-" * len(header)]
     for r in summary["rows"]:
         cells = [f"{r[f'jct_{m}']:6.2f}+-{r[f'jct_{m}_ci95']:4.2f} {r[f'jct_{m}_ratio']:4.2f}x" for m in METRICS]
         slo = r.get("slo_real_time", math.nan)
-        lines.append(f"{r['load']:4.2g} {r['scheduler']:9s} {r['prewarm']:9s} {cells[0]:>16s} {cells[1]:>15s} "
+        lines.append(f"{r['load']:4.2g} {r['scheduler']:{w}s} {r['prewarm']:9s} {cells[0]:>16s} {cells[1]:>15s} "
                      f"{cells[2]:>16s} {cells[3]:>16s} {slo:6.3f} {r['cold_starts']:5.0f} "
                      f"{r['cold_starts_ratio']:4.2f}x {r['idle_warm_cost']:8.0f} {r['idle_warm_cost_ratio']:4.2f}x")
     return "\n".join(lines) + "\n"
