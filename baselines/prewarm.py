@@ -113,7 +113,6 @@ class PDGraphPrewarm(PrewarmPolicy):
                  tick: float | None = 1.0) -> None:
         self.warm_threshold, self.release_threshold = warm_threshold, release_threshold
         self.keep_alive, self.tick = keep_alive, tick
-        self._cache: dict[tuple[int, int, int | None, str], Any] = {}
 
     def start(self, sim: Any, now: float) -> None:
         mix = sim.config.workload.applications
@@ -123,12 +122,9 @@ class PDGraphPrewarm(PrewarmPolicy):
             if not backend.pinned:
                 backend.keep_alive = math.inf
 
-    def _forecast(self, sim: Any, mix: Any, state: int, pending: int | None, backend: str) -> Any:
-        key = (id(mix), state, pending, backend)
-        if key not in self._cache:
-            model = sim.demand_model(mix.template)
-            self._cache[key] = model.next_use(Progress(state, 0.0, pending), backend)
-        return self._cache[key]
+    @staticmethod
+    def _forecast(sim: Any, mix: Any, state: int, pending: int | None, backend: str) -> Any:
+        return sim.demand_model(mix.template).next_use(Progress(state, 0.0, pending), backend)
 
     @staticmethod
     def _within(use: Any, horizon: float) -> float:

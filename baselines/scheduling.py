@@ -20,15 +20,10 @@ class _DemandAware(SchedulingPolicy):
 
     def bind(self, sim: Any) -> None:
         self.sim = sim
-        self._cache: dict[tuple[int, int, int], Any] = {}
 
     def remaining(self, request: Request) -> Any:
         app = request.app
-        key = (id(app.mix), app.current.state, app.pending)
-        if key not in self._cache:
-            model = self.sim.demand_model(app.template)
-            self._cache[key] = model.remaining_demand(Progress(app.current.state, 0.0, app.pending))
-        return self._cache[key]
+        return self.sim.demand_model(app.template).remaining_demand(Progress(app.current.state, 0.0, app.pending))
 
 
 @register_scheduler("sjf")

@@ -99,6 +99,8 @@ class DemandModel:
         self.space: StateSpace = graph.state_space()
         self.attained_grid_size = attained_grid
         self._first_use: dict[str, list[np.ndarray]] = {}
+        self._remaining: dict[tuple[int, int | None], DiscreteDistribution] = {}
+        self._next_use: dict[tuple[int, int | None, str], NextUse] = {}
         self._copy_points = {}  # (stage index, iteration) -> (values, probs) in seconds
         for s in range(len(self.space)):
             self._copy_points_of(s)
@@ -209,7 +211,13 @@ class DemandModel:
         return self.lattice.convolve(self._head(p), self.after_pmf[p.state])
 
     def remaining_demand(self, p: Progress) -> DiscreteDistribution:
-        """Distribution of the remaining work (seconds), with mean, var, std, quantile, cdf."""
+        """Distribution of the remaining work (seconds), with mean, var, std, quantile, cdf. Queries at
+        zero attained service (every waiting request's) are computed once per state and kept."""
+        if p.attained == 0:
+            key = (p.state, p.copies_pending)
+            if key not in self._remaining:
+                self._remaining[key] = self.lattice.distribution(self.remaining_demand_pmf(p))
+            return self._remaining[key]
         return self.lattice.distribution(self.remaining_demand_pmf(p))
 
     # -- Gittins ----------------------------------------------------------------------------
@@ -229,7 +237,16 @@ class DemandModel:
     # -- next use (prewarm signal) ----------------------------------------------------------
     def next_use(self, p: Progress, backend: str) -> NextUse:
         """Time until the application next issues a request to ``backend`` (not counting
-        requests of the current stage already issued), measured in its own service time."""
+        requests of the current stage already issued), measured in its own service time. Queries at
+        zero attained service are computed once per state and kept."""
+        if p.attained == 0:
+            key = (p.state, p.copies_pending, backend)
+            if key not in self._next_use:
+                self._next_use[key] = self._next_use_of(p, backend)
+            return self._next_use[key]
+        return self._next_use_of(p, backend)
+
+    def _next_use_of(self, p: Progress, backend: str) -> NextUse:
         self._check(p)
         stage = self.space.stage(p.state)
         if p.copies_pending is None and stage.backend == backend:

@@ -199,14 +199,26 @@ class HyperExponential(Distribution):
         return {"dist": self.kind, "means": self.means.tolist(), "probs": self.probs.tolist()}
 
 
-class LogNormal(Distribution):
+class _ScipyBacked(Distribution):
+    """A continuous distribution whose CDF and quantiles come from a frozen scipy distribution."""
+
+    _frozen: Any
+
+    def cdf(self, x: np.ndarray) -> np.ndarray:
+        return self._frozen.cdf(np.asarray(x, dtype=float))
+
+    def ppf(self, q: float) -> float:
+        return float(self._frozen.ppf(q))
+
+
+class LogNormal(_ScipyBacked):
     """ln X ~ Normal(mu, sigma). Specs may give ``mean`` and ``cv`` instead of mu and sigma."""
 
     kind = "lognormal"
 
     def __init__(self, mu: float, sigma: float) -> None:
         self.mu, self.sigma = float(mu), float(sigma)
-        self._frozen = stats.lognorm(s=self.sigma, scale=math.exp(self.mu)) if self.sigma > 0 else None
+        self._frozen = stats.lognorm(s=self.sigma, scale=math.exp(self.mu))
 
     @classmethod
     def from_mean_cv(cls, mean: float, cv: float) -> LogNormal:
@@ -215,12 +227,6 @@ class LogNormal(Distribution):
 
     def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray | float:
         return rng.lognormal(self.mu, self.sigma, size)
-
-    def cdf(self, x: np.ndarray) -> np.ndarray:
-        return self._frozen.cdf(np.asarray(x, dtype=float))
-
-    def ppf(self, q: float) -> float:
-        return float(self._frozen.ppf(q))
 
     @property
     def mean(self) -> float:
@@ -234,7 +240,7 @@ class LogNormal(Distribution):
         return {"dist": self.kind, "mu": self.mu, "sigma": self.sigma}
 
 
-class Gamma(Distribution):
+class Gamma(_ScipyBacked):
     """Gamma(shape, scale). Specs may give ``mean`` and ``cv`` instead."""
 
     kind = "gamma"
@@ -250,12 +256,6 @@ class Gamma(Distribution):
 
     def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray | float:
         return rng.gamma(self.shape, self.scale, size)
-
-    def cdf(self, x: np.ndarray) -> np.ndarray:
-        return self._frozen.cdf(np.asarray(x, dtype=float))
-
-    def ppf(self, q: float) -> float:
-        return float(self._frozen.ppf(q))
 
     @property
     def mean(self) -> float:

@@ -29,7 +29,7 @@ from hermes_env.cluster.latency import IterationLatency, ProfileCost
 from hermes_env.cluster.llm import LLMBackend
 from hermes_env.cluster.queue import WaitQueue
 from hermes_env.cluster.request import Request
-from hermes_env.cluster.tool import ToolBackend
+from hermes_env.cluster.tool import WARM, ToolBackend
 from hermes_env.errors import ConfigError, require
 from hermes_env.pdgraph.demand import DemandModel
 from hermes_env.pdgraph.graph import PDGraph
@@ -304,7 +304,7 @@ class Simulation:
         self._last_event = now
         for b in self.tool_backends.values():
             b.check_invariants()
-            free = any(i.state == 2 and i.busy < b.cfg.capacity for i in b.instances)
+            free = any(i.state == WARM and i.busy < b.cfg.capacity for i in b.instances)
             assert not (len(b.queue) and free), f"{b.name}: requests wait while a warm slot is free"
         for b in self.llm_backends.values():
             b.check_invariants()
