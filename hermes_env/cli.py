@@ -76,6 +76,11 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unavailable(name: str, err: ImportError) -> int:
+    print(f"hermes-env {name}: unavailable ({err}); install the [rl] extra, torch first (see README)", file=sys.stderr)
+    return 2
+
+
 def _bench(args: argparse.Namespace) -> int:
     from hermes_env.sim.bench import BenchConfig, format_table, run_bench
 
@@ -116,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             entry_point.load()(sub)
         except ImportError as err:
-            sub.add_parser(entry_point.name, help=f"unavailable: {err}")
+            missing = sub.add_parser(entry_point.name, help=f"unavailable: {err}")
+            missing.set_defaults(run=lambda args, err=err, name=entry_point.name: _unavailable(name, err))
     return parser
 
 
