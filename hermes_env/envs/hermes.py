@@ -18,7 +18,7 @@ from hermes_env.errors import require
 from hermes_env.pdgraph.entropy import visit_probabilities
 from hermes_env.pdgraph.graph import BACKEND_KINDS, END, backend_kind
 from hermes_env.sim.policies import ExternalPrewarm, ExternalScheduler, make_prewarm, make_scheduler
-from hermes_env.sim.simulator import ExperimentConfig, Simulation
+from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs" / "experiments"
 NOOP, WARM_UP, RELEASE = 0, 1, 2
@@ -41,14 +41,11 @@ def load_experiment(config: str | Path | dict | ExperimentConfig, overrides: dic
                     f"use a YAML path or one of {sorted(p.stem for p in REPO_CONFIGS.glob('*.yaml'))}")
         require(path.is_file(), "config", f"no file {str(path)!r}")
         base = path.parent
-        spec = yaml.safe_load(path.read_text())
-        for key in ("cluster", "workload"):  # inline referenced files so that overrides can reach into them
-            if isinstance(spec.get(key), str):
-                spec[key] = yaml.safe_load((base / spec[key]).read_text())
+        spec = inline_parts(yaml.safe_load(path.read_text()), base)  # so that overrides reach into the parts
     else:
         require(isinstance(config, dict), "config", f"must be a name, a path, a dict or an ExperimentConfig, "
                 f"got {type(config).__name__}")
-        spec = copy.deepcopy(config)
+        spec = inline_parts(copy.deepcopy(config), None)
     for key, value in (overrides or {}).items():
         require(key in ("cluster", "workload"), f"overrides.{key}", "is not an experiment part",
                 "override 'cluster' or 'workload' fields")

@@ -25,7 +25,7 @@ from scipy import stats
 
 from hermes_env.errors import ConfigError, require
 from hermes_env.sim.policies import prewarm_names, scheduler_names
-from hermes_env.sim.simulator import ExperimentConfig, Simulation
+from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
 
 METRICS = ("mean", "p50", "p95", "p99")
 
@@ -59,10 +59,7 @@ class BenchConfig:
             require(exp_path.is_file(), "bench.experiment", f"no file {str(exp_path)!r}")
             experiment = yaml.safe_load(exp_path.read_text())
             base = exp_path.parent
-        experiment = dict(experiment)
-        for key in ("cluster", "workload"):  # inline referenced parts, so that loads can scale the rate
-            if isinstance(experiment.get(key), str):
-                experiment[key] = yaml.safe_load((base / experiment[key]).read_text())
+        experiment = inline_parts(experiment, base)  # so that loads can scale the arrival rate
         scheds = tuple(schedulers or spec.get("schedulers", ["fcfs"]))
         warms = tuple(prewarm or spec.get("prewarm", ["none"]))
         for name in scheds:

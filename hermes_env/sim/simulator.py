@@ -40,6 +40,21 @@ from hermes_env.sim.policies import make_prewarm, make_scheduler
 from hermes_env.sim.workload import ApplicationMix, WorkloadConfig
 
 
+def inline_parts(spec: Mapping[str, Any], base: Path | None) -> dict[str, Any]:
+    """A copy of an experiment spec whose ``cluster`` and ``workload``, when given as YAML paths (relative to
+    ``base``), are replaced by their contents, so that callers can override fields inside them."""
+    out = dict(spec)
+    for key in ("cluster", "workload"):
+        part = spec.get(key)
+        require(part is not None, f"experiment.{key}", "is missing", "give a mapping or a YAML path")
+        if isinstance(part, str):
+            path = Path(part) if base is None or Path(part).is_absolute() else base / part
+            require(path.is_file(), f"experiment.{key}", f"no file {str(path)!r}")
+            with open(path) as fh:
+                out[key] = yaml.safe_load(fh)
+    return out
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     cluster: ClusterConfig
@@ -52,16 +67,7 @@ class ExperimentConfig:
         if unknown:
             raise ConfigError(f"experiment.{sorted(unknown)[0]}", "is not an experiment field",
                               "use cluster, workload, description")
-        parts = {}
-        for key in ("cluster", "workload"):
-            part = spec.get(key)
-            require(part is not None, f"experiment.{key}", "is missing", "give a mapping or a YAML path")
-            if isinstance(part, str):
-                path = Path(part) if base is None or Path(part).is_absolute() else base / part
-                require(path.is_file(), f"experiment.{key}", f"no file {str(path)!r}")
-                with open(path) as fh:
-                    part = yaml.safe_load(fh)
-            parts[key] = part
+        parts = inline_parts(spec, base)
         cluster = ClusterConfig.from_dict(parts["cluster"])
         return cls(cluster, WorkloadConfig.from_dict(parts["workload"], cluster.backend_names, base=base))
 
