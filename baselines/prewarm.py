@@ -166,7 +166,7 @@ class ClairvoyantPrewarm(PrewarmPolicy):
         self.tick = tick
 
     def start(self, sim: Any, now: float) -> None:
-        self.profiles = {b.name: b.latency for b in sim.config.cluster.llm_backends}
+        self.cost = sim.cost
         for backend in sim.tool_backends.values():
             if not backend.pinned:
                 backend.keep_alive = math.inf
@@ -176,11 +176,7 @@ class ClairvoyantPrewarm(PrewarmPolicy):
         for run in app.runs[app.cursor + 1:]:
             if run.backend == backend:
                 return elapsed
-            if run.tool_time is not None:
-                elapsed += float(run.tool_time.max())
-            else:
-                elapsed += float(self.profiles[run.backend].isolated_service_time(run.prompt_tokens,
-                                                                                 run.output_tokens).max())
+            elapsed += float(run.service_times(self.cost).max())  # copies run in parallel
         return math.inf
 
     def decide(self, sim: Any, now: float) -> None:

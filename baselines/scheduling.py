@@ -121,16 +121,9 @@ class ClairvoyantSRPT(SchedulingPolicy):
     service time), the lower bound the other policies are measured against."""
 
     def bind(self, sim: Any) -> None:
-        self.sim = sim
-        self.profiles = {b.name: b.latency for b in sim.config.cluster.llm_backends}
+        self.cost = sim.cost
 
     def key(self, request: Request, now: float) -> tuple[float, float]:
         app = request.app
-        remaining = 0.0
-        for run in app.runs[app.cursor:]:
-            if run.tool_time is not None:
-                remaining += float(run.tool_time.sum())
-            else:
-                remaining += float(self.profiles[run.backend].isolated_service_time(run.prompt_tokens,
-                                                                                   run.output_tokens).sum())
+        remaining = sum(float(run.service_times(self.cost).sum()) for run in app.runs[app.cursor:])
         return (remaining if math.isfinite(remaining) else math.inf, request.first_enqueued)

@@ -186,6 +186,11 @@ class Simulation:
         sum of their completion times once all have completed."""
         return self._area + self.in_system * (self.engine.now - self._area_since)
 
+    @property
+    def cost(self) -> ProfileCost:
+        """LLM stages priced at their isolated service time under this cluster's latency profiles."""
+        return ProfileCost({b.name: b.latency for b in self.config.cluster.llm_backends})
+
     def demand_model(self, template: str) -> DemandModel:
         """The PDGraph analysis of a workload template, LLM stages priced by this cluster's latency
         profiles (built on first use, shared by every simulation of the same graph and profiles)."""
