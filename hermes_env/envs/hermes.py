@@ -94,6 +94,7 @@ class HermesEnv(gym.Env):
         graphs = [m.graph for m in self.experiment.workload.applications]
         self.max_stages = max(len(g.stages) for g in graphs)
         self.features = FeatureBuilder(self.backend_names, slots)
+        self._graph_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.observation_space = self._observation_space()
         self.action_space = self._action_space()
         self.sim: Simulation | None = None
@@ -183,29 +184,44 @@ class HermesEnv(gym.Env):
             obs.update(self._graphs())
         return obs
 
-    def _graphs(self) -> dict:
-        k, m = self.slots, self.max_stages
-        nodes = np.zeros((k, m, len(NODE_FEATURES)), np.float32)
-        edges = np.zeros((k, m, m + 1), np.float32)  # [i, j] = P(stage i -> stage j); column m: -> end
-        node_mask = np.zeros((k, m), np.int8)
-        for slot, r in enumerate(self.candidates):
-            app = r.app
-            graph = app.mix.graph
-            model = self.sim.demand_model(app.template)
-            visit = visit_probabilities(model.space, app.current.state)
+    def _graph_static(self, template: str) -> tuple[np.ndarray, np.ndarray]:
+        """The parts of a template's graph observation that do not depend on progress (kept per template):
+        node features with the two progress columns at 0, and the transition matrix."""
+        if template not in self._graph_cache:
+            m = self.max_stages
+            model = self.sim.demand_model(template)
+            graph = model.graph
             index = {s.name: i for i, s in enumerate(graph.stages)}
+            nodes = np.zeros((m, len(NODE_FEATURES)), np.float32)
+            edges = np.zeros((m, m + 1), np.float32)  # [i, j] = P(stage i -> stage j); column m: -> end
             for i, stage in enumerate(graph.stages):
-                states = [s for s in range(len(model.space)) if model.space.stage_of[s] == i]
+                states = np.flatnonzero(model.space.stage_of == i)
                 mean = np.mean([model.lattice.mean(model.copy_pmf[s]) for s in states])
                 width = 1.0 if stage.fanout is None else stage.fanout.mean
                 kind = backend_kind(stage.backend)
-                nodes[slot, i] = [*(float(kind == b) for b in BACKEND_KINDS), float(stage.name == app.current.stage),
-                                  float(visit[states].sum()), math.log1p(mean), width]
-                node_mask[slot, i] = 1
+                nodes[i] = [*(float(kind == b) for b in BACKEND_KINDS), 0.0, 0.0, math.log1p(mean), width]
                 for t in stage.next:
-                    edges[slot, i, m if t.to == END else index[t.to]] += t.p
+                    edges[i, m if t.to == END else index[t.to]] += t.p
                 if not stage.next:
-                    edges[slot, i, m] = 1.0
+                    edges[i, m] = 1.0
+            self._graph_cache[template] = (nodes, edges)
+        return self._graph_cache[template]
+
+    def _graphs(self) -> dict:
+        k, m = self.slots, self.max_stages
+        nodes = np.zeros((k, m, len(NODE_FEATURES)), np.float32)
+        edges = np.zeros((k, m, m + 1), np.float32)
+        node_mask = np.zeros((k, m), np.int8)
+        current, visited = NODE_FEATURES.index("current"), NODE_FEATURES.index("visit_probability")
+        for slot, r in enumerate(self.candidates):
+            app = r.app
+            space = self.sim.demand_model(app.template).space
+            nodes[slot], edges[slot] = self._graph_static(app.template)
+            n = len(app.mix.graph.stages)
+            node_mask[slot, :n] = 1
+            nodes[slot, space.stage_of[app.current.state], current] = 1.0
+            visit = visit_probabilities(space, app.current.state)
+            nodes[slot, :n, visited] = np.bincount(space.stage_of, weights=visit, minlength=n)
         return {"graph_nodes": nodes, "graph_edges": edges, "graph_node_mask": node_mask}
 
     # -- actions ----------------------------------------------------------------------------------
