@@ -37,16 +37,16 @@ class SetExtractor(BaseFeaturesExtractor):
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         requests, mask = obs["requests"], obs["request_mask"].float()
-        batch = requests.shape[0]
+        batch, slots = requests.shape[:2]  # any number of slots: the trained K or every waiting request
         cluster = self.cluster(torch.cat([obs["backends"].reshape(batch, -1), obs["global"]], dim=1))
-        encoded = self.encoder(torch.cat([requests, cluster[:, None].expand(-1, self.slots, -1)], dim=2))
+        encoded = self.encoder(torch.cat([requests, cluster[:, None].expand(-1, slots, -1)], dim=2))
         weight = mask[..., None]
         count = weight.sum(dim=1).clamp(min=1.0)
         mean = (encoded * weight).sum(dim=1) / count
         maxed = torch.where(weight > 0, encoded, torch.full_like(encoded, -1e4)).max(dim=1).values
         maxed = torch.where(mask.sum(dim=1, keepdim=True) > 0, maxed, torch.zeros_like(maxed))
         context = torch.cat([mean, maxed, cluster], dim=1)
-        scores = self.scorer(torch.cat([encoded, context[:, None].expand(-1, self.slots, -1)], dim=2)).squeeze(2)
+        scores = self.scorer(torch.cat([encoded, context[:, None].expand(-1, slots, -1)], dim=2)).squeeze(2)
         return torch.cat([scores, context], dim=1)
 
 

@@ -87,3 +87,35 @@ def test_bad_train_configs_are_named(tmp_path):
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_yaml(path)
     assert err.value.field == "train.ppo.momentum"
+
+
+def test_set_policy_scores_any_number_of_requests_consistently(trained):
+    """The set policy's slot scores do not depend on padding or on slot order, so a checkpoint trained on
+    K slots can score every waiting request (what ``ppo:PATH`` does when more than K wait)."""
+    import torch
+    from sb3_contrib import MaskablePPO
+
+    _, path, _ = trained
+    extractor = MaskablePPO.load(path).policy.features_extractor
+    space = extractor._observation_space
+    k, f = space["requests"].shape
+    rng = np.random.default_rng(0)
+    shared = {"backends": torch.as_tensor(rng.normal(size=(1, *space["backends"].shape)), dtype=torch.float32),
+              "global": torch.as_tensor(rng.normal(size=(1, *space["global"].shape)), dtype=torch.float32)}
+
+    def scores(requests, mask):
+        obs = {"requests": torch.as_tensor(requests[None], dtype=torch.float32),
+               "request_mask": torch.as_tensor(mask[None]), **shared}
+        with torch.no_grad():
+            return extractor(obs)[0, : len(mask)].numpy()
+
+    n = k // 2
+    requests = rng.normal(size=(3 * k, f)).astype(np.float32)
+    padded = np.zeros((k, f), dtype=np.float32)
+    padded[:n] = requests[:n]
+    mask = np.zeros(k, dtype=np.int8)
+    mask[:n] = 1
+    np.testing.assert_allclose(scores(padded, mask)[:n], scores(requests[:n], np.ones(n, np.int8)), atol=1e-5)
+    order = rng.permutation(3 * k)  # more requests than the K it was trained on, in any order
+    everyone = scores(requests, np.ones(3 * k, np.int8))
+    np.testing.assert_allclose(scores(requests[order], np.ones(3 * k, np.int8)), everyone[order], atol=1e-5)

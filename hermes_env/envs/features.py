@@ -79,10 +79,13 @@ class FeatureBuilder:
         return row
 
     # -- arrays ---------------------------------------------------------------------------------
-    def requests(self, candidates: list[Request], now: float) -> tuple[np.ndarray, np.ndarray]:
-        out = np.zeros((self.slots, self.n_request_features), dtype=np.float32)
-        mask = np.zeros(self.slots, dtype=np.int8)
-        cands = candidates[: self.slots]
+    def requests(self, candidates: list[Request], now: float,
+                 slots: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Features and mask of the first ``slots`` candidates (default: the observation's K)."""
+        slots = self.slots if slots is None else slots
+        out = np.zeros((slots, self.n_request_features), dtype=np.float32)
+        mask = np.zeros(slots, dtype=np.int8)
+        cands = candidates[:slots]
         n = len(cands)
         if n:
             out[:n] = [self.static_row(r) for r in cands]
