@@ -270,3 +270,55 @@ def test_time_to_first_token_and_per_output_token_are_reported():
     assert tl["ttft"]["p50"] == pytest.approx(float(lat.prefill_time(700)), rel=1e-6)
     step = (float(lat.isolated_service_time(np.array(700), np.array(150))) - float(lat.prefill_time(700))) / 149
     assert tl["tpot"]["p50"] == pytest.approx(step, rel=1e-6)
+
+
+def _one_stage_job(name, mean, backend="tool:server"):
+    return {"name": name, "stages": [{"name": "s", "backend": backend,
+                                      "service_time": {"dist": "exponential", "mean": mean}}]}
+
+
+def believed_experiment(swap):
+    """Short (0.3 s) and long (3 s) jobs on one server at 95% load; with ``swap`` the schedulers are
+    given each job's PDGraph with the other's mean."""
+    apps = [{"template": _one_stage_job("short", 0.3)}, {"template": _one_stage_job("long", 3.0)}]
+    if swap:
+        apps[0]["believed"], apps[1]["believed"] = _one_stage_job("short", 3.0), _one_stage_job("long", 0.3)
+    return ExperimentConfig.from_dict({
+        "cluster": {"tool_backends": [{"name": "tool:server", "instances": 1, "capacity": 1}]},
+        "workload": {"num_applications": 2000, "arrivals": {"process": "poisson", "rate": 0.58},
+                     "applications": apps}})
+
+
+def test_schedulers_read_the_believed_pdgraph_and_sampling_the_true_one():
+    true, stale = (Simulation(believed_experiment(swap), scheduler="gittins", seed=1).run() for swap in (False, True))
+    realised = [[(r["template"], float(r["service_times"])) for r in run.rows] for run in (true, stale)]
+    assert sorted(realised[0]) == sorted(realised[1])  # the same applications and demands either way
+    # Gittins serves the believed-short jobs first: with beliefs swapped it serves the long ones first
+    assert stale.summary["jct"]["mean"] > 1.5 * true.summary["jct"]["mean"]
+
+
+def test_a_believed_pdgraph_must_share_the_true_structure():
+    other = {"name": "short", "stages": [
+        {"name": "s", "backend": "tool:server", "service_time": {"dist": "exponential", "mean": 0.3},
+         "next": [{"to": "t", "p": 1.0}]},
+        {"name": "t", "backend": "tool:server", "service_time": {"dist": "exponential", "mean": 0.3}}]}
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig.from_dict({
+            "cluster": {"tool_backends": [{"name": "tool:server", "instances": 1, "capacity": 1}]},
+            "workload": {"num_applications": 5, "arrivals": {"process": "poisson", "rate": 1.0},
+                         "applications": [{"template": _one_stage_job("short", 0.3), "believed": other}]}})
+    assert err.value.field == "workload.applications[0].believed"
+
+
+def test_files_a_workload_names_are_relative_to_the_workload_file(tmp_path):
+    (tmp_path / "workloads" / "templates").mkdir(parents=True)
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "workloads" / "templates" / "job.yaml").write_text(yaml.safe_dump(_one_stage_job("job", 1.0)))
+    (tmp_path / "workloads" / "w.yaml").write_text(yaml.safe_dump({
+        "num_applications": 3, "arrivals": {"process": "poisson", "rate": 1.0},
+        "applications": [{"template": "templates/job.yaml", "believed": "templates/job.yaml"}]}))
+    (tmp_path / "experiments" / "e.yaml").write_text(yaml.safe_dump({
+        "cluster": {"tool_backends": [{"name": "tool:server", "instances": 1, "capacity": 1}]},
+        "workload": "../workloads/w.yaml"}))
+    experiment = ExperimentConfig.from_yaml(tmp_path / "experiments" / "e.yaml")
+    assert experiment.workload.applications[0].graph.name == "job"

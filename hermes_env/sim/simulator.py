@@ -33,6 +33,7 @@ from hermes_env.cluster.tool import WARM, ToolBackend
 from hermes_env.errors import ConfigError, require
 from hermes_env.pdgraph.demand import DemandModel
 from hermes_env.pdgraph.graph import PDGraph
+from hermes_env.pdgraph.library import TEMPLATE_NAMES
 from hermes_env.pdgraph.sampling import StageRun, sample_realisation
 from hermes_env.sim.engine import Engine
 from hermes_env.sim.metrics import SimulationResult, summarise
@@ -52,7 +53,30 @@ def inline_parts(spec: Mapping[str, Any], base: Path | None) -> dict[str, Any]:
             require(path.is_file(), f"experiment.{key}", f"no file {str(path)!r}")
             with open(path) as fh:
                 out[key] = yaml.safe_load(fh)
+            if key == "workload":
+                out[key] = _resolve_workload_files(out[key], path.parent)
     return out
+
+
+def _resolve_workload_files(spec: Any, folder: Path) -> Any:
+    """Files a workload YAML names (PDGraph templates, an arrival trace) are relative to that YAML's
+    folder, wherever the experiment that includes it lives: make them absolute before inlining."""
+    if not isinstance(spec, Mapping):
+        return spec  # WorkloadConfig reports the malformed spec
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, str) and value not in TEMPLATE_NAMES and not Path(value).is_absolute():
+            return str((folder / value).resolve())
+        return value
+
+    spec = dict(spec)
+    if isinstance(spec.get("arrivals"), Mapping) and "trace" in spec["arrivals"]:
+        spec["arrivals"] = {**spec["arrivals"], "trace": resolve(spec["arrivals"]["trace"])}
+    if isinstance(spec.get("applications"), list):
+        spec["applications"] = [
+            {k: resolve(v) if k in ("template", "believed") else v for k, v in a.items()} if isinstance(a, Mapping)
+            else a for a in spec["applications"]]
+    return spec
 
 
 @dataclass(frozen=True)
@@ -192,12 +216,13 @@ class Simulation:
         return ProfileCost({b.name: b.latency for b in self.config.cluster.llm_backends})
 
     def demand_model(self, template: str) -> DemandModel:
-        """The PDGraph analysis of a workload template, LLM stages priced by this cluster's latency
-        profiles (built on first use, shared by every simulation of the same graph and profiles)."""
+        """The PDGraph analysis of a workload template as the schedulers know it (its ``believed`` graph
+        where the workload gives one), LLM stages priced by this cluster's latency profiles (built on
+        first use, shared by every simulation of the same graph and profiles)."""
         if template not in self._demand_models:
             mix = next(m for m in self.config.workload.applications if m.template == template)
             profiles = tuple((b.name, b.latency) for b in self.config.cluster.llm_backends)
-            self._demand_models[template] = shared_demand_model(mix.graph, profiles)
+            self._demand_models[template] = shared_demand_model(mix.known_graph, profiles)
         return self._demand_models[template]
 
     # -- external decisions (the Gymnasium environments) ------------------------------------------

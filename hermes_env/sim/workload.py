@@ -119,6 +119,13 @@ class ApplicationMix:
     weight: float
     app_class: str
     slo: float  # seconds from arrival to completion; inf when the class has none
+    believed: PDGraph | None = None  # the PDGraph schedulers are given, when it is not the true one
+
+    @property
+    def known_graph(self) -> PDGraph:
+        """The PDGraph every policy and observation reads (remaining demand, Gittins, next use): the
+        ``believed`` one where the workload gives it (a stale or mis-fitted model), else the true one."""
+        return self.graph if self.believed is None else self.believed
 
 
 @dataclass(frozen=True)
@@ -143,32 +150,50 @@ class WorkloadConfig:
         return cls(ArrivalConfig.from_dict(spec.get("arrivals"), f"{where}.arrivals", base), mix, n)
 
 
+def _load_graph(value: Any, where: str, base: Path | None) -> tuple[str, PDGraph]:
+    require(isinstance(value, str | Mapping), where,
+            "must name a library template or a YAML file, or be a PDGraph mapping")
+    if isinstance(value, Mapping):
+        graph = PDGraph.from_dict(value)
+        return graph.name, graph
+    if value in TEMPLATE_NAMES:
+        return value, load_template(value)
+    path = Path(value) if base is None or Path(value).is_absolute() else base / value
+    require(path.is_file(), where, f"is neither a library template nor a file: {value!r}",
+            f"library templates: {list(TEMPLATE_NAMES)}")
+    return value, PDGraph.from_yaml(path)
+
+
+def _same_structure(true: PDGraph, believed: PDGraph, where: str) -> None:
+    """A believed PDGraph may get probabilities and demands wrong, not the structure: the simulation
+    reports progress as states of the true graph's state space, which the believed one must share."""
+    a, b = true.state_space(), believed.state_space()
+    same = len(a) == len(b) and all(
+        a.stage(s).name == b.stage(s).name and a.stage(s).backend == b.stage(s).backend
+        and a.iteration_of[s] == b.iteration_of[s] and list(a.successors[s]) == list(b.successors[s])
+        for s in range(len(a)))
+    require(same, where, f"{believed.name!r} does not have the stages, backends, transitions and loop bounds of "
+            f"{true.name!r}", "give a PDGraph that differs from the template only in probabilities and demands")
+
+
 def _mix_entry(spec: Any, where: str, known_backends: frozenset[str], base: Path | None) -> ApplicationMix:
     require(isinstance(spec, Mapping), where, "must be a mapping with template, weight, class")
-    unknown = set(spec) - {"template", "weight", "class", "slo"}
+    unknown = set(spec) - {"template", "weight", "class", "slo", "believed"}
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not an application-mix field",
-                          "use template, weight, class, slo")
-    name = spec.get("template")
-    require(isinstance(name, str | Mapping), f"{where}.template",
-            "must name a library template or a YAML file, or be a PDGraph mapping")
-    if isinstance(name, Mapping):
-        graph = PDGraph.from_dict(name)
-        name = graph.name
-    elif name in TEMPLATE_NAMES:
-        graph = load_template(name)
-    else:
-        path = Path(name) if base is None or Path(name).is_absolute() else base / name
-        require(path.is_file(), f"{where}.template", f"is neither a library template nor a file: {name!r}",
-                f"library templates: {list(TEMPLATE_NAMES)}")
-        graph = PDGraph.from_yaml(path)
+                          "use template, weight, class, slo, believed")
+    name, graph = _load_graph(spec.get("template"), f"{where}.template", base)
     missing = [b for b in graph.backends if b not in known_backends]
     require(not missing, f"{where}.template", f"{name!r} needs backends the cluster lacks: {missing}",
             "add them to the cluster")
+    believed = None
+    if "believed" in spec:
+        believed = _load_graph(spec["believed"], f"{where}.believed", base)[1]
+        _same_structure(graph, believed, f"{where}.believed")
     weight = spec.get("weight", 1.0)
     require(isinstance(weight, int | float) and weight > 0, f"{where}.weight", f"must be > 0, got {weight!r}")
     app_class = spec.get("class", "best_effort")
     require(app_class in CLASSES, f"{where}.class", f"unknown class {app_class!r}", f"use one of {CLASSES}")
     slo = spec.get("slo", math.inf)
     require(isinstance(slo, int | float) and slo > 0, f"{where}.slo", f"must be seconds > 0, got {slo!r}")
-    return ApplicationMix(name, graph, float(weight), app_class, float(slo))
+    return ApplicationMix(name, graph, float(weight), app_class, float(slo), believed)
