@@ -69,7 +69,7 @@ class HermesEnv(gym.Env):
     prewarms = False
 
     def __init__(self, config: str | Path | dict | ExperimentConfig = "contended", overrides: dict | None = None,
-                 scheduler: str = "gittins", prewarm: str = "none", slots: int = 16, prewarm_tick: float | None = None,
+                 scheduler: str = "gittins", prewarm: str = "none", slots: int = 64, prewarm_tick: float | None = None,
                  max_steps: int | None = None, max_time: float | None = None, reward_scale: float = 1.0,
                  idle_cost_weight: float = 0.0, slo_miss_weight: float = 0.0, invalid_action: str = "raise",
                  invalid_action_penalty: float = 1.0, graph_observation: bool = False,
