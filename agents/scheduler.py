@@ -17,11 +17,12 @@ from hermes_env.sim.policies import SchedulingPolicy, register_scheduler_family
 
 
 class LearnedScheduler(SchedulingPolicy):
-    """At every decision the checkpoint sees the observation ``Scheduling-v0`` would give it (the oldest
-    K waiting requests in arrival order, backend and global features) and picks one, deterministically.
-    A set policy (:class:`agents.policy.SetExtractor`) scores any number of requests, so when more than K
-    wait it scores all of them, as Gittins does, rather than only the oldest K; an ``mlp`` policy is
-    bound to its K slots. The cluster must have the backends the checkpoint was trained with."""
+    """At every decision the checkpoint sees the observation ``Scheduling-v0`` would give it (request,
+    backend and global features) and picks a request, deterministically. A set policy
+    (:class:`agents.policy.SetExtractor`) scores any number of requests, so it scores every waiting one,
+    as Gittins ranks every one (its scores do not depend on padding: with at most K waiting this is the
+    environment's choice); an ``mlp`` policy sees the oldest K, as in the environment. The cluster must
+    have the backends the checkpoint was trained with."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -43,15 +44,13 @@ class LearnedScheduler(SchedulingPolicy):
     def select(self, backend: str, waiting: list[Any], now: float) -> int:
         if len(waiting) == 1:
             return 0
-        everyone = self.scorer is not None and len(waiting) > self.slots
-        requests, mask = self.features.requests(waiting, now, slots=len(waiting) if everyone else None)
-        obs = {"requests": requests, "request_mask": mask, "backends": self.features.backends(backend, now),
-               "global": self.features.global_features(now, False)}
-        if everyone:  # the deterministic action is the highest slot score
+        if self.scorer is not None:  # the deterministic action is the highest slot score
+            obs = self.features.observation(waiting, backend, now, slots=len(waiting))
             with torch.no_grad():
-                tensors = {k: torch.as_tensor(v)[None] for k, v in obs.items()}
-                return int(self.scorer(tensors)[0, : len(waiting)].argmax())
-        action, _ = self.model.predict(obs, action_masks=mask.astype(bool), deterministic=True)
+                scores = self.scorer({k: torch.as_tensor(v)[None] for k, v in obs.items()})
+            return int(scores[0, : len(waiting)].argmax())
+        obs = self.features.observation(waiting, backend, now)
+        action, _ = self.model.predict(obs, action_masks=obs["request_mask"].astype(bool), deterministic=True)
         return int(np.asarray(action).item())
 
 

@@ -122,6 +122,14 @@ class FeatureBuilder:
                 out[i, 11] = sum(r.kv_used for r in reps) / sum(r.capacity for r in reps)
         return out
 
+    def observation(self, candidates: list[Request], deciding: str, now: float, prewarm_decision: bool = False,
+                    slots: int | None = None) -> dict[str, np.ndarray]:
+        """The four arrays every observation has (``Scheduling-v0`` and a checkpoint run as a scheduler):
+        the first ``slots`` candidates (default K), the backends with ``deciding`` flagged, the globals."""
+        requests, mask = self.requests(candidates, now, slots)
+        return {"requests": requests, "request_mask": mask, "backends": self.backends(deciding, now),
+                "global": self.global_features(now, prewarm_decision)}
+
     def global_features(self, now: float, prewarm_decision: bool) -> np.ndarray:
         sim = self.sim
         return np.array([math.log1p(sim.in_system), math.log1p(now),

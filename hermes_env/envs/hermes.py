@@ -174,12 +174,9 @@ class HermesEnv(gym.Env):
         self.candidates = d.queue.waiting[: self.slots] if d is not None and d.kind == "schedule" else []
 
     def _observation(self) -> dict:
-        now = self.sim.engine.now
-        requests, mask = self.features.requests(self.candidates, now)
         deciding = self.decision.backend if self.decision is not None else ""
         prewarm_decision = self.decision is not None and self.decision.kind == "prewarm"
-        obs = {"requests": requests, "request_mask": mask, "backends": self.features.backends(deciding, now),
-               "global": self.features.global_features(now, prewarm_decision)}
+        obs = self.features.observation(self.candidates, deciding, self.sim.engine.now, prewarm_decision)
         if self.graph_observation:
             obs.update(self._graphs())
         return obs
