@@ -26,6 +26,7 @@ from scipy import stats
 from hermes_env.errors import ConfigError, require
 from hermes_env.sim.policies import prewarm_names, scheduler_names
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
+from hermes_env.sim.workload import resolve_path
 
 METRICS = ("mean", "p50", "p95", "p99")
 
@@ -55,7 +56,7 @@ class BenchConfig:
         require(isinstance(experiment, str | Mapping), "bench.experiment", "must be a YAML path or a mapping")
         base = path.parent
         if isinstance(experiment, str):
-            exp_path = base / experiment
+            exp_path = resolve_path(experiment, base)
             require(exp_path.is_file(), "bench.experiment", f"no file {str(exp_path)!r}")
             experiment = yaml.safe_load(exp_path.read_text())
             base = exp_path.parent

@@ -33,12 +33,11 @@ from hermes_env.cluster.tool import WARM, ToolBackend
 from hermes_env.errors import ConfigError, require
 from hermes_env.pdgraph.demand import DemandModel
 from hermes_env.pdgraph.graph import PDGraph
-from hermes_env.pdgraph.library import TEMPLATE_NAMES
 from hermes_env.pdgraph.sampling import StageRun, sample_realisation
 from hermes_env.sim.engine import Engine
 from hermes_env.sim.metrics import SimulationResult, summarise
 from hermes_env.sim.policies import make_prewarm, make_scheduler
-from hermes_env.sim.workload import ApplicationMix, WorkloadConfig
+from hermes_env.sim.workload import ApplicationMix, WorkloadConfig, resolve_path, with_absolute_files
 
 
 def inline_parts(spec: Mapping[str, Any], base: Path | None) -> dict[str, Any]:
@@ -49,34 +48,13 @@ def inline_parts(spec: Mapping[str, Any], base: Path | None) -> dict[str, Any]:
         part = spec.get(key)
         require(part is not None, f"experiment.{key}", "is missing", "give a mapping or a YAML path")
         if isinstance(part, str):
-            path = Path(part) if base is None or Path(part).is_absolute() else base / part
+            path = resolve_path(part, base)
             require(path.is_file(), f"experiment.{key}", f"no file {str(path)!r}")
             with open(path) as fh:
                 out[key] = yaml.safe_load(fh)
             if key == "workload":
-                out[key] = _resolve_workload_files(out[key], path.parent)
+                out[key] = with_absolute_files(out[key], path.parent)
     return out
-
-
-def _resolve_workload_files(spec: Any, folder: Path) -> Any:
-    """Files a workload YAML names (PDGraph templates, an arrival trace) are relative to that YAML's
-    folder, wherever the experiment that includes it lives: make them absolute before inlining."""
-    if not isinstance(spec, Mapping):
-        return spec  # WorkloadConfig reports the malformed spec
-
-    def resolve(value: Any) -> Any:
-        if isinstance(value, str) and value not in TEMPLATE_NAMES and not Path(value).is_absolute():
-            return str((folder / value).resolve())
-        return value
-
-    spec = dict(spec)
-    if isinstance(spec.get("arrivals"), Mapping) and "trace" in spec["arrivals"]:
-        spec["arrivals"] = {**spec["arrivals"], "trace": resolve(spec["arrivals"]["trace"])}
-    if isinstance(spec.get("applications"), list):
-        spec["applications"] = [
-            {k: resolve(v) if k in ("template", "believed") else v for k, v in a.items()} if isinstance(a, Mapping)
-            else a for a in spec["applications"]]
-    return spec
 
 
 @dataclass(frozen=True)

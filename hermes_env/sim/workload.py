@@ -25,6 +25,32 @@ PROCESSES = ("poisson", "bursty", "time_varying", "trace")
 CLASSES = ("real_time", "best_effort")
 
 
+def resolve_path(value: str, base: Path | None) -> Path:
+    """A file named in a config: relative paths are relative to the config's folder ``base``."""
+    return Path(value) if base is None or Path(value).is_absolute() else base / value
+
+
+def with_absolute_files(spec: Any, folder: Path) -> Any:
+    """A copy of a workload spec read from a YAML in ``folder`` whose files (PDGraph templates, an
+    arrival trace) are absolute, so that the spec can be inlined into an experiment that lives elsewhere."""
+    if not isinstance(spec, Mapping):
+        return spec  # WorkloadConfig reports the malformed spec
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str) and value not in TEMPLATE_NAMES:
+            return str(resolve_path(value, folder).resolve())
+        return value
+
+    spec = dict(spec)
+    if isinstance(spec.get("arrivals"), Mapping) and "trace" in spec["arrivals"]:
+        spec["arrivals"] = {**spec["arrivals"], "trace": absolute(spec["arrivals"]["trace"])}
+    if isinstance(spec.get("applications"), list):
+        spec["applications"] = [
+            {k: absolute(v) if k in ("template", "believed") else v for k, v in a.items()} if isinstance(a, Mapping)
+            else a for a in spec["applications"]]
+    return spec
+
+
 @dataclass(frozen=True)
 class ArrivalConfig:
     """``poisson`` at ``rate``/s; ``bursty``: gamma inter-arrivals of mean 1/rate and coefficient of
@@ -65,7 +91,7 @@ class ArrivalConfig:
             return cls(process, schedule=tuple(pieces))
         trace = spec.get("trace")
         require(isinstance(trace, str), f"{where}.trace", "must be a CSV path")
-        path = Path(trace) if base is None or Path(trace).is_absolute() else base / trace
+        path = resolve_path(trace, base)
         require(path.is_file(), f"{where}.trace", f"no file {str(path)!r}")
         scale = spec.get("time_scale", 1.0)
         require(isinstance(scale, int | float) and scale > 0, f"{where}.time_scale", "must be > 0")
@@ -158,7 +184,7 @@ def _load_graph(value: Any, where: str, base: Path | None) -> tuple[str, PDGraph
         return graph.name, graph
     if value in TEMPLATE_NAMES:
         return value, load_template(value)
-    path = Path(value) if base is None or Path(value).is_absolute() else base / value
+    path = resolve_path(value, base)
     require(path.is_file(), where, f"is neither a library template nor a file: {value!r}",
             f"library templates: {list(TEMPLATE_NAMES)}")
     return value, PDGraph.from_yaml(path)
