@@ -11,7 +11,6 @@ import math
 from typing import Any
 
 from hermes_env.cluster.request import Request
-from hermes_env.pdgraph.demand import Progress
 from hermes_env.sim.policies import SchedulingPolicy, register_scheduler
 
 
@@ -23,7 +22,7 @@ class _DemandAware(SchedulingPolicy):
 
     def remaining(self, request: Request) -> Any:
         app = request.app
-        return self.sim.demand_model(app.template).remaining_demand(Progress(app.current.state, 0.0, app.pending))
+        return self.sim.demand_model(app.template).remaining_demand(app.progress)
 
 
 @register_scheduler("sjf")
@@ -51,7 +50,7 @@ class LLMSched(_DemandAware):
     def key(self, request: Request, now: float) -> tuple[float, float]:
         app = request.app
         model = self.sim.demand_model(app.template)
-        bits = model.uncertainty_reduction(Progress(app.current.state, 0.0, app.pending)).get(app.current.stage, 0.0)
+        bits = model.uncertainty_reduction(app.progress).get(app.current.stage, 0.0)
         return (self.remaining(request).mean / (1.0 + self.beta * bits), request.first_enqueued)
 
 

@@ -16,7 +16,6 @@ import numpy as np
 
 from hermes_env.cluster.request import Request
 from hermes_env.cluster.tool import WARM, WARMING, ToolBackend
-from hermes_env.pdgraph.demand import Progress
 from hermes_env.pdgraph.graph import BACKEND_KINDS, backend_kind
 
 REQUEST_BASE_FEATURES = (
@@ -64,7 +63,7 @@ class FeatureBuilder:
         row = self._app_stats.get(key)
         if row is None:
             model = self.sim.demand_model(app.template)
-            progress = Progress(app.current.state, 0.0, app.pending)
+            progress = app.progress
             dist = model.remaining_demand(progress)
             p50, p90 = dist.quantile([0.5, 0.9])
             kind = backend_kind(r.backend)

@@ -31,7 +31,7 @@ from hermes_env.cluster.queue import WaitQueue
 from hermes_env.cluster.request import Request
 from hermes_env.cluster.tool import WARM, ToolBackend
 from hermes_env.errors import ConfigError, require
-from hermes_env.pdgraph.demand import DemandModel
+from hermes_env.pdgraph.demand import DemandModel, Progress
 from hermes_env.pdgraph.graph import PDGraph
 from hermes_env.pdgraph.sampling import StageRun, sample_realisation
 from hermes_env.sim.engine import Engine
@@ -124,6 +124,12 @@ class Application:
     @property
     def current(self) -> StageRun:
         return self.runs[self.cursor]
+
+    @property
+    def progress(self) -> Progress:
+        """Its progress as policies read it: the current stage's state and unfinished copies, with the
+        stage's attained service taken as 0 (decisions are made when a stage is issued)."""
+        return Progress(self.current.state, 0.0, self.pending)
 
 
 class Simulation:
