@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hermes_env.cluster.latency import IterationLatency, load_profile
-from hermes_env.errors import ConfigError, require
+from hermes_env.errors import require
 from hermes_env.pdgraph.distributions import Distribution, distribution_from_spec
 from hermes_env.pdgraph.graph import backend_kind
+from hermes_env.validation import check_keys, integer, number
 
 
 @dataclass(frozen=True)
@@ -41,36 +42,6 @@ MODEL_SHAPES = {
 }
 
 
-def _check_keys(spec: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    require(isinstance(spec, Mapping), where, "must be a mapping")
-    unknown = set(spec) - allowed
-    if unknown:
-        raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not a known field", f"use {', '.join(sorted(allowed))}")
-
-
-def _int(spec: Mapping[str, Any], key: str, where: str, default: int | None = None, minimum: int = 1) -> int:
-    if key not in spec:
-        require(default is not None, f"{where}.{key}", "is missing")
-        return default  # type: ignore[return-value]
-    v = spec[key]
-    require(isinstance(v, int) and not isinstance(v, bool) and v >= minimum, f"{where}.{key}",
-            f"must be an integer >= {minimum}, got {v!r}")
-    return v
-
-
-def _float(spec: Mapping[str, Any], key: str, where: str, default: float | None = None, minimum: float = 0.0,
-           allow_inf: bool = False) -> float:
-    if key not in spec:
-        require(default is not None, f"{where}.{key}", "is missing")
-        return default  # type: ignore[return-value]
-    v = spec[key]
-    if allow_inf and v in ("inf", ".inf", math.inf):
-        return math.inf
-    require(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= minimum,
-            f"{where}.{key}", f"must be a number >= {minimum}, got {v!r}")
-    return float(v)
-
-
 @dataclass(frozen=True)
 class PrefixCacheConfig:
     """A remote prefix cache (distributed KV store) a replica fetches reusable prompt prefixes from.
@@ -85,10 +56,10 @@ class PrefixCacheConfig:
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str) -> PrefixCacheConfig:
-        _check_keys(spec, {"load_bandwidth_gbps", "mode"}, where)
+        check_keys(spec, {"load_bandwidth_gbps", "mode"}, where)
         mode = spec.get("mode", "async")
         require(mode in ("async", "sync"), f"{where}.mode", f"must be 'async' or 'sync', got {mode!r}")
-        return cls(_float(spec, "load_bandwidth_gbps", where, minimum=1e-6) * 1e9 / 8, mode)
+        return cls(number(spec, "load_bandwidth_gbps", where, low=0, low_open=True, high=1e6) * 1e9 / 8, mode)
 
 
 @dataclass(frozen=True)
@@ -115,7 +86,7 @@ class LLMBackendConfig:
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str) -> LLMBackendConfig:
-        _check_keys(spec, {"name", "profile", "model", "replicas", "gpus_per_replica", "gpu_memory_gb",
+        check_keys(spec, {"name", "profile", "model", "replicas", "gpus_per_replica", "gpu_memory_gb",
                            "gpu_memory_utilization", "max_batch", "max_prefill_tokens", "block_size", "prefix_cache",
                            "source"}, where)
         name = spec.get("name")
@@ -125,19 +96,19 @@ class LLMBackendConfig:
         model = spec.get("model")
         require(model in MODEL_SHAPES, f"{where}.model", f"unknown model {model!r}",
                 f"use one of {sorted(MODEL_SHAPES)}")
-        util = _float(spec, "gpu_memory_utilization", where, 0.9)
-        require(0 < util <= 1, f"{where}.gpu_memory_utilization", f"must be in (0, 1], got {util}")
+        util = number(spec, "gpu_memory_utilization", where, 0.9, low=0, low_open=True, high=1)
         cfg = cls(
             name=name,
             latency=load_profile(spec["profile"]),
             model=MODEL_SHAPES[model],
-            replicas=_int(spec, "replicas", where, 1),
-            gpus_per_replica=_int(spec, "gpus_per_replica", where, 1),
-            gpu_memory_bytes=_float(spec, "gpu_memory_gb", where, 80.0, minimum=1.0) * 1e9,
+            replicas=integer(spec, "replicas", where, 1, low=1, high=10_000),
+            gpus_per_replica=integer(spec, "gpus_per_replica", where, 1, low=1, high=64),
+            # the largest GPU memory sold is under 300 GB; 10 TB bounds typos without limiting anyone
+            gpu_memory_bytes=number(spec, "gpu_memory_gb", where, 80.0, low=1.0, high=1e4) * 1e9,
             gpu_memory_utilization=util,
-            max_batch=_int(spec, "max_batch", where, 256),
-            max_prefill_tokens=_int(spec, "max_prefill_tokens", where, 8192),
-            block_size=_int(spec, "block_size", where, 16),
+            max_batch=integer(spec, "max_batch", where, 256, low=1, high=1_000_000),
+            max_prefill_tokens=integer(spec, "max_prefill_tokens", where, 8192, low=1, high=10_000_000),
+            block_size=integer(spec, "block_size", where, 16, low=1, high=4096),
             prefix_cache=None if spec.get("prefix_cache") is None else PrefixCacheConfig.from_dict(
                 spec["prefix_cache"], f"{where}.prefix_cache"),
         )
@@ -165,18 +136,18 @@ class ToolBackendConfig:
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str) -> ToolBackendConfig:
-        _check_keys(spec, {"name", "instances", "capacity", "cold_start", "keep_alive", "idle_cost", "source"}, where)
+        check_keys(spec, {"name", "instances", "capacity", "cold_start", "keep_alive", "idle_cost", "source"}, where)
         name = spec.get("name")
         require(isinstance(name, str) and ":" in name and backend_kind(name) in ("tool", "dnn", "api"),
                 f"{where}.name", f"must be a 'tool:', 'dnn:' or 'api:' backend name, got {name!r}")
         cold = spec.get("cold_start")
         return cls(
             name=name,
-            instances=_int(spec, "instances", where, 1),
-            capacity=_int(spec, "capacity", where, 1),
+            instances=integer(spec, "instances", where, 1, low=1, high=100_000),
+            capacity=integer(spec, "capacity", where, 1, low=1, high=1_000_000),
             cold_start=None if cold is None else distribution_from_spec(cold, f"{where}.cold_start"),
-            keep_alive=_float(spec, "keep_alive", where, math.inf, allow_inf=True),
-            idle_cost=_float(spec, "idle_cost", where, 1.0),
+            keep_alive=number(spec, "keep_alive", where, math.inf, low=0, allow_inf=True),
+            idle_cost=number(spec, "idle_cost", where, 1.0, low=0, high=1e9),
             source=str(spec.get("source", "")),
         )
 
@@ -192,7 +163,7 @@ class ClusterConfig:
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str = "cluster") -> ClusterConfig:
-        _check_keys(spec, {"llm_backends", "tool_backends", "description"}, where)
+        check_keys(spec, {"llm_backends", "tool_backends", "description"}, where)
         llm = spec.get("llm_backends", [])
         tools = spec.get("tool_backends", [])
         require(isinstance(llm, Sequence) and isinstance(tools, Sequence), where,

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import yaml
 
 from hermes_env.errors import ConfigError, require
+from hermes_env.validation import load_yaml
 
 
 @runtime_checkable
@@ -67,5 +67,4 @@ class LinearTokenCost:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> LinearTokenCost:
-        with open(path) as fh:
-            return cls.from_dict(yaml.safe_load(fh))
+        return cls.from_dict(load_yaml(path, "cost"))

@@ -19,6 +19,7 @@ import numpy as np
 from scipy import stats
 
 from hermes_env.errors import ConfigError, require
+from hermes_env.validation import as_number
 
 
 class Distribution(ABC):
@@ -307,19 +308,15 @@ class Histogram(Distribution):
         return {"dist": self.kind, "edges": self.edges.tolist(), "weights": self.weights.tolist()}
 
 
+# Bounds that keep every derived quantity (lognormal sigma, gamma shape, lattice horizons) inside float
+# range: a demand beyond 1e12 (seconds or tokens) or a coefficient of variation beyond 100 is a typo.
+_HIGH = {"cv": 100.0, "sigma": 10.0}
+_DEFAULT_HIGH = 1e12
+
+
 def _number(spec: Mapping[str, Any], key: str, field: str, *, positive: bool = True) -> float:
     require(key in spec, f"{field}.{key}", "is missing", f"give a number for '{key}'")
-    value = spec[key]
-    require(
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
-        f"{field}.{key}",
-        f"must be a finite number, got {value!r}",
-    )
-    if positive:
-        require(value > 0, f"{field}.{key}", f"must be > 0, got {value!r}")
-    else:
-        require(value >= 0, f"{field}.{key}", f"must be >= 0, got {value!r}")
-    return float(value)
+    return as_number(spec[key], f"{field}.{key}", low=0.0, low_open=positive, high=_HIGH.get(key, _DEFAULT_HIGH))
 
 
 def _vector(spec: Mapping[str, Any], key: str, field: str, *, positive: bool) -> np.ndarray:
@@ -330,7 +327,8 @@ def _vector(spec: Mapping[str, Any], key: str, field: str, *, positive: bool) ->
         arr = np.asarray(raw, dtype=float)
     except (TypeError, ValueError):
         raise ConfigError(f"{field}.{key}", f"must contain numbers only, got {raw!r}") from None
-    require(bool(np.all(np.isfinite(arr))), f"{field}.{key}", "must contain finite numbers")
+    require(bool(np.all(np.isfinite(arr))) and bool(np.all(np.abs(arr) <= _DEFAULT_HIGH)), f"{field}.{key}",
+            f"must contain finite numbers of at most {_DEFAULT_HIGH:g}")
     bad = arr <= 0 if positive else arr < 0
     require(not bad.any(), f"{field}.{key}", f"entries must be {'> 0' if positive else '>= 0'}, got {raw!r}")
     return arr
@@ -356,8 +354,7 @@ def distribution_from_spec(spec: Any, field: str = "distribution") -> Distributi
     if isinstance(spec, Distribution):
         return spec
     if isinstance(spec, int | float) and not isinstance(spec, bool):
-        require(math.isfinite(spec) and spec >= 0, field, f"must be a finite number >= 0, got {spec!r}")
-        return Deterministic(spec)
+        return Deterministic(as_number(spec, field, low=0.0, high=_DEFAULT_HIGH))
     require(isinstance(spec, Mapping), field, f"must be a number or a mapping with 'dist', got {spec!r}")
     kind = spec.get("dist")
     require(kind in _KINDS, f"{field}.dist", f"unknown distribution {kind!r}", f"use one of {', '.join(_KINDS)}")
@@ -379,9 +376,8 @@ def distribution_from_spec(spec: Any, field: str = "distribution") -> Distributi
             return cls.from_mean_cv(_number(spec, "mean", field), _number(spec, "cv", field))
         if kind == "lognormal":
             require("mu" in spec, f"{field}.mu", "is missing", "give mu and sigma, or mean and cv")
-            mu = spec["mu"]
-            require(isinstance(mu, int | float) and math.isfinite(mu), f"{field}.mu", "must be a finite number")
-            return LogNormal(float(mu), _number(spec, "sigma", field))
+            mu = as_number(spec["mu"], f"{field}.mu", low=-50.0, high=50.0)
+            return LogNormal(mu, _number(spec, "sigma", field))
         require("shape" in spec, f"{field}.shape", "is missing", "give mean and cv, or shape and scale")
         return Gamma(_number(spec, "shape", field), _number(spec, "scale", field))
     edges = _vector(spec, "edges", field, positive=False)

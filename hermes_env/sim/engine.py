@@ -23,9 +23,11 @@ class Engine:
         self.events = 0
 
     def at(self, time: float, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(time, *args)`` at simulated ``time`` (not before now)."""
-        if time < self.now:
-            raise ValueError(f"cannot schedule an event at {time} before now ({self.now})")
+        """Run ``fn(time, *args)`` at simulated ``time``: finite and not before now (a NaN would stop the
+        loop silently, since no comparison with it holds)."""
+        if not self.now <= time < math.inf:
+            raise ValueError(f"cannot schedule an event at {time} (now is {self.now}): event times must be finite "
+                             "and not in the past")
         self._seq += 1
         heapq.heappush(self._heap, (time, self._seq, fn, args))
 

@@ -20,8 +20,10 @@ import numpy as np
 from hermes_env.errors import ConfigError, require
 from hermes_env.pdgraph.graph import PDGraph
 from hermes_env.pdgraph.library import TEMPLATE_NAMES, load_template
+from hermes_env.validation import check_keys, choice, integer, number
 
 PROCESSES = ("poisson", "bursty", "time_varying", "trace")
+MAX_RATE = 1e9  # arrivals per second: beyond any cluster, and far from float overflow in cumulative sums
 CLASSES = ("real_time", "best_effort")
 
 
@@ -67,35 +69,29 @@ class ArrivalConfig:
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str, base: Path | None = None) -> ArrivalConfig:
-        require(isinstance(spec, Mapping), where, "must be a mapping with 'process'")
-        unknown = set(spec) - {"process", "rate", "cv", "schedule", "trace", "time_scale"}
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not an arrival field")
-        process = spec.get("process")
-        require(process in PROCESSES, f"{where}.process", f"unknown process {process!r}", f"use one of {PROCESSES}")
+        check_keys(spec, ("process", "rate", "cv", "schedule", "trace", "time_scale"), where)
+        process = choice(spec, "process", where, PROCESSES)
         if process in ("poisson", "bursty"):
-            rate = spec.get("rate")
-            require(isinstance(rate, int | float) and rate > 0, f"{where}.rate", f"must be > 0, got {rate!r}")
-            cv = spec.get("cv", 1.0)
-            require(isinstance(cv, int | float) and cv > 0, f"{where}.cv", f"must be > 0, got {cv!r}")
-            return cls(process, float(rate), float(cv))
+            rate = number(spec, "rate", where, low=0, low_open=True, high=MAX_RATE)
+            # cv is the gamma inter-arrival's coefficient of variation: shape 1/cv^2 underflows past 100
+            return cls(process, rate, number(spec, "cv", where, 1.0, low=0, low_open=True, high=100.0))
         if process == "time_varying":
             raw = spec.get("schedule")
-            require(isinstance(raw, list) and raw, f"{where}.schedule", "must be a list of {duration, rate}")
+            require(isinstance(raw, list) and raw, f"{where}.schedule", "must be a non-empty list of {duration, rate}")
             pieces = []
             for i, piece in enumerate(raw):
-                ok = isinstance(piece, Mapping) and piece.get("duration", 0) > 0 and piece.get("rate", -1) >= 0
-                require(ok, f"{where}.schedule[{i}]", "needs duration > 0 and rate >= 0")
-                pieces.append((float(piece["duration"]), float(piece["rate"])))
+                at = f"{where}.schedule[{i}]"
+                check_keys(piece, ("duration", "rate"), at)
+                pieces.append((number(piece, "duration", at, low=0, low_open=True, high=1e12),
+                               number(piece, "rate", at, low=0, high=MAX_RATE)))
             require(max(r for _, r in pieces) > 0, f"{where}.schedule", "has no positive rate")
             return cls(process, schedule=tuple(pieces))
         trace = spec.get("trace")
         require(isinstance(trace, str), f"{where}.trace", "must be a CSV path")
         path = resolve_path(trace, base)
         require(path.is_file(), f"{where}.trace", f"no file {str(path)!r}")
-        scale = spec.get("time_scale", 1.0)
-        require(isinstance(scale, int | float) and scale > 0, f"{where}.time_scale", "must be > 0")
-        return cls(process, trace=str(path), time_scale=float(scale))
+        scale = number(spec, "time_scale", where, 1.0, low=0, low_open=True, high=1e9)
+        return cls(process, trace=str(path), time_scale=scale)
 
     def times(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """The first ``n`` arrival times."""
@@ -132,10 +128,39 @@ class ArrivalConfig:
         try:
             t = np.array(raw, dtype=float)
         except ValueError:
-            stamps = np.array([s.strip()[:26] for s in raw], dtype="datetime64[us]")
-            t = (stamps - stamps[0]).astype("timedelta64[us]").astype(float) / 1e6
-        require(bool(np.all(np.diff(t) >= 0)), "workload.arrivals.trace", "timestamps must not decrease")
+            numbers = [_is_number(x) for x in raw]
+            if any(numbers):
+                bad = numbers.index(False)
+                raise ConfigError(f"{self.trace}: line {bad + 2}", f"timestamp {raw[bad]!r} is not a number",
+                                  "give every timestamp in seconds") from None
+            t = _datetimes(raw, self.trace)
+        bad = np.flatnonzero(~np.isfinite(t))
+        require(not len(bad), f"{self.trace}: line {int(bad[0]) + 2 if len(bad) else 0}",
+                "timestamp is not a finite number")
+        back = np.flatnonzero(np.diff(t) < 0)
+        require(not len(back), f"{self.trace}: line {int(back[0]) + 3 if len(back) else 0}",
+                "timestamp is earlier than the one before", "sort the trace by time")
         return (t - t[0]) * self.time_scale
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _datetimes(raw: list[str], path: str) -> np.ndarray:
+    """Seconds since the first of the Azure trace's ``TIMESTAMP`` datetimes (when no row is a number)."""
+    for i, text in enumerate(raw):
+        try:
+            np.datetime64(text.strip()[:26], "us")
+        except ValueError:
+            raise ConfigError(f"{path}: line {i + 2}", f"timestamp {text!r} is neither seconds nor a datetime",
+                              "give every timestamp in seconds, or every one as an ISO datetime") from None
+    stamps = np.array([s.strip()[:26] for s in raw], dtype="datetime64[us]")
+    return (stamps - stamps[0]).astype("timedelta64[us]").astype(float) / 1e6
 
 
 @dataclass(frozen=True)
@@ -163,16 +188,13 @@ class WorkloadConfig:
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], known_backends: frozenset[str], where: str = "workload",
                   base: Path | None = None) -> WorkloadConfig:
-        require(isinstance(spec, Mapping), where, "must be a mapping")
-        unknown = set(spec) - {"arrivals", "applications", "num_applications", "description"}
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not a workload field")
-        n = spec.get("num_applications")
-        require(isinstance(n, int) and not isinstance(n, bool) and n >= 1, f"{where}.num_applications",
-                f"must be an integer >= 1, got {n!r}")
+        check_keys(spec, ("arrivals", "applications", "num_applications", "description"), where)
+        n = integer(spec, "num_applications", where, low=1, high=10**10)
         apps = spec.get("applications")
         require(isinstance(apps, Sequence) and apps, f"{where}.applications", "must be a non-empty list")
         mix = tuple(_mix_entry(a, f"{where}.applications[{i}]", known_backends, base) for i, a in enumerate(apps))
+        require(math.isfinite(sum(m.weight for m in mix)), f"{where}.applications", "weights sum past float range",
+                "give weights of a sensible scale (they are relative)")
         return cls(ArrivalConfig.from_dict(spec.get("arrivals"), f"{where}.arrivals", base), mix, n)
 
 
@@ -203,11 +225,7 @@ def _same_structure(true: PDGraph, believed: PDGraph, where: str) -> None:
 
 
 def _mix_entry(spec: Any, where: str, known_backends: frozenset[str], base: Path | None) -> ApplicationMix:
-    require(isinstance(spec, Mapping), where, "must be a mapping with template, weight, class")
-    unknown = set(spec) - {"template", "weight", "class", "slo", "believed"}
-    if unknown:
-        raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not an application-mix field",
-                          "use template, weight, class, slo, believed")
+    check_keys(spec, ("template", "weight", "class", "slo", "believed"), where)
     name, graph = _load_graph(spec.get("template"), f"{where}.template", base)
     missing = [b for b in graph.backends if b not in known_backends]
     require(not missing, f"{where}.template", f"{name!r} needs backends the cluster lacks: {missing}",
@@ -216,10 +234,7 @@ def _mix_entry(spec: Any, where: str, known_backends: frozenset[str], base: Path
     if "believed" in spec:
         believed = _load_graph(spec["believed"], f"{where}.believed", base)[1]
         _same_structure(graph, believed, f"{where}.believed")
-    weight = spec.get("weight", 1.0)
-    require(isinstance(weight, int | float) and weight > 0, f"{where}.weight", f"must be > 0, got {weight!r}")
-    app_class = spec.get("class", "best_effort")
-    require(app_class in CLASSES, f"{where}.class", f"unknown class {app_class!r}", f"use one of {CLASSES}")
-    slo = spec.get("slo", math.inf)
-    require(isinstance(slo, int | float) and slo > 0, f"{where}.slo", f"must be seconds > 0, got {slo!r}")
-    return ApplicationMix(name, graph, float(weight), app_class, float(slo), believed)
+    weight = number(spec, "weight", where, 1.0, low=0, low_open=True, high=1e12)
+    app_class = choice(spec, "class", where, CLASSES, "best_effort")
+    slo = number(spec, "slo", where, math.inf, low=0, low_open=True, allow_inf=True)
+    return ApplicationMix(name, graph, weight, app_class, slo, believed)
