@@ -36,6 +36,7 @@ import yaml
 
 from hermes_env.errors import ConfigError, require
 from hermes_env.pdgraph.distributions import Distribution, distribution_from_spec
+from hermes_env.validation import load_yaml
 
 END = "end"
 BACKEND_KINDS = ("llm", "tool", "dnn", "api")
@@ -121,6 +122,9 @@ class PDGraph:
         if not self.entry and self.stages:
             object.__setattr__(self, "entry", self.stages[0].name)
         _validate(self)
+        # Building the state space finishes the validation (interlocking loops, dead states); it is kept,
+        # since every analysis and simulation of the graph needs it.
+        object.__setattr__(self, "_space", StateSpace(self))
 
     # -- lookup -----------------------------------------------------------------------------
     def stage(self, name: str) -> Stage:
@@ -174,13 +178,12 @@ class PDGraph:
 
     @classmethod
     def from_yaml(cls, path: str | Path, known_backends: Iterable[str] | None = None) -> PDGraph:
-        with open(path) as fh:
-            return cls.from_dict(yaml.safe_load(fh), known_backends)
+        return cls.from_dict(load_yaml(path, "pdgraph"), known_backends)
 
     # -- derived objects --------------------------------------------------------------------
     def state_space(self) -> StateSpace:
         """The finite Markov chain over (stage, loop counters) that this graph induces."""
-        return StateSpace(self)
+        return self._space  # type: ignore[attr-defined]
 
 
 _STAGE_KEYS = {
@@ -475,11 +478,17 @@ class StateSpace:
         if not s.next:
             moves[None] = 1.0
         if dropped:
+            require(dropped < 1.0 - _PROB_TOL, f"stage '{s.name}'.next",
+                    f"leaves the application nowhere to go once its loop counters reach "
+                    f"{self._counters_text(counters)}: every transition with p > 0 is a loop edge at its bound",
+                    "give one of those loop edges on_limit, or an exit transition with p > 0")
             moves = {k: v / (1.0 - dropped) for k, v in moves.items()}
         return {k: v for k, v in moves.items() if v > 0}
 
-    @staticmethod
-    def _topological(keys: list, raw: list[dict], index: dict) -> list[int]:
+    def _counters_text(self, counters: tuple[int, ...]) -> str:
+        return "{" + ", ".join(f"{lp.name}: {c}" for lp, c in zip(self.loops, counters, strict=True)) + "}"
+
+    def _topological(self, keys: list, raw: list[dict], index: dict) -> list[int]:
         order: list[int] = []
         state = [0] * len(keys)
         for root in range(len(keys)):
@@ -495,12 +504,23 @@ class StateSpace:
                     state[node] = 2
                     order.append(node)
                 elif state[nxt] == 1:
-                    raise RuntimeError("state space has a cycle; PDGraph validation should have prevented it")
+                    path = [n for n, _ in stack]
+                    self._reject_cycle([keys[n] for n in path[path.index(nxt):]] + [keys[nxt]])
                 elif state[nxt] == 0:
                     state[nxt] = 1
                     stack.append((nxt, iter([index[k] for k in raw[nxt] if k is not None])))
         order.reverse()
         return order
+
+    def _reject_cycle(self, cycle: list[tuple[int, tuple[int, ...]]]) -> None:
+        """Loop edges whose bodies overlap without nesting reset each other's counters, so neither bound
+        is ever reached: name the loops and the cycle of states."""
+        stages = [self.stage_names[stage] for stage, _ in cycle]
+        loops = sorted({lp.name for lp in self.loops if any(s in lp.body for s in stages)})
+        path = " -> ".join(f"{name} {self._counters_text(c)}" for name, (_, c) in zip(stages, cycle, strict=True))
+        raise ConfigError(f"loops {', '.join(loops)}", f"interlock: their bodies overlap without nesting, so each "
+                          f"resets the other's counter and the application can cycle forever ({path})",
+                          "nest the loops (one body inside the other) or make their bodies disjoint")
 
     def _iteration(self, stage: str, counters: tuple[int, ...]) -> int:
         return sum(c for c, loop in zip(counters, self.loops, strict=True) if stage in loop.body)
