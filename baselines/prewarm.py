@@ -132,10 +132,9 @@ class PDGraphPrewarm(PrewarmPolicy):
 
     def p_any(self, sim: Any, backend: str, horizon: float, now: float) -> float:
         miss = 1.0
-        for app in sim.apps:
-            if math.isnan(app.completion):
-                use = self._forecast(sim, app.mix, app.current.state, max(app.pending, 1), backend)
-                miss *= 1.0 - self._within(use, horizon)
+        for app in sim.active.values():  # the applications in the system, not every one that ever arrived
+            use = self._forecast(sim, app.mix, app.current.state, max(app.pending, 1), backend)
+            miss *= 1.0 - self._within(use, horizon)
         rate = len(sim.apps) / now if now > 0 else 0.0
         new = sum(w * self._within(self._forecast(sim, m, 0, None, backend), horizon) for m, w in self.shares)
         return 1.0 - miss * math.exp(-rate * horizon * new)
@@ -180,7 +179,7 @@ class ClairvoyantPrewarm(PrewarmPolicy):
         return math.inf
 
     def decide(self, sim: Any, now: float) -> None:
-        apps = [a for a in sim.apps if math.isnan(a.completion)]
+        apps = list(sim.active.values())
         for name, backend in sim.tool_backends.items():
             if backend.pinned:
                 continue

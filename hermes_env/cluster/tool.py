@@ -178,17 +178,35 @@ class ToolBackend:
 
     # -- prewarm orders -----------------------------------------------------------------------
     def prewarm(self, now: float) -> bool:
-        """Start warming one cold instance; False if none is cold."""
-        inst = next((i for i in self.instances if i.state == COLD), None)
+        """Start warming one cold instance; False if none is cold (or the backend is pinned warm)."""
+        inst = next((i for i in self.instances if i.state == COLD), None) if not self.pinned else None
         if inst is None:
             return False
         self.prewarms += 1
         self._warm(inst, now)
         return True
 
+    def can_prewarm(self) -> bool:
+        return not self.pinned and any(i.state == COLD for i in self.instances)
+
+    def _releasable(self) -> Instance | None:
+        """An idle instance that no waiting request needs: a warm one, or a warming one beyond those
+        whose slots the queue will fill (releasing those would strand the waiting requests)."""
+        if self.pinned:
+            return None
+        idle = [i for i in self.instances if i.state != COLD and i.busy == 0]
+        warm = next((i for i in idle if i.state == WARM), None)
+        if warm is not None:
+            return warm
+        spare = self.warming_instances() * self.cfg.capacity - len(self.queue)
+        return next((i for i in idle if i.state == WARMING), None) if spare >= self.cfg.capacity else None
+
+    def can_release(self) -> bool:
+        return self._releasable() is not None
+
     def release(self, now: float) -> bool:
-        """Cool one idle warm (or warming) instance at once; False if none is idle."""
-        inst = next((i for i in self.instances if i.state != COLD and i.busy == 0), None)
+        """Cool one idle instance that no waiting request needs (see :meth:`_releasable`); False if none."""
+        inst = self._releasable()
         if inst is None:
             return False
         self._account(now)

@@ -50,6 +50,9 @@ class FeatureBuilder:
                 static[i, 7] = 1.0  # an LLM replica is always warm
         self._backend_static = static
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_app_stats": {}}  # a cache, rebuilt on demand: keep it out of pickles
+
     @staticmethod
     def request_features(n_backends: int) -> int:
         return len(REQUEST_BASE_FEATURES) + 2 * n_backends

@@ -9,9 +9,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import yaml
 from gymnasium import spaces
 
+from hermes_env.catalog import config_path
 from hermes_env.envs.features import BACKEND_FEATURES, GLOBAL_FEATURES, FeatureBuilder
 from hermes_env.envs.render import render_ansi, render_rgb
 from hermes_env.errors import require
@@ -19,8 +19,8 @@ from hermes_env.pdgraph.entropy import visit_probabilities
 from hermes_env.pdgraph.graph import BACKEND_KINDS, END, backend_kind
 from hermes_env.sim.policies import ExternalPrewarm, ExternalScheduler, make_prewarm, make_scheduler
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
+from hermes_env.validation import as_integer, as_number, load_yaml
 
-REPO_CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs" / "experiments"
 NOOP, WARM_UP, RELEASE = 0, 1, 2
 BOUND = 1e3  # every feature is a fraction, a flag or a log1p of seconds or tokens: far inside this
 NODE_FEATURES = (*(f"kind_{k}" for k in BACKEND_KINDS), "current", "visit_probability", "mean_demand", "width")
@@ -34,14 +34,11 @@ def load_experiment(config: str | Path | dict | ExperimentConfig, overrides: dic
         return config
     base = None
     if isinstance(config, str | Path):
-        path = Path(config)
-        if path.suffix not in (".yaml", ".yml"):
-            path = REPO_CONFIGS / f"{config}.yaml"
-            require(path.is_file(), "config", f"no experiment named {str(config)!r}",
-                    f"use a YAML path or one of {sorted(p.stem for p in REPO_CONFIGS.glob('*.yaml'))}")
-        require(path.is_file(), "config", f"no file {str(path)!r}")
+        path = config_path("experiments", config)
         base = path.parent
-        spec = inline_parts(yaml.safe_load(path.read_text()), base)  # so that overrides reach into the parts
+        spec = load_yaml(path)
+        require(isinstance(spec, dict), str(path), "must be a mapping with 'cluster' and 'workload'")
+        spec = inline_parts(spec, base)  # so that overrides reach into the parts
     else:
         require(isinstance(config, dict), "config", f"must be a name, a path, a dict or an ExperimentConfig, "
                 f"got {type(config).__name__}")
@@ -52,6 +49,25 @@ def load_experiment(config: str | Path | dict | ExperimentConfig, overrides: dic
         require(isinstance(value, dict), f"overrides.{key}", "must be a mapping")
         spec[key] = _merge(spec.get(key, {}), value)
     return ExperimentConfig.from_dict(spec, base=base)
+
+
+def as_action_integer(action: Any) -> int:
+    """A ``Discrete`` action: a Python or NumPy integer, or an integer array holding one value."""
+    value = action
+    if isinstance(value, np.ndarray) and value.size == 1 and np.issubdtype(value.dtype, np.integer):
+        value = value.reshape(()).item()
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"the action must be an integer slot (an element of the action space), got {action!r} "
+                        f"({type(action).__name__})")
+    return int(value)
+
+
+def as_action_vector(action: Any, n: int) -> np.ndarray:
+    """A ``MultiDiscrete`` action: ``n`` integers (a list, tuple or integer array)."""
+    arr = np.asarray(action)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) and arr.shape == (n,)):
+        raise TypeError(f"the action must be {n} integers (an element of the action space), got {action!r}")
+    return arr.astype(np.int64)
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -71,16 +87,25 @@ class HermesEnv(gym.Env):
     def __init__(self, config: str | Path | dict | ExperimentConfig = "contended", overrides: dict | None = None,
                  scheduler: str = "gittins", prewarm: str = "none", slots: int = 64, prewarm_tick: float | None = None,
                  max_steps: int | None = None, max_time: float | None = None, reward_scale: float = 1.0,
-                 idle_cost_weight: float = 0.0, slo_miss_weight: float = 0.0, invalid_action: str = "raise",
+                 idle_cost_weight: float = 0.0, slo_miss_weight: float = 0.0, invalid_action: str = "penalty",
                  invalid_action_penalty: float = 1.0, graph_observation: bool = False,
                  render_mode: str | None = None) -> None:
         self.experiment = load_experiment(config, overrides)
-        require(slots >= 1, "slots", f"must be >= 1, got {slots}")
+        as_integer(slots, "slots", low=1, high=100_000)
         require(invalid_action in ("raise", "penalty"), "invalid_action", f"must be 'raise' or 'penalty', got "
                 f"{invalid_action!r}")
         require(render_mode is None or render_mode in self.metadata["render_modes"], "render_mode",
                 f"must be one of {self.metadata['render_modes']}, got {render_mode!r}")
-        require(reward_scale > 0, "reward_scale", f"must be > 0, got {reward_scale}")
+        as_number(reward_scale, "reward_scale", low=0, low_open=True)
+        for name, value in (("idle_cost_weight", idle_cost_weight), ("slo_miss_weight", slo_miss_weight),
+                            ("invalid_action_penalty", invalid_action_penalty)):
+            as_number(value, name, low=0)
+        if prewarm_tick is not None:
+            as_number(prewarm_tick, "prewarm_tick", low=0, low_open=True)
+        if max_steps is not None:
+            as_integer(max_steps, "max_steps", low=1)
+        if max_time is not None:
+            as_number(max_time, "max_time", low=0, low_open=True)
         self.scheduler_name, self.prewarm_name = scheduler, prewarm
         make_scheduler(scheduler), make_prewarm(prewarm)  # validate the names now
         self.slots, self.prewarm_tick = slots, prewarm_tick
@@ -130,23 +155,38 @@ class HermesEnv(gym.Env):
         self.steps = 0
         self._last_area = self._last_idle = 0.0
         self._last_missed = 0
+        self._episode_over = False
+        # When no decision is ever needed (a light load), reset simulates the whole episode: the first
+        # step then only reports its end, with the reward of everything simulated so far.
         self.decision = self.sim.run_until_decision()
         self._refresh()
-        return self._observation(), self._info(0.0)
+        return self._observation(), self._info(0.0, invalid=False)
 
     def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
-        require(self.sim is not None, "step", "called before reset()")
+        self._require_episode("step")
+        require(not self._episode_over, "step", "called after the episode ended (terminated or truncated)",
+                "call reset() to start a new episode")
         start = self.sim.engine.now
-        penalty = self._apply(action)
+        penalty = self._apply(action) if self.decision is not None else 0.0
         self.steps += 1
         self.decision = self.sim.run_until_decision()
         truncated = (self.max_steps is not None and self.steps >= self.max_steps) or (
             self.max_time is not None and self.sim.engine.now >= self.max_time)
         terminated = self.decision is None
+        self._episode_over = terminated or truncated
         self._refresh()
         reward = self._reward() - penalty
         return self._observation(), reward, terminated, bool(truncated and not terminated), self._info(
-            self.sim.engine.now - start)
+            self.sim.engine.now - start, invalid=penalty > 0)
+
+    def _require_episode(self, what: str) -> None:
+        require(self.sim is not None, what, "called before reset()", "call reset() first")
+
+    # -- pickling: caches that can be rebuilt stay out -----------------------------------------------
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_graph_cache"] = {}
+        return state
 
     def _reward(self) -> float:
         """Minus the applications in the system integrated over the step (so the undiscounted return is
@@ -160,9 +200,9 @@ class HermesEnv(gym.Env):
         self._last_area, self._last_idle, self._last_missed = area, idle, missed
         return float(reward)
 
-    def _info(self, dt: float) -> dict:
+    def _info(self, dt: float, invalid: bool) -> dict:
         sim = self.sim
-        return {"dt": dt, "sim_time": sim.engine.now, "action_mask": self.action_masks(),
+        return {"dt": dt, "sim_time": sim.engine.now, "action_mask": self.action_masks(), "invalid_action": invalid,
                 "decision": None if self.decision is None else self.decision.kind,
                 "backend": None if self.decision is None else self.decision.backend,
                 "completed": len(sim.completed), "in_system": sim.in_system}
@@ -231,45 +271,50 @@ class HermesEnv(gym.Env):
         return mask
 
     def _tool_mask(self) -> np.ndarray:
-        """Per tool backend: no-op always; warm if an instance is cold; release if one is idle."""
+        """Per tool backend: no-op always; warm if an instance is cold; release if an idle instance is not
+        needed by waiting requests (the backend's own rule, so the mask and the order agree)."""
         out = []
         for name in self.tool_names:
             b = self.sim.tool_backends[name]
-            can_warm = any(i.state == 0 for i in b.instances) and not b.pinned
-            can_release = any(i.state != 0 and i.busy == 0 for i in b.instances) and not b.pinned
-            out += [True, can_warm, can_release]
+            out += [True, b.can_prewarm(), b.can_release()]
         return np.array(out, dtype=bool)
 
-    def _choose(self, slot: int) -> float:
-        """Resolve a scheduling decision with ``slot``; returns the penalty for an invalid choice."""
-        valid = 0 <= slot < len(self.candidates)
-        if not valid:
-            if self.invalid_action == "raise":
-                raise ValueError(f"action {slot} is masked out: {len(self.candidates)} requests wait at "
-                                 f"{self.decision.backend}, so valid slots are 0..{len(self.candidates) - 1} "
-                                 "(use action_masks(), or invalid_action='penalty')")
-            slot = 0  # the penalised fallback: the oldest waiting request
-        self.sim.resolve(self.decision.queue.waiting.index(self.candidates[slot]))
-        return 0.0 if valid else self.invalid_action_penalty
+    def _invalid(self, message: str) -> float:
+        """An action outside the mask: raise, or count the penalty (the caller applies the fallback)."""
+        if self.invalid_action == "raise":
+            raise ValueError(f"{message}; use action_masks() (or invalid_action='penalty')")
+        return self.invalid_action_penalty
 
-    def _order(self, orders: np.ndarray) -> float:
-        """Apply one warm/release order per tool backend; returns the penalty for invalid ones."""
+    def _checked_slot(self, slot: int) -> tuple[int, float]:
+        """The slot to admit and the penalty: an invalid slot falls back to the oldest request (0)."""
+        if 0 <= slot < len(self.candidates):
+            return slot, 0.0
+        return 0, self._invalid(f"action {slot} is masked out: {len(self.candidates)} requests wait at "
+                                f"{self.decision.backend}, so valid slots are 0..{len(self.candidates) - 1}")
+
+    def _choose(self, slot: int) -> None:
+        self.sim.resolve(self.decision.queue.waiting.index(self.candidates[slot]))
+
+    def _checked_orders(self, orders: np.ndarray) -> tuple[list[tuple[str, int]], float]:
+        """The valid warm/release orders and the penalty for the others, checked before any is applied
+        (a step is atomic: with invalid_action='raise' nothing happens before the error)."""
         mask = self._tool_mask().reshape(-1, 3)
-        penalty = 0.0
-        now = self.sim.engine.now
+        valid, penalty = [], 0.0
         for name, order, allowed in zip(self.tool_names, orders, mask, strict=True):
-            order = int(order)
-            if not (0 <= order < 3 and allowed[order]):
-                if self.invalid_action == "raise":
-                    raise ValueError(f"order {order} for {name} is masked out (0 no-op, 1 warm an instance: needs a "
-                                     "cold one, 2 release one: needs an idle warm one); use action_masks()")
-                penalty += self.invalid_action_penalty
-                continue
+            if 0 <= order < 3 and allowed[order]:
+                valid.append((name, int(order)))
+            else:
+                penalty += self._invalid(f"order {order} for {name} is masked out (0 no-op, 1 warm an instance: "
+                                         "needs a cold one, 2 release one: needs an idle one no waiting request needs)")
+        return valid, penalty
+
+    def _order(self, valid: list[tuple[str, int]]) -> None:
+        now = self.sim.engine.now
+        for name, order in valid:
             if order == WARM_UP:
                 self.sim.prewarm(name, now)
             elif order == RELEASE:
                 self.sim.release(name, now)
-        return penalty
 
     def _apply(self, action: Any) -> float:
         raise NotImplementedError
@@ -279,6 +324,7 @@ class HermesEnv(gym.Env):
 
     # -- rendering --------------------------------------------------------------------------------
     def render(self) -> str | np.ndarray | None:
+        self._require_episode("render")
         if self.render_mode == "ansi":
             return render_ansi(self.sim, self.decision)
         if self.render_mode == "rgb_array":
@@ -310,9 +356,10 @@ class SchedulingEnv(HermesEnv):
       candidate's PDGraph, ``S`` the most stages of any workload template.
 
     **Action**: ``Discrete(K)``, the slot to admit. ``action_masks()`` (sb3-contrib MaskablePPO) and
-    ``info["action_mask"]`` give the valid slots. An invalid slot raises ``ValueError``; with
-    ``invalid_action="penalty"`` it admits the oldest request instead and subtracts
-    ``invalid_action_penalty``.
+    ``info["action_mask"]`` give the valid slots. Every element of the action space is a legal input: a
+    masked-out slot admits the oldest waiting request instead, subtracts ``invalid_action_penalty``
+    from the reward and sets ``info["invalid_action"]`` (``invalid_action="raise"`` raises instead, for
+    debugging). An action that is not an integer (``1.7``, ``"1"``) raises ``TypeError``.
 
     **Reward**: minus the applications in the system integrated over the simulated time since the last
     step (``info["dt"]``), times ``reward_scale``; the undiscounted return is minus the sum of completion
@@ -326,10 +373,13 @@ class SchedulingEnv(HermesEnv):
         return spaces.Discrete(self.slots)
 
     def action_masks(self) -> np.ndarray:
+        self._require_episode("action_masks")
         return self._slot_mask()
 
     def _apply(self, action: Any) -> float:
-        return self._choose(int(action))
+        slot, penalty = self._checked_slot(as_action_integer(action))
+        self._choose(slot)
+        return penalty
 
 
 class PrewarmEnv(HermesEnv):
@@ -343,8 +393,8 @@ class PrewarmEnv(HermesEnv):
 
     **Action**: ``MultiDiscrete([3] * T)`` over the ``T`` tool backends: 0 no-op, 1 start warming one
     cold instance, 2 release one idle warm instance. ``action_masks()`` concatenates the three valid flags
-    of each backend (sb3-contrib's MultiDiscrete convention). Invalid orders raise, or are skipped and
-    penalised with ``invalid_action="penalty"``.
+    of each backend (sb3-contrib's MultiDiscrete convention). A masked-out order is skipped and penalised
+    (``invalid_action="raise"`` raises before any order of the step is applied).
 
     **Reward and episode end**: as in ``Scheduling-v0``; set ``idle_cost_weight`` to make warm capacity
     cost something.
@@ -357,10 +407,12 @@ class PrewarmEnv(HermesEnv):
         return spaces.MultiDiscrete([3] * len(self.tool_names))
 
     def action_masks(self) -> np.ndarray:
+        self._require_episode("action_masks")
         return self._tool_mask()
 
     def _apply(self, action: Any) -> float:
-        penalty = self._order(np.asarray(action))
+        valid, penalty = self._checked_orders(as_action_vector(action, len(self.tool_names)))
+        self._order(valid)
         self.sim.resolve()
         return penalty
 
@@ -380,13 +432,18 @@ class JointEnv(HermesEnv):
         return spaces.MultiDiscrete([self.slots] + [3] * len(self.tool_names))
 
     def action_masks(self) -> np.ndarray:
+        self._require_episode("action_masks")
         return np.concatenate([self._slot_mask(), self._tool_mask()])
 
     def _apply(self, action: Any) -> float:
-        action = np.asarray(action)
-        penalty = self._order(action[1:])
-        if self.decision.kind == "schedule":
-            return penalty + self._choose(int(action[0]))
-        self.sim.resolve()
-        return penalty
+        action = as_action_vector(action, 1 + len(self.tool_names))
+        schedule = self.decision.kind == "schedule"
+        slot, penalty = self._checked_slot(int(action[0])) if schedule else (0, 0.0)
+        valid, order_penalty = self._checked_orders(action[1:])
+        self._order(valid)
+        if schedule:
+            self._choose(slot)
+        else:
+            self.sim.resolve()
+        return penalty + order_penalty
 

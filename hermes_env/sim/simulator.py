@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from hermes_env.catalog import config_path
 from hermes_env.cluster.config import ClusterConfig
 from hermes_env.cluster.latency import IterationLatency, ProfileCost
 from hermes_env.cluster.llm import LLMBackend
 from hermes_env.cluster.queue import WaitQueue
 from hermes_env.cluster.request import Request
 from hermes_env.cluster.tool import WARM, ToolBackend
-from hermes_env.errors import ConfigError, require
+from hermes_env.errors import require
 from hermes_env.pdgraph.demand import DemandModel, Progress
 from hermes_env.pdgraph.graph import PDGraph
 from hermes_env.pdgraph.sampling import StageRun, sample_realisation
@@ -38,6 +38,7 @@ from hermes_env.sim.engine import Engine
 from hermes_env.sim.metrics import SimulationResult, summarise
 from hermes_env.sim.policies import make_prewarm, make_scheduler
 from hermes_env.sim.workload import ApplicationMix, WorkloadConfig, resolve_path, with_absolute_files
+from hermes_env.validation import check_keys, load_yaml
 
 
 def inline_parts(spec: Mapping[str, Any], base: Path | None) -> dict[str, Any]:
@@ -49,9 +50,7 @@ def inline_parts(spec: Mapping[str, Any], base: Path | None) -> dict[str, Any]:
         require(part is not None, f"experiment.{key}", "is missing", "give a mapping or a YAML path")
         if isinstance(part, str):
             path = resolve_path(part, base)
-            require(path.is_file(), f"experiment.{key}", f"no file {str(path)!r}")
-            with open(path) as fh:
-                out[key] = yaml.safe_load(fh)
+            out[key] = load_yaml(path, f"experiment.{key}")
             if key == "workload":
                 out[key] = with_absolute_files(out[key], path.parent)
     return out
@@ -64,21 +63,16 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], base: Path | None = None) -> ExperimentConfig:
-        require(isinstance(spec, Mapping), "experiment", "must be a mapping with 'cluster' and 'workload'")
-        unknown = set(spec) - {"cluster", "workload", "description"}
-        if unknown:
-            raise ConfigError(f"experiment.{sorted(unknown)[0]}", "is not an experiment field",
-                              "use cluster, workload, description")
+        check_keys(spec, ("cluster", "workload", "description"), "experiment")
         parts = inline_parts(spec, base)
         cluster = ClusterConfig.from_dict(parts["cluster"])
         return cls(cluster, WorkloadConfig.from_dict(parts["workload"], cluster.backend_names, base=base))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:
-        path = Path(path)
-        require(path.is_file(), "config", f"no file {str(path)!r}")
-        with open(path) as fh:
-            return cls.from_dict(yaml.safe_load(fh), base=path.parent)
+        """An experiment YAML by path, or a packaged one by name (``contended``, ``default``)."""
+        path = config_path("experiments", path)
+        return cls.from_dict(load_yaml(path), base=path.parent)
 
 
 @lru_cache(maxsize=256)
@@ -159,6 +153,8 @@ class Simulation:
         self._realisation_rng = np.random.default_rng([seed, 3])
         self.apps: list[Application] = []
         self.completed: list[Application] = []
+        self.active: dict[int, Application] = {}  # in the system now, by id, in arrival order
+        self._started = False
         self.in_system = 0
         self.stage_requests = 0
         self.slo_missed = 0
@@ -169,21 +165,36 @@ class Simulation:
         self._last_event = 0.0
         self.scheduler.bind(self)
 
+    def __getstate__(self) -> dict:
+        # PDGraph analyses are shared across simulations and rebuilt on demand: keep them out of pickles
+        return {**self.__dict__, "_demand_models": {}}
+
     # -- running ----------------------------------------------------------------------------
     def run(self, until: float = math.inf) -> SimulationResult:
         """Run to the end (or ``until``) with the policies given; external policies need
         :meth:`run_until_decision` and :meth:`resolve` instead."""
         require(not getattr(self.scheduler, "external", False), "scheduler",
                 "is external: drive the simulation with run_until_decision() and resolve()")
-        if not self.apps:
-            self._start()
+        self._start()
         if self.check:
             while len(self.engine) and self.engine.next_time() <= until and not self._finished():
                 self.engine.step()
                 self._check_invariants()
         else:
             self.engine.run(until, stop=self._finished)
+        if until == math.inf:
+            self._check_not_stalled()
         return summarise(self)
+
+    def _check_not_stalled(self) -> None:
+        """Every application completes unless events run out first, which would be a simulator bug:
+        say where the work is stuck rather than report a short run as finished."""
+        if self._finished() or len(self.engine) or self.pending:
+            return
+        stuck = {name: len(b.queue) for name, b in self.backends.items() if len(b.queue)}
+        raise RuntimeError(f"the simulation ran out of events at t={self.engine.now:.6g} with "
+                           f"{len(self.active)} applications unfinished and {len(self.apps)} of "
+                           f"{self.config.workload.num_applications} arrived; requests waiting: {stuck}")
 
     def _count_area(self, now: float) -> None:
         self._area += self.in_system * (now - self._area_since)
@@ -219,10 +230,10 @@ class Simulation:
 
     def run_until_decision(self) -> Decision | None:
         """Run until an external policy owes a choice (returned) or every application has completed (None)."""
-        if not self.apps:
-            self._start()
+        self._start()
         if not self.pending and not self._finished():
             self.engine.run(stop=lambda: bool(self.pending) or self._finished())
+            self._check_not_stalled()
         return self.pending[0] if self.pending else None
 
     def resolve(self, choice: int | None = None) -> None:
@@ -234,6 +245,10 @@ class Simulation:
             decision.resume(self.engine.now)  # type: ignore[misc]
 
     def _start(self) -> None:
+        """Schedule the first arrival and the prewarm tick, once: later calls do nothing."""
+        if self._started:
+            return
+        self._started = True
         self.prewarm_policy.start(self, 0.0)
         self.engine.at(float(self.arrival_times[0]), self._arrive, 0)
         if self.prewarm_policy.tick:
@@ -247,6 +262,7 @@ class Simulation:
         runs = sample_realisation(self._spaces[mix.template], self._realisation_rng).runs
         app = Application(i, mix, now, runs)
         self.apps.append(app)
+        self.active[i] = app
         self._count_area(now)
         self.in_system += 1
         if i + 1 < len(self.arrival_times):
@@ -286,6 +302,7 @@ class Simulation:
             self._issue(app, now)
         else:
             app.completion = now
+            del self.active[app.id]
             self._count_area(now)
             self.in_system -= 1
             self.slo_missed += now - app.arrival > app.mix.slo
