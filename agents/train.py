@@ -10,7 +10,6 @@ unless ``device: auto`` finds a GPU.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 import hermes_env  # noqa: F401  (registers the environments)
 from agents.policy import SetPolicy
+from hermes_env.catalog import config_path
 from hermes_env.errors import ConfigError, require
+from hermes_env.validation import load_yaml
 
 PPO_KEYS = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef", "clip_range")
 
@@ -53,7 +54,8 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        spec = yaml.safe_load(Path(path).read_text())
+        """A train config by path, or a packaged one by name (``scheduling-contended``)."""
+        spec = load_yaml(config_path("train", path, "train"), "train")
         require(isinstance(spec, dict), "train", "must be a mapping")
         unknown = set(spec) - set(cls.__dataclass_fields__) - {"description"}
         if unknown:
@@ -181,22 +183,3 @@ def train(cfg: TrainConfig, out: Path, progress_bar: bool = True) -> Path:
     with open(out / "curve.csv", "a", newline="") as fh:
         csv.writer(fh).writerow([model.num_timesteps, "", final])
     return path
-
-
-def add_command(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train MaskablePPO on a hermes_env environment (needs the [rl] extra)")
-    t.add_argument("--config", type=Path, required=True, help="train YAML (configs/train/*.yaml)")
-    t.add_argument("--out", type=Path, required=True, help="output directory")
-    t.add_argument("--timesteps", type=int, help="override total_timesteps")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    def run(args: argparse.Namespace) -> int:
-        cfg = TrainConfig.from_yaml(args.config)
-        if args.timesteps:
-            cfg.total_timesteps = args.timesteps
-        path = train(cfg, args.out, progress_bar=not args.quiet)
-        print(f"wrote {path}; evaluate it with: hermes-env bench --config configs/bench/default.yaml "
-              f"--schedulers fcfs,gittins,ppo:{path} --prewarm none --out runs/ppo")
-        return 0
-
-    t.set_defaults(run=run)

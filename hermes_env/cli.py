@@ -2,14 +2,18 @@
 
 ``hermes-env simulate CONFIG --scheduler NAME --prewarm NAME --seed N --out DIR`` runs one headless
 simulation and writes ``applications.csv`` (one row per application: template, class, arrival,
-completion, per-stage queueing and service times) and ``summary.json``.
+completion, per-stage queueing and service times) and ``summary.json``. ``CONFIG`` is a packaged
+experiment's name (``contended``) or a YAML path.
 
-``hermes-env bench --config configs/bench/NAME.yaml --schedulers a,b --prewarm x,y --seeds N --out DIR``
-compares policies on the same workloads (see :mod:`hermes_env.sim.bench`).
+``hermes-env bench --config NAME_OR_PATH --schedulers a,b --prewarm x,y --seeds N --out DIR [--resume]
+[--executor serial|process|ray]`` compares policies on the same workloads (see :mod:`hermes_env.sim.bench`).
 
 ``hermes-env templates`` analyses every application of the library under a cost model and prints,
 per application, its demand at arrival (mean and quantiles of total service), its Gittins index, its
 structural entropy and, per backend, the probability and expected time of first use.
+
+Bad input (a malformed config, an unknown policy, a bad argument) prints one line naming the field and
+the fix and exits with status 2; an interrupted bench exits with 130 after writing what it finished.
 """
 
 from __future__ import annotations
@@ -21,15 +25,16 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from hermes_env.cluster.latency import load_cost_model
 from hermes_env.errors import ConfigError
-from hermes_env.pdgraph import DemandModel
-from hermes_env.pdgraph.library import TEMPLATE_NAMES, load_template
 
-DEFAULT_COST = Path(__file__).resolve().parent.parent / "configs" / "costs" / "h100-measured.yaml"
+DEFAULT_COST = "h100-measured"
 
 
 def _templates(args: argparse.Namespace) -> int:
+    from hermes_env.cluster.latency import load_cost_model
+    from hermes_env.pdgraph import DemandModel
+    from hermes_env.pdgraph.library import TEMPLATE_NAMES, load_template
+
     if args.show:
         print(load_template(args.show).to_yaml(), end="")
         return 0
@@ -60,6 +65,7 @@ def _templates(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from hermes_env.sim import ExperimentConfig, Simulation
 
+    _check_out(args.out)
     config = ExperimentConfig.from_yaml(args.config)
     t0 = time.perf_counter()
     result = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, seed=args.seed).run()
@@ -76,53 +82,84 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unavailable(name: str, err: ImportError) -> int:
-    print(f"hermes-env {name}: unavailable ({err}); install the [rl] extra, torch first (see README)", file=sys.stderr)
-    return 2
-
-
 def _bench(args: argparse.Namespace) -> int:
     from hermes_env.sim.bench import BenchConfig, format_table, run_bench
 
+    _check_out(args.out)
     split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
     cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds)
-    summary = run_bench(cfg, args.out, progress=not args.quiet)
+    summary = run_bench(cfg, args.out, progress=not args.quiet, resume=args.resume, executor=args.executor,
+                        workers=args.workers, address=args.address)
     print(format_table(summary), end="")
     print(f"wrote {args.out}/runs.csv, summary.json, table.txt and plots")
+    if summary["interrupted"]:
+        print(f"hermes-env bench: interrupted with {summary['missing_cells']} runs left; the tables hold the runs "
+              f"finished; finish with --resume", file=sys.stderr)
+        return 130
+    if summary["failed"]:
+        print(f"hermes-env bench: {len(summary['failed'])} runs failed (tracebacks above and in summary.json)",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _check_out(out: Path) -> None:
+    if out.is_file():
+        raise ConfigError("--out", f"{str(out)!r} is a file", "name a folder for the results")
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in 0 .. 2**32 - 1, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hermes-env", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("templates", help="analyse the application library under a cost model")
-    t.add_argument("--cost", type=Path, default=DEFAULT_COST, help="cost model YAML (default: %(default)s)")
-    t.add_argument("--show", choices=TEMPLATE_NAMES, help="print one template's YAML instead")
+    t.add_argument("--cost", default=DEFAULT_COST, help="cost model: a name (configs/costs) or a YAML path "
+                   "(default: %(default)s)")
+    t.add_argument("--show", metavar="TEMPLATE", help="print one template's YAML instead")
     t.set_defaults(run=_templates)
-    from hermes_env.sim.policies import prewarm_names, scheduler_names
 
     m = sub.add_parser("simulate", help="run one headless simulation and write per-application CSV and summary JSON")
-    m.add_argument("config", type=Path, help="experiment YAML (cluster + workload)")
-    m.add_argument("--scheduler", default="fcfs", help=f"one of {', '.join(scheduler_names())}, or ppo:PATH")
-    m.add_argument("--prewarm", default="none", choices=prewarm_names())
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("config", help="experiment: a name (configs/experiments) or a YAML path (cluster + workload)")
+    m.add_argument("--scheduler", default="fcfs", help="a scheduler name (see docs/simulator.md), or ppo:PATH")
+    m.add_argument("--prewarm", default="none", help="a prewarm policy name")
+    m.add_argument("--seed", type=_seed, default=0)
     m.add_argument("--out", type=Path, required=True, help="output directory")
     m.set_defaults(run=_simulate)
 
     b = sub.add_parser("bench", help="compare schedulers and prewarm policies on the same workloads over seeds")
-    b.add_argument("--config", type=Path, required=True, help="bench YAML (configs/bench/*.yaml)")
+    b.add_argument("--config", required=True, help="bench config: a name (configs/bench) or a YAML path")
     b.add_argument("--schedulers", help="comma-separated scheduler names (default: the config's)")
     b.add_argument("--prewarm", help="comma-separated prewarm policy names (default: the config's)")
-    b.add_argument("--seeds", type=int, help="number of seeds (default: the config's)")
+    b.add_argument("--seeds", type=_positive, help="number of seeds (default: the config's)")
     b.add_argument("--out", type=Path, required=True, help="output directory")
+    b.add_argument("--resume", action="store_true", help="run only the cells missing from --out")
+    b.add_argument("--executor", default="serial", choices=("serial", "process", "ray"),
+                   help="where cells run: this process, a local process pool, or Ray tasks (default: serial)")
+    b.add_argument("--workers", type=_positive, help="processes (process) or CPUs of a local Ray (ray)")
+    b.add_argument("--address", help="Ray cluster address (auto, or HOST:PORT); default: start a local one")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(run=_bench)
-    for entry_point in entry_points(group="hermes_env.commands"):  # e.g. `train`, from agents
-        try:
-            entry_point.load()(sub)
-        except ImportError as err:
-            missing = sub.add_parser(entry_point.name, help=f"unavailable: {err}")
-            missing.set_defaults(run=lambda args, err=err, name=entry_point.name: _unavailable(name, err))
+    for entry_point in entry_points(group="hermes_env.commands"):  # e.g. `train`, from agents (no torch import)
+        entry_point.load()(sub)
     return parser
 
 

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from scipy.optimize import least_squares
 
 from hermes_env.errors import ConfigError, require
 from hermes_env.pdgraph.cost import LinearTokenCost
+from hermes_env.validation import load_yaml, parse_yaml
 
 PARAMETERS = ("floor", "per_token", "sharpness", "per_kv_token", "per_prefill_pair", "per_max_context")
 
@@ -109,7 +109,7 @@ def load_profile(name_or_path: str | Path) -> IterationLatency:
     else:
         require(path.is_file(), "latency_profile", f"no file {str(path)!r}")
         text = path.read_text()
-    return IterationLatency.from_dict(yaml.safe_load(text), f"latency_profile({name_or_path})")
+    return IterationLatency.from_dict(parse_yaml(text, str(name_or_path)), f"latency_profile({name_or_path})")
 
 
 def _features(row: Mapping[str, str]) -> tuple[float, float, float, float]:
@@ -160,10 +160,12 @@ class ProfileCost:
 
 
 def load_cost_model(path: str | Path) -> LinearTokenCost | ProfileCost:
-    """A cost model YAML: ``profiles:`` maps LLM backends to latency profiles (measured), or
-    ``backends:`` gives linear token costs (see :class:`~hermes_env.pdgraph.cost.LinearTokenCost`)."""
-    with open(path) as fh:
-        spec = yaml.safe_load(fh)
+    """A cost model YAML by path, or a packaged one by name (``h100-measured``): ``profiles:`` maps LLM
+    backends to latency profiles (measured), or ``backends:`` gives linear token costs (see
+    :class:`~hermes_env.pdgraph.cost.LinearTokenCost`)."""
+    from hermes_env.catalog import config_path
+
+    spec = load_yaml(config_path("costs", path, "cost"), "cost")
     require(isinstance(spec, Mapping) and ("profiles" in spec) != ("backends" in spec), "cost",
             "must have exactly one of 'profiles' (backend -> latency profile) or 'backends' (linear costs)")
     if "backends" in spec:

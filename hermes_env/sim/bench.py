@@ -5,6 +5,13 @@ prewarm policies to compare, the number of seeds, the reference combination the 
 against, and optionally ``loads``: multipliers of the workload's arrival rate for a sweep. Every
 combination runs on the same arrivals and realised demands under a seed (common random numbers), so
 differences are the policies'. Figures are means over seeds with 95% confidence half-widths (Student t).
+
+One *cell* is one simulation: (load, scheduler, prewarm, seed). Cells are independent, so an executor
+may run them in any order and anywhere: ``serial`` (this process), ``process`` (a local process pool) or
+``ray`` (Ray tasks, on a local or remote cluster; the ``[ray]`` extra). Each finished cell is appended to
+``runs.csv`` at once; on Ctrl-C or SIGTERM the tables and plots are written from the cells finished, and
+``--resume`` runs only the missing ones. Once every cell is done, ``runs.csv`` is rewritten in the
+canonical cell order, so the files do not depend on the executor or on interruptions.
 """
 
 from __future__ import annotations
@@ -12,23 +19,40 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from scipy import stats
 
+from hermes_env.catalog import config_path
 from hermes_env.errors import ConfigError, require
-from hermes_env.sim.policies import prewarm_names, scheduler_names
+from hermes_env.sim.policies import prewarm_names, scheduler_families, scheduler_names
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
 from hermes_env.sim.workload import resolve_path
+from hermes_env.validation import as_integer, as_number, check_keys, load_yaml
 
 METRICS = ("mean", "p50", "p95", "p99")
+EXECUTORS = ("serial", "process", "ray")
+CELL_KEYS = ("load", "scheduler", "prewarm", "seed")
+
+
+@dataclass(frozen=True)
+class Cell:
+    load: float
+    scheduler: str
+    prewarm: str
+    seed: int
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (repr(self.load), self.scheduler, self.prewarm, str(self.seed))
 
 
 @dataclass(frozen=True)
@@ -44,39 +68,48 @@ class BenchConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, schedulers: Sequence[str] | None = None,
                   prewarm: Sequence[str] | None = None, seeds: int | None = None) -> BenchConfig:
-        path = Path(path)
-        require(path.is_file(), "bench", f"no file {str(path)!r}")
-        spec = yaml.safe_load(path.read_text())
-        require(isinstance(spec, Mapping), "bench", "must be a mapping")
-        unknown = set(spec) - {"experiment", "schedulers", "prewarm", "seeds", "reference", "loads", "description"}
-        if unknown:
-            raise ConfigError(f"bench.{sorted(unknown)[0]}", "is not a bench field",
-                              "use experiment, schedulers, prewarm, seeds, reference, loads, description")
+        """A bench YAML by path, or a packaged one by name (``default``, ``hermes``)."""
+        path = config_path("bench", path, "bench")
+        spec = load_yaml(path, "bench")
+        check_keys(spec, ("experiment", "schedulers", "prewarm", "seeds", "reference", "loads", "description"), "bench")
         experiment = spec.get("experiment")
         require(isinstance(experiment, str | Mapping), "bench.experiment", "must be a YAML path or a mapping")
         base = path.parent
         if isinstance(experiment, str):
             exp_path = resolve_path(experiment, base)
-            require(exp_path.is_file(), "bench.experiment", f"no file {str(exp_path)!r}")
-            experiment = yaml.safe_load(exp_path.read_text())
+            experiment = load_yaml(exp_path, "bench.experiment")
             base = exp_path.parent
+        require(isinstance(experiment, Mapping), "bench.experiment", "must be a mapping with cluster and workload")
         experiment = inline_parts(experiment, base)  # so that loads can scale the arrival rate
         scheds = tuple(schedulers or spec.get("schedulers", ["fcfs"]))
         warms = tuple(prewarm or spec.get("prewarm", ["none"]))
+        families = scheduler_families()
         for name in scheds:
-            require(name in scheduler_names() or ":" in name, "bench.schedulers", f"unknown policy {name!r}",
-                    f"use some of {scheduler_names()}, or ppo:PATH")
+            known = name in scheduler_names() or name.partition(":")[0] in families and ":" in name
+            require(known, "bench.schedulers", f"unknown policy {name!r}",
+                    f"use some of {scheduler_names()}" + "".join(f", or {p}:ARG" for p in families))
         for name in warms:
             require(name in prewarm_names(), "bench.prewarm", f"unknown policy {name!r}",
                     f"use some of {prewarm_names()}")
-        n = seeds if seeds is not None else spec.get("seeds", 3)
-        require(isinstance(n, int) and n >= 1, "bench.seeds", f"must be an integer >= 1, got {n!r}")
+        n = as_integer(seeds if seeds is not None else spec.get("seeds", 3), "bench.seeds", low=1, high=100_000)
         ref = spec.get("reference", {"scheduler": "fcfs", "prewarm": "none"})
         require(isinstance(ref, Mapping) and {"scheduler", "prewarm"} <= set(ref), "bench.reference",
                 "must give scheduler and prewarm")
-        loads = tuple(float(x) for x in spec.get("loads", [1.0]))
-        require(all(x > 0 for x in loads), "bench.loads", "must be positive multipliers of the arrival rate")
-        return cls(experiment, base, scheds, warms, n, (ref["scheduler"], ref["prewarm"]), loads)
+        raw_loads = spec.get("loads", [1.0])
+        require(isinstance(raw_loads, list) and raw_loads, "bench.loads", "must be a non-empty list of multipliers")
+        loads = tuple(as_number(x, f"bench.loads[{i}]", low=0, low_open=True, high=1e6)
+                      for i, x in enumerate(raw_loads))
+        require(len(set(loads)) == len(loads), "bench.loads", "lists a load twice")
+        return cls(experiment, base, scheds, warms, n, (str(ref["scheduler"]), str(ref["prewarm"])), loads)
+
+    @property
+    def combos(self) -> list[tuple[str, str]]:
+        combos = [(s, p) for s in self.schedulers for p in self.prewarm]
+        return combos if self.reference in combos else [self.reference, *combos]
+
+    def cells(self) -> list[Cell]:
+        """Every simulation of the bench, in the canonical order of ``runs.csv``."""
+        return [Cell(load, s, p, seed) for load in self.loads for s, p in self.combos for seed in range(self.seeds)]
 
     def experiment_at(self, load: float) -> ExperimentConfig:
         spec = json.loads(json.dumps(self.experiment))
@@ -87,6 +120,212 @@ class BenchConfig:
             arrivals["rate"] = arrivals["rate"] * load
         return ExperimentConfig.from_dict(spec, base=self.base)
 
+    def slo_classes(self) -> list[str]:
+        experiment = self.experiment_at(self.loads[0])
+        return sorted({m.app_class for m in experiment.workload.applications if math.isfinite(m.slo)})
+
+    def columns(self) -> list[str]:
+        return [*CELL_KEYS, *(f"jct_{m}" for m in METRICS), *(f"slo_{c}" for c in self.slo_classes()),
+                "cold_starts", "idle_warm_cost"]
+
+    def identity(self) -> dict[str, Any]:
+        """What a results folder belongs to (``--resume`` refuses a folder of another bench)."""
+        return {"experiment": self.experiment, "schedulers": list(self.schedulers), "prewarm": list(self.prewarm),
+                "seeds": self.seeds, "reference": list(self.reference), "loads": list(self.loads)}
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    row: dict[str, Any] | None  # None when the cell failed
+    completion_times: list[float]  # seed 0 only (the CDF plot)
+    error: str = ""
+
+
+def run_cell(cfg: BenchConfig, cell: Cell) -> CellResult:
+    """One simulation of the bench. A failure is returned, with its traceback, not raised, so that the
+    other cells finish and are written."""
+    try:
+        result = Simulation(cfg.experiment_at(cell.load), scheduler=cell.scheduler, prewarm=cell.prewarm,
+                            seed=cell.seed).run()
+    except Exception:  # reported per cell by the caller
+        return CellResult(cell, None, [], traceback.format_exc())
+    s = result.summary
+    row: dict[str, Any] = {"load": cell.load, "scheduler": cell.scheduler, "prewarm": cell.prewarm, "seed": cell.seed,
+                           **{f"jct_{m}": s["jct"][m] for m in METRICS},
+                           **{f"slo_{c}": v for c, v in s["slo_attainment"].items()},
+                           "cold_starts": float(s["cold_starts"]), "idle_warm_cost": float(s["idle_warm_cost"])}
+    times = [r["completion_time"] for r in result.rows] if cell.seed == 0 else []
+    return CellResult(cell, row, times)
+
+
+# -- executors: each yields the results of the cells it is given, in the order they finish ------------
+
+def _serial(cfg: BenchConfig, cells: list[Cell], workers: int | None, address: str | None) -> Iterator[CellResult]:
+    for cell in cells:
+        yield run_cell(cfg, cell)
+
+
+def _process(cfg: BenchConfig, cells: list[Cell], workers: int | None, address: str | None) -> Iterator[CellResult]:
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run_cell, cfg, cell) for cell in cells]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _ray(cfg: BenchConfig, cells: list[Cell], workers: int | None, address: str | None) -> Iterator[CellResult]:
+    try:
+        import ray
+    except ImportError as err:
+        raise ConfigError("executor", f"ray is not installed ({err})", "pip install 'hermes_env[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    task = ray.remote(num_cpus=1)(run_cell)
+    config = ray.put(cfg)
+    pending = [task.remote(config, cell) for cell in cells]
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+
+
+_EXECUTORS: dict[str, Callable[..., Iterator[CellResult]]] = {"serial": _serial, "process": _process, "ray": _ray}
+
+
+class Interrupted(BaseException):
+    """The bench stopped on SIGTERM (a BaseException like KeyboardInterrupt, so no cell catches it)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Interrupted()
+
+
+def run_bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool = False, executor: str = "serial",
+              workers: int | None = None, address: str | None = None) -> dict[str, Any]:
+    """Run the bench's missing cells, write ``runs.csv`` as they finish, then the summary, table and plots.
+    Returns the summary; its ``interrupted`` and ``failed`` entries say what is missing."""
+    require(executor in EXECUTORS, "executor", f"unknown executor {executor!r}", f"use one of {EXECUTORS}")
+    require(not out.is_file(), "--out", f"{str(out)!r} is a file", "name a folder for the results")
+    out.mkdir(parents=True, exist_ok=True)
+    runs_path, cdf_path, identity_path = out / "runs.csv", out / "completion_times.csv", out / "bench.json"
+    columns = cfg.columns()
+    done = _read_runs(runs_path, columns) if resume else {}
+    if resume and identity_path.is_file():
+        require(json.loads(identity_path.read_text()) == json.loads(json.dumps(cfg.identity())), "--resume",
+                f"{out} holds the results of another bench", "resume with the same config, or choose another --out")
+    if not resume:
+        require(not runs_path.exists(), "--out", f"{out} already holds bench results",
+                "pass --resume to finish them, or choose another folder")
+        _write_csv(runs_path, columns, [])
+        _write_csv(cdf_path, ["load", "scheduler", "prewarm", "completion_time"], [])
+    identity_path.write_text(json.dumps(cfg.identity(), indent=1) + "\n")
+    todo = [c for c in cfg.cells() if c.key not in done]
+    failures: list[CellResult] = []
+    interrupted = False
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    t0 = time.perf_counter()
+    try:
+        for k, result in enumerate(_EXECUTORS[executor](cfg, todo, workers, address), 1):
+            if result.row is None:
+                failures.append(result)
+                print(f"\ncell {result.cell} failed:\n{result.error}", file=sys.stderr)
+            else:
+                done[result.cell.key] = result.row
+                _append_csv(runs_path, columns, [result.row])
+                _append_csv(cdf_path, ["load", "scheduler", "prewarm", "completion_time"],
+                            [{"load": result.cell.load, "scheduler": result.cell.scheduler,
+                              "prewarm": result.cell.prewarm, "completion_time": t} for t in result.completion_times])
+            if progress:
+                _progress(k, len(todo), result.cell, time.perf_counter() - t0)
+    except (KeyboardInterrupt, Interrupted):
+        interrupted = True
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if progress:
+        print(file=sys.stderr)
+    rows = [done[c.key] for c in cfg.cells() if c.key in done]
+    if len(rows) == len(cfg.cells()):
+        _write_csv(runs_path, columns, rows)  # canonical order, whatever the executor and interruptions
+    summary = _summarise(cfg, rows)
+    summary["interrupted"] = interrupted
+    summary["failed"] = [{"cell": list(f.cell.key), "error": f.error} for f in failures]
+    summary["missing_cells"] = len(cfg.cells()) - len(rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "table.txt").write_text(format_table(summary))
+    _plots(cfg, summary, _read_completion_times(cdf_path), out)
+    return summary
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _progress(done: int, total: int, cell: Cell, elapsed: float) -> None:
+    bar = "#" * (30 * done // max(total, 1))
+    print(f"\r[{bar:30s}] {done}/{total} load {cell.load:g} {cell.scheduler}+{cell.prewarm} seed {cell.seed} "
+          f"({elapsed:.0f}s, ~{elapsed / done * (total - done):.0f}s left)   ", end="", file=sys.stderr)
+
+
+# -- files --------------------------------------------------------------------------------------------
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(_exact(r) for r in rows)
+
+
+def _append_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    with open(path, "a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=columns).writerows(_exact(r) for r in rows)
+        fh.flush()
+
+
+def _exact(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Floats as ``repr``, which reads back to the same float: a resumed bench equals an uninterrupted one."""
+    return {k: repr(v) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def _read_runs(path: Path, columns: list[str]) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        require(reader.fieldnames == columns, "--resume", f"{path} has other columns than this bench writes",
+                "resume with the same config, or choose another --out")
+        rows = {}
+        for raw in reader:
+            row: dict[str, Any] = {"load": float(raw["load"]), "scheduler": raw["scheduler"],
+                                   "prewarm": raw["prewarm"], "seed": int(raw["seed"])}
+            row.update({k: float(v) for k, v in raw.items() if k not in CELL_KEYS and v != ""})
+            rows[Cell(row["load"], row["scheduler"], row["prewarm"], row["seed"]).key] = row
+        return rows
+
+
+def _read_completion_times(path: Path) -> dict[tuple[float, str, str], list[float]]:
+    out: dict[tuple[float, str, str], list[float]] = {}
+    if path.is_file():
+        with open(path, newline="") as fh:
+            for raw in csv.DictReader(fh):
+                out.setdefault((float(raw["load"]), raw["scheduler"], raw["prewarm"]), []).append(
+                    float(raw["completion_time"]))
+    return out
+
+
+# -- summary and table ----------------------------------------------------------------------------------
 
 def _ci(values: Sequence[float]) -> tuple[float, float]:
     x = np.asarray(values, dtype=float)
@@ -95,77 +334,39 @@ def _ci(values: Sequence[float]) -> tuple[float, float]:
     return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def run_bench(cfg: BenchConfig, out: Path, progress: bool = True) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
-    combos = [(s, p) for s in cfg.schedulers for p in cfg.prewarm]
-    if cfg.reference not in combos:
-        combos.insert(0, cfg.reference)
-    runs: list[dict[str, Any]] = []
-    jcts: dict[tuple[float, str, str], list[float]] = {}
-    total = len(cfg.loads) * len(combos) * cfg.seeds
-    t0 = time.perf_counter()
-    done = 0
-    for load in cfg.loads:
-        experiment = cfg.experiment_at(load)
-        for scheduler, prewarm in combos:
-            for seed in range(cfg.seeds):
-                result = Simulation(experiment, scheduler=scheduler, prewarm=prewarm, seed=seed).run()
-                s = result.summary
-                runs.append({"load": load, "scheduler": scheduler, "prewarm": prewarm, "seed": seed,
-                             **{f"jct_{m}": s["jct"][m] for m in METRICS},
-                             **{f"slo_{c}": v for c, v in s["slo_attainment"].items()},
-                             "cold_starts": s["cold_starts"], "idle_warm_cost": s["idle_warm_cost"]})
-                if seed == 0:
-                    jcts[(load, scheduler, prewarm)] = [r["completion_time"] for r in result.rows]
-                done += 1
-                if progress:
-                    elapsed = time.perf_counter() - t0
-                    bar = "#" * (30 * done // total)
-                    print(f"\r[{bar:30s}] {done}/{total} load {load:g} {scheduler}+{prewarm} seed {seed} "
-                          f"({elapsed:.0f}s, ~{elapsed / done * (total - done):.0f}s left)   ", end="", file=sys.stderr)
-    if progress:
-        print(file=sys.stderr)
-    summary = _summarise(cfg, combos, runs)
-    with open(out / "runs.csv", "w", newline="") as fh:
-        fields = sorted({k for r in runs for k in r}, key=lambda k: list(runs[0]).index(k) if k in runs[0] else 99)
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(runs)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    table = format_table(summary)
-    (out / "table.txt").write_text(table)
-    _plots(cfg, combos, summary, jcts, out)
-    return summary
-
-
-def _summarise(cfg: BenchConfig, combos: list[tuple[str, str]], runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _summarise(cfg: BenchConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
     rows = []
     for load in cfg.loads:
-        ref = [r for r in runs if r["load"] == load and (r["scheduler"], r["prewarm"]) == cfg.reference]
-        for scheduler, prewarm in combos:
+        ref = {r["seed"]: r for r in runs if r["load"] == load and (r["scheduler"], r["prewarm"]) == cfg.reference}
+        for scheduler, prewarm in cfg.combos:
             mine = [r for r in runs if r["load"] == load and r["scheduler"] == scheduler and r["prewarm"] == prewarm]
+            if not mine:
+                continue
+            paired = [(r, ref[r["seed"]]) for r in mine if r["seed"] in ref]  # the same seeds: common random numbers
             row: dict[str, Any] = {"load": load, "scheduler": scheduler, "prewarm": prewarm, "seeds": len(mine)}
             for m in METRICS:
-                mean, half = _ci([r[f"jct_{m}"] for r in mine])
-                row[f"jct_{m}"], row[f"jct_{m}_ci95"] = mean, half
-                # ratio to the reference on the same seeds (paired: common random numbers)
-                row[f"jct_{m}_ratio"] = float(np.mean([a[f"jct_{m}"] / b[f"jct_{m}"] for a, b in zip(mine, ref,
-                                                                                                      strict=True)]))
+                row[f"jct_{m}"], row[f"jct_{m}_ci95"] = _ci([r[f"jct_{m}"] for r in mine])
+                row[f"jct_{m}_ratio"] = float(np.mean([a[f"jct_{m}"] / b[f"jct_{m}"] for a, b in paired])) \
+                    if paired else math.nan
             for key in sorted({k for r in mine for k in r if k.startswith("slo_")}):
                 row[key] = float(np.mean([r[key] for r in mine if key in r]))
             for key in ("cold_starts", "idle_warm_cost"):
                 row[key] = float(np.mean([r[key] for r in mine]))
-                base = float(np.mean([r[key] for r in ref]))
+                base = float(np.mean([b[key] for _, b in paired])) if paired else math.nan
                 row[f"{key}_ratio"] = row[key] / base if base else math.nan
             rows.append(row)
     return {"reference": list(cfg.reference), "seeds": cfg.seeds, "loads": list(cfg.loads), "rows": rows}
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
+    """The bench table: completion-time mean and percentiles with CI and paired ratio to the reference;
+    real-time SLO attainment; cold starts (warm-ups on a request's critical path, summed over tool
+    backends) and idle cost (instance-seconds held warm while serving nothing, times each backend's
+    ``idle_cost``), each with its ratio to the reference."""
     ref = "+".join(summary["reference"])
     lines = [f"completion time (s): mean over {summary['seeds']} seeds +- 95% CI; x = ratio to {ref} on the same "
-             "seeds"]
-    w = max(9, *(len(r["scheduler"]) for r in summary["rows"]))
+             "seeds; cold = cold starts on the critical path; idle cost = warm idle instance-seconds x idle_cost"]
+    w = max([9, *(len(r["scheduler"]) for r in summary["rows"])])
     header = (f"{'load':>4s} {'scheduler':{w}s} {'prewarm':9s} {'mean':>16s} {'P50':>15s} {'P95':>16s} {'P99':>16s} "
               f"{'SLO rt':>6s} {'cold':>11s} {'idle cost':>15s}")
     lines += [header, "-" * len(header)]
@@ -175,11 +376,17 @@ def format_table(summary: Mapping[str, Any]) -> str:
         lines.append(f"{r['load']:4.2g} {r['scheduler']:{w}s} {r['prewarm']:9s} {cells[0]:>16s} {cells[1]:>15s} "
                      f"{cells[2]:>16s} {cells[3]:>16s} {slo:6.3f} {r['cold_starts']:5.0f} "
                      f"{r['cold_starts_ratio']:4.2f}x {r['idle_warm_cost']:8.0f} {r['idle_warm_cost_ratio']:4.2f}x")
+    missing = summary.get("missing_cells", 0)
+    if missing:
+        why = "interrupted" if summary.get("interrupted") else "failed"
+        lines.append(f"incomplete: {missing} runs missing ({why}); rerun with --resume to finish")
     return "\n".join(lines) + "\n"
 
 
-def _plots(cfg: BenchConfig, combos: list[tuple[str, str]], summary: Mapping[str, Any],
-           jcts: Mapping[tuple[float, str, str], list[float]], out: Path) -> None:
+def _plots(cfg: BenchConfig, summary: Mapping[str, Any], jcts: Mapping[tuple[float, str, str], list[float]],
+           out: Path) -> None:
+    """A CDF of completion times (seed 0, middle load) and, for a sweep, mean and P95 against load. With many
+    combinations the series cycle through 10 colours x 4 line styles and the legend sits beside the axes."""
     try:
         import matplotlib
 
@@ -188,33 +395,37 @@ def _plots(cfg: BenchConfig, combos: list[tuple[str, str]], summary: Mapping[str
     except ImportError:
         print("matplotlib is not installed (pip install hermes_env[dev]): no plots drawn", file=sys.stderr)
         return
-    load = cfg.loads[len(cfg.loads) // 2] if 1.0 not in cfg.loads else 1.0
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    combos = cfg.combos
+    colours = plt.get_cmap("tab10").colors
+    styles = ("-", "--", ":", "-.")
+    look = {c: {"color": colours[i % 10], "linestyle": styles[(i // 10) % 4]} for i, c in enumerate(combos)}
+    legend = {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "ncol": 1 + len(combos) // 16}
+    load = 1.0 if 1.0 in cfg.loads else cfg.loads[len(cfg.loads) // 2]
+    fig, ax = plt.subplots(figsize=(8 + 1.5 * (len(combos) // 16), 4.5))
     for scheduler, prewarm in combos:
-        x = np.sort(jcts[(load, scheduler, prewarm)])
-        ax.plot(x, np.arange(1, len(x) + 1) / len(x), label=f"{scheduler}+{prewarm}")
+        x = np.sort(jcts.get((load, scheduler, prewarm), []))
+        if len(x):
+            ax.plot(x, np.arange(1, len(x) + 1) / len(x), label=f"{scheduler}+{prewarm}", **look[(scheduler, prewarm)])
     ax.set_xscale("log")
     ax.set_xlabel("application completion time (s)")
     ax.set_ylabel("CDF")
     ax.set_title(f"completion times, load x{load:g}, seed 0")
-    ax.legend(fontsize=7)
+    ax.legend(**legend)
     fig.tight_layout()
     fig.savefig(out / "cdf.png", dpi=120)
     plt.close(fig)
     if len(cfg.loads) > 1:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        width = 0.8 / len(combos)
-        for k, (scheduler, prewarm) in enumerate(combos):
+        fig, axes = plt.subplots(1, 2, figsize=(11 + 1.5 * (len(combos) // 16), 4.2))
+        for scheduler, prewarm in combos:
             rows = [r for r in summary["rows"] if (r["scheduler"], r["prewarm"]) == (scheduler, prewarm)]
-            xs = np.arange(len(rows)) + k * width
             for ax, m in zip(axes, ("mean", "p95"), strict=True):
-                ax.bar(xs, [r[f"jct_{m}"] for r in rows], width, yerr=[r[f"jct_{m}_ci95"] for r in rows],
-                       label=f"{scheduler}+{prewarm}")
+                ax.errorbar([r["load"] for r in rows], [r[f"jct_{m}"] for r in rows],
+                            yerr=[r[f"jct_{m}_ci95"] for r in rows], marker="o", markersize=3, capsize=2,
+                            label=f"{scheduler}+{prewarm}", **look[(scheduler, prewarm)])
         for ax, m in zip(axes, ("mean", "P95"), strict=True):
-            ax.set_xticks(np.arange(len(cfg.loads)) + 0.4 - width / 2, [f"x{x:g}" for x in cfg.loads])
             ax.set_xlabel("load (multiple of the workload's arrival rate)")
             ax.set_ylabel(f"{m} completion time (s)")
-        axes[0].legend(fontsize=7)
+        axes[1].legend(**legend)
         fig.tight_layout()
         fig.savefig(out / "load_sweep.png", dpi=120)
         plt.close(fig)

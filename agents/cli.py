@@ -1,0 +1,32 @@
+"""The ``hermes-env train`` command's parser. It imports nothing heavy: torch, stable-baselines3 and the
+training code load only when the command runs, so ``hermes-env --help`` and every other command start
+without them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_train_command(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="train MaskablePPO on a hermes_env environment (needs the [rl] extra)")
+    t.add_argument("--config", required=True, help="train config: a name (configs/train) or a YAML path")
+    t.add_argument("--out", type=Path, required=True, help="output directory")
+    t.add_argument("--timesteps", type=int, help="override total_timesteps")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        from agents.train import TrainConfig, train
+    except ImportError as err:
+        print(f"hermes-env train: unavailable ({err}); install the [rl] extra, torch first (see README)")
+        return 2
+    cfg = TrainConfig.from_yaml(args.config)
+    if args.timesteps:
+        cfg.total_timesteps = args.timesteps
+    path = train(cfg, args.out, progress_bar=not args.quiet)
+    print(f"wrote {path}; evaluate it with: hermes-env bench --config default --schedulers fcfs,gittins,ppo:{path} "
+          f"--prewarm none --out runs/ppo")
+    return 0
