@@ -21,8 +21,10 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# The suite, then the wheel a `pip install` user gets, installed without torch and used from elsewhere.
 test: lint
 	$(PY) -m pytest
+	bash scripts/check_wheel.sh
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/gittins_lookup.py

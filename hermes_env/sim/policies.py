@@ -17,6 +17,9 @@ application arrives or issues a stage) and, when ``tick`` is set, every ``tick``
 ``sim.prewarm(backend, now)`` and ``sim.release(backend, now)``.
 
 Policies register by name (``@register_scheduler("fcfs")``); ``make_scheduler("fcfs")`` builds one.
+Packages announce more through entry points, loaded only when needed: the ``hermes_env.policies`` group
+(``baselines``, light) on the first lookup of a name, and the ``hermes_env.scheduler_families`` group
+(``ppo`` from ``agents``, which imports torch) only when a name with that prefix (``ppo:PATH``) is asked for.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from hermes_env.cluster.request import Request
-from hermes_env.errors import require
+from hermes_env.errors import ConfigError, require
 
 _PLUGINS_LOADED = False
 _FAMILIES: dict[str, Callable[..., Any]] = {}
@@ -46,9 +49,9 @@ def _registrar(registry: dict[str, Callable[..., Any]]) -> Callable[[str], Calla
 
 
 def load_plugins() -> None:
-    """Import the packages that register policies through the ``hermes_env.policies`` entry-point group
-    (``baselines``, ``agents``): the core never imports them, they announce themselves. A package whose
-    own dependencies are missing (``agents`` without torch) is skipped with a warning."""
+    """Import the packages that register named policies through the ``hermes_env.policies`` entry-point
+    group (``baselines``): the core never imports them, they announce themselves. A package whose own
+    dependencies are missing is skipped with a warning."""
     global _PLUGINS_LOADED
     if not _PLUGINS_LOADED:
         _PLUGINS_LOADED = True
@@ -67,15 +70,34 @@ def register_scheduler_family(prefix: str) -> Callable[[Callable[[str], Any]], C
     return add
 
 
+def scheduler_families() -> list[str]:
+    """Prefixes of scheduler families (``ppo`` for ``ppo:PATH``), registered or announced, none loaded."""
+    return sorted({*_FAMILIES, *(ep.name for ep in entry_points(group="hermes_env.scheduler_families"))})
+
+
+def _family(prefix: str) -> Callable[..., Any] | None:
+    """The factory of a scheduler family, importing its package only now (the ``ppo`` family needs torch)."""
+    if prefix not in _FAMILIES:
+        for entry_point in entry_points(group="hermes_env.scheduler_families", name=prefix):
+            try:
+                _FAMILIES[prefix] = entry_point.load()
+            except ImportError as err:
+                raise ConfigError("scheduler", f"'{prefix}:' schedulers are unavailable: {err}",
+                                  "install the [rl] extra, torch first (see README)") from None
+    return _FAMILIES.get(prefix)
+
+
 def _maker(registry: dict[str, Callable[..., Any]], kind: str) -> Callable[..., Any]:
     def make(name: str, **kwargs: Any) -> Any:
-        load_plugins()
+        require(isinstance(name, str), kind, f"must be a policy name, got {name!r}")
         prefix, _, arg = name.partition(":")
-        if kind == "scheduler" and arg and prefix in _FAMILIES:
-            return _FAMILIES[prefix](arg, **kwargs)
+        if kind == "scheduler" and arg and (family := _family(prefix)) is not None:
+            return family(arg, **kwargs)
+        load_plugins()
+        families = scheduler_families() if kind == "scheduler" else []
         require(name in registry, kind, f"unknown {kind} {name!r}",
-                f"use one of {sorted(registry)}" + (f" or {', '.join(p + ':ARG' for p in sorted(_FAMILIES))}"
-                                                    if kind == "scheduler" and _FAMILIES else ""))
+                f"use one of {sorted(registry)}" + (f" or {', '.join(p + ':ARG' for p in families)}"
+                                                    if families else ""))
         return registry[name](**kwargs)
     return make
 

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# What a user of `pip install hermes_env` gets: build the wheel, install it (core dependencies only, no
+# torch) into a fresh virtual environment, and use it from a directory that is not the repository.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-$root/.venv/bin/python}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"$python" -m pip wheel --no-deps --quiet --wheel-dir "$tmp/dist" "$root"
+"$python" -m venv "$tmp/venv"
+"$tmp/venv/bin/python" -m pip install --quiet "$tmp"/dist/hermes_env-*.whl
+cd "$tmp"
+"$tmp/venv/bin/python" - <<'PY'
+import gymnasium as gym
+import numpy as np
+
+import hermes_env
+from hermes_env.catalog import names
+from hermes_env.cluster.latency import load_cost_model
+
+for env_id in ("hermes_env/Scheduling-v0", "hermes_env/Prewarm-v0", "hermes_env/Joint-v0"):
+    env = gym.make(env_id)
+    obs, info = env.reset(seed=0)
+    env.step(env.action_space.sample())  # any element of the action space is a legal input
+load_cost_model("h100-measured")
+for kind in ("experiments", "clusters", "workloads", "costs", "bench", "train"):
+    assert names(kind), f"no {kind} configs in the wheel"
+print("wheel: environments and named configs work from", __import__("os").getcwd())
+PY
+"$tmp/venv/bin/hermes-env" --help > /dev/null
+"$tmp/venv/bin/hermes-env" templates > /dev/null
+"$tmp/venv/bin/hermes-env" simulate contended --scheduler gittins --prewarm pdgraph --seed 0 --out run > /dev/null
+test -s run/applications.csv
+if "$tmp/venv/bin/hermes-env" train --config scheduling-contended --out t > /dev/null 2>&1; then
+    echo "train ran without the [rl] extra" >&2; exit 1
+fi
+echo "wheel: hermes-env simulate, templates and --help work without torch"
