@@ -15,36 +15,71 @@ from hermes_env.cluster.latency import IterationLatency, load_profile
 from hermes_env.errors import require
 from hermes_env.pdgraph.distributions import Distribution, distribution_from_spec
 from hermes_env.pdgraph.graph import backend_kind
-from hermes_env.validation import check_keys, integer, number
+from hermes_env.validation import as_integer, check_keys, choice, flag, integer, number
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What sizes an LLM's KV cache: bytes per cached token = 2 (K and V) x layers x KV heads x head dim x
-    bytes per value, divided over the tensor-parallel GPUs that serve one replica."""
+    """What sizes an LLM's KV cache and its loading: bytes per cached token = 2 (K and V) x layers x KV heads
+    x head dim x bytes per value; ``weight_bytes`` to load; ``max_context`` tokens (prompt and output)."""
 
     name: str
     layers: int
     kv_heads: int
     head_dim: int
     weight_bytes: float
+    max_context: int
     dtype_bytes: int = 2
 
     @property
     def kv_bytes_per_token(self) -> int:
         return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
 
+    def lora_bytes(self, rank: int, hidden: int = 4096, intermediate: int = 14336) -> float:
+        """Bytes of a LoRA adapter of ``rank`` on every linear layer (q, k, v, o, gate, up, down): each adds
+        ``rank x (in + out)`` weights. Hidden and intermediate sizes default to the 8B models'."""
+        kv = self.kv_heads * self.head_dim
+        per_layer = rank * ((hidden + hidden) * 2 + (hidden + kv) * 2 + (hidden + intermediate) * 3)
+        return float(per_layer * self.layers * self.dtype_bytes)
 
-# Model shapes from the models' published config.json files (Meta, 2024).
+
+# Model shapes from the models' published config.json files (Meta, 2024). Llama 3.1 has the architecture of
+# Llama 3 with a 128k-token context.
 MODEL_SHAPES = {
-    "llama3-8b": ModelShape("llama3-8b", layers=32, kv_heads=8, head_dim=128, weight_bytes=16.06e9),
-    "llama3-70b": ModelShape("llama3-70b", layers=80, kv_heads=8, head_dim=128, weight_bytes=141.1e9),
+    "llama3-8b": ModelShape("llama3-8b", 32, 8, 128, weight_bytes=16.06e9, max_context=8192),
+    "llama3.1-8b": ModelShape("llama3.1-8b", 32, 8, 128, weight_bytes=16.06e9, max_context=131072),
+    "llama3-70b": ModelShape("llama3-70b", 80, 8, 128, weight_bytes=141.1e9, max_context=8192),
+    "llama3.1-70b": ModelShape("llama3.1-70b", 80, 8, 128, weight_bytes=141.1e9, max_context=131072),
+}
+
+# Bandwidth (bytes/s) from where a replica's weights are loaded to its GPUs, by tier. Modelling choices, each
+# with its basis: "network", a remote checkpoint download at 5 GB/s (ServerlessLLM's example: 130 GB in
+# about 26 s, Fu et al., OSDI 2024); "nvme", one PCIe 4.0 NVMe drive at its sequential read rate, ~6 GB/s,
+# which a loading-optimised format reaches (ServerlessLLM loads 3.6 to 8.2 times faster than Safetensors,
+# whose LLaMA-2-70B load takes 84 s, about 1.7 GB/s); "host_memory", pinned DRAM over PCIe to the GPU,
+# ~25 GB/s (PCIe 4.0 x16's effective rate).
+LOAD_BANDWIDTH = {"network": 5e9, "nvme": 6e9, "host_memory": 25e9}
+
+# Engine presets: the values of a current vLLM and of the engine hermes_env 0.1 simulated. Every field may
+# also be set on its own; the preset only gives defaults.
+ENGINES = {
+    # vLLM 0.11 (V1 engine), `vllm serve` on a GPU of 70 GB or more that is not an A100 (an H100 here):
+    # EngineArgs.get_batch_defaults gives --max-num-seqs 1024 and --max-num-batched-tokens 8192 for the
+    # OpenAI API server; V1 always chunks prefills and enables prefix caching; --block-size 16,
+    # --gpu-memory-utilization 0.9, --max-loras 1.
+    "vllm-0.11": {"chunked_prefill": True, "enable_prefix_caching": True, "max_num_seqs": 1024,
+                  "max_num_batched_tokens": 8192},
+    # hermes_env 0.1: whole prompts prefilled in one iteration (vLLM V0 without chunked prefill), no local
+    # prefix cache, max_num_seqs 256 (V0's default).
+    "legacy": {"chunked_prefill": False, "enable_prefix_caching": False, "max_num_seqs": 256,
+               "max_num_batched_tokens": 8192},
 }
 
 
 @dataclass(frozen=True)
-class PrefixCacheConfig:
-    """A remote prefix cache (distributed KV store) a replica fetches reusable prompt prefixes from.
+class RemoteStoreConfig:
+    """A remote prefix store (CALVO's distributed KV cache, Mooncake's store) a replica fetches prompt
+    prefixes from, behind its own prefix cache: local hit, else remote load, else compute.
 
     ``load_bandwidth`` is bytes/s from the store to one replica's GPU. ``mode: async`` loads on the
     network link while the GPU computes other requests, and a request is prefilled once its prefix is
@@ -55,26 +90,78 @@ class PrefixCacheConfig:
     mode: str = "async"
 
     @classmethod
-    def from_dict(cls, spec: Mapping[str, Any], where: str) -> PrefixCacheConfig:
+    def from_dict(cls, spec: Mapping[str, Any], where: str) -> RemoteStoreConfig:
         check_keys(spec, {"load_bandwidth_gbps", "mode"}, where)
-        mode = spec.get("mode", "async")
-        require(mode in ("async", "sync"), f"{where}.mode", f"must be 'async' or 'sync', got {mode!r}")
-        return cls(number(spec, "load_bandwidth_gbps", where, low=0, low_open=True, high=1e6) * 1e9 / 8, mode)
+        return cls(number(spec, "load_bandwidth_gbps", where, low=0, low_open=True, high=1e6) * 1e9 / 8,
+                   choice(spec, "mode", where, ("async", "sync"), "async"))
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Multi-LoRA serving (Punica, S-LoRA, vLLM's --enable-lora): one base model, the named ``adapters``;
+    each replica holds at most ``max_loras`` resident (vLLM's --max-loras, default 1) and loads others on
+    demand, evicting a resident adapter no admitted request uses. An adapter load takes ``adapter_bytes``
+    over the ``load_from`` tier's bandwidth plus ``load_overhead`` seconds."""
+
+    adapters: tuple[str, ...]
+    max_loras: int = 1
+    rank: int = 16
+    adapter_bytes: float = 0.0
+    load_from: str = "host_memory"
+    load_overhead: float = 0.05
+
+    def load_time(self) -> float:
+        return self.adapter_bytes / LOAD_BANDWIDTH[self.load_from] + self.load_overhead
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], where: str, model: ModelShape) -> LoRAConfig:
+        check_keys(spec, {"adapters", "max_loras", "rank", "adapter_mb", "load_from", "load_overhead_s"}, where)
+        raw = spec.get("adapters")
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            names = tuple(f"adapter-{i}" for i in range(as_integer(raw, f"{where}.adapters", low=1, high=100_000)))
+        else:
+            require(isinstance(raw, list) and raw and all(isinstance(a, str) and a for a in raw), f"{where}.adapters",
+                    "must be a number of adapters or a non-empty list of adapter names")
+            require(len(set(raw)) == len(raw), f"{where}.adapters", "names an adapter twice")
+            names = tuple(raw)
+        rank = integer(spec, "rank", where, 16, low=1, high=4096)
+        # Default size: rank-r adapters on every linear layer of the model (about 84 MB at rank 16 for an 8B).
+        size = number(spec, "adapter_mb", where, model.lora_bytes(rank) / 1e6, low=0, low_open=True, high=1e6) * 1e6
+        return cls(names, integer(spec, "max_loras", where, 1, low=1, high=10_000), rank, size,
+                   choice(spec, "load_from", where, tuple(LOAD_BANDWIDTH), "host_memory"),
+                   number(spec, "load_overhead_s", where, 0.05, low=0, high=3600))
 
 
 @dataclass(frozen=True)
 class LLMBackendConfig:
+    """An LLM backend: up to ``max_replicas`` replicas of one model, ``replicas`` of them warm at the start.
+
+    Engine fields mirror vLLM's flags: ``max_num_seqs`` (--max-num-seqs), ``max_num_batched_tokens``
+    (--max-num-batched-tokens: with ``chunked_prefill`` the per-iteration token budget of decodes and
+    prefill chunks; without it, the prompt tokens one iteration prefills, a longer prompt alone),
+    ``enable_prefix_caching`` (--enable-prefix-caching), ``block_size`` (--block-size),
+    ``gpu_memory_utilization`` (--gpu-memory-utilization), ``max_model_len`` (--max-model-len). A cold replica
+    loads in ``weight_bytes`` over the ``load_from`` tier plus ``engine_start`` seconds."""
+
     name: str
     latency: IterationLatency
     model: ModelShape
     replicas: int = 1
+    max_replicas: int = 1
     gpus_per_replica: int = 1
     gpu_memory_bytes: float = 80e9
     gpu_memory_utilization: float = 0.9
-    max_batch: int = 256
-    max_prefill_tokens: int = 8192
+    engine: str = "vllm-0.11"
+    chunked_prefill: bool = True
+    enable_prefix_caching: bool = True
+    max_num_seqs: int = 1024
+    max_num_batched_tokens: int = 8192
     block_size: int = 16
-    prefix_cache: PrefixCacheConfig | None = None
+    max_model_len: int = 8192
+    remote_store: RemoteStoreConfig | None = None
+    load_from: str = "nvme"
+    engine_start: float = 5.0
+    lora: LoRAConfig | None = None
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -84,37 +171,70 @@ class LLMBackendConfig:
         blocks = int(usable // (self.model.kv_bytes_per_token * self.block_size))
         return blocks * self.block_size
 
+    @property
+    def request_token_limit(self) -> int:
+        """The most prompt plus output tokens one request may have: the context length and the KV cache."""
+        return min(self.max_model_len, self.kv_capacity_tokens)
+
+    def load_time(self) -> float:
+        """Seconds from the order to load a cold replica until it serves."""
+        return self.model.weight_bytes / LOAD_BANDWIDTH[self.load_from] + self.engine_start
+
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str) -> LLMBackendConfig:
-        check_keys(spec, {"name", "profile", "model", "replicas", "gpus_per_replica", "gpu_memory_gb",
-                           "gpu_memory_utilization", "max_batch", "max_prefill_tokens", "block_size", "prefix_cache",
-                           "source"}, where)
+        check_keys(spec, {"name", "profile", "model", "replicas", "max_gpus", "gpus_per_replica", "gpu_memory_gb",
+                          "gpu_memory_utilization", "engine", "chunked_prefill", "enable_prefix_caching",
+                          "max_num_seqs", "max_num_batched_tokens", "block_size", "max_model_len",
+                          "remote_prefix_store", "load_from", "engine_start_s", "lora", "source"}, where)
         name = spec.get("name")
         require(isinstance(name, str) and backend_kind(name) == "llm", f"{where}.name",
                 f"must be an 'llm:<model>' backend name, got {name!r}")
         require("profile" in spec, f"{where}.profile", "is missing", "name a latency profile, e.g. llama3-8b-h100")
-        model = spec.get("model")
-        require(model in MODEL_SHAPES, f"{where}.model", f"unknown model {model!r}",
+        model_name = spec.get("model")
+        require(model_name in MODEL_SHAPES, f"{where}.model", f"unknown model {model_name!r}",
                 f"use one of {sorted(MODEL_SHAPES)}")
-        util = number(spec, "gpu_memory_utilization", where, 0.9, low=0, low_open=True, high=1)
+        model = MODEL_SHAPES[model_name]
+        engine = choice(spec, "engine", where, tuple(ENGINES), "vllm-0.11")
+        preset = ENGINES[engine]
+        replicas = integer(spec, "replicas", where, 1, low=0, high=10_000)
+        gpus = integer(spec, "gpus_per_replica", where, 1, low=1, high=64)
+        max_gpus = integer(spec, "max_gpus", where, max(replicas, 1) * gpus, low=1, high=1_000_000)
+        require(max_gpus >= gpus, f"{where}.max_gpus", f"is {max_gpus}, smaller than one replica ({gpus} GPUs)",
+                f"give at least {gpus}")
+        require(max_gpus >= replicas * gpus, f"{where}.max_gpus", f"is {max_gpus}, fewer than the {replicas} "
+                f"replicas warm at the start need ({replicas * gpus})", "raise max_gpus or lower replicas")
         cfg = cls(
             name=name,
             latency=load_profile(spec["profile"]),
-            model=MODEL_SHAPES[model],
-            replicas=integer(spec, "replicas", where, 1, low=1, high=10_000),
-            gpus_per_replica=integer(spec, "gpus_per_replica", where, 1, low=1, high=64),
+            model=model,
+            replicas=replicas,
+            max_replicas=max_gpus // gpus,
+            gpus_per_replica=gpus,
             # the largest GPU memory sold is under 300 GB; 10 TB bounds typos without limiting anyone
             gpu_memory_bytes=number(spec, "gpu_memory_gb", where, 80.0, low=1.0, high=1e4) * 1e9,
-            gpu_memory_utilization=util,
-            max_batch=integer(spec, "max_batch", where, 256, low=1, high=1_000_000),
-            max_prefill_tokens=integer(spec, "max_prefill_tokens", where, 8192, low=1, high=10_000_000),
+            gpu_memory_utilization=number(spec, "gpu_memory_utilization", where, 0.9, low=0, low_open=True, high=1),
+            engine=engine,
+            chunked_prefill=flag(spec, "chunked_prefill", where, preset["chunked_prefill"]),
+            enable_prefix_caching=flag(spec, "enable_prefix_caching", where, preset["enable_prefix_caching"]),
+            max_num_seqs=integer(spec, "max_num_seqs", where, preset["max_num_seqs"], low=1, high=1_000_000),
+            max_num_batched_tokens=integer(spec, "max_num_batched_tokens", where, preset["max_num_batched_tokens"],
+                                           low=1, high=10_000_000),
             block_size=integer(spec, "block_size", where, 16, low=1, high=4096),
-            prefix_cache=None if spec.get("prefix_cache") is None else PrefixCacheConfig.from_dict(
-                spec["prefix_cache"], f"{where}.prefix_cache"),
+            max_model_len=integer(spec, "max_model_len", where, model.max_context, low=1, high=model.max_context),
+            remote_store=None if spec.get("remote_prefix_store") is None else RemoteStoreConfig.from_dict(
+                spec["remote_prefix_store"], f"{where}.remote_prefix_store"),
+            load_from=choice(spec, "load_from", where, tuple(LOAD_BANDWIDTH), "nvme"),
+            engine_start=number(spec, "engine_start_s", where, 5.0, low=0, high=86400),
+            lora=None if spec.get("lora") is None else LoRAConfig.from_dict(spec["lora"], f"{where}.lora", model),
         )
-        require(cfg.kv_capacity_tokens >= cfg.max_prefill_tokens, f"{where}.gpu_memory_gb",
-                f"leaves {cfg.kv_capacity_tokens} KV tokens per replica after {model}'s weights, fewer than "
-                f"max_prefill_tokens={cfg.max_prefill_tokens}", "give more GPU memory or GPUs per replica")
+        require(cfg.kv_capacity_tokens >= cfg.block_size, f"{where}.gpu_memory_gb",
+                f"leaves no KV cache per replica after {model_name}'s weights ({cfg.kv_capacity_tokens} tokens)",
+                "give more GPU memory or GPUs per replica")
+        if cfg.chunked_prefill:  # vLLM itself requires max_num_batched_tokens >= max_num_seqs
+            require(cfg.max_num_batched_tokens > cfg.max_num_seqs, f"{where}.max_num_batched_tokens",
+                    f"is {cfg.max_num_batched_tokens}, not more than max_num_seqs ({cfg.max_num_seqs}): with chunked "
+                    "prefill every running request's decode token and a prefill chunk share this budget",
+                    "raise max_num_batched_tokens or lower max_num_seqs")
         return cfg
 
 

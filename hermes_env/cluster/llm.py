@@ -1,30 +1,54 @@
-"""LLM backends: replicas of a model with iteration-level continuous batching and a KV-cache limit.
+"""LLM backends: replicas of a model with iteration-level continuous batching, as vLLM runs them.
 
-Each replica runs iterations back to back while it has work. An iteration in which requests are
-admitted prefills their prompts together with one decode token for every running request (a mixed
-iteration); otherwise it decodes one token per running request. Iteration times come from the measured
-latency profile (:mod:`hermes_env.cluster.latency`).
+**Iterations.** Each replica runs iterations back to back while it has work. An iteration decodes one token
+for every running request and prefills prompt tokens of admitted requests. With ``chunked_prefill`` (vLLM
+V1) the iteration's token budget ``max_num_batched_tokens`` goes first to the decodes, then to the next
+chunk of each request whose prefill is under way (in admission order), then to new admissions, so a long
+prompt is prefilled over several iterations while decodes go on. Without it (the ``legacy`` engine) an
+admitted prompt is prefilled whole in one iteration, prompts up to the budget together (a longer one
+alone), and every running decode waits for it. An iteration's time is the latency model's for the mixed
+batch actually run: its tokens, its decodes' KV, and each chunk's causal attention over its context.
 
-Decode-only iterations are simulated in *segments*: while the batch does not change, iteration ``k``
-of a segment takes ``lin(B) + per_kv * (S0 + k B) + per_max * (C0 + k)``, so a segment of ``m``
-iterations has a closed-form length, and the replica schedules one event for the earliest of: the first
-request to finish, the KV cache filling up. A request arriving mid-segment cuts the segment at the end of
-the iteration in progress, so it is admitted at the next iteration boundary, exactly as iteration by
-iteration stepping would admit it.
+Decode-only iterations are simulated in *segments*: while the batch does not change, iteration ``k`` of a
+segment takes ``lin(B) + per_kv * (S0 + k B) + per_max * (C0 + k)``, so a segment of ``m`` iterations has a
+closed-form length, and the replica schedules one event for the earliest of: the first request to finish,
+the KV cache filling up. New work cuts the segment at the end of the iteration in progress, so it is
+admitted at the next iteration boundary, exactly as stepping one iteration at a time would admit it.
 
-Admission (at iteration boundaries) takes requests in the scheduling policy's order while the batch has
-fewer than ``max_batch`` requests, the prompts fit the ``max_prefill_tokens`` budget (a single longer
-prompt is admitted alone) and the KV cache has room for the prompt plus one token for every running
-request. When the cache cannot grow by one token per request, the lowest-priority running request is
-preempted and recomputed later (vLLM's recompute preemption): its KV is freed and it rejoins the queue,
-keeping the tokens it generated, which its next prefill recomputes. KV is accounted in tokens; the
-capacity is whole blocks (per-request fragmentation within the last block is not modelled).
+**Admission** (at iteration boundaries) takes requests in the scheduling policy's order while the batch
+has fewer than ``max_num_seqs`` requests, the budget has tokens left and the KV cache has room for the
+request's context (less what its prefix cache holds) plus one token for every running request. KV is
+reserved for the whole context at admission (vLLM allocates per scheduled chunk; the two differ only
+while a long prompt is being chunked). When the cache cannot grow by one token per request, unreferenced
+prefix-cache blocks are evicted first, then the lowest-priority running request is preempted and
+recomputed later (vLLM's recompute preemption): its KV is freed and it rejoins its queue, keeping the
+tokens it generated, which its next prefill recomputes. KV is accounted in tokens; the capacity and the
+prefix cache are whole blocks (fragmentation inside a request's last private block is not modelled).
 
-With a prefix cache (CALVO), a request's reusable prefix is fetched from remote storage at the
-configured bandwidth before its prefill, which then computes only the rest of the prompt. In ``async``
-mode the fetch runs on the replica's network link (one fetch at a time, in admission order) while the
-GPU keeps iterating, and the request is prefilled at the first boundary after its prefix arrives; in
-``sync`` mode the iteration that prefills the request waits for the fetch.
+**Prefix reuse** (:mod:`hermes_env.cluster.prefix`). With ``enable_prefix_caching`` a request reuses the
+longest run of whole blocks of its prompt that its replica's cache holds, then loads from the remote store
+(when the backend has one) the blocks the store holds beyond that, and computes the rest. In ``async``
+mode a remote load runs on the replica's network link (one at a time, in admission order) while the GPU
+keeps iterating, and the request is prefilled at the first boundary after its blocks arrive; in ``sync``
+mode the iteration that prefills it waits for them. Without a local cache, the remote store serves exactly
+the request's ``prefix_tokens`` (CALVO's setting, as hermes_env 0.1 modelled it).
+
+**LoRA.** A request for an adapter that is not resident on its replica waits for the adapter to load
+(holding its batch slot, like a remote prefix load); a load needs a free adapter slot (``max_loras``) or
+a resident adapter no admitted request uses, which it evicts (least recently used first). When neither
+exists the request is skipped and admission goes on down the queue (vLLM V1's rule) for key-ordered
+policies; a select or external policy's choice waits at the head of the queue instead.
+
+**Replicas** are cold, loading, warm or draining (:data:`STATE_NAMES`). A cold replica loads in
+``load_time`` (weights over the load tier's bandwidth, plus engine start) when an autoscaler orders it or
+when a request arrives and no replica is warm or loading (a cold start on the request's critical path).
+A draining replica takes no new requests and goes cold once its work is done. GPU-seconds held (loading,
+warm or draining) are integrated for the metrics.
+
+**Queues and routing.** Without a router the replicas share one queue and each takes work at its next
+iteration boundary (the idle one first, else the one with the smallest batch): late binding, hermes_env
+0.1's only mode. With a router every request is placed on one replica on arrival and waits in that
+replica's queue under the scheduling policy.
 """
 
 from __future__ import annotations
@@ -32,11 +56,16 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
+from typing import Any
 
 from hermes_env.cluster.config import LLMBackendConfig
+from hermes_env.cluster.prefix import PrefixCache, RemoteStore, Segment
 from hermes_env.cluster.queue import DecisionPending, WaitQueue
 from hermes_env.cluster.request import Request
 from hermes_env.cluster.tool import EventScheduler
+
+COLD, LOADING, WARM, DRAINING = 0, 1, 2, 3
+STATE_NAMES = {COLD: "cold", LOADING: "loading", WARM: "warm", DRAINING: "draining"}
 
 
 class Replica:
@@ -45,26 +74,33 @@ class Replica:
     and ``y`` tokens left holds ``x + (clock - c)`` tokens and finishes at clock ``c + y``. A heap on the
     finishing clock and the running sums make every event O(log batch) with no per-request updates."""
 
-    def __init__(self, backend: LLMBackend, index: int) -> None:
-        self.backend, self.index = backend, index
+    def __init__(self, backend: LLMBackend, index: int, queue: WaitQueue) -> None:
+        self.backend, self.index, self.queue = backend, index, queue
         cfg = backend.cfg
         self.capacity = cfg.kv_capacity_tokens
-        self.max_batch = cfg.max_batch
+        self.max_batch = cfg.max_num_seqs
+        self.budget = cfg.max_num_batched_tokens
+        self.chunked = cfg.chunked_prefill
         self.latency = cfg.latency
+        self.block = cfg.block_size
+        self.cache = PrefixCache(cfg.block_size) if cfg.enable_prefix_caching else None
+        self.remote_cfg = cfg.remote_store
+        self.kv_bytes_per_token = cfg.model.kv_bytes_per_token
+        self.lora = cfg.lora
+        self.state = WARM if index < cfg.replicas else COLD
         self.clock = 0
         self.running: dict[Request, tuple[int, int, int]] = {}  # request -> (ctx0, finish clock, admission id)
         self._finish: list[tuple[int, int, Request]] = []  # (finish clock, admission id, request), lazy
         self._longest: list[tuple[int, int, Request]] = []  # (-ctx0, admission id, request), lazy
         self.sum_ctx0 = 0  # sum of ctx0: the running requests hold sum_ctx0 + n * clock tokens
         self._admissions = 0
-        self.kv_used = 0  # tokens held or reserved for the iterations planned
-        self.prefilling: list[Request] = []  # admitted in the iteration in progress
-        self.cache = cfg.prefix_cache
-        self.kv_bytes_per_token = cfg.model.kv_bytes_per_token
-        self.loading: set[Request] = set()  # admitted, prefix still loading from the prefix cache (async)
-        self.loaded: list[Request] = []  # prefix loaded, waiting for the next iteration's prefill
+        self.kv_used = 0  # tokens held or reserved outside the prefix cache, plus the cache's blocks
+        self.prefilling: list[Request] = []  # admitted, prefill not finished (in admission order)
+        self.staged: set[Request] = set()  # admitted, waiting for a remote prefix load or an adapter
+        self.ready: list[Request] = []  # staged requests whose wait is over, prefilled first
+        self.resident: dict[str, int] = {}  # LoRA adapter -> admitted requests using it (in LRU order)
+        self.adapter_ready: dict[str, float] = {}  # adapters loading -> when they are resident
         self.link_free_at = 0.0
-        self.load_seconds = 0.0
         self.version = 0
         self.busy = False
         self.deciding = False  # suspended in admission until an external policy chooses
@@ -74,11 +110,19 @@ class Replica:
         self.a = 0.0  # segment length T(m) = a m^2 + b m
         self.b = 0.0
         self.mixed_time = 0.0
-        self._prefill_tokens = 0
+        self._chunks: dict[Request, int] = {}  # prefill tokens of each request in the iteration being planned
+        self._left = 0  # tokens of the budget not yet given to a chunk
         self._load_stall = 0.0
+        # accounting
         self.busy_seconds = 0.0
         self.iterations = 0
         self.preemptions = 0
+        self.load_seconds = 0.0
+        self.context_tokens = 0  # prompt (+ generated) tokens of every admission
+        self.computed_tokens = 0  # of which prefilled on this replica
+        self.cached_tokens = 0  # served from this replica's prefix cache
+        self.loaded_tokens = 0  # fetched from the remote store
+        self.adapter_loads = 0
 
     # -- the running set ----------------------------------------------------------------------
     def context(self, request: Request) -> int:
@@ -103,41 +147,70 @@ class Replica:
         heapq.heappush(self._longest, (-ctx0, self._admissions, r))
 
     def _leave(self, r: Request) -> int:
-        """Remove a running request; returns the tokens it held."""
+        """Remove a running request; returns the KV tokens it held outside the prefix cache."""
         ctx0, _, _ = self.running.pop(r)
         self.sum_ctx0 -= ctx0
-        return ctx0 + self.clock
-
-    # -- prefix cache -------------------------------------------------------------------------
-    def load_time(self, r: Request) -> float:
-        """Seconds to fetch the request's reusable prefix from the prefix cache (0 without one)."""
-        if self.cache is None or not r.prefix_tokens:
-            return 0.0
-        return r.prefix_tokens * self.kv_bytes_per_token / self.cache.load_bandwidth
-
-    def _prefill_work(self, r: Request) -> tuple[int, int]:
-        """Tokens to compute and causal attention pairs of the request's prefill: with a loaded prefix
-        only the rest of the prompt is computed, attending to the whole of it."""
-        total = r.prompt_tokens + r.generated
-        cached = r.prefix_tokens if self.cache is not None else 0
-        return total - cached, total * total - cached * cached
-
-    def _loaded_prefix(self, now: float, r: Request) -> None:
-        self.loading.discard(r)
-        self.loaded.append(r)
-        self.poke(now)
+        return ctx0 + self.clock - r.cached
 
     def _batch(self) -> int:
-        return len(self.running) + len(self.prefilling) + len(self.loading) + len(self.loaded)
+        return len(self.running) + len(self.prefilling) + len(self.staged) + len(self.ready)
 
-    # -- the iteration loop -----------------------------------------------------------------
+    @property
+    def outstanding(self) -> int:
+        """Requests routed to or admitted by this replica and not finished."""
+        own = len(self.queue) if self.queue is not self.backend.queue else 0
+        return own + self._batch()
+
+    @property
+    def idle(self) -> bool:
+        return not self.busy and not self._batch()
+
+    def free_tokens(self) -> int:
+        """KV tokens free now, counting unreferenced prefix-cache blocks as free."""
+        free = self.capacity - self.kv_used
+        return free + self.block * self.cache.evictable_blocks() if self.cache is not None else free
+
+    def _room(self, tokens: int) -> bool:
+        """Make ``tokens`` of KV free, evicting unreferenced prefix-cache blocks if need be."""
+        short = self.kv_used + tokens - self.capacity
+        if short <= 0:
+            return True
+        if self.cache is None or self.cache.evictable_blocks() * self.block < short:
+            return False
+        evicted = self.cache.evict(-(-short // self.block))
+        self.kv_used -= evicted * self.block
+        return True
+
+    # -- prefix reuse ---------------------------------------------------------------------------------
+    def load_time(self, r: Request) -> float:
+        """Seconds to fetch the request's reusable prefix from the remote store (0 without one)."""
+        if self.remote_cfg is None:
+            return 0.0
+        tokens = r.loaded if r.admitted_at >= 0 else self._remote_tokens(r, self._local_hit(r))
+        return tokens * self.kv_bytes_per_token / self.remote_cfg.load_bandwidth
+
+    def _local_hit(self, r: Request) -> int:
+        return self.cache.match(r.chain, r.prompt_tokens) if self.cache is not None and r.chain else 0
+
+    def _remote_tokens(self, r: Request, hit: int) -> int:
+        """Tokens the remote store serves beyond the local hit."""
+        if self.remote_cfg is None:
+            return 0
+        if self.cache is None:
+            return r.prefix_tokens  # CALVO as hermes_env 0.1 modelled it: exactly the reusable prefix
+        return max(0, self.backend.remote.lookup(r.chain, r.prompt_tokens - 1) - hit)
+
+    def _prefill_left(self, r: Request) -> int:
+        return r.context - r.cached - r.loaded - r.computed
+
+    # -- the iteration loop -----------------------------------------------------------------------
     def poke(self, now: float) -> None:
-        """New work is waiting: start at once if idle, else cut a decode segment at the next boundary."""
-        if self.deciding:
+        """New work may be waiting: start at once if idle, else cut a decode segment at the next boundary."""
+        if self.deciding or self.state not in (WARM, DRAINING):
             return
         if not self.busy:
             self._boundary(now, self.version)
-        elif self.planned > 1 and (self.loaded or self._batch() < self.max_batch):
+        elif self.planned > 1 and (self.ready or self._batch() < self.max_batch):
             done = self._iterations_by(now - self.t0)
             if done + 1 < self.planned:
                 self.kv_used -= (self.planned - done - 1) * len(self.running)  # unreserve the cut iterations
@@ -165,8 +238,8 @@ class Replica:
         if self.busy:
             self.busy_seconds += now - self.t0
             self._apply_progress(now)
-        self._prefill_tokens = 0
         self._load_stall = 0.0
+        self._plan_chunks()
         self._continue(now)
 
     def _resume(self, now: float) -> None:
@@ -177,33 +250,54 @@ class Replica:
         """Admit, then plan the next iteration; suspends if an external policy has a choice to make."""
         try:
             self._admit(now)
-            if self.prefilling:
+            if self._chunks:
                 self._plan_mixed(now)
             elif self.running:
                 self._plan_segment(now)  # may preempt everything and admit again (a mixed iteration)
             else:
-                self.busy = False  # prefixes still loading call poke when they arrive
+                self.busy = False  # staged requests call poke when their wait is over
+                if not self._batch():
+                    self.backend.replica_idle(self, now)
                 return
         except DecisionPending:
             self.deciding = True
-            self.backend.on_decision(self.backend.queue, now, self._resume)  # type: ignore[misc]
+            self.backend.on_decision(self.queue, now, self._resume)  # type: ignore[misc]
             return
         self.busy = True
         self.version += 1
         end = self.t0 + (self.mixed_time if self.planned == 0 else self._segment_time(self.planned))
         self.backend.engine.at(end, self._boundary, self.version)
 
+    def _plan_chunks(self) -> None:
+        """Start an iteration's plan: with chunked prefill, decodes take their tokens first, then each
+        prefill under way its next chunk, in admission order."""
+        self._chunks = {}
+        if not self.chunked:
+            self._left = self.budget
+            return
+        left = self.budget - len(self.running)
+        for r in self.prefilling:
+            if left <= 0:
+                break
+            chunk = min(self._prefill_left(r), left)
+            self._chunks[r] = chunk
+            left -= chunk
+        self._left = left
+
     def _apply_progress(self, now: float) -> None:
         steps = 1 if self.planned == 0 else self.planned
         self.iterations += steps
         self.clock += steps  # the running requests' growth was reserved when the steps were planned
-        if self.prefilling:  # each prefill produced its request's next token
-            for r in self.prefilling:
-                r.generated += 1
-                if r.first_token < 0:
-                    r.first_token = now
-                self._join(r)
-            self.prefilling = []
+        if self.planned == 0:
+            for r, chunk in self._chunks.items():
+                r.computed += chunk
+                if self._prefill_left(r) == 0:  # the prefill produced the request's next token
+                    self.prefilling.remove(r)
+                    r.generated += 1
+                    if r.first_token < 0:
+                        r.first_token = now
+                    self._prefilled(r)
+                    self._join(r)
         heap, running, clock = self._finish, self.running, self.clock
         while heap and heap[0][0] <= clock:
             _, admission, r = heapq.heappop(heap)
@@ -212,70 +306,190 @@ class Replica:
             self.kv_used -= self._leave(r)
             r.generated = r.output_tokens
             r.finished = now
+            self._finished(r)
             self.backend.finish(r, now)
 
-    def _admit(self, now: float) -> None:
-        queue = self.backend.queue
-        budget = self.backend.cfg.max_prefill_tokens
-        prefill = self._prefill_tokens  # kept across a suspension for an external choice
-        while self.loaded:  # requests whose prefix has arrived go first
-            tokens = self._prefill_work(self.loaded[0])[0]
-            if self.prefilling and prefill + tokens > budget:
-                break
-            self.prefilling.append(self.loaded.pop(0))
-            prefill += tokens
-        self._prefill_tokens = prefill
-        batch = self._batch()
-        while len(queue) and batch < self.max_batch:
-            r = queue.peek(now)
-            held = r.prompt_tokens + r.generated  # a preempted request recomputes what it generated
-            tokens = self._prefill_work(r)[0]
-            growth = batch + 1
-            if self.prefilling and prefill + tokens > budget:
-                break
-            if self.kv_used + held + growth > self.capacity and not self._make_room(r, held + growth, now):
-                break
-            queue.pop(now)
-            batch += 1
-            r.started = now if r.started < 0 else r.started
-            self.kv_used += held
-            load = self.load_time(r)
-            self.load_seconds += load
-            if load and self.cache.mode == "async":  # fetch on the link while the GPU works
-                start = max(now, self.link_free_at)
-                self.link_free_at = start + load
-                self.loading.add(r)
-                self.backend.engine.at(self.link_free_at, self._loaded_prefix, r)
-                continue
-            self._load_stall += load  # sync: the iteration waits for the fetch
-            self.prefilling.append(r)
-            prefill += tokens
-            self._prefill_tokens = prefill
-        self._prefill_tokens = prefill
+    def _prefilled(self, r: Request) -> None:
+        """The prompt's whole blocks enter the prefix cache (and the remote store): its KV there is shared."""
+        if self.cache is None or not r.chain:
+            return
+        full = r.prompt_tokens // self.block * self.block
+        added = self.cache.insert(r.chain, r.prompt_tokens)
+        self.kv_used += added * self.block - (full - r.cached)
+        r.cached = full
+        if self.backend.remote is not None:
+            self.backend.remote.publish(r.chain, r.prompt_tokens)
 
+    def _finished(self, r: Request) -> None:
+        """The answer continues the conversation: ``r.chain`` gains it, and its whole blocks are cached."""
+        answer = Segment(r.chain[-1] if r.chain else None, r.prompt_tokens, r.output_tokens)
+        if self.cache is not None and r.chain:
+            # the answer's whole blocks stay, shared (the request's private KV was freed as it left)
+            self.kv_used += self.cache.insert((*r.chain, answer), r.prompt_tokens + r.output_tokens) * self.block
+            self.cache.release(r.chain)
+            if self.backend.remote is not None:
+                self.backend.remote.publish((*r.chain, answer), r.prompt_tokens + r.output_tokens)
+        r.chain = (*r.chain, answer)
+        self._release_adapter(r)
+
+    def _admit(self, now: float) -> None:
+        while self.ready:  # requests whose wait (remote prefix, adapter) is over go first
+            r = self.ready[0]
+            if self.chunked:
+                if self._left <= 0:
+                    break
+                chunk = min(self._prefill_left(r), self._left)
+            else:
+                chunk = self._prefill_left(r)
+                if self._chunks and chunk > self._left:
+                    break
+            self.ready.pop(0)
+            self._start_prefill(r, chunk)
+        if not self._accepting():
+            return
+        queue = self.queue
+        skipped: list[Request] = []
+        try:
+            while len(queue) and self._batch() < self.max_batch and (self._left > 0 or not self.chunked):
+                r = queue.peek(now)
+                if r.adapter is not None and not self._adapter_slot(r.adapter):
+                    if queue.ordered_by_key:  # vLLM V1 skips a request whose adapter cannot be loaded now
+                        skipped.append(queue.pop(now))
+                        continue
+                    break
+                if not self._try_admit(r, now):
+                    break
+        finally:
+            queue.restore(skipped)
+
+    def _accepting(self) -> bool:
+        """A warm replica admits; a draining one finishes only the requests routed to it."""
+        return self.state == WARM or (self.state == DRAINING and self.queue is not self.backend.queue)
+
+    def _try_admit(self, r: Request, now: float) -> bool:
+        """Admit the head of the queue if the budget and the KV cache allow; False stops admission."""
+        hit = self._local_hit(r)
+        loaded = self._remote_tokens(r, hit)
+        compute = r.context - hit - loaded
+        if self.chunked:
+            chunk = min(compute, self._left)
+        else:
+            chunk = compute
+            if self._chunks and chunk > self._left:
+                return False  # a prompt longer than the budget is prefilled alone
+        growth = self._batch() + 1
+        if self.cache is not None and r.chain:
+            self.cache.acquire(r.chain)  # so that making room cannot evict the blocks it reuses
+        need = r.context - hit + growth
+        if not self._room(need) and not self._make_room(r, need, now):
+            if self.cache is not None and r.chain:
+                self.cache.release(r.chain)
+            return False
+        self.queue.pop(now)
+        r.started = now if r.started < 0 else r.started
+        r.admitted_at = now
+        r.cached, r.loaded, r.computed = hit, loaded, 0
+        r.kv = r.context - hit
+        self.kv_used += r.kv
+        self.context_tokens += r.context
+        self.cached_tokens += hit
+        self.loaded_tokens += r.loaded
+        self.computed_tokens += compute
+        ready_at = now
+        if r.loaded:
+            load = r.loaded * self.kv_bytes_per_token / self.remote_cfg.load_bandwidth
+            self.load_seconds += load
+            if self.remote_cfg.mode == "async":  # fetch on the link while the GPU works
+                self.link_free_at = max(now, self.link_free_at) + load
+                ready_at = self.link_free_at
+            else:
+                self._load_stall += load  # sync: the iteration waits for the fetch
+        if r.adapter is not None:
+            ready_at = max(ready_at, self._use_adapter(r.adapter, now))
+        if ready_at > now:
+            self.staged.add(r)
+            self.backend.engine.at(ready_at, self._staged_ready, r)
+        else:
+            self._start_prefill(r, chunk)
+        return True
+
+    def _start_prefill(self, r: Request, chunk: int) -> None:
+        self.prefilling.append(r)
+        self._chunks[r] = chunk  # may be 0: a prompt served whole from a remote store still yields a token
+        self._left -= chunk
+
+    def _staged_ready(self, now: float, r: Request) -> None:
+        if r in self.staged:  # not preempted meanwhile
+            self.staged.discard(r)
+            self.ready.append(r)
+            self.poke(now)
+
+    # -- LoRA adapters ------------------------------------------------------------------------------
+    def _adapter_slot(self, adapter: str) -> bool:
+        """Whether a request for ``adapter`` can be admitted now: resident, loading, or loadable."""
+        if adapter in self.resident or adapter in self.adapter_ready:
+            return True
+        if len(self.resident) < self.lora.max_loras:
+            return True
+        return any(n == 0 and a not in self.adapter_ready for a, n in self.resident.items())
+
+    def _use_adapter(self, adapter: str, now: float) -> float:
+        """Count a request as using ``adapter``; returns when the adapter is resident (loading it if need be)."""
+        if adapter in self.resident:
+            self.resident[adapter] = self.resident.pop(adapter) + 1  # most recently used last
+            return self.adapter_ready.get(adapter, now)
+        if len(self.resident) >= self.lora.max_loras:
+            victim = next(a for a, n in self.resident.items() if n == 0 and a not in self.adapter_ready)
+            del self.resident[victim]
+        self.resident[adapter] = 1
+        ready = now + self.lora.load_time()
+        self.adapter_ready[adapter] = ready
+        self.adapter_loads += 1
+        self.backend.engine.at(ready, self._adapter_loaded, adapter, ready)
+        return ready
+
+    def _adapter_loaded(self, now: float, adapter: str, ready: float) -> None:
+        if self.adapter_ready.get(adapter) == ready:
+            del self.adapter_ready[adapter]
+
+    def _release_adapter(self, r: Request) -> None:
+        if r.adapter is not None:
+            self.resident[r.adapter] -= 1
+
+    # -- planning --------------------------------------------------------------------------------------
     def _plan_mixed(self, now: float) -> None:
-        pairs = sum(self._prefill_work(r)[1] for r in self.prefilling)
+        pairs = tokens = finishing = 0
+        for r, chunk in self._chunks.items():
+            done = r.cached + r.loaded + r.computed  # context already in KV: causal attention over it
+            pairs += (done + chunk) ** 2 - done**2
+            tokens += chunk
+            finishing += chunk == self._prefill_left(r)
+        # every decode and each finished prefill grows by a token: admission reserved that room, but a
+        # chunked iteration may admit nothing, so make it here (evicting, then preempting) if need be
+        while self.running and not self._room(len(self.running) + finishing):
+            self._preempt(now)
         n_run = len(self.running)
         self.t0, self.planned = now, 0
         self.mixed_time = self._load_stall + self.latency.iteration_time(
-            self._prefill_tokens + n_run, kv_tokens=self._kv_held(), prefill_pairs=pairs,
-            max_context=self._max_context())
-        self.kv_used += n_run + len(self.prefilling)  # every request's next token
+            tokens + n_run, kv_tokens=self._kv_held(), prefill_pairs=pairs, max_context=self._max_context())
+        self.kv_used += n_run + finishing  # every decoding request's next token, and each finished prefill's
 
     def _plan_segment(self, now: float) -> None:
-        while len(self.running) > self.capacity - self.kv_used:  # no room for one more token each
+        while self.running and len(self.running) > self.free_tokens():  # no room for one more token each
             self._preempt(now)
         n = len(self.running)
         if n == 0:  # everything was preempted: restart from admission
+            self._plan_chunks()
             self._admit(now)
-            if self.prefilling:
+            if self._chunks:
                 self._plan_mixed(now)
                 return
             raise RuntimeError(f"{self.backend.name}: a single request does not fit the KV cache")
         heap = self._finish
         while self.running.get(heap[0][2], (0, 0, -1))[2] != heap[0][1]:
             heapq.heappop(heap)
-        m = min(heap[0][0] - self.clock, (self.capacity - self.kv_used) // n)
+        m = min(heap[0][0] - self.clock, self.free_tokens() // n)
+        self._room(m * n)
         lat = self.latency
         base = lat.linear_layers(n) + lat.per_kv_token * self._kv_held() + lat.per_max_context * self._max_context()
         step = lat.per_kv_token * n + lat.per_max_context  # growth of the iteration time per iteration
@@ -286,74 +500,221 @@ class Replica:
     def _make_room(self, head: Request, need: int, now: float) -> bool:
         """If the policy lets ``head`` take KV memory from running requests (BROS: real-time from
         best-effort), preempt such requests, lowest priority first, until ``need`` tokens fit."""
-        may_preempt = getattr(self.backend.queue.policy, "may_preempt", None)
+        may_preempt = getattr(self.queue.policy, "may_preempt", None)
         if may_preempt is None:
             return False
         victims = sorted((r for r in self.running if may_preempt(head, r)), key=lambda r: (r.key, r.seq))
-        freeable = sum(self.context(r) for r in victims)
-        if self.kv_used - freeable + need > self.capacity:
+        if self.free_tokens() + sum(self.context(r) - r.cached for r in victims) < need:
             return False
-        while self.kv_used + need > self.capacity:
+        while not self._room(need):
             self._preempt(now, victims.pop())
         return True
 
     def _preempt(self, now: float, victim: Request | None = None) -> None:
-        """Free the KV of a running request (by default the lowest-priority one) and send it back to the
-        queue."""
+        """Free the KV of a running request (by default the lowest-priority one) and send it back to its
+        queue; what it generated is recomputed when it is admitted again."""
         if victim is None:
             victim = max(self.running, key=lambda r: (r.key, r.seq))
         held = self._leave(victim)
-        victim.generated = held - victim.prompt_tokens
+        victim.generated = held + victim.cached - victim.prompt_tokens
         self.kv_used -= held
+        if self.cache is not None and victim.chain:
+            self.cache.release(victim.chain)
+        self._release_adapter(victim)
+        victim.cached = victim.loaded = victim.computed = victim.kv = 0
+        victim.admitted_at = -1.0
         victim.preemptions += 1
         self.preemptions += 1
-        self.backend.queue.push(victim, now)
+        self.queue.push(victim, now)
 
     def check_invariants(self) -> None:
         name = f"{self.backend.name}[{self.index}]"
         assert self.kv_used <= self.capacity, f"{name}: KV {self.kv_used} > capacity {self.capacity}"
         assert self._batch() <= self.max_batch, f"{name}: batch over max_batch"
-        staged = [*self.prefilling, *self.loading, *self.loaded]
-        held = self._kv_held() + sum(r.prompt_tokens + r.generated for r in staged)
-        assert 0 <= held <= self.kv_used, f"{name}: requests hold {held} KV tokens, accounted {self.kv_used}"
+        staged = [*self.prefilling, *self.staged, *self.ready]
+        held = self._kv_held() - sum(r.cached for r in self.running) + sum(r.kv for r in staged)
+        shared = self.block * self.cache.blocks if self.cache is not None else 0
+        assert 0 <= held + shared <= self.kv_used, f"{name}: requests hold {held} KV tokens and the cache " \
+                                                   f"{shared}, accounted {self.kv_used}"
         assert self.sum_ctx0 == sum(v[0] for v in self.running.values())
+        if self.cache is not None:
+            self.cache.check_invariants()
+        if self.lora is not None:
+            assert len(self.resident) <= self.lora.max_loras, f"{name}: more adapters resident than max_loras"
+        if self.state == COLD:
+            assert not self._batch() and not self.busy, f"{name}: a cold replica holds work"
 
 
 class LLMBackend:
-    """All replicas of one model share a waiting queue; an idle replica, or one with room in its batch,
-    takes work at its next iteration boundary."""
+    """The replicas of one model, their queues and their lifecycle (see the module docstring)."""
 
-    def __init__(self, cfg: LLMBackendConfig, engine: EventScheduler, queue: WaitQueue,
-                 on_done: Callable[[Request, float], None],
-                 on_decision: Callable[[WaitQueue, float, Callable[[float], None]], None] | None = None) -> None:
+    def __init__(self, cfg: LLMBackendConfig, engine: EventScheduler, queue_factory: Callable[..., WaitQueue],
+                 on_done: Callable[[Request, float], None], on_failed: Callable[[Request, float], None],
+                 on_decision: Callable[[WaitQueue, float, Callable[[float], None]], None] | None = None,
+                 router: Any = None) -> None:
         self.cfg, self.name = cfg, cfg.name
-        self.engine, self.queue, self.on_done = engine, queue, on_done
+        self.engine, self.on_done, self.on_failed = engine, on_done, on_failed
         self.on_decision = on_decision  # told when an external policy must choose; gets a resume callback
-        self.replicas = [Replica(self, i) for i in range(cfg.replicas)]
+        self.router = router  # None: one shared queue, replicas pull (late binding)
+        self.queue = queue_factory(cfg.name, None)
+        self.remote = RemoteStore(cfg.block_size) if cfg.remote_store is not None else None
+        self.replicas = [Replica(self, i, self.queue if router is None else queue_factory(cfg.name, i))
+                         for i in range(cfg.max_replicas)]
         self.completed = 0
+        self.failed = 0
+        self.load_starts = 0  # loads ordered because a request found no replica warm or loading
+        self.scale_ups = self.scale_downs = 0
+        self.gpu_seconds = 0.0  # GPU-seconds held by loading, warm or draining replicas
+        self._held = cfg.replicas
+        self._last = 0.0
+
+    # -- requests -------------------------------------------------------------------------------------
+    def rejection(self, request: Request) -> str:
+        """Why a replica could never serve ``request`` ("" if one can)."""
+        need = request.prompt_tokens + request.output_tokens
+        if need > self.cfg.max_model_len:
+            return f"{need} tokens exceed max_model_len {self.cfg.max_model_len}"
+        if need > self.cfg.kv_capacity_tokens:
+            return f"{need} tokens exceed a replica's KV cache ({self.cfg.kv_capacity_tokens})"
+        return ""
 
     def submit(self, request: Request, now: float) -> None:
-        need = request.prompt_tokens + request.output_tokens
-        if need > self.replicas[0].capacity:
-            raise ValueError(f"{self.name}: a request of {request.prompt_tokens} prompt and {request.output_tokens} "
-                             f"output tokens needs {need} KV tokens, more than a replica holds "
-                             f"({self.replicas[0].capacity}); give the backend more GPU memory per replica")
-        self.queue.push(request, now)
-        # an idle replica takes it, else the one with the smallest batch; ties go to the lowest index
-        best, best_batch = None, 0
-        for replica in self.replicas:
-            if not replica.busy:
-                best = replica
-                break
-            batch = replica._batch()
-            if best is None or batch < best_batch:
-                best, best_batch = replica, batch
-        best.poke(now)
+        request.failed = self.rejection(request)
+        if request.failed:
+            self.failed += 1
+            self.on_failed(request, now)
+            return
+        if self.router is None:
+            self.queue.push(request, now)
+            self._ensure_capacity(now)
+            best, best_batch = None, 0  # an idle warm replica takes it, else the one with the smallest batch
+            for replica in self.replicas:
+                if replica.state != WARM:
+                    continue
+                if not replica.busy:
+                    best = replica
+                    break
+                batch = replica._batch()
+                if best is None or batch < best_batch:
+                    best, best_batch = replica, batch
+            if best is not None:
+                best.poke(now)
+            return
+        candidates = self.candidates(now)
+        if len(candidates) == 1:
+            self.place(request, candidates[0], now)
+        else:
+            self.router.route(self, request, candidates, now)
+
+    def candidates(self, now: float) -> list[Replica]:
+        """Replicas a router may place a request on: warm or loading (one is loaded if none is)."""
+        found = [r for r in self.replicas if r.state in (WARM, LOADING)]
+        if not found:
+            self._ensure_capacity(now)
+            found = [r for r in self.replicas if r.state in (WARM, LOADING)]
+        return found
+
+    def place(self, request: Request, replica: Replica, now: float) -> None:
+        """A router's choice: ``request`` waits in ``replica``'s queue."""
+        request.replica = replica
+        replica.queue.push(request, now)
+        replica.poke(now)
 
     def finish(self, request: Request, now: float) -> None:
         self.completed += 1
         self.on_done(request, now)
 
+    def routed_waiting(self) -> int:
+        return len(self.queue) + sum(len(r.queue) for r in self.replicas if r.queue is not self.queue)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def _account(self, now: float) -> None:
+        self.gpu_seconds += self._held * self.cfg.gpus_per_replica * (now - self._last)
+        self._last = now
+
+    def gpu_seconds_until(self, now: float) -> float:
+        self._account(now)
+        return self.gpu_seconds
+
+    def _set_state(self, replica: Replica, state: int, now: float) -> None:
+        self._account(now)
+        was_held, replica.state = replica.state != COLD, state
+        self._held += (state != COLD) - was_held
+
+    def _ensure_capacity(self, now: float) -> None:
+        """A request waits and no replica is warm or loading: load one (a cold start on its critical path)."""
+        if not any(r.state in (WARM, LOADING) for r in self.replicas) and self.scale_up(now):
+            self.load_starts += 1
+            self.scale_ups -= 1  # counted as an on-demand load, not an autoscaler's order
+
+    def scale_up(self, now: float) -> bool:
+        """Start loading a cold replica (or take back a draining one); False if none is cold or draining."""
+        draining = next((r for r in self.replicas if r.state == DRAINING), None)
+        if draining is not None:
+            self._set_state(draining, WARM, now)
+            self.scale_ups += 1
+            draining.poke(now)
+            return True
+        cold = next((r for r in self.replicas if r.state == COLD), None)
+        if cold is None:
+            return False
+        self._set_state(cold, LOADING, now)
+        self.scale_ups += 1
+        self.engine.at(now + self.cfg.load_time(), self._loaded, cold)
+        return True
+
+    def _loaded(self, now: float, replica: Replica) -> None:
+        if replica.state == LOADING:
+            self._set_state(replica, WARM, now)
+            replica.poke(now)
+
+    def can_scale_down(self) -> bool:
+        return self._scale_down_victim() is not None
+
+    def _scale_down_victim(self) -> Replica | None:
+        """The warm replica to drain (the least loaded), keeping one warm while the shared queue has work."""
+        warm = [r for r in self.replicas if r.state == WARM]
+        if not warm or (self.router is None and len(warm) == 1 and len(self.queue)):
+            return None
+        return min(warm, key=lambda r: (r.outstanding, -r.index))
+
+    def scale_down(self, now: float) -> bool:
+        """Drain a warm replica: it takes no new work and goes cold when its work is done."""
+        victim = self._scale_down_victim()
+        if victim is None:
+            return False
+        self._set_state(victim, DRAINING, now)
+        self.scale_downs += 1
+        self.replica_idle(victim, now)
+        return True
+
+    def replica_idle(self, replica: Replica, now: float) -> None:
+        """Called when a replica runs out of work: a draining one goes cold."""
+        if replica.state == DRAINING and replica.idle and (replica.queue is self.queue or not len(replica.queue)):
+            self._set_state(replica, COLD, now)
+            replica.version += 1
+
+    def summary(self, now: float) -> dict[str, Any]:
+        """The backend's figures up to ``now``, for the simulation summary."""
+        reps = self.replicas
+        gpu_seconds = self.gpu_seconds_until(now)
+        busy = sum(r.busy_seconds for r in reps) * self.cfg.gpus_per_replica
+        context = sum(r.context_tokens for r in reps)
+        cached, loaded = sum(r.cached_tokens for r in reps), sum(r.loaded_tokens for r in reps)
+        return {"utilisation": busy / gpu_seconds if gpu_seconds else 0.0, "gpu_seconds": gpu_seconds,
+                "completed": self.completed, "failed": self.failed,
+                "iterations": sum(r.iterations for r in reps), "preemptions": sum(r.preemptions for r in reps),
+                "prefix_load_seconds": sum(r.load_seconds for r in reps),
+                "prefix_cache": {"hit_rate": cached / context if context else 0.0,
+                                 "remote_hit_rate": loaded / context if context else 0.0,
+                                 "saved_prefill_tokens": cached + loaded, "prompt_tokens": context,
+                                 "computed_tokens": sum(r.computed_tokens for r in reps), "cached_tokens": cached,
+                                 "loaded_tokens": loaded,
+                                 "evicted_blocks": sum(r.cache.evicted_blocks for r in reps if r.cache is not None)},
+                "replica_loads_on_demand": self.load_starts, "scale_ups": self.scale_ups,
+                "scale_downs": self.scale_downs, "adapter_loads": sum(r.adapter_loads for r in reps)}
+
     def check_invariants(self) -> None:
         for r in self.replicas:
             r.check_invariants()
+        assert self._held == sum(r.state != COLD for r in self.replicas)

@@ -21,8 +21,11 @@ class DecisionPending(Exception):
 
 
 class WaitQueue:
-    def __init__(self, backend: str, policy: Any) -> None:
+    """Requests waiting at a backend (``replica`` is None) or at one replica of an LLM backend."""
+
+    def __init__(self, backend: str, policy: Any, replica: int | None = None) -> None:
         self.backend = backend
+        self.replica = replica
         self.policy = policy
         self.external = bool(getattr(policy, "external", False))
         self._select = getattr(policy, "select", None) or (self._external_choice if self.external else None)
@@ -63,6 +66,16 @@ class WaitQueue:
             self._choice = None
             return self._list.pop(i)
         return heapq.heappop(self._heap)[2]
+
+    @property
+    def ordered_by_key(self) -> bool:
+        """Whether the order is a key per request (a heap): admission may then look past the head."""
+        return not self._select
+
+    def restore(self, requests: list[Request]) -> None:
+        """Put back requests popped but not admitted (skipped), with their keys and places unchanged."""
+        for r in requests:
+            heapq.heappush(self._heap, (r.key, r.seq, r))
 
     def choose(self, index: int) -> None:
         """An external policy's choice: the request at ``index`` of :attr:`waiting` goes next."""

@@ -8,17 +8,25 @@ from typing import Any
 class Request:
     """Demand and timestamps of one request. ``app`` is the simulator's application object (opaque here).
 
-    LLM requests carry ``prompt_tokens`` (of which ``prefix_tokens`` repeat a prefix computed before) and
-    ``output_tokens``, and count ``generated`` tokens (kept across a
-    preemption, whose recompute prefills the prompt and the generated tokens again); tool requests carry
-    ``service_time``. ``key`` is the scheduling policy's priority (lower is served first)."""
+    LLM requests carry ``prompt_tokens`` and ``output_tokens`` and count ``generated`` tokens (kept across
+    a preemption, whose recompute prefills the prompt and the generated tokens again). ``chain`` says what
+    the prompt is made of (:mod:`hermes_env.cluster.prefix`), so that prefix caches recognise what they
+    hold; ``prefix_tokens`` is the part of the prompt computed before the run, in a remote prefix store
+    (a stage's ``prefix_reuse``); ``adapter`` the LoRA adapter it runs with. While admitted, ``cached``
+    tokens come from the replica's prefix cache, ``loaded`` from the remote store, ``computed`` counts the
+    prefill tokens done so far and ``kv`` the KV tokens it holds outside the prefix cache.
+
+    Tool requests carry ``service_time``. ``key`` is the scheduling policy's priority (lower is served
+    first); ``failed`` says why the backend refused the request ("" if it did not)."""
 
     __slots__ = ("app", "run_index", "copy", "backend", "prompt_tokens", "output_tokens", "service_time",
                  "enqueued", "first_enqueued", "started", "first_token", "finished", "generated", "key",
-                 "preemptions", "seq", "prefix_tokens")
+                 "preemptions", "seq", "prefix_tokens", "chain", "adapter", "replica", "cached", "loaded",
+                 "computed", "kv", "failed", "admitted_at")
 
     def __init__(self, app: Any, run_index: int, copy: int, backend: str, prompt_tokens: int = 0,
-                 output_tokens: int = 0, service_time: float = 0.0, prefix_tokens: int = 0) -> None:
+                 output_tokens: int = 0, service_time: float = 0.0, prefix_tokens: int = 0,
+                 chain: tuple = (), adapter: str | None = None) -> None:
         self.app = app
         self.run_index = run_index
         self.copy = copy
@@ -26,12 +34,23 @@ class Request:
         self.prompt_tokens = prompt_tokens
         self.output_tokens = output_tokens
         self.service_time = service_time
-        self.prefix_tokens = prefix_tokens  # leading prompt tokens whose KV a prefix cache can fetch
+        self.prefix_tokens = prefix_tokens
+        self.chain = chain
+        self.adapter = adapter
+        self.replica: Any = None  # the replica it was routed to (LLM requests under a router)
         self.enqueued = self.first_enqueued = self.started = self.first_token = self.finished = -1.0
+        self.admitted_at = -1.0
         self.generated = 0
+        self.cached = self.loaded = self.computed = self.kv = 0
         self.key: Any = 0.0
         self.preemptions = 0
         self.seq = 0
+        self.failed = ""
+
+    @property
+    def context(self) -> int:
+        """Tokens of context it holds once prefilled: its prompt and what it has generated."""
+        return self.prompt_tokens + self.generated
 
     def __repr__(self) -> str:
         return f"Request({self.backend}, run={self.run_index}, copy={self.copy}, key={self.key!r})"

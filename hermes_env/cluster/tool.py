@@ -86,6 +86,15 @@ class ToolBackend:
         self._account(now)
         return self.idle_cost
 
+    def summary(self, now: float) -> dict[str, float]:
+        """The backend's figures up to ``now``, for the simulation summary."""
+        self._account(now)
+        slots = self.cfg.instances * self.cfg.capacity
+        return {"utilisation": self.busy_slot_seconds / (slots * now) if now else 0.0, "completed": self.completed,
+                "cold_starts": self.cold_starts, "prewarms": self.prewarms,
+                "requests_delayed_by_warmup": self.delayed_by_warmup, "warm_seconds": self.warm_seconds,
+                "idle_warm_seconds": self.idle_warm_seconds, "idle_cost": self.idle_cost}
+
     def warm_instances(self) -> int:
         return sum(inst.state == WARM for inst in self.instances)
 
