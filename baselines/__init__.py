@@ -1,14 +1,17 @@
-"""Reference scheduling and prewarm policies.
+"""Reference policies: schedulers, prewarm policies, routers and autoscalers.
 
 Importing the package registers, by name, in the simulator's registry: the schedulers ``sjf``,
 ``llmsched``, ``edf``, ``bros``, ``calvo`` and ``oracle`` (``fcfs``, ``app_fcfs`` and ``gittins`` are in
-the core) and the prewarm policies ``keepalive``, ``hybrid``, ``pdgraph`` and ``oracle`` (``none`` and
-``always`` are in the core). The package is an entry point of the ``hermes_env.policies`` group, so the
-simulator and ``hermes-env`` find these names without an import. ``EnvPolicy`` runs any of them on the
-Gymnasium environments. This package depends only on the environment core, never on torch.
+the core), the prewarm policies ``keepalive``, ``hybrid``, ``pdgraph`` and ``oracle`` (``none`` and
+``always`` are in the core), the routers ``round_robin``, ``random``, ``least_outstanding``, ``least_kv``,
+``prefix_affinity``, ``session_sticky`` and ``oracle`` (``shared`` is in the core) and the autoscalers
+``keepalive``, ``queue_threshold``, ``pdgraph`` and ``oracle`` (``fixed`` is in the core). The package
+is an entry point of the ``hermes_env.policies`` group, so the simulator and ``hermes-env`` find these
+names without an import. ``EnvPolicy`` runs any of them on the Gymnasium environments. This package
+depends only on the environment core, never on torch.
 """
 
-from baselines import prewarm, scheduling
+from baselines import autoscaling, prewarm, routing, scheduling
 from baselines.adapters import EnvPolicy
 
-__all__ = ["EnvPolicy", "prewarm", "scheduling"]
+__all__ = ["EnvPolicy", "autoscaling", "prewarm", "routing", "scheduling"]

@@ -135,7 +135,7 @@ class PDGraphPrewarm(PrewarmPolicy):
         for app in sim.active.values():  # the applications in the system, not every one that ever arrived
             use = self._forecast(sim, app.mix, app.current.state, max(app.pending, 1), backend)
             miss *= 1.0 - self._within(use, horizon)
-        rate = len(sim.apps) / now if now > 0 else 0.0
+        rate = sim.arrived / now if now > 0 else 0.0
         new = sum(w * self._within(self._forecast(sim, m, 0, None, backend), horizon) for m, w in self.shares)
         return 1.0 - miss * math.exp(-rate * horizon * new)
 

@@ -148,3 +148,13 @@ def choice(spec: Mapping[str, Any], key: str, where: str, options: Collection[st
     value = spec[key]
     require(value in options, f"{where}.{key}", f"must be one of {', '.join(map(str, options))}, got {value!r}")
     return value
+
+
+def flag(spec: Mapping[str, Any], key: str, where: str, default: Any = _MISSING) -> bool:
+    """``spec[key]``, a boolean (true/false in YAML; not 0/1, not a string)."""
+    if key not in spec:
+        require(default is not _MISSING, f"{where}.{key}", "is missing", "give true or false")
+        return default
+    value = spec[key]
+    require(isinstance(value, bool), f"{where}.{key}", f"must be true or false, got {_describe(value)}")
+    return value

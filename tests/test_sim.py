@@ -43,8 +43,10 @@ def test_invariants_hold_and_every_application_completes_once(seed):
         demanded = sum(float(run.tool_time.sum()) for app in sim.completed for run in app.runs if run.backend == name)
         assert backend.busy_slot_seconds == pytest.approx(demanded, rel=1e-9, abs=1e-9)
         assert len(backend.queue) == 0
-    for backend in sim.llm_backends.values():
-        assert all(r.kv_used == 0 and not r.running for r in backend.replicas)
+    for backend in sim.llm_backends.values():  # all KV is freed but for the prefix cache's unreferenced blocks
+        for r in backend.replicas:
+            cached = r.block * r.cache.blocks if r.cache is not None else 0
+            assert not r.running and r.kv_used == cached and (r.cache is None or r.cache.locked == 0)
         demanded = sum(int(run.output_tokens.sum()) for app in sim.completed for run in app.runs
                        if run.backend == backend.name)
         assert backend.completed == sum(run.width for app in sim.completed for run in app.runs
@@ -109,7 +111,8 @@ def reference_replica(arrivals, prompt, output, lat, max_batch, budget):
 @pytest.mark.parametrize("rate, max_batch", [(2.0, 256), (8.0, 8), (20.0, 256)])
 def test_closed_form_segments_match_iteration_by_iteration_stepping(rate, max_batch):
     prompt, output, n = 300, 120, 150
-    cfg = llm_experiment(prompt, output, rate=rate, n=n, max_batch=max_batch, max_prefill_tokens=1024)
+    cfg = llm_experiment(prompt, output, rate=rate, n=n, engine="legacy", max_num_seqs=max_batch,
+                         max_num_batched_tokens=1024)
     sim = Simulation(cfg, seed=2, check_invariants=True)
     result = sim.run()
     lat = cfg.cluster.llm_backends[0].latency
@@ -159,7 +162,7 @@ def test_always_warm_removes_cold_starts_at_an_idle_cost():
 
 @pytest.mark.parametrize("path, value, field", [
     (["cluster", "llm_backends", 0, "model"], "gpt-5", "cluster.llm_backends[0].model"),
-    (["cluster", "llm_backends", 0, "replicas"], 0, "cluster.llm_backends[0].replicas"),
+    (["cluster", "llm_backends", 0, "replicas"], -1, "cluster.llm_backends[0].replicas"),
     (["cluster", "llm_backends", 0, "gpu_memory_gb"], 16, "cluster.llm_backends[0].gpu_memory_gb"),
     (["cluster", "llm_backends", 0, "profile"], "nope", "latency_profile"),
     (["cluster", "tool_backends", 0, "keep_alive"], -1, "cluster.tool_backends[0].keep_alive"),
@@ -222,9 +225,10 @@ def test_slo_attainment_is_reported_per_class():
 
 
 def prefix_experiment(mode, bandwidth_gbps=100.0, rate=3.0, n=300):
-    llm = {"name": "llm:llama3-8b", "profile": "llama3-8b-h100", "model": "llama3-8b"}
+    # the engine of hermes_env 0.1 (no local prefix cache): the remote store serves exactly prefix_reuse
+    llm = {"name": "llm:llama3-8b", "profile": "llama3-8b-h100", "model": "llama3.1-8b", "engine": "legacy"}
     if mode:
-        llm["prefix_cache"] = {"load_bandwidth_gbps": bandwidth_gbps, "mode": mode}
+        llm["remote_prefix_store"] = {"load_bandwidth_gbps": bandwidth_gbps, "mode": mode}
     return ExperimentConfig.from_dict({
         "cluster": {"llm_backends": [llm]},
         "workload": {"num_applications": n, "arrivals": {"process": "poisson", "rate": rate},
@@ -266,10 +270,13 @@ def test_time_to_first_token_and_per_output_token_are_reported():
     result = Simulation(llm_experiment(700, 150, rate=0.001, n=5), seed=0).run()
     tl = result.summary["backends"]["llm:llama3-8b"]["token_latency"]["best_effort"]
     assert tl["ttft"]["count"] == 5 and tl["tpot"]["count"] == 5
-    # alone: the first token comes with the prefill; decode steps are batch-1 steps
-    assert tl["ttft"]["p50"] == pytest.approx(float(lat.prefill_time(700)), rel=1e-6)
+    # alone: the first token comes with the prefill; decode steps are batch-1 steps (the means are exact,
+    # percentiles come from log histograms of 0.23% bins)
+    assert tl["ttft"]["mean"] == pytest.approx(float(lat.prefill_time(700)), rel=1e-9)
+    assert tl["ttft"]["p50"] == pytest.approx(float(lat.prefill_time(700)), rel=2.5e-3)
     step = (float(lat.isolated_service_time(np.array(700), np.array(150))) - float(lat.prefill_time(700))) / 149
-    assert tl["tpot"]["p50"] == pytest.approx(step, rel=1e-6)
+    assert tl["tpot"]["mean"] == pytest.approx(step, rel=1e-9)
+    assert tl["tpot"]["p50"] == pytest.approx(step, rel=2.5e-3)
 
 
 def _one_stage_job(name, mean, backend="tool:server"):

@@ -5,8 +5,13 @@ An application is a graph of *stages*. Each stage runs on one backend, named ``k
 * ``llm:<model>`` stages carry ``prompt_tokens`` and ``output_tokens`` distributions; the prompt may
   grow by ``prompt_growth_per_iteration`` tokens for each iteration of the loops around the stage
   (an agent's context accumulates observations); ``prefix_reuse`` is the fraction of the prompt that
-  repeats a prefix computed before (conversation history, an agent's earlier steps, a shared few-shot
-  prompt), whose KV a backend with a prefix cache can fetch instead of recomputing;
+  repeats a prefix computed before the run and kept in a remote prefix store (CALVO's setting);
+  ``system_prompt_tokens`` leading tokens are the same for every application of the template (a system
+  prompt, few-shot examples); ``context: continue`` makes the prompt extend the application's previous
+  call on that backend (its prompt and answer), as an agent's context grows, while ``fresh`` (the
+  default) starts a new one; these say which KV blocks a replica's prefix cache can reuse;
+  ``adapter`` names the LoRA adapter the stage runs with (``any``: the one the workload gives the
+  application);
 * ``tool:``, ``dnn:`` and ``api:`` stages carry a ``service_time`` distribution in seconds.
 
 A stage may fan out: ``fanout`` is an integer distribution of the number of parallel copies,
@@ -36,7 +41,7 @@ import yaml
 
 from hermes_env.errors import ConfigError, require
 from hermes_env.pdgraph.distributions import Distribution, distribution_from_spec
-from hermes_env.validation import load_yaml
+from hermes_env.validation import choice, integer, load_yaml
 
 END = "end"
 BACKEND_KINDS = ("llm", "tool", "dnn", "api")
@@ -77,6 +82,9 @@ class Stage:
     output_tokens: Distribution | None = None
     prompt_growth_per_iteration: float = 0.0
     prefix_reuse: float = 0.0
+    system_prompt_tokens: int = 0
+    context: str = "fresh"
+    adapter: str | None = None
     fanout: Distribution | None = None
     next: tuple[Transition, ...] = ()
     description: str = ""
@@ -97,6 +105,12 @@ class Stage:
             out["prompt_growth_per_iteration"] = self.prompt_growth_per_iteration
         if self.prefix_reuse:
             out["prefix_reuse"] = self.prefix_reuse
+        if self.system_prompt_tokens:
+            out["system_prompt_tokens"] = self.system_prompt_tokens
+        if self.context != "fresh":
+            out["context"] = self.context
+        if self.adapter is not None:
+            out["adapter"] = self.adapter
         if self.next:
             out["next"] = [t.to_dict() for t in self.next]
         return out
@@ -187,9 +201,10 @@ class PDGraph:
 
 
 _STAGE_KEYS = {
-    "name", "backend", "service_time", "prompt_tokens", "output_tokens",
-    "prompt_growth_per_iteration", "prefix_reuse", "fanout", "next", "description",
+    "name", "backend", "service_time", "prompt_tokens", "output_tokens", "prompt_growth_per_iteration",
+    "prefix_reuse", "system_prompt_tokens", "context", "adapter", "fanout", "next", "description",
 }
+CONTEXTS = ("fresh", "continue")
 
 
 def _stage_from_dict(spec: Any, where: str) -> Stage:
@@ -214,8 +229,13 @@ def _stage_from_dict(spec: Any, where: str) -> Stage:
     reuse = spec.get("prefix_reuse", 0.0)
     require(isinstance(reuse, int | float) and 0 <= reuse <= 1, f"{where}.prefix_reuse",
             f"must be a fraction in [0, 1], got {reuse!r}")
+    system = integer(spec, "system_prompt_tokens", where, 0, low=0, high=10_000_000)
+    context = choice(spec, "context", where, CONTEXTS, "fresh")
+    adapter = spec.get("adapter")
+    require(adapter is None or (isinstance(adapter, str) and adapter), f"{where}.adapter",
+            "must name a LoRA adapter, or be 'any' (the one the workload gives the application)")
     return Stage(name=name, backend=backend, next=transitions, prompt_growth_per_iteration=float(growth),
-                 prefix_reuse=float(reuse),
+                 prefix_reuse=float(reuse), system_prompt_tokens=system, context=context, adapter=adapter,
                  description=str(spec.get("description", "")), **dists)
 
 
@@ -276,7 +296,14 @@ def _validate_stage(s: Stage, names: set[str], known_backends: frozenset[str] | 
             require(getattr(s, key) is None, f"{where}.{key}", f"is only allowed on llm: stages, not {s.backend}")
         require(s.prompt_growth_per_iteration == 0, f"{where}.prompt_growth_per_iteration",
                 "is only allowed on llm: stages")
-        require(s.prefix_reuse == 0, f"{where}.prefix_reuse", "is only allowed on llm: stages")
+        for key in ("prefix_reuse", "system_prompt_tokens", "adapter"):
+            require(not getattr(s, key), f"{where}.{key}", "is only allowed on llm: stages")
+        require(s.context == "fresh", f"{where}.context", "is only allowed on llm: stages")
+    if s.prefix_reuse:
+        require(not s.system_prompt_tokens and s.context == "fresh", f"{where}.prefix_reuse",
+                "cannot be combined with system_prompt_tokens or context: continue",
+                "prefix_reuse stands for a prefix computed before the run; the other two describe prefixes the "
+                "run computes itself: use one")
     if s.fanout is not None:
         require(s.fanout.is_discrete, f"{where}.fanout", "must be a discrete or deterministic distribution of widths")
         values, _ = s.fanout.points()

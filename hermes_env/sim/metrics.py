@@ -1,17 +1,69 @@
-"""Metrics of a simulation: application completion times, SLO attainment, backend utilisation, cold
-starts, idle warm cost and queueing per stage; written as a per-application CSV and a summary JSON."""
+"""Metrics of a simulation: application completion times, failures, SLO attainment, backend utilisation,
+cold starts, idle warm cost, GPU-seconds, prefix-cache reuse and queueing per stage; written as a
+per-application CSV and a summary JSON.
+
+A :class:`Recorder` takes each application as it ends, so memory does not grow with the run: completion
+times are kept exactly (8 bytes each), every other distribution (queueing per stage, TTFT, TPOT) in a
+:class:`LogHistogram` of fixed size, whose percentiles are within 0.25% of the exact ones. The
+per-application rows are kept in memory (``keep_applications``, the default) or streamed to a CSV file.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-from collections import defaultdict
+from array import array
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
+
+ROW_FIELDS = ("id", "template", "class", "arrival", "completion", "completion_time", "slo_met", "failed", "stages",
+              "queue_times", "service_times")
+
+
+class LogHistogram:
+    """Counts of non-negative values in logarithmic bins (``per_decade`` per factor of 10, from 1e-6 to 1e6;
+    values below 1e-6 count as zero, above 1e6 in the last bin), with the exact count, sum and maximum."""
+
+    LOW, DECADES = 1e-6, 12
+
+    def __init__(self, per_decade: int = 1000) -> None:
+        self.per_decade = per_decade
+        self.counts = np.zeros(self.DECADES * per_decade + 1, dtype=np.int64)  # bin 0: zero
+        self.count, self.total, self.peak = 0, 0.0, 0.0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        if value > self.peak:
+            self.peak = value
+        if value < self.LOW:
+            self.counts[0] += 1
+        else:
+            i = int(math.log10(value / self.LOW) * self.per_decade) + 1
+            self.counts[min(i, len(self.counts) - 1)] += 1
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile, interpolated geometrically inside its bin."""
+        target = q * self.count
+        cum = np.cumsum(self.counts)
+        i = int(np.searchsorted(cum, target, side="left"))
+        if i == 0:
+            return 0.0
+        below = cum[i - 1]
+        frac = (target - below) / self.counts[i] if self.counts[i] else 0.0
+        low = self.LOW * 10 ** ((i - 1) / self.per_decade)
+        return float(min(low * 10 ** (frac / self.per_decade), self.peak))
+
+    def summary(self) -> dict[str, float]:
+        if not self.count:
+            return {"count": 0}
+        return {"count": self.count, "mean": self.total / self.count, "p50": self.quantile(0.5),
+                "p95": self.quantile(0.95), "p99": self.quantile(0.99)}
 
 
 def distribution_summary(x: np.ndarray) -> dict[str, float]:
@@ -21,68 +73,113 @@ def distribution_summary(x: np.ndarray) -> dict[str, float]:
     return {"count": int(len(x)), "mean": float(x.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99)}
 
 
+def application_row(app: Any) -> dict[str, Any]:
+    return {"id": app.id, "template": app.template, "class": app.app_class, "arrival": app.arrival,
+            "completion": app.completion, "completion_time": app.completion - app.arrival,
+            "slo_met": bool(not app.failed and app.completion - app.arrival <= app.mix.slo), "failed": app.failed,
+            "stages": ";".join(r.stage for r in app.runs[: len(app.queue_times)]),
+            "queue_times": ";".join(f"{t:.6f}" for t in app.queue_times),
+            "service_times": ";".join(f"{t:.6f}" for t in app.service_times)}
+
+
+def _met_of() -> list[int]:
+    return [0, 0]
+
+
+class Recorder:
+    """What the summary needs of every application, taken when it completes or fails."""
+
+    def __init__(self, keep_applications: bool = True, rows_to: str | Path | None = None) -> None:
+        self.keep = keep_applications
+        self.completed: list[Any] = []  # Application objects, when kept
+        self.completion_times = array("d")  # of completed (not failed) applications
+        self.slo: dict[str, list[int]] = defaultdict(_met_of)  # class -> [met, with an SLO]
+        self.stage_wait: dict[str, LogHistogram] = defaultdict(LogHistogram)
+        self.token_latency: dict[tuple[str, str], tuple[LogHistogram, LogHistogram]] = {}
+        self.failures: Counter[str] = Counter()
+        self.failed = 0
+        self._file: TextIO | None = None
+        self._rows: csv.DictWriter | None = None
+        if rows_to is not None:
+            path = Path(rows_to)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "w", newline="")  # noqa: SIM115 (closed by close())
+            self._rows = csv.DictWriter(self._file, fieldnames=ROW_FIELDS)
+            self._rows.writeheader()
+
+    def application(self, app: Any) -> None:
+        jct = app.completion - app.arrival
+        if app.failed:
+            self.failed += 1
+            self.failures[app.failed.split(" (")[0]] += 1
+        else:
+            self.completion_times.append(jct)
+            if math.isfinite(app.mix.slo):
+                counts = self.slo[app.app_class]
+                counts[0] += jct <= app.mix.slo
+                counts[1] += 1
+            for run, wait in zip(app.runs, app.queue_times, strict=False):
+                self.stage_wait[f"{app.template}/{run.stage}"].add(wait)
+        if self.keep:
+            self.completed.append(app)
+        if self._rows is not None:
+            self._rows.writerow(application_row(app))
+
+    def request(self, backend: str, app_class: str, ttft: float, tpot: float | None) -> None:
+        hists = self.token_latency.get((backend, app_class))
+        if hists is None:
+            hists = self.token_latency[(backend, app_class)] = (LogHistogram(), LogHistogram())
+        hists[0].add(ttft)
+        if tpot is not None:
+            hists[1].add(tpot)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 @dataclass
 class SimulationResult:
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
 
     def write(self, out: str | Path) -> None:
+        """``applications.csv`` (unless the simulation streamed it there already) and ``summary.json``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "applications.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(self.rows[0]) if self.rows else ["id"])
-            writer.writeheader()
-            writer.writerows(self.rows)
+        if self.rows:
+            with open(out / "applications.csv", "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=ROW_FIELDS)
+                writer.writeheader()
+                writer.writerows(self.rows)
         (out / "summary.json").write_text(json.dumps(self.summary, indent=1) + "\n")
 
 
 def summarise(sim: Any) -> SimulationResult:
     now = sim.engine.now
-    rows = []
-    for app in sorted(sim.completed, key=lambda a: a.id):
-        rows.append({
-            "id": app.id, "template": app.template, "class": app.app_class, "arrival": app.arrival,
-            "completion": app.completion, "completion_time": app.completion - app.arrival,
-            "slo_met": bool(app.completion - app.arrival <= app.mix.slo),
-            "stages": ";".join(r.stage for r in app.runs),
-            "queue_times": ";".join(f"{t:.6f}" for t in app.queue_times),
-            "service_times": ";".join(f"{t:.6f}" for t in app.service_times),
-        })
-    jct = np.array([r["completion_time"] for r in rows])
-    classes: dict[str, list[bool]] = defaultdict(list)
-    for app in sim.completed:
-        if math.isfinite(app.mix.slo):
-            classes[app.app_class].append(app.completion - app.arrival <= app.mix.slo)
-    stage_wait: dict[str, list[float]] = defaultdict(list)
-    for app in sim.completed:
-        for run, wait in zip(app.runs, app.queue_times, strict=True):
-            stage_wait[f"{app.template}/{run.stage}"].append(wait)
+    rec: Recorder = sim.recorder
+    rows = [application_row(app) for app in sorted(rec.completed, key=lambda a: a.id)] if rec.keep else []
     backends: dict[str, Any] = {}
     for name, b in sim.tool_backends.items():
-        b._account(now)
-        slots = b.cfg.instances * b.cfg.capacity
-        backends[name] = {"utilisation": b.busy_slot_seconds / (slots * now) if now else 0.0,
-                          "completed": b.completed, "cold_starts": b.cold_starts, "prewarms": b.prewarms,
-                          "requests_delayed_by_warmup": b.delayed_by_warmup, "warm_seconds": b.warm_seconds,
-                          "idle_warm_seconds": b.idle_warm_seconds, "idle_cost": b.idle_cost}
+        backends[name] = b.summary(now)
     for name, b in sim.llm_backends.items():
-        busy = sum(r.busy_seconds for r in b.replicas)
-        latency = {cls: {"ttft": distribution_summary(np.array(ttft)), "tpot": distribution_summary(np.array(tpot))}
-                   for (backend, cls), (ttft, tpot) in sorted(sim.token_latency.items()) if backend == name}
-        backends[name] = {"utilisation": busy / (len(b.replicas) * now) if now else 0.0, "completed": b.completed,
-                          "iterations": sum(r.iterations for r in b.replicas),
-                          "preemptions": sum(r.preemptions for r in b.replicas),
-                          "prefix_load_seconds": sum(r.load_seconds for r in b.replicas),
-                          "token_latency": latency}
+        latency = {cls: {"ttft": ttft.summary(), "tpot": tpot.summary()}
+                   for (backend, cls), (ttft, tpot) in sorted(rec.token_latency.items()) if backend == name}
+        backends[name] = {**b.summary(now), "token_latency": latency}
+    tools = [b for n, b in backends.items() if n in sim.tool_backends]
     summary = {
         "seed": sim.seed, "scheduler": sim.scheduler.name, "prewarm": sim.prewarm_policy.name,
-        "simulated_seconds": now, "applications": len(rows), "stage_requests": sim.stage_requests,
-        "events": sim.engine.events,
-        "jct": distribution_summary(jct),
-        "slo_attainment": {c: float(np.mean(v)) for c, v in sorted(classes.items())},
-        "cold_starts": sum(b["cold_starts"] for n, b in backends.items() if n in sim.tool_backends),
-        "idle_warm_cost": sum(b["idle_cost"] for n, b in backends.items() if n in sim.tool_backends),
+        "router": sim.router_name, "autoscaler": sim.autoscaler.name,
+        "simulated_seconds": now, "applications": len(rec.completion_times) + rec.failed,
+        "completed": len(rec.completion_times), "failed": rec.failed, "failure_reasons": dict(rec.failures),
+        "stage_requests": sim.stage_requests, "events": sim.engine.events,
+        "jct": distribution_summary(np.frombuffer(rec.completion_times, dtype=float)),
+        "slo_attainment": {c: met / total for c, (met, total) in sorted(rec.slo.items()) if total},
+        "cold_starts": sum(b["cold_starts"] for b in tools),
+        "idle_warm_cost": sum(b["idle_cost"] for b in tools),
+        "gpu_seconds": sum(b["gpu_seconds"] for n, b in backends.items() if n in sim.llm_backends),
         "backends": backends,
-        "stage_queueing": {k: distribution_summary(np.array(v)) for k, v in sorted(stage_wait.items())},
+        "stage_queueing": {k: h.summary() for k, h in sorted(rec.stage_wait.items())},
     }
     return SimulationResult(rows, summary)

@@ -12,6 +12,15 @@ takes the next request in the policy's order. A policy defines either
 PDGraph models, backends' state). A request knows its application: ``request.app`` (an
 :class:`~hermes_env.sim.simulator.Application`), with its template, class, arrival and progress.
 
+**Routing.** An LLM backend with a router places each arriving request on one of its replicas:
+``route(backend, request, candidates, now)`` returns one of ``candidates`` (replicas warm or loading).
+The name ``shared`` stands for no router: one queue per backend, replicas pull from it (late binding).
+
+**Autoscaling.** ``start(sim, now)`` at time 0, ``decide(sim, now)`` at every decision point (as for
+prewarm) and every ``tick`` seconds; it acts through ``sim.scale_up(backend, now)`` (load a cold
+replica) and ``sim.scale_down(backend, now)`` (drain a warm one). Whatever the autoscaler, a request that
+finds no replica warm or loading starts a load (a cold start on its critical path).
+
 **Prewarm.** ``start(sim, now)`` at time 0; ``decide(sim, now)`` at every decision point (an
 application arrives or issues a stage) and, when ``tick`` is set, every ``tick`` seconds. It acts through
 ``sim.prewarm(backend, now)`` and ``sim.release(backend, now)``.
@@ -36,6 +45,8 @@ _PLUGINS_LOADED = False
 _FAMILIES: dict[str, Callable[..., Any]] = {}
 _SCHEDULERS: dict[str, Callable[..., Any]] = {}
 _PREWARMERS: dict[str, Callable[..., Any]] = {}
+_ROUTERS: dict[str, Callable[..., Any]] = {}
+_AUTOSCALERS: dict[str, Callable[..., Any]] = {}
 
 
 def _registrar(registry: dict[str, Callable[..., Any]]) -> Callable[[str], Callable[[type], type]]:
@@ -104,18 +115,25 @@ def _maker(registry: dict[str, Callable[..., Any]], kind: str) -> Callable[..., 
 
 register_scheduler = _registrar(_SCHEDULERS)
 register_prewarm = _registrar(_PREWARMERS)
+register_router = _registrar(_ROUTERS)
+register_autoscaler = _registrar(_AUTOSCALERS)
 make_scheduler = _maker(_SCHEDULERS, "scheduler")
 make_prewarm = _maker(_PREWARMERS, "prewarm")
+make_router = _maker(_ROUTERS, "router")
+make_autoscaler = _maker(_AUTOSCALERS, "autoscaler")
 
 
-def scheduler_names() -> list[str]:
-    load_plugins()
-    return sorted(_SCHEDULERS)
+def _names(registry: dict[str, Callable[..., Any]]) -> Callable[[], list[str]]:
+    def names() -> list[str]:
+        load_plugins()
+        return sorted(registry)
+    return names
 
 
-def prewarm_names() -> list[str]:
-    load_plugins()
-    return sorted(_PREWARMERS)
+scheduler_names = _names(_SCHEDULERS)
+prewarm_names = _names(_PREWARMERS)
+router_names = _names(_ROUTERS)
+autoscaler_names = _names(_AUTOSCALERS)
 
 
 class SchedulingPolicy:
@@ -201,3 +219,68 @@ class AlwaysWarm(PrewarmPolicy):
     def start(self, sim: Any, now: float) -> None:
         for backend in sim.tool_backends.values():
             backend.pin_warm(now)
+
+
+class Router:
+    name = ""
+
+    def bind(self, sim: Any) -> None:
+        """Called once before the run."""
+
+    def route(self, backend: Any, request: Request, candidates: list[Any], now: float) -> Any:
+        """The replica (one of ``candidates``) that ``request`` waits at; None when an external policy
+        will place it later (``backend.place``)."""
+        raise NotImplementedError
+
+
+@register_router("shared")
+class SharedQueue(Router):
+    """No routing: the replicas of a backend share one queue and each takes work at its next iteration
+    boundary (late binding), as hermes_env 0.1 modelled every backend. A marker: the backend needs no
+    router object for it."""
+
+
+class Autoscaler:
+    name = ""
+    tick: float | None = None
+    reacts = True  # called at decision points as well as on the tick
+
+    def start(self, sim: Any, now: float) -> None:
+        """Called at time 0."""
+
+    def decide(self, sim: Any, now: float) -> None:
+        """Called at decision points and ticks."""
+
+
+@register_autoscaler("fixed")
+class FixedReplicas(Autoscaler):
+    """The replicas warm at the start stay warm and no other is loaded, except that a request finding no
+    replica warm or loading loads one (the backend's own rule)."""
+
+
+class ExternalRouter(Router):
+    """The routing side of an agent outside the simulation: every placement among two or more replicas
+    pauses the simulation until ``Simulation.resolve`` gives it."""
+
+    name = "external"
+
+    def bind(self, sim: Any) -> None:
+        self.sim = sim
+
+    def route(self, backend: Any, request: Request, candidates: list[Any], now: float) -> Any:
+        self.sim.request_route_decision(backend, request, candidates, now)
+        return None
+
+
+class ExternalAutoscaler(Autoscaler):
+    """The autoscaling side of an agent outside the simulation: every ``tick`` seconds the simulation
+    pauses for its load/release orders."""
+
+    name = "external"
+    reacts = False  # only on the tick: arrivals and completions are too frequent for scaling decisions
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick
+
+    def decide(self, sim: Any, now: float) -> None:
+        sim.request_scale_decision(now)

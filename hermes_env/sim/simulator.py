@@ -8,7 +8,15 @@
 An application arrives, draws its realisation from its own random stream (so that every policy sees the
 same demands), and issues its stages one after another: every parallel copy of a stage is a
 :class:`~hermes_env.cluster.request.Request` sent to the stage's backend; when the last copy finishes,
-the next stage is issued; after the last stage the application completes.
+the next stage is issued; after the last stage the application completes. A request that an LLM
+backend can never serve (longer than the model's context or a replica's KV cache) is refused: the
+application then fails, with the reason recorded, and counts apart from the completed ones.
+
+An LLM request's prompt is described as a chain of segments (:mod:`hermes_env.cluster.prefix`) from its
+stage's PDGraph fields, so that prefix caches recognise what they hold: the template's system prompt
+(shared by every application of the template), the application's previous call on the backend when the
+stage continues its conversation (``context: continue``; after a fanned-out stage, its first copy's), a
+prefix computed before the run (``prefix_reuse``), and fresh tokens.
 """
 
 from __future__ import annotations
@@ -26,17 +34,19 @@ import numpy as np
 from hermes_env.catalog import config_path
 from hermes_env.cluster.config import ClusterConfig
 from hermes_env.cluster.latency import IterationLatency, ProfileCost
-from hermes_env.cluster.llm import LLMBackend
+from hermes_env.cluster.llm import WARM as REPLICA_WARM
+from hermes_env.cluster.llm import LLMBackend, Replica
+from hermes_env.cluster.prefix import Segment, chain_end, extend, truncate
 from hermes_env.cluster.queue import WaitQueue
 from hermes_env.cluster.request import Request
 from hermes_env.cluster.tool import WARM, ToolBackend
 from hermes_env.errors import require
 from hermes_env.pdgraph.demand import DemandModel, Progress
-from hermes_env.pdgraph.graph import PDGraph
+from hermes_env.pdgraph.graph import PDGraph, Stage
 from hermes_env.pdgraph.sampling import StageRun, sample_realisation
 from hermes_env.sim.engine import Engine
-from hermes_env.sim.metrics import SimulationResult, summarise
-from hermes_env.sim.policies import make_prewarm, make_scheduler
+from hermes_env.sim.metrics import Recorder, SimulationResult, summarise
+from hermes_env.sim.policies import make_autoscaler, make_prewarm, make_router, make_scheduler
 from hermes_env.sim.workload import ApplicationMix, WorkloadConfig, resolve_path, with_absolute_files
 from hermes_env.validation import check_keys, load_yaml
 
@@ -66,7 +76,7 @@ class ExperimentConfig:
         check_keys(spec, ("cluster", "workload", "description"), "experiment")
         parts = inline_parts(spec, base)
         cluster = ClusterConfig.from_dict(parts["cluster"])
-        return cls(cluster, WorkloadConfig.from_dict(parts["workload"], cluster.backend_names, base=base))
+        return cls(cluster, WorkloadConfig.from_dict(parts["workload"], cluster, base=base))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:
@@ -82,23 +92,27 @@ def shared_demand_model(graph: PDGraph, profiles: tuple[tuple[str, IterationLate
 
 @dataclass
 class Decision:
-    """A choice an external policy owes: ``schedule`` (which request ``queue`` admits next at ``backend``)
-    or ``prewarm`` (which tool backends to warm or release)."""
+    """A choice an external policy owes: ``schedule`` (which request ``queue`` admits next at ``backend``),
+    ``prewarm`` (which tool backends to warm or release), ``route`` (which of ``candidates`` replicas
+    ``request`` waits at) or ``scale`` (which LLM backends load or release a replica)."""
 
     kind: str
     time: float
     backend: str
-    queue: WaitQueue | None
-    resume: Callable[[float], None] | None
+    queue: WaitQueue | None = None
+    resume: Callable[[float], None] | None = None
+    request: Request | None = None
+    candidates: list[Replica] | None = None
 
 
 class Application:
     """One application in the system: its realisation and how far it has got."""
 
     __slots__ = ("id", "mix", "arrival", "runs", "cursor", "pending", "completion", "queue_times", "service_times",
-                 "issued_at")
+                 "issued_at", "failed", "context", "adapter", "replicas")
 
-    def __init__(self, app_id: int, mix: ApplicationMix, arrival: float, runs: tuple[StageRun, ...]) -> None:
+    def __init__(self, app_id: int, mix: ApplicationMix, arrival: float, runs: tuple[StageRun, ...],
+                 adapter: str | None = None) -> None:
         self.id, self.mix, self.arrival, self.runs = app_id, mix, arrival, runs
         self.cursor = 0  # index of the stage run in progress
         self.pending = 0  # its copies not yet finished
@@ -106,6 +120,10 @@ class Application:
         self.queue_times: list[float] = []  # per stage run: mean over copies of the wait before service
         self.service_times: list[float] = []  # per stage run: mean over copies of the time in service
         self.issued_at = 0.0
+        self.failed = ""  # why a backend refused one of its requests
+        self.context: dict[str, tuple[Segment, ...]] = {}  # per LLM backend, its conversation so far
+        self.adapter = adapter  # the LoRA adapter its stages with ``adapter: any`` use
+        self.replicas: dict[str, int] = {}  # per LLM backend, the replica that served its last call
 
     @property
     def template(self) -> str:
@@ -127,15 +145,24 @@ class Application:
 
 
 class Simulation:
+    """One run of an experiment under a scheduler, a prewarm policy, a router and an autoscaler (names
+    from the registries, or policy objects). ``keep_applications=False`` keeps memory flat over long runs
+    (the summary does not need the applications), and ``rows_to`` streams the per-application rows to a
+    CSV file as applications end."""
+
     def __init__(self, config: ExperimentConfig, scheduler: Any = "fcfs", prewarm: Any = "none", seed: int = 0,
-                 check_invariants: bool = False) -> None:
+                 router: Any = "shared", autoscaler: Any = "fixed", check_invariants: bool = False,
+                 keep_applications: bool = True, rows_to: str | Path | None = None) -> None:
         self.config, self.seed, self.check = config, seed, check_invariants
         self.engine = Engine()
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
         self.prewarm_policy = make_prewarm(prewarm) if isinstance(prewarm, str) else prewarm
+        self.autoscaler = make_autoscaler(autoscaler) if isinstance(autoscaler, str) else autoscaler
+        self.router_name = router if isinstance(router, str) else router.name
         cluster_rng = np.random.default_rng([seed, 4])
-        self.llm_backends = {c.name: LLMBackend(c, self.engine, WaitQueue(c.name, self.scheduler), self._done,
-                                                self._decision_needed) for c in config.cluster.llm_backends}
+        self.llm_backends = {c.name: LLMBackend(c, self.engine, self._queue, self._done, self._failed,
+                                                self._decision_needed, self._router(router))
+                             for c in config.cluster.llm_backends}
         self.tool_backends = {c.name: ToolBackend(c, self.engine, WaitQueue(c.name, self.scheduler), cluster_rng,
                                                   self._done, self._decision_needed)
                               for c in config.cluster.tool_backends}
@@ -146,35 +173,60 @@ class Simulation:
         weights = np.array([m.weight for m in workload.applications])
         self.app_mix = np.random.default_rng([seed, 2]).choice(len(weights), size=n, p=weights / weights.sum())
         self._spaces = {m.template: m.graph.state_space() for m in workload.applications}
-        self._prefix_reuse = {(m.template, st.name): st.prefix_reuse for m in workload.applications
-                              for st in m.graph.stages}
+        self._stages: dict[tuple[str, str], Stage] = {(m.template, st.name): st for m in workload.applications
+                                                      for st in m.graph.stages}
+        self._system_prompts: dict[tuple[str, str], Segment] = {}
         # Applications arrive in index order whatever the policies do, so drawing each realisation from
         # one stream at arrival gives every policy the same demands (common random numbers).
         self._realisation_rng = np.random.default_rng([seed, 3])
-        self.apps: list[Application] = []
-        self.completed: list[Application] = []
+        self._drawn: dict[int, tuple[StageRun, ...]] = {}  # realisations drawn ahead by peek_realisation
+        self._adapter_rng = np.random.default_rng([seed, 5])
+        self.recorder = Recorder(keep_applications, rows_to)
+        self.arrived = 0
         self.active: dict[int, Application] = {}  # in the system now, by id, in arrival order
         self._started = False
         self.in_system = 0
         self.stage_requests = 0
         self.slo_missed = 0
-        self.token_latency: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         self.pending: deque[Decision] = deque()  # choices an external policy owes, oldest first
         self._area, self._area_since = 0.0, 0.0  # integral of applications in the system over time
         self._demand_models: dict[str, DemandModel] = {}
         self._last_event = 0.0
-        self.scheduler.bind(self)
+        for policy in (self.scheduler, *(b.router for b in self.llm_backends.values() if b.router is not None)):
+            policy.bind(self)
+
+    def _queue(self, backend: str, replica: int | None) -> WaitQueue:
+        return WaitQueue(backend, self.scheduler, replica)
+
+    def _router(self, router: Any) -> Any:
+        """One router object per backend (its state, a round-robin position say, is per backend); None for
+        the shared queue."""
+        if not isinstance(router, str):
+            return router
+        return None if router == "shared" else make_router(router)
 
     def __getstate__(self) -> dict:
         # PDGraph analyses are shared across simulations and rebuilt on demand: keep them out of pickles
         return {**self.__dict__, "_demand_models": {}}
 
+    @property
+    def completed(self) -> list[Application]:
+        """The applications that have ended (completed or failed), in the order they ended (kept only with
+        ``keep_applications``)."""
+        return self.recorder.completed
+
+    @property
+    def ended(self) -> int:
+        return len(self.recorder.completion_times) + self.recorder.failed
+
     # -- running ----------------------------------------------------------------------------
     def run(self, until: float = math.inf) -> SimulationResult:
         """Run to the end (or ``until``) with the policies given; external policies need
         :meth:`run_until_decision` and :meth:`resolve` instead."""
-        require(not getattr(self.scheduler, "external", False), "scheduler",
-                "is external: drive the simulation with run_until_decision() and resolve()")
+        for name, policy in (("scheduler", self.scheduler), ("router", self.router_name),
+                             ("autoscaler", self.autoscaler)):
+            require(not getattr(policy, "external", False) and policy != "external", name,
+                    "is external: drive the simulation with run_until_decision() and resolve()")
         self._start()
         if self.check:
             while len(self.engine) and self.engine.next_time() <= until and not self._finished():
@@ -184,17 +236,20 @@ class Simulation:
             self.engine.run(until, stop=self._finished)
         if until == math.inf:
             self._check_not_stalled()
+            self.recorder.close()
         return summarise(self)
 
     def _check_not_stalled(self) -> None:
-        """Every application completes unless events run out first, which would be a simulator bug:
-        say where the work is stuck rather than report a short run as finished."""
+        """Every application ends unless events run out first, which would be a simulator bug: say where
+        the work is stuck rather than report a short run as finished."""
         if self._finished() or len(self.engine) or self.pending:
             return
-        stuck = {name: len(b.queue) for name, b in self.backends.items() if len(b.queue)}
+        stuck = {name: b.routed_waiting() if isinstance(b, LLMBackend) else len(b.queue)
+                 for name, b in self.backends.items()}
         raise RuntimeError(f"the simulation ran out of events at t={self.engine.now:.6g} with "
-                           f"{len(self.active)} applications unfinished and {len(self.apps)} of "
-                           f"{self.config.workload.num_applications} arrived; requests waiting: {stuck}")
+                           f"{len(self.active)} applications unfinished and {self.arrived} of "
+                           f"{self.config.workload.num_applications} arrived; requests waiting: "
+                           f"{ {k: v for k, v in stuck.items() if v} }")
 
     def _count_area(self, now: float) -> None:
         self._area += self.in_system * (now - self._area_since)
@@ -202,7 +257,7 @@ class Simulation:
 
     def system_area(self) -> float:
         """The integral of the number of applications in the system up to now: by Little's law, the
-        sum of their completion times once all have completed."""
+        sum of their completion times once all have ended."""
         return self._area + self.in_system * (self.engine.now - self._area_since)
 
     @property
@@ -226,10 +281,19 @@ class Simulation:
 
     def request_prewarm_decision(self, now: float) -> None:
         """Called by an external prewarm policy: pause so that the agent can order warm-ups/releases."""
-        self.pending.append(Decision("prewarm", now, "", None, None))
+        self.pending.append(Decision("prewarm", now, ""))
+
+    def request_route_decision(self, backend: LLMBackend, request: Request, candidates: list[Replica],
+                               now: float) -> None:
+        """Called by an external router: pause so that the agent can place ``request``."""
+        self.pending.append(Decision("route", now, backend.name, request=request, candidates=candidates))
+
+    def request_scale_decision(self, now: float) -> None:
+        """Called by an external autoscaler on its tick: pause for the agent's load/release orders."""
+        self.pending.append(Decision("scale", now, ""))
 
     def run_until_decision(self) -> Decision | None:
-        """Run until an external policy owes a choice (returned) or every application has completed (None)."""
+        """Run until an external policy owes a choice (returned) or every application has ended (None)."""
         self._start()
         if not self.pending and not self._finished():
             self.engine.run(stop=lambda: bool(self.pending) or self._finished())
@@ -238,30 +302,58 @@ class Simulation:
 
     def resolve(self, choice: int | None = None) -> None:
         """Settle the oldest pending decision: for a scheduling decision, admit the waiting request at
-        ``choice`` (an index of ``decision.queue.waiting``) and let the backend go on."""
+        ``choice`` (an index of ``decision.queue.waiting``) and let the backend go on; for a routing
+        decision, place the request on ``decision.candidates[choice]``."""
         decision = self.pending.popleft()
+        now = self.engine.now
         if decision.kind == "schedule":
             decision.queue.choose(int(choice))  # type: ignore[arg-type, union-attr]
-            decision.resume(self.engine.now)  # type: ignore[misc]
+            decision.resume(now)  # type: ignore[misc]
+        elif decision.kind == "route":
+            replica = decision.candidates[int(choice)]  # type: ignore[arg-type, index]
+            self.llm_backends[decision.backend].place(decision.request, replica, now)  # type: ignore[arg-type]
 
     def _start(self) -> None:
-        """Schedule the first arrival and the prewarm tick, once: later calls do nothing."""
+        """Schedule the first arrival and the policies' ticks, once: later calls do nothing."""
         if self._started:
             return
         self._started = True
         self.prewarm_policy.start(self, 0.0)
+        self.autoscaler.start(self, 0.0)
         self.engine.at(float(self.arrival_times[0]), self._arrive, 0)
-        if self.prewarm_policy.tick:
-            self.engine.at(self.prewarm_policy.tick, self._tick)
+        for policy in (self.prewarm_policy, self.autoscaler):
+            if policy.tick:
+                self.engine.at(policy.tick, self._tick, policy)
 
     def _finished(self) -> bool:
-        return len(self.completed) == self.config.workload.num_applications
+        return self.ended == self.config.workload.num_applications
+
+    def _decision_point(self, now: float) -> None:
+        self.prewarm_policy.decide(self, now)
+        if self.autoscaler.reacts:
+            self.autoscaler.decide(self, now)
+
+    def _tick(self, now: float, policy: Any) -> None:
+        policy.decide(self, now)
+        if not self._finished():
+            self.engine.at(now + policy.tick, self._tick, policy)
+
+    # -- applications -----------------------------------------------------------------------------
+    def peek_realisation(self, i: int) -> tuple[StageRun, ...]:
+        """The realised stages application ``i`` will have (clairvoyant policies only). Realisations are
+        drawn in arrival order from their own stream, so drawing ahead gives exactly what arrival will."""
+        for j in range(self.arrived + len(self._drawn), i + 1):
+            mix = self.config.workload.applications[self.app_mix[j]]
+            self._drawn[j] = sample_realisation(self._spaces[mix.template], self._realisation_rng).runs
+        return self._drawn[i]
 
     def _arrive(self, now: float, i: int) -> None:
         mix = self.config.workload.applications[self.app_mix[i]]
-        runs = sample_realisation(self._spaces[mix.template], self._realisation_rng).runs
-        app = Application(i, mix, now, runs)
-        self.apps.append(app)
+        runs = self._drawn.pop(i) if self._drawn else sample_realisation(self._spaces[mix.template],
+                                                                         self._realisation_rng).runs
+        adapter = mix.draw_adapter(self._adapter_rng)
+        app = Application(i, mix, now, runs, adapter)
+        self.arrived += 1
         self.active[i] = app
         self._count_area(now)
         self.in_system += 1
@@ -274,25 +366,60 @@ class Simulation:
         app.pending = run.width
         app.issued_at = now
         backend = self.backends[run.backend]
-        self.prewarm_policy.decide(self, now)
+        self._decision_point(now)
+        if run.tool_time is not None:
+            for copy in range(run.width):
+                self.stage_requests += 1
+                backend.submit(Request(app, app.cursor, copy, run.backend, service_time=float(run.tool_time[copy])),
+                               now)
+            return
+        stage = self._stages[(app.template, run.stage)]
+        adapter = app.adapter if stage.adapter == "any" else stage.adapter
         for copy in range(run.width):
-            if run.tool_time is not None:
-                req = Request(app, app.cursor, copy, run.backend, service_time=float(run.tool_time[copy]))
-            else:
-                prompt = int(run.prompt_tokens[copy])
-                reuse = self._prefix_reuse[(app.template, run.stage)]
-                req = Request(app, app.cursor, copy, run.backend, prompt, int(run.output_tokens[copy]),
-                              prefix_tokens=int(prompt * reuse))
+            prompt = int(run.prompt_tokens[copy])
+            prefix = int(prompt * stage.prefix_reuse)
+            req = Request(app, app.cursor, copy, run.backend, prompt, int(run.output_tokens[copy]),
+                          prefix_tokens=prefix, chain=self._prompt_chain(app, stage, backend, prompt, prefix),
+                          adapter=adapter)
             self.stage_requests += 1
             backend.submit(req, now)
+            if app.failed:
+                return  # refused: the application has ended
+
+    def _prompt_chain(self, app: Application, stage: Stage, backend: LLMBackend, prompt: int,
+                      prefix: int) -> tuple[Segment, ...]:
+        """What the prompt is made of, for the prefix caches (none are kept without one)."""
+        cfg = backend.cfg
+        if not cfg.enable_prefix_caching:
+            return ()
+        if stage.context == "continue" and backend.name in app.context:
+            base = app.context[backend.name]
+        elif stage.system_prompt_tokens:
+            key = (app.template, stage.name)
+            if key not in self._system_prompts:
+                self._system_prompts[key] = Segment(None, 0, stage.system_prompt_tokens)
+            base = (self._system_prompts[key],)
+        elif prefix:  # computed before the run: in the remote store from the start
+            base = (Segment(None, 0, prefix),)
+            if backend.remote is not None:
+                backend.remote.publish(base, prefix)
+        else:
+            base = ()
+        end = chain_end(base)
+        return truncate(base, prompt) if end >= prompt else extend(base, prompt - end)
 
     def _done(self, request: Request, now: float) -> None:
         app: Application = request.app
         if request.output_tokens:  # an LLM request: time to first token, time per output token
-            ttft, tpot = self.token_latency.setdefault((request.backend, app.app_class), ([], []))
-            ttft.append(request.first_token - request.first_enqueued)
-            if request.output_tokens > 1:
-                tpot.append((request.finished - request.first_token) / (request.output_tokens - 1))
+            tpot = ((request.finished - request.first_token) / (request.output_tokens - 1)
+                    if request.output_tokens > 1 else None)
+            self.recorder.request(request.backend, app.app_class, request.first_token - request.first_enqueued, tpot)
+            if request.copy == 0:  # the conversation goes on from the first copy's prompt and answer
+                app.context[request.backend] = request.chain
+            if request.replica is not None:
+                app.replicas[request.backend] = request.replica.index
+        if app.failed:
+            return  # a copy of a stage whose application failed meanwhile
         app.pending -= 1
         self._stage_times(app, request)
         if app.pending:
@@ -301,13 +428,24 @@ class Simulation:
         if app.cursor < len(app.runs):
             self._issue(app, now)
         else:
-            app.completion = now
-            del self.active[app.id]
-            self._count_area(now)
-            self.in_system -= 1
-            self.slo_missed += now - app.arrival > app.mix.slo
-            self.completed.append(app)
-            self.prewarm_policy.decide(self, now)
+            self._end(app, now)
+
+    def _failed(self, request: Request, now: float) -> None:
+        """A backend refused ``request``: its application fails now (its other copies finish unheeded)."""
+        app: Application = request.app
+        if app.failed:
+            return
+        app.failed = f"{request.backend}: {request.failed}"
+        self._end(app, now)
+
+    def _end(self, app: Application, now: float) -> None:
+        app.completion = now
+        del self.active[app.id]
+        self._count_area(now)
+        self.in_system -= 1
+        self.slo_missed += bool(app.failed) or now - app.arrival > app.mix.slo
+        self.recorder.application(app)
+        self._decision_point(now)
 
     def _stage_times(self, app: Application, request: Request) -> None:
         wait, service = request.started - request.first_enqueued, request.finished - request.started
@@ -318,12 +456,7 @@ class Simulation:
         app.queue_times[app.cursor] += wait / width
         app.service_times[app.cursor] += service / width
 
-    def _tick(self, now: float) -> None:
-        self.prewarm_policy.decide(self, now)
-        if not self._finished():
-            self.engine.at(now + self.prewarm_policy.tick, self._tick)
-
-    # -- prewarm orders -----------------------------------------------------------------------
+    # -- orders of prewarm policies and autoscalers ---------------------------------------------------
     def prewarm(self, backend: str, now: float) -> bool:
         require(backend in self.tool_backends, "prewarm.backend", f"{backend!r} is not a tool backend",
                 f"tool backends: {sorted(self.tool_backends)}")
@@ -333,6 +466,18 @@ class Simulation:
         require(backend in self.tool_backends, "release.backend", f"{backend!r} is not a tool backend",
                 f"tool backends: {sorted(self.tool_backends)}")
         return self.tool_backends[backend].release(now)
+
+    def scale_up(self, backend: str, now: float) -> bool:
+        """Load a cold replica of an LLM backend (False if none is cold)."""
+        require(backend in self.llm_backends, "scale.backend", f"{backend!r} is not an LLM backend",
+                f"LLM backends: {sorted(self.llm_backends)}")
+        return self.llm_backends[backend].scale_up(now)
+
+    def scale_down(self, backend: str, now: float) -> bool:
+        """Drain a warm replica of an LLM backend (False if none can go)."""
+        require(backend in self.llm_backends, "scale.backend", f"{backend!r} is not an LLM backend",
+                f"LLM backends: {sorted(self.llm_backends)}")
+        return self.llm_backends[backend].scale_down(now)
 
     # -- invariants (tests) -------------------------------------------------------------------
     def _check_invariants(self) -> None:
@@ -345,5 +490,7 @@ class Simulation:
             assert not (len(b.queue) and free), f"{b.name}: requests wait while a warm slot is free"
         for b in self.llm_backends.values():
             b.check_invariants()
-            idle = any(not r.busy and not r.loading and not r.loaded for r in b.replicas)
-            assert not (len(b.queue) and idle), f"{b.name}: an idle replica while work waits"
+            for r in b.replicas:
+                waiting = len(r.queue) and (r.queue is not b.queue or r.state == REPLICA_WARM)
+                assert not (waiting and r.state == REPLICA_WARM and r.idle and not r.deciding), \
+                    f"{b.name}[{r.index}]: an idle warm replica while work waits"

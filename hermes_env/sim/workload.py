@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from hermes_env.cluster.config import ClusterConfig
 from hermes_env.errors import ConfigError, require
 from hermes_env.pdgraph.graph import PDGraph
 from hermes_env.pdgraph.library import TEMPLATE_NAMES, load_template
@@ -171,6 +172,14 @@ class ApplicationMix:
     app_class: str
     slo: float  # seconds from arrival to completion; inf when the class has none
     believed: PDGraph | None = None  # the PDGraph schedulers are given, when it is not the true one
+    adapters: tuple[str, ...] = ()  # the LoRA adapters an application's ``adapter: any`` stages draw from
+    adapter_probs: tuple[float, ...] = ()
+
+    def draw_adapter(self, rng: np.random.Generator) -> str | None:
+        """The adapter of one application (None when its stages name none as ``any``)."""
+        if not self.adapters:
+            return None
+        return self.adapters[int(rng.choice(len(self.adapters), p=self.adapter_probs))]
 
     @property
     def known_graph(self) -> PDGraph:
@@ -186,13 +195,13 @@ class WorkloadConfig:
     num_applications: int
 
     @classmethod
-    def from_dict(cls, spec: Mapping[str, Any], known_backends: frozenset[str], where: str = "workload",
+    def from_dict(cls, spec: Mapping[str, Any], cluster: ClusterConfig, where: str = "workload",
                   base: Path | None = None) -> WorkloadConfig:
         check_keys(spec, ("arrivals", "applications", "num_applications", "description"), where)
         n = integer(spec, "num_applications", where, low=1, high=10**10)
         apps = spec.get("applications")
         require(isinstance(apps, Sequence) and apps, f"{where}.applications", "must be a non-empty list")
-        mix = tuple(_mix_entry(a, f"{where}.applications[{i}]", known_backends, base) for i, a in enumerate(apps))
+        mix = tuple(_mix_entry(a, f"{where}.applications[{i}]", cluster, base) for i, a in enumerate(apps))
         require(math.isfinite(sum(m.weight for m in mix)), f"{where}.applications", "weights sum past float range",
                 "give weights of a sensible scale (they are relative)")
         return cls(ArrivalConfig.from_dict(spec.get("arrivals"), f"{where}.arrivals", base), mix, n)
@@ -224,12 +233,13 @@ def _same_structure(true: PDGraph, believed: PDGraph, where: str) -> None:
             f"{true.name!r}", "give a PDGraph that differs from the template only in probabilities and demands")
 
 
-def _mix_entry(spec: Any, where: str, known_backends: frozenset[str], base: Path | None) -> ApplicationMix:
-    check_keys(spec, ("template", "weight", "class", "slo", "believed"), where)
+def _mix_entry(spec: Any, where: str, cluster: ClusterConfig, base: Path | None) -> ApplicationMix:
+    check_keys(spec, ("template", "weight", "class", "slo", "believed", "adapters"), where)
     name, graph = _load_graph(spec.get("template"), f"{where}.template", base)
-    missing = [b for b in graph.backends if b not in known_backends]
+    missing = [b for b in graph.backends if b not in cluster.backend_names]
     require(not missing, f"{where}.template", f"{name!r} needs backends the cluster lacks: {missing}",
             "add them to the cluster")
+    _check_requests_fit(graph, cluster, f"{where}.template")
     believed = None
     if "believed" in spec:
         believed = _load_graph(spec["believed"], f"{where}.believed", base)[1]
@@ -237,4 +247,49 @@ def _mix_entry(spec: Any, where: str, known_backends: frozenset[str], base: Path
     weight = number(spec, "weight", where, 1.0, low=0, low_open=True, high=1e12)
     app_class = choice(spec, "class", where, CLASSES, "best_effort")
     slo = number(spec, "slo", where, math.inf, low=0, low_open=True, allow_inf=True)
-    return ApplicationMix(name, graph, weight, app_class, slo, believed)
+    adapters, probs = _adapters(graph, cluster, spec.get("adapters"), f"{where}.adapters")
+    return ApplicationMix(name, graph, weight, app_class, slo, believed, adapters, probs)
+
+
+def _check_requests_fit(graph: PDGraph, cluster: ClusterConfig, where: str) -> None:
+    """An LLM stage whose smallest request exceeds its backend's limit would fail every application."""
+    limits = {b.name: b.request_token_limit for b in cluster.llm_backends}
+    for stage in graph.stages:
+        if stage.is_llm:
+            least = max(1, round(stage.prompt_tokens.ppf(0.0))) + max(1, round(stage.output_tokens.ppf(0.0)))
+            require(least <= limits[stage.backend], where, f"stage {stage.name!r} of {graph.name!r} needs at least "
+                    f"{least} tokens, more than {stage.backend} serves ({limits[stage.backend]}: max_model_len and "
+                    "the KV cache)", "raise max_model_len or the GPU memory, or shorten the stage's tokens")
+
+
+def _adapters(graph: PDGraph, cluster: ClusterConfig, spec: Any, where: str) -> tuple[tuple[str, ...],
+                                                                                    tuple[float, ...]]:
+    """The adapters an application draws its ``adapter: any`` from, with their popularity: ``uniform``
+    (the default) or ``zipf`` with exponent ``s`` (the i-th adapter in the backend's list has weight
+    1 / i^s), over the backend's adapters. Named adapters must be ones the backend serves."""
+    lora = {b.name: b.lora for b in cluster.llm_backends}
+    any_backends = {s.backend for s in graph.stages if s.adapter == "any"}
+    for stage in graph.stages:
+        if stage.adapter is None:
+            continue
+        served = lora.get(stage.backend)
+        require(served is not None, f"stage '{stage.name}'.adapter", f"{stage.backend} serves no LoRA adapters",
+                "give the backend a lora section, or remove the stage's adapter")
+        require(stage.adapter == "any" or stage.adapter in served.adapters, f"stage '{stage.name}'.adapter",
+                f"{stage.backend} does not serve the adapter {stage.adapter!r}",
+                f"use one of {list(served.adapters)[:8]} or 'any'")
+    require(len(any_backends) <= 1, f"pdgraph {graph.name!r}", "has 'adapter: any' stages on several backends",
+            "an application draws one adapter: keep its 'any' stages on one backend")
+    if not any_backends:
+        require(spec is None, where, f"is given, but no stage of {graph.name!r} has 'adapter: any'")
+        return (), ()
+    names = lora[next(iter(any_backends))].adapters
+    spec = {"popularity": "uniform"} if spec is None else spec
+    check_keys(spec, ("popularity", "s"), where)
+    popularity = choice(spec, "popularity", where, ("uniform", "zipf"))
+    if popularity == "uniform":
+        require("s" not in spec, f"{where}.s", "goes with popularity: zipf")
+        weights = np.ones(len(names))
+    else:
+        weights = 1.0 / np.arange(1, len(names) + 1) ** number(spec, "s", where, 1.0, low=0, high=10)
+    return names, tuple((weights / weights.sum()).tolist())

@@ -1,0 +1,180 @@
+"""Reference autoscalers: when an LLM backend loads or releases a replica (``fixed`` is in the core).
+
+Each acts through ``sim.scale_up(backend, now)`` and ``sim.scale_down(backend, now)``. Whatever the
+autoscaler, a request that finds no replica warm or loading starts a load (the backend's own rule), so
+scale-to-zero is always safe. A replica is *idle* when it holds no request and none waits for it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hermes_env.cluster.llm import LOADING, WARM
+from hermes_env.pdgraph.demand import Progress
+from hermes_env.sim.policies import Autoscaler, register_autoscaler
+
+
+def _idle(backend: Any, replica: Any) -> bool:
+    return replica.idle and (replica.queue is backend.queue and not len(backend.queue) or not len(replica.queue))
+
+
+class _IdleClock:
+    """When each warm replica became idle (seen at decision points and ticks)."""
+
+    def __init__(self) -> None:
+        self.since: dict[tuple[str, int], float] = {}
+
+    def idle_for(self, backend: Any, replica: Any, now: float) -> float:
+        key = (backend.name, replica.index)
+        if replica.state != WARM or not _idle(backend, replica):
+            self.since.pop(key, None)
+            return 0.0
+        return now - self.since.setdefault(key, now)
+
+
+def _serving(backend: Any) -> int:
+    return sum(r.state in (WARM, LOADING) for r in backend.replicas)
+
+
+def _waiting(backend: Any) -> int:
+    return backend.routed_waiting()
+
+
+@register_autoscaler("keepalive")
+class KeepAlive(Autoscaler):
+    """Serverless scaling: a replica is loaded only when a request finds none warm or loading, and a warm
+    replica idle for ``keep_alive`` seconds (default 60) is released, down to zero (a fixed keep-alive, as
+    serverless LLM platforms and ServerlessLLM's baseline keep an instance after its last request)."""
+
+    tick = 1.0
+
+    def __init__(self, keep_alive: float = 60.0) -> None:
+        self.keep_alive = keep_alive
+        self.clock = _IdleClock()
+
+    def decide(self, sim: Any, now: float) -> None:
+        for name, backend in sim.llm_backends.items():
+            for replica in backend.replicas:
+                if self.clock.idle_for(backend, replica, now) >= self.keep_alive:
+                    sim.scale_down(name, now)
+
+
+@register_autoscaler("queue_threshold")
+class QueueThreshold(Autoscaler):
+    """Scale on waiting requests (KEDA on vLLM's ``num_requests_waiting``, as the vLLM production stack
+    autoscales): load a replica when more than ``up`` requests wait per warm or loading replica (at most
+    one load in flight), release a replica idle for ``down_idle`` seconds (default 30), down to zero."""
+
+    tick = 1.0
+
+    def __init__(self, up: float = 4.0, down_idle: float = 30.0) -> None:
+        self.up, self.down_idle = up, down_idle
+        self.clock = _IdleClock()
+
+    def scale_out(self, sim: Any, name: str, backend: Any, now: float) -> None:
+        loading = any(r.state == LOADING for r in backend.replicas)
+        if not loading and _waiting(backend) > self.up * max(_serving(backend), 1):
+            sim.scale_up(name, now)
+
+    def decide(self, sim: Any, now: float) -> None:
+        for name, backend in sim.llm_backends.items():
+            self.scale_out(sim, name, backend, now)
+            for replica in backend.replicas:
+                if self.clock.idle_for(backend, replica, now) >= self.down_idle and self.may_release(sim, name, now):
+                    sim.scale_down(name, now)
+
+    def may_release(self, sim: Any, name: str, now: float) -> bool:
+        return True
+
+
+@register_autoscaler("pdgraph")
+class PDGraphAutoscaler(QueueThreshold):
+    """Hermes's prewarm applied to LLM replicas: scale out on waiting requests as ``queue_threshold``; when
+    no replica is warm or loading, load one as soon as the PDGraph forecast says a request to the backend
+    is likely (probability ``warm_threshold``) within the replica's load time; release an idle replica only
+    when a request within ``keep_alive`` seconds is unlikely (under ``release_threshold``). The forecast
+    is the one of :class:`baselines.prewarm.PDGraphPrewarm`: each application in the system's next use of
+    the backend from its PDGraph, and arrivals at the rate seen so far."""
+
+    def __init__(self, up: float = 4.0, down_idle: float = 5.0, warm_threshold: float = 0.5,
+                 release_threshold: float = 0.1, keep_alive: float = 60.0) -> None:
+        super().__init__(up, down_idle)
+        self.warm_threshold, self.release_threshold, self.keep_alive = warm_threshold, release_threshold, keep_alive
+
+    def start(self, sim: Any, now: float) -> None:
+        mix = sim.config.workload.applications
+        total = sum(m.weight for m in mix)
+        self.shares = [(m, m.weight / total) for m in mix]
+
+    def p_any(self, sim: Any, backend: str, horizon: float, now: float) -> float:
+        miss = 1.0
+        for app in sim.active.values():
+            use = sim.demand_model(app.template).next_use(Progress(app.current.state, 0.0, max(app.pending, 1)),
+                                                          backend)
+            miss *= 1.0 - (0.0 if use.time is None else use.probability * float(use.time.cdf(horizon)))
+        rate = sim.arrived / now if now > 0 else 0.0
+        new = 0.0
+        for mix, share in self.shares:
+            use = sim.demand_model(mix.template).next_use(Progress(0, 0.0, None), backend)
+            new += share * (0.0 if use.time is None else use.probability * float(use.time.cdf(horizon)))
+        return 1.0 - miss * math.exp(-rate * horizon * new)
+
+    def decide(self, sim: Any, now: float) -> None:
+        for name, backend in sim.llm_backends.items():
+            if not _serving(backend) and self.p_any(sim, name, backend.cfg.load_time(), now) >= self.warm_threshold:
+                sim.scale_up(name, now)
+        super().decide(sim, now)
+
+    def may_release(self, sim: Any, name: str, now: float) -> bool:
+        return self.p_any(sim, name, self.keep_alive, now) < self.release_threshold
+
+
+@register_autoscaler("oracle")
+class ClairvoyantAutoscaler(QueueThreshold):
+    """A clairvoyant heuristic, not achievable and not a bound: it knows every future arrival and each
+    application's realised stages. It scales out on waiting requests as ``queue_threshold``; when no
+    replica is warm or loading it starts a load one load time before the next request to the backend
+    (the next arrival whose realised stages use it, plus its realised service before that stage,
+    ignoring queueing; or an application in the system's next use); it releases an idle replica when no
+    request is due within ``break_even`` seconds (default: the replica's load time, after which holding
+    it costs more GPU time than loading it again)."""
+
+    tick = 0.5
+
+    def __init__(self, up: float = 4.0, break_even: float | None = None) -> None:
+        super().__init__(up, down_idle=0.0)
+        self.break_even = break_even
+
+    def start(self, sim: Any, now: float) -> None:
+        self.cost = sim.cost
+
+    def _next_request(self, sim: Any, backend: str, now: float) -> float:
+        """Seconds until the next request to ``backend`` (realised service, no queueing); inf if none."""
+        soonest = min((self._lead(app.runs[app.cursor + 1:], backend) for app in sim.active.values()),
+                      default=math.inf)
+        times, i = sim.arrival_times, sim.arrived
+        while i < len(times) and times[i] - now < soonest:
+            soonest = min(soonest, times[i] - now + self._lead(sim.peek_realisation(i), backend))
+            i += 1
+        return soonest
+
+    def _lead(self, runs: Any, backend: str) -> float:
+        """Realised service before the first of ``runs`` on ``backend`` (inf if none is)."""
+        elapsed = 0.0
+        for run in runs:
+            if run.backend == backend:
+                return elapsed
+            elapsed += float(run.service_times(self.cost).max())  # copies run in parallel
+        return math.inf
+
+    def decide(self, sim: Any, now: float) -> None:
+        for name, backend in sim.llm_backends.items():
+            load = backend.cfg.load_time()
+            due = self._next_request(sim, name, now)
+            if not _serving(backend) and due <= load:
+                sim.scale_up(name, now)
+            self.scale_out(sim, name, backend, now)
+            keep = load if self.break_even is None else self.break_even
+            if due > keep and any(r.state == WARM and _idle(backend, r) for r in backend.replicas):
+                sim.scale_down(name, now)

@@ -1,0 +1,119 @@
+"""Reference routers: which replica of an LLM backend an arriving request waits at (``shared``, no
+routing, is in the core). Each docstring says which production router it reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hermes_env.cluster.request import Request
+from hermes_env.sim.policies import Router, register_router
+
+
+def _least_outstanding(candidates: list[Any]) -> Any:
+    return min(candidates, key=lambda r: (r.outstanding, r.index))
+
+
+@register_router("round_robin")
+class RoundRobin(Router):
+    """Each request to the next replica in turn (vLLM production stack's default router)."""
+
+    def __init__(self) -> None:
+        self.turn = 0
+
+    def route(self, backend: Any, request: Request, candidates: list[Any], now: float) -> Any:
+        self.turn += 1
+        return candidates[(self.turn - 1) % len(candidates)]
+
+
+@register_router("random")
+class RandomRouter(Router):
+    """A replica drawn uniformly (its own random stream per simulation and backend)."""
+
+    def bind(self, sim: Any) -> None:
+        self.seed, self.rngs = sim.seed, {}
+
+    def route(self, backend: Any, request: Request, candidates: list[Any], now: float) -> Any:
+        rng = self.rngs.get(backend.name)
+        if rng is None:
+            rng = self.rngs[backend.name] = np.random.default_rng([self.seed, 6, len(self.rngs)])
+        return candidates[int(rng.integers(len(candidates)))]
+
+
+@register_router("least_outstanding")
+class LeastOutstanding(Router):
+    """The replica with the fewest requests routed to it and not finished (least outstanding requests, as
+    Envoy and the vLLM production stack's load-aware mode balance)."""
+
+    def route(self, backend: Any, request: Request, candidates: list[Any], now: float) -> Any:
+        return _least_outstanding(candidates)
+
+
+@register_router("least_kv")
+class LeastKV(Router):
+    """The replica with the smallest fraction of its KV cache in use by requests (prefix-cache blocks that
+    no request reads count as free), ties to the least outstanding (KV-utilisation-aware routing as in
+    llm-d's scorers)."""
+
+    def route(self, backend: Any, request: Request, candidates: list[Any], now: float) -> Any:
+        return min(candidates, key=lambda r: ((r.capacity - r.free_tokens()) / r.capacity, r.outstanding, r.index))
+
+
+@register_router("prefix_affinity")
+class PrefixAffinity(Router):
+    """The replica whose prefix cache holds the longest prefix of the request's prompt, among those whose
+    outstanding requests are within ``load_cap`` of the least loaded (a cache-aware router with a load
+    guard, after SGLang's router and Mooncake's conductor); without a hit, the least outstanding. Needs
+    ``enable_prefix_caching`` to find anything."""
+
+    def __init__(self, load_cap: int = 8) -> None:
+        self.load_cap = load_cap
+
+    def route(self, backend: Any, request: Request, candidates: list[Any], now: float) -> Any:
+        least = min(r.outstanding for r in candidates)
+        eligible = [r for r in candidates if r.outstanding <= least + self.load_cap]
+        best, best_hit = None, 0
+        for r in eligible:
+            hit = r.cache.match(request.chain, request.prompt_tokens) if r.cache is not None and request.chain else 0
+            if hit > best_hit or (hit == best_hit and best is not None and hit and r.outstanding < best.outstanding):
+                best, best_hit = r, hit
+        return best if best is not None else _least_outstanding(candidates)
+
+
+@register_router("session_sticky")
+class SessionSticky(Router):
+    """An application's calls stay on the replica that served its last call to the backend (session
+    affinity, vLLM production stack's session router); its first call, or one whose replica is gone, goes
+    to the least outstanding."""
+
+    def route(self, backend: Any, request: Request, candidates: list[Any], now: float) -> Any:
+        index = request.app.replicas.get(backend.name)
+        for r in candidates:
+            if r.index == index:
+                return r
+        return _least_outstanding(candidates)
+
+
+@register_router("oracle")
+class ClairvoyantLeastWork(Router):
+    """A clairvoyant heuristic, not achievable and not a bound: join the replica with the least realised
+    work left (seconds of isolated service still to do of every request routed to it: prefill tokens
+    left and output tokens left, priced by the latency model at batch 1), knowing every request's output
+    length. Join-the-shortest-work is a strong reference for FCFS servers; continuous batching shares a
+    replica among its requests, so it bounds nothing."""
+
+    def route(self, backend: Any, request: Request, candidates: list[Any], now: float) -> Any:
+        lat = backend.cfg.latency
+        prefill_per_token = float(lat.prefill_time(1024.0)) / 1024.0
+        decode = float(lat.linear_layers(1.0))
+
+        def work(replica: Any) -> float:
+            waiting = list(replica.queue) if replica.queue is not backend.queue else []
+            admitted = [*replica.running, *replica.prefilling, *replica.staged, *replica.ready]
+            prefill = sum(r.context for r in waiting) + sum(r.context - r.cached - r.loaded - r.computed
+                                                             for r in admitted if r not in replica.running)
+            output = sum(r.output_tokens - r.generated for r in (*waiting, *admitted))
+            return prefill * prefill_per_token + output * decode
+
+        return min(candidates, key=lambda r: (work(r), r.index))
