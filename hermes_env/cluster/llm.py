@@ -119,7 +119,9 @@ class Replica:
         self.preemptions = 0
         self.load_seconds = 0.0
         self.context_tokens = 0  # prompt (+ generated) tokens of every admission
-        self.computed_tokens = 0  # of which prefilled on this replica
+        self.computed_tokens = 0  # of which to prefill on this replica
+        self.prefilled_tokens = 0  # prefill tokens the iterations ran (chunks finished)
+        self.longest_iteration = 0.0  # seconds: the longest gap between two tokens of a running request
         self.cached_tokens = 0  # served from this replica's prefix cache
         self.loaded_tokens = 0  # fetched from the remote store
         self.adapter_loads = 0
@@ -291,6 +293,7 @@ class Replica:
         if self.planned == 0:
             for r, chunk in self._chunks.items():
                 r.computed += chunk
+                self.prefilled_tokens += chunk
                 if self._prefill_left(r) == 0:  # the prefill produced the request's next token
                     self.prefilling.remove(r)
                     r.generated += 1
@@ -472,6 +475,8 @@ class Replica:
         self.t0, self.planned = now, 0
         self.mixed_time = self._load_stall + self.latency.iteration_time(
             tokens + n_run, kv_tokens=self._kv_held(), prefill_pairs=pairs, max_context=self._max_context())
+        if n_run and self.mixed_time > self.longest_iteration:
+            self.longest_iteration = self.mixed_time
         self.kv_used += n_run + finishing  # every decoding request's next token, and each finished prefill's
 
     def _plan_segment(self, now: float) -> None:
@@ -539,6 +544,10 @@ class Replica:
         assert self.sum_ctx0 == sum(v[0] for v in self.running.values())
         if self.cache is not None:
             self.cache.check_invariants()
+            for r in self.running:  # the blocks a running request reads are never evicted under it
+                assert self.cache.lookup(r.chain, r.prompt_tokens) >= r.cached, f"{name}: {r} lost cached blocks"
+        left = sum(self._prefill_left(r) for r in (*self.prefilling, *self.staged, *self.ready))
+        assert self.prefilled_tokens + left == self.computed_tokens, f"{name}: prefill run differs from that admitted"
         if self.lora is not None:
             assert len(self.resident) <= self.lora.max_loras, f"{name}: more adapters resident than max_loras"
         if self.state == COLD:
@@ -601,10 +610,9 @@ class LLMBackend:
                 best.poke(now)
             return
         candidates = self.candidates(now)
-        if len(candidates) == 1:
-            self.place(request, candidates[0], now)
-        else:
-            self.router.route(self, request, candidates, now)
+        replica = candidates[0] if len(candidates) == 1 else self.router.route(self, request, candidates, now)
+        if replica is not None:  # None: an external router places it later
+            self.place(request, replica, now)
 
     def candidates(self, now: float) -> list[Replica]:
         """Replicas a router may place a request on: warm or loading (one is loaded if none is)."""
@@ -705,6 +713,7 @@ class LLMBackend:
                 "completed": self.completed, "failed": self.failed,
                 "iterations": sum(r.iterations for r in reps), "preemptions": sum(r.preemptions for r in reps),
                 "prefix_load_seconds": sum(r.load_seconds for r in reps),
+                "longest_decode_stall_s": max(r.longest_iteration for r in reps),
                 "prefix_cache": {"hit_rate": cached / context if context else 0.0,
                                  "remote_hit_rate": loaded / context if context else 0.0,
                                  "saved_prefill_tokens": cached + loaded, "prompt_tokens": context,

@@ -120,7 +120,7 @@ class FeatureBuilder:
                                 math.log1p(soonest) if warming and not warm else 0.0)
             else:
                 reps = b.replicas
-                out[i, 6] = sum(r._batch() for r in reps) / (len(reps) * b.cfg.max_batch)
+                out[i, 6] = sum(r._batch() for r in reps) / (len(reps) * b.cfg.max_num_seqs)
                 out[i, 11] = sum(r.kv_used for r in reps) / sum(r.capacity for r in reps)
         return out
 
