@@ -134,10 +134,10 @@ class PDGraphAutoscaler(QueueThreshold):
 class ClairvoyantAutoscaler(QueueThreshold):
     """A clairvoyant heuristic, not achievable and not a bound: it knows every future arrival and each
     application's realised stages. It scales out on waiting requests as ``queue_threshold``; when no
-    replica is warm or loading it starts a load one load time before the next request to the backend
-    (the next arrival whose realised stages use it, plus its realised service before that stage,
-    ignoring queueing; or an application in the system's next use); it releases an idle replica when no
-    request is due within ``break_even`` seconds (default: the replica's load time, after which holding
+    replica is warm or loading it starts a load one load time (plus a tick) before the next request to
+    the backend (the next arrival whose realised stages use it, plus its realised service before that
+    stage, ignoring queueing; or an application in the system's next use); it releases an idle replica
+    when no request is due within ``break_even`` seconds (default: the replica's load time, after which holding
     it costs more GPU time than loading it again)."""
 
     tick = 0.5
@@ -151,7 +151,8 @@ class ClairvoyantAutoscaler(QueueThreshold):
 
     def _next_request(self, sim: Any, backend: str, now: float) -> float:
         """Seconds until the next request to ``backend`` (realised service, no queueing); inf if none."""
-        soonest = min((self._lead(app.runs[app.cursor + 1:], backend) for app in sim.active.values()),
+        # an application's current stage counts: it is being issued or served (then the backend is in use)
+        soonest = min((self._lead(app.runs[app.cursor:], backend) for app in sim.active.values()),
                       default=math.inf)
         times, i = sim.arrival_times, sim.arrived
         while i < len(times) and times[i] - now < soonest:
@@ -172,7 +173,7 @@ class ClairvoyantAutoscaler(QueueThreshold):
         for name, backend in sim.llm_backends.items():
             load = backend.cfg.load_time()
             due = self._next_request(sim, name, now)
-            if not _serving(backend) and due <= load:
+            if not _serving(backend) and due <= load + self.tick:  # warm in time, whatever the tick's phase
                 sim.scale_up(name, now)
             self.scale_out(sim, name, backend, now)
             keep = load if self.break_even is None else self.break_even

@@ -76,6 +76,13 @@ ENGINES = {
 }
 
 
+def load_bandwidth(spec: Mapping[str, Any], where: str, tier: str) -> float:
+    """Bytes/s of a load: ``load_bandwidth_gbps`` (GB/s) when given, else the tier's default."""
+    if "load_bandwidth_gbps" not in spec:
+        return LOAD_BANDWIDTH[tier]
+    return number(spec, "load_bandwidth_gbps", where, low=0, low_open=True, high=1e4) * 1e9
+
+
 @dataclass(frozen=True)
 class RemoteStoreConfig:
     """A remote prefix store (CALVO's distributed KV cache, Mooncake's store) a replica fetches prompt
@@ -108,14 +115,16 @@ class LoRAConfig:
     rank: int = 16
     adapter_bytes: float = 0.0
     load_from: str = "host_memory"
+    load_bandwidth: float = LOAD_BANDWIDTH["host_memory"]
     load_overhead: float = 0.05
 
     def load_time(self) -> float:
-        return self.adapter_bytes / LOAD_BANDWIDTH[self.load_from] + self.load_overhead
+        return self.adapter_bytes / self.load_bandwidth + self.load_overhead
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str, model: ModelShape) -> LoRAConfig:
-        check_keys(spec, {"adapters", "max_loras", "rank", "adapter_mb", "load_from", "load_overhead_s"}, where)
+        check_keys(spec, {"adapters", "max_loras", "rank", "adapter_mb", "load_from", "load_bandwidth_gbps",
+                          "load_overhead_s"}, where)
         raw = spec.get("adapters")
         if isinstance(raw, int) and not isinstance(raw, bool):
             names = tuple(f"adapter-{i}" for i in range(as_integer(raw, f"{where}.adapters", low=1, high=100_000)))
@@ -127,9 +136,9 @@ class LoRAConfig:
         rank = integer(spec, "rank", where, 16, low=1, high=4096)
         # Default size: rank-r adapters on every linear layer of the model (about 84 MB at rank 16 for an 8B).
         size = number(spec, "adapter_mb", where, model.lora_bytes(rank) / 1e6, low=0, low_open=True, high=1e6) * 1e6
-        return cls(names, integer(spec, "max_loras", where, 1, low=1, high=10_000), rank, size,
-                   choice(spec, "load_from", where, tuple(LOAD_BANDWIDTH), "host_memory"),
-                   number(spec, "load_overhead_s", where, 0.05, low=0, high=3600))
+        tier = choice(spec, "load_from", where, tuple(LOAD_BANDWIDTH), "host_memory")
+        return cls(names, integer(spec, "max_loras", where, 1, low=1, high=10_000), rank, size, tier,
+                   load_bandwidth(spec, where, tier), number(spec, "load_overhead_s", where, 0.05, low=0, high=3600))
 
 
 @dataclass(frozen=True)
@@ -141,7 +150,8 @@ class LLMBackendConfig:
     prefill chunks; without it, the prompt tokens one iteration prefills, a longer prompt alone),
     ``enable_prefix_caching`` (--enable-prefix-caching), ``block_size`` (--block-size),
     ``gpu_memory_utilization`` (--gpu-memory-utilization), ``max_model_len`` (--max-model-len). A cold replica
-    loads in ``weight_bytes`` over the ``load_from`` tier plus ``engine_start`` seconds."""
+    loads in ``weight_bytes`` over the ``load_from`` tier (``network``, ``nvme`` or ``host_memory``; its
+    bandwidth ``load_bandwidth_gbps`` if given, else :data:`LOAD_BANDWIDTH`) plus ``engine_start`` seconds."""
 
     name: str
     latency: IterationLatency
@@ -160,6 +170,7 @@ class LLMBackendConfig:
     max_model_len: int = 8192
     remote_store: RemoteStoreConfig | None = None
     load_from: str = "nvme"
+    load_bandwidth: float = LOAD_BANDWIDTH["nvme"]
     engine_start: float = 5.0
     lora: LoRAConfig | None = None
 
@@ -178,14 +189,15 @@ class LLMBackendConfig:
 
     def load_time(self) -> float:
         """Seconds from the order to load a cold replica until it serves."""
-        return self.model.weight_bytes / LOAD_BANDWIDTH[self.load_from] + self.engine_start
+        return self.model.weight_bytes / self.load_bandwidth + self.engine_start
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str) -> LLMBackendConfig:
         check_keys(spec, {"name", "profile", "model", "replicas", "max_gpus", "gpus_per_replica", "gpu_memory_gb",
                           "gpu_memory_utilization", "engine", "chunked_prefill", "enable_prefix_caching",
                           "max_num_seqs", "max_num_batched_tokens", "block_size", "max_model_len",
-                          "remote_prefix_store", "load_from", "engine_start_s", "lora", "source"}, where)
+                          "remote_prefix_store", "load_from", "load_bandwidth_gbps", "engine_start_s", "lora",
+                          "source"}, where)
         name = spec.get("name")
         require(isinstance(name, str) and backend_kind(name) == "llm", f"{where}.name",
                 f"must be an 'llm:<model>' backend name, got {name!r}")
@@ -196,6 +208,7 @@ class LLMBackendConfig:
         model = MODEL_SHAPES[model_name]
         engine = choice(spec, "engine", where, tuple(ENGINES), "vllm-0.11")
         preset = ENGINES[engine]
+        tier = choice(spec, "load_from", where, tuple(LOAD_BANDWIDTH), "nvme")
         replicas = integer(spec, "replicas", where, 1, low=0, high=10_000)
         gpus = integer(spec, "gpus_per_replica", where, 1, low=1, high=64)
         max_gpus = integer(spec, "max_gpus", where, max(replicas, 1) * gpus, low=1, high=1_000_000)
@@ -223,7 +236,8 @@ class LLMBackendConfig:
             max_model_len=integer(spec, "max_model_len", where, model.max_context, low=1, high=model.max_context),
             remote_store=None if spec.get("remote_prefix_store") is None else RemoteStoreConfig.from_dict(
                 spec["remote_prefix_store"], f"{where}.remote_prefix_store"),
-            load_from=choice(spec, "load_from", where, tuple(LOAD_BANDWIDTH), "nvme"),
+            load_from=tier,
+            load_bandwidth=load_bandwidth(spec, where, tier),
             engine_start=number(spec, "engine_start_s", where, 5.0, low=0, high=86400),
             lora=None if spec.get("lora") is None else LoRAConfig.from_dict(spec["lora"], f"{where}.lora", model),
         )
