@@ -43,11 +43,18 @@ class LearnedScheduler(SchedulingPolicy):
 
     def bind(self, sim: Any) -> None:
         names = list(sim.backends)
-        expected = self.model.observation_space["backends"].shape[0]
+        space = self.model.observation_space
+        expected = space["backends"].shape[0]
         require(len(names) == expected, "scheduler", f"{self.name} was trained on a cluster of {expected} backends, "
                 f"this one has {len(names)}", "evaluate it on a cluster with the same backends")
-        self.features = FeatureBuilder(names, self.slots)
+        rows = space["replicas"].shape[0] if "replicas" in space.spaces else 1
+        self.features = FeatureBuilder(names, self.slots, rows)
         self.features.bind(sim)
+        probe = self.features.observation([], "", 0.0)
+        mismatch = sorted(k for k in space.spaces if k not in probe or probe[k].shape[1:] != space[k].shape[1:])
+        require(not mismatch and set(probe) == set(space.spaces), "scheduler",
+                f"{self.name} was trained on another observation layout (differs in {mismatch or sorted(probe)})",
+                "retrain it with this version of hermes_env (hermes-env train)")
 
     def select(self, backend: str, waiting: list[Any], now: float) -> int:
         if len(waiting) == 1:

@@ -48,13 +48,16 @@ def test_stable_baselines3_env_checker_with_defaults(env_id):
 
 
 @pytest.mark.parametrize("env_id", sorted(ENV_IDS))
-def test_reset_is_deterministic_and_return_is_minus_total_completion_time(env_id):
-    env = gym.make(env_id, overrides=SHORT)
+def test_reset_is_deterministic_and_return_is_minus_total_completion_time_and_priced_terms(env_id):
+    env = gym.make(env_id, overrides=SHORT, idle_cost_weight=0.01, slo_miss_weight=0.5)
     a, steps_a, info = random_episode(env, seed=7)
-    sim = env.unwrapped.sim
+    base = env.unwrapped
+    sim = base.sim
     total_jct = sum(app.completion - app.arrival for app in sim.completed)
-    assert len(sim.completed) == 40 and info["completed"] == 40
-    assert sum(a) == pytest.approx(-total_jct, rel=1e-9)
+    assert len(sim.completed) == 40 and info["completed"] + info["failed"] == 40
+    idle = sum(b.idle_cost for b in sim.tool_backends.values())
+    priced = base.gpu_cost_weight * info["gpu_seconds"] + 0.01 * idle + 0.5 * sim.slo_missed
+    assert sum(a) == pytest.approx(-total_jct - priced, rel=1e-9)
     b, steps_b, _ = random_episode(env, seed=7)
     assert a == b and steps_a == steps_b
     c, _, _ = random_episode(env, seed=8)

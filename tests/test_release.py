@@ -26,6 +26,19 @@ from hermes_env.validation import parse_yaml
 from tests.conftest import ROOT
 
 SHORT = {"workload": {"num_applications": 40}}
+
+
+def action_from_mask(env, mask, orders=0):
+    """An action built part by part from the mask: the first valid choice (slot, replica), and for each order
+    (prewarm, scale) ``orders`` where the mask allows it, else 0."""
+    base = env.unwrapped
+    out, i = [], 0
+    for part in base.controls:
+        for size in base._part_sizes[part]:
+            valid = np.flatnonzero(mask[i:i + size])
+            out.append(orders if part in ("prewarm", "scale") and mask[i + orders] else int(valid[0]))
+            i += size
+    return out[0] if isinstance(env.action_space, gym.spaces.Discrete) else np.array(out)
 SMALL = ROOT / "configs" / "experiments" / "small.yaml"
 
 
@@ -87,15 +100,12 @@ def test_releasing_everything_allowed_strands_no_application(env_id):
         obs, info = env.reset(seed=seed)
         total, done = 0.0, False
         while not done:
-            mask = info["action_mask"]
-            k = base.slots if base.schedules else 0
-            orders = [2 if m[2] else 0 for m in mask[k:].reshape(-1, 3)]  # release whatever the mask allows
-            action = ([int(np.flatnonzero(mask[:k])[0])] if k else []) + orders
             for name in base.tool_names:  # the rule the mask follows: no instance warming for waiting requests
                 b = base.sim.tool_backends[name]
                 if b.can_release() and len(b.queue):
                     assert any(i.state != WARMING or i.busy for i in b.instances)
-            obs, reward, terminated, truncated, info = env.step(np.array(action))
+            action = action_from_mask(env, info["action_mask"], orders=2)  # release whatever the mask allows
+            obs, reward, terminated, truncated, info = env.step(action)
             total += reward
             done = terminated or truncated
         assert terminated and info["completed"] == n
@@ -109,10 +119,7 @@ def test_a_prewarm_tick_before_the_first_arrival_advances_time(env_id):
     for seed in range(20):
         obs, info = env.reset(seed=seed)
         for _ in range(5000):
-            mask = info["action_mask"]
-            k = env.unwrapped.slots if env.unwrapped.schedules else 0
-            action = ([int(np.flatnonzero(mask[:k])[0])] if k else []) + [0] * len(env.unwrapped.tool_names)
-            obs, reward, terminated, truncated, info = env.step(np.array(action))
+            obs, reward, terminated, truncated, info = env.step(action_from_mask(env, info["action_mask"]))
             if terminated:
                 break
         assert terminated and info["completed"] == 20
@@ -171,10 +178,10 @@ def test_a_joint_step_is_atomic_when_an_order_is_refused():
     base = env.unwrapped
     obs, info = env.reset(seed=0)
     while info["decision"] != "schedule":
-        obs, _, _, _, info = env.step(np.zeros(1 + len(base.tool_names), dtype=int))
-    tools = info["action_mask"][base.slots:].reshape(-1, 3)
+        obs, _, _, _, info = env.step(action_from_mask(env, info["action_mask"]))
+    tools = info["action_mask"][base.slots:base.slots + 3 * len(base.tool_names)].reshape(-1, 3)
     warm = next(i for i, m in enumerate(tools) if m[1])
-    action = np.zeros(1 + len(base.tool_names), dtype=int)
+    action = action_from_mask(env, info["action_mask"])
     action[0] = base.slots - 1  # masked out: fewer requests wait
     action[1 + warm] = 1
     before = base.sim.tool_backends[base.tool_names[warm]].prewarms

@@ -88,6 +88,7 @@ class Replica:
         self.kv_bytes_per_token = cfg.model.kv_bytes_per_token
         self.lora = cfg.lora
         self.state = WARM if index < cfg.replicas else COLD
+        self.ready_at = 0.0  # when a loading replica will be warm
         self.clock = 0
         self.running: dict[Request, tuple[int, int, int]] = {}  # request -> (ctx0, finish clock, admission id)
         self._finish: list[tuple[int, int, Request]] = []  # (finish clock, admission id, request), lazy
@@ -668,13 +669,17 @@ class LLMBackend:
             return False
         self._set_state(cold, LOADING, now)
         self.scale_ups += 1
-        self.engine.at(now + self.cfg.load_time(), self._loaded, cold)
+        cold.ready_at = now + self.cfg.load_time()
+        self.engine.at(cold.ready_at, self._loaded, cold)
         return True
 
     def _loaded(self, now: float, replica: Replica) -> None:
         if replica.state == LOADING:
             self._set_state(replica, WARM, now)
             replica.poke(now)
+
+    def can_scale_up(self) -> bool:
+        return any(r.state in (COLD, DRAINING) for r in self.replicas)
 
     def can_scale_down(self) -> bool:
         return self._scale_down_victim() is not None

@@ -4,7 +4,8 @@ Everything here is what a real scheduler could know: an application's template, 
 counters, unfinished copies), arrival and waiting times, class and SLO, and the prompt length of an LLM
 request, but never its realised output length or service time. PDGraph-derived quantities (Gittins
 index, remaining-demand statistics, next-use forecasts, structural entropy) are computed once per
-(template, state, pending copies) and cached.
+(template, state, pending copies) and cached. The column names below are the documentation's
+(docs/environments.md): every column is a flag, a fraction, or ``log1p`` of seconds or tokens.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from hermes_env.cluster.llm import COLD, DRAINING, LOADING, WARM, LLMBackend
 from hermes_env.cluster.request import Request
-from hermes_env.cluster.tool import WARM, WARMING, ToolBackend
+from hermes_env.cluster.tool import WARM as TOOL_WARM
+from hermes_env.cluster.tool import WARMING, ToolBackend
 from hermes_env.pdgraph.graph import BACKEND_KINDS, backend_kind
 
 REQUEST_BASE_FEATURES = (
@@ -25,7 +28,11 @@ REQUEST_BASE_FEATURES = (
 )
 BACKEND_FEATURES = ("deciding", *(f"kind_{k}" for k in BACKEND_KINDS), "queue_length", "load", "warm", "warming",
                     "cold", "time_until_warm", "kv_used")
-GLOBAL_FEATURES = ("applications_in_system", "time", "completed_fraction", "prewarm_decision")
+REPLICA_FEATURES = ("candidate", "deciding", "cold", "loading", "warm", "draining", "time_until_warm", "queue_length",
+                    "queued_prompt_tokens", "batch", "kv_in_use", "prefix_hit", "adapter_resident")
+DECISION_KINDS = ("schedule", "prewarm", "route", "scale")
+GLOBAL_FEATURES = ("applications_in_system", "time", "completed_fraction", "failed_fraction",
+                   *(f"decision_{k}" for k in DECISION_KINDS))
 NO_SLO = 1e4  # seconds of slack reported for applications without an SLO
 
 
@@ -33,9 +40,10 @@ class FeatureBuilder:
     """Builds the fixed-shape arrays of the observation. One builder serves an environment's episodes:
     ``bind`` it to each new simulation; its cache of PDGraph statistics carries over."""
 
-    def __init__(self, backend_names: list[str], slots: int) -> None:
+    def __init__(self, backend_names: list[str], slots: int, replica_rows: int = 1) -> None:
         self.slots = slots
         self.backend_names = backend_names
+        self.replica_rows = replica_rows
         self.n_request_features = self.request_features(len(self.backend_names))
         self._app_stats: dict[tuple[int, int, int], np.ndarray] = {}
         self.sim: Any = None
@@ -46,8 +54,6 @@ class FeatureBuilder:
         static = np.zeros((len(self.backend_names), len(BACKEND_FEATURES)), dtype=np.float32)
         for i, name in enumerate(self.backend_names):
             static[i, 1:5] = [backend_kind(name) == k for k in BACKEND_KINDS]
-            if not isinstance(sim.backends[name], ToolBackend):
-                static[i, 7] = 1.0  # an LLM replica is always warm
         self._backend_static = static
 
     def __getstate__(self) -> dict:
@@ -104,36 +110,71 @@ class FeatureBuilder:
         out = self._backend_static.copy()
         for i, b in enumerate(self._backend_objects):
             out[i, 0] = b.name == deciding
-            out[i, 5] = math.log1p(len(b.queue))
             if isinstance(b, ToolBackend):
                 busy = warm = warming = 0
                 soonest = math.inf
                 for inst in b.instances:
                     busy += inst.busy
-                    if inst.state == WARM:
+                    if inst.state == TOOL_WARM:
                         warm += 1
                     elif inst.state == WARMING:
                         warming += 1
                         soonest = min(soonest, inst.ready_at - now)
                 n = len(b.instances)
+                out[i, 5] = math.log1p(len(b.queue))
                 out[i, 6:11] = (busy / (n * b.cfg.capacity), warm / n, warming / n, (n - warm - warming) / n,
                                 math.log1p(soonest) if warming and not warm else 0.0)
             else:
                 reps = b.replicas
-                out[i, 6] = sum(r._batch() for r in reps) / (len(reps) * b.cfg.max_num_seqs)
-                out[i, 11] = sum(r.kv_used for r in reps) / sum(r.capacity for r in reps)
+                serving = [r for r in reps if r.state != COLD]
+                loading = [r.ready_at - now for r in reps if r.state == LOADING]
+                n = len(reps)
+                warm = sum(r.state in (WARM, DRAINING) for r in reps)
+                out[i, 5] = math.log1p(b.routed_waiting())
+                out[i, 6] = sum(r._batch() for r in serving) / (max(len(serving), 1) * b.cfg.max_num_seqs)
+                out[i, 7:11] = (warm / n, len(loading) / n, (n - warm - len(loading)) / n,
+                                math.log1p(min(loading)) if loading and not warm else 0.0)
+                out[i, 11] = sum(r.capacity - r.free_tokens() for r in serving) / max(
+                    sum(r.capacity for r in serving), 1)
         return out
 
-    def observation(self, candidates: list[Request], deciding: str, now: float, prewarm_decision: bool = False,
-                    slots: int | None = None) -> dict[str, np.ndarray]:
-        """The four arrays every observation has (``Scheduling-v0`` and a checkpoint run as a scheduler):
-        the first ``slots`` candidates (default K), the backends with ``deciding`` flagged, the globals."""
-        requests, mask = self.requests(candidates, now, slots)
-        return {"requests": requests, "request_mask": mask, "backends": self.backends(deciding, now),
-                "global": self.global_features(now, prewarm_decision)}
+    def replicas(self, backend: LLMBackend | None, request: Request | None, candidates: list[Any] | None,
+                 deciding: int | None, now: float) -> np.ndarray:
+        """One row per replica of ``backend`` (the one a decision concerns; zeros when none is an LLM
+        backend): whether it may take ``request`` (a routing decision's candidates), whether it is the one
+        deciding, its state, its queue, batch and KV, and how much of ``request``'s prompt its prefix cache
+        holds and whether ``request``'s adapter is resident there."""
+        out = np.zeros((self.replica_rows, len(REPLICA_FEATURES)), dtype=np.float32)
+        if backend is None:
+            return out
+        allowed = {r.index for r in candidates} if candidates else set()
+        for r in backend.replicas[: self.replica_rows]:
+            own = r.queue is not backend.queue
+            hit = (r.cache.match(request.chain, request.prompt_tokens) / request.prompt_tokens
+                   if request is not None and r.cache is not None and request.chain else 0.0)
+            out[r.index] = (r.index in allowed, r.index == deciding, r.state == COLD, r.state == LOADING,
+                            r.state == WARM, r.state == DRAINING,
+                            math.log1p(max(r.ready_at - now, 0.0)) if r.state == LOADING else 0.0,
+                            math.log1p(len(r.queue)) if own else 0.0,
+                            math.log1p(sum(q.context for q in r.queue)) if own else 0.0,
+                            r._batch() / r.max_batch, (r.capacity - r.free_tokens()) / r.capacity, hit,
+                            float(request is not None and request.adapter in r.resident))
+        return out
 
-    def global_features(self, now: float, prewarm_decision: bool) -> np.ndarray:
+    def observation(self, candidates: list[Request], deciding: str, now: float, decision_kind: str | None = None,
+                    slots: int | None = None, replicas: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The arrays every observation has (``Scheduling-v0`` and a checkpoint run as a scheduler): the
+        first ``slots`` candidates (default K), the backends with ``deciding`` flagged, the replicas of the
+        backend in focus (zeros unless given), the globals."""
+        requests, mask = self.requests(candidates, now, slots)
+        if replicas is None:
+            replicas = np.zeros((self.replica_rows, len(REPLICA_FEATURES)), dtype=np.float32)
+        return {"requests": requests, "request_mask": mask, "backends": self.backends(deciding, now),
+                "replicas": replicas, "global": self.global_features(now, decision_kind)}
+
+    def global_features(self, now: float, decision_kind: str | None) -> np.ndarray:
         sim = self.sim
-        return np.array([math.log1p(sim.in_system), math.log1p(now),
-                         len(sim.completed) / sim.config.workload.num_applications, float(prewarm_decision)],
+        n = sim.config.workload.num_applications
+        return np.array([math.log1p(sim.in_system), math.log1p(now), len(sim.recorder.completion_times) / n,
+                         sim.recorder.failed / n, *(float(decision_kind == k) for k in DECISION_KINDS)],
                         dtype=np.float32)

@@ -1,4 +1,14 @@
-"""The Gymnasium environments: scheduling, prewarming, or both, on the hermes_env simulator."""
+"""The Gymnasium environments on the hermes_env simulator: an agent takes one or more kinds of decision
+(scheduling, tool prewarm, LLM routing, LLM autoscaling) while heuristics take the others.
+
+Every environment is the same class with a different set of *parts* it controls (:data:`PARTS`). A part
+is a piece of the action: ``schedule`` (which waiting request a backend admits: ``Discrete(K)``),
+``prewarm`` (per tool backend: nothing, warm an instance, release one: ``[3] * T``), ``route`` (which
+replica of an LLM backend an arriving request waits at: ``Discrete(R)``) and ``scale`` (per LLM backend:
+nothing, load a replica, release one: ``[3] * L``). The simulation pauses whenever a controlled part owes
+a decision; orders parts (prewarm, scale) are applied at every decision, choice parts (schedule, route)
+only at their own kind of decision (slot 0 stands for "no choice" otherwise).
+"""
 
 from __future__ import annotations
 
@@ -12,16 +22,32 @@ import numpy as np
 from gymnasium import spaces
 
 from hermes_env.catalog import config_path
-from hermes_env.envs.features import BACKEND_FEATURES, GLOBAL_FEATURES, FeatureBuilder
+from hermes_env.envs.features import (
+    BACKEND_FEATURES,
+    DECISION_KINDS,
+    GLOBAL_FEATURES,
+    REPLICA_FEATURES,
+    FeatureBuilder,
+)
 from hermes_env.envs.render import render_ansi, render_rgb
 from hermes_env.errors import require
 from hermes_env.pdgraph.entropy import visit_probabilities
 from hermes_env.pdgraph.graph import BACKEND_KINDS, END, backend_kind
-from hermes_env.sim.policies import ExternalPrewarm, ExternalScheduler, make_prewarm, make_scheduler
+from hermes_env.sim.policies import (
+    ExternalAutoscaler,
+    ExternalPrewarm,
+    ExternalRouter,
+    ExternalScheduler,
+    make_autoscaler,
+    make_prewarm,
+    make_router,
+    make_scheduler,
+)
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
 from hermes_env.validation import as_integer, as_number, load_yaml
 
-NOOP, WARM_UP, RELEASE = 0, 1, 2
+NOOP, WARM_UP, RELEASE = 0, 1, 2  # the orders of the prewarm and scale parts (load = WARM_UP)
+PARTS = DECISION_KINDS  # schedule, prewarm, route, scale
 BOUND = 1e3  # every feature is a fraction, a flag or a log1p of seconds or tokens: far inside this
 NODE_FEATURES = (*(f"kind_{k}" for k in BACKEND_KINDS), "current", "visit_probability", "mean_demand", "width")
 
@@ -78,51 +104,68 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 class HermesEnv(gym.Env):
-    """The shared machinery of the three environments (see their docstrings for spaces and rewards)."""
+    """The shared machinery of the environments (see each subclass's docstring for its spaces and rewards)."""
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
-    schedules = True
-    prewarms = False
+    controls: tuple[str, ...] = ("schedule",)
+    default_config = "contended"
 
-    def __init__(self, config: str | Path | dict | ExperimentConfig = "contended", overrides: dict | None = None,
-                 scheduler: str = "gittins", prewarm: str = "none", slots: int = 64, prewarm_tick: float | None = None,
+    def __init__(self, config: str | Path | dict | ExperimentConfig | None = None, overrides: dict | None = None,
+                 scheduler: str = "gittins", prewarm: str = "none", router: str = "shared", autoscaler: str = "fixed",
+                 slots: int = 64, prewarm_tick: float | None = None, autoscale_tick: float = 5.0,
                  max_steps: int | None = None, max_time: float | None = None, reward_scale: float = 1.0,
-                 idle_cost_weight: float = 0.0, slo_miss_weight: float = 0.0, invalid_action: str = "penalty",
-                 invalid_action_penalty: float = 1.0, graph_observation: bool = False,
-                 render_mode: str | None = None) -> None:
-        self.experiment = load_experiment(config, overrides)
+                 idle_cost_weight: float = 0.0, slo_miss_weight: float = 0.0, gpu_cost_weight: float | None = None,
+                 invalid_action: str = "penalty", invalid_action_penalty: float = 1.0,
+                 graph_observation: bool = False, render_mode: str | None = None) -> None:
+        self.experiment = load_experiment(self.default_config if config is None else config, overrides)
         as_integer(slots, "slots", low=1, high=100_000)
         require(invalid_action in ("raise", "penalty"), "invalid_action", f"must be 'raise' or 'penalty', got "
                 f"{invalid_action!r}")
         require(render_mode is None or render_mode in self.metadata["render_modes"], "render_mode",
                 f"must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         as_number(reward_scale, "reward_scale", low=0, low_open=True)
+        gpu_cost_weight = self.default_gpu_cost_weight if gpu_cost_weight is None else gpu_cost_weight
         for name, value in (("idle_cost_weight", idle_cost_weight), ("slo_miss_weight", slo_miss_weight),
-                            ("invalid_action_penalty", invalid_action_penalty)):
+                            ("gpu_cost_weight", gpu_cost_weight), ("invalid_action_penalty", invalid_action_penalty)):
             as_number(value, name, low=0)
         if prewarm_tick is not None:
             as_number(prewarm_tick, "prewarm_tick", low=0, low_open=True)
+        as_number(autoscale_tick, "autoscale_tick", low=0, low_open=True)
         if max_steps is not None:
             as_integer(max_steps, "max_steps", low=1)
         if max_time is not None:
             as_number(max_time, "max_time", low=0, low_open=True)
-        self.scheduler_name, self.prewarm_name = scheduler, prewarm
-        make_scheduler(scheduler), make_prewarm(prewarm)  # validate the names now
-        self.slots, self.prewarm_tick = slots, prewarm_tick
+        self.policy_names = {"schedule": scheduler, "prewarm": prewarm, "route": router, "scale": autoscaler}
+        # validate the heuristics' names now
+        make_scheduler(scheduler), make_prewarm(prewarm), make_autoscaler(autoscaler)
+        if router != "shared":
+            make_router(router)
+        self.slots, self.prewarm_tick, self.autoscale_tick = slots, prewarm_tick, autoscale_tick
         self.max_steps, self.max_time = max_steps, max_time
         self.reward_scale, self.idle_cost_weight, self.slo_miss_weight = reward_scale, idle_cost_weight, slo_miss_weight
+        self.gpu_cost_weight = gpu_cost_weight
         self.invalid_action, self.invalid_action_penalty = invalid_action, invalid_action_penalty
         self.graph_observation, self.render_mode = graph_observation, render_mode
         cluster = self.experiment.cluster
         self.backend_names = [b.name for b in (*cluster.llm_backends, *cluster.tool_backends)]
         self.tool_names = [b.name for b in cluster.tool_backends]
+        self.llm_names = [b.name for b in cluster.llm_backends]
+        self.replica_rows = max((b.max_replicas for b in cluster.llm_backends), default=1)
+        if "prewarm" in self.controls:
+            require(len(self.tool_names) > 0, "config.cluster.tool_backends", "is empty: nothing to prewarm")
+        if "route" in self.controls or "scale" in self.controls:
+            require(len(self.llm_names) > 0, "config.cluster.llm_backends", "is empty: no LLM replicas to control")
         graphs = [m.graph for m in self.experiment.workload.applications]
         self.max_stages = max(len(g.stages) for g in graphs)
-        self.features = FeatureBuilder(self.backend_names, slots)
+        self.features = FeatureBuilder(self.backend_names, slots, self.replica_rows)
         self._graph_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._part_sizes = {"schedule": [slots], "prewarm": [3] * len(self.tool_names), "route": [self.replica_rows],
+                            "scale": [3] * len(self.llm_names)}
         self.observation_space = self._observation_space()
         self.action_space = self._action_space()
         self.sim: Simulation | None = None
+
+    default_gpu_cost_weight = 0.0
 
     # -- spaces -----------------------------------------------------------------------------------
     def _observation_space(self) -> spaces.Dict:
@@ -132,6 +175,7 @@ class HermesEnv(gym.Env):
             "requests": spaces.Box(-BOUND, BOUND, (k, n_req), np.float32),
             "request_mask": spaces.MultiBinary(k),
             "backends": spaces.Box(-BOUND, BOUND, (nb, len(BACKEND_FEATURES)), np.float32),
+            "replicas": spaces.Box(-BOUND, BOUND, (self.replica_rows, len(REPLICA_FEATURES)), np.float32),
             "global": spaces.Box(-BOUND, BOUND, (len(GLOBAL_FEATURES),), np.float32),
         }
         if self.graph_observation:
@@ -142,19 +186,26 @@ class HermesEnv(gym.Env):
         return spaces.Dict(obs)
 
     def _action_space(self) -> spaces.Space:
-        raise NotImplementedError
+        sizes = [n for part in self.controls for n in self._part_sizes[part]]
+        if self.controls in (("schedule",), ("route",)):
+            return spaces.Discrete(sizes[0])
+        return spaces.MultiDiscrete(sizes)
 
     # -- episode ----------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
         sim_seed = int(self.np_random.integers(2**31 - 1))
-        scheduler = ExternalScheduler() if self.schedules else make_scheduler(self.scheduler_name)
-        prewarm = ExternalPrewarm(self.prewarm_tick) if self.prewarms else make_prewarm(self.prewarm_name)
-        self.sim = Simulation(self.experiment, scheduler=scheduler, prewarm=prewarm, seed=sim_seed)
+        names = self.policy_names
+        c = self.controls
+        self.sim = Simulation(
+            self.experiment, seed=sim_seed,
+            scheduler=ExternalScheduler() if "schedule" in c else make_scheduler(names["schedule"]),
+            prewarm=ExternalPrewarm(self.prewarm_tick) if "prewarm" in c else make_prewarm(names["prewarm"]),
+            router=ExternalRouter() if "route" in c else names["route"],
+            autoscaler=ExternalAutoscaler(self.autoscale_tick) if "scale" in c else make_autoscaler(names["scale"]))
         self.features.bind(self.sim)
         self.steps = 0
-        self._last_area = self._last_idle = 0.0
-        self._last_missed = 0
+        self._last = (0.0, 0.0, 0, 0.0)  # area, idle cost, SLO misses, GPU-seconds at the last step
         self._episode_over = False
         # When no decision is ever needed (a light load), reset simulates the whole episode: the first
         # step then only reports its end, with the reward of everything simulated so far.
@@ -190,33 +241,55 @@ class HermesEnv(gym.Env):
 
     def _reward(self) -> float:
         """Minus the applications in the system integrated over the step (so the undiscounted return is
-        minus the sum of completion times), plus optional idle-cost and SLO-miss terms."""
+        minus the sum of completion times, failed applications counted until they failed), minus the
+        priced terms: idle warm tool cost, SLO misses (a failure is one) and GPU-seconds held."""
         sim = self.sim
+        now = sim.engine.now
         area = sim.system_area()
-        idle = sum(b.idle_cost_until(sim.engine.now) for b in sim.tool_backends.values())
+        idle = sum(b.idle_cost_until(now) for b in sim.tool_backends.values())
+        gpu = sum(b.gpu_seconds_until(now) for b in sim.llm_backends.values())
         missed = sim.slo_missed
-        reward = -(area - self._last_area) * self.reward_scale
-        reward -= self.idle_cost_weight * (idle - self._last_idle) + self.slo_miss_weight * (missed - self._last_missed)
-        self._last_area, self._last_idle, self._last_missed = area, idle, missed
+        last_area, last_idle, last_missed, last_gpu = self._last
+        reward = -(area - last_area) * self.reward_scale - self.idle_cost_weight * (idle - last_idle)
+        reward -= self.slo_miss_weight * (missed - last_missed) + self.gpu_cost_weight * (gpu - last_gpu)
+        self._last = (area, idle, missed, gpu)
         return float(reward)
 
     def _info(self, dt: float, invalid: bool) -> dict:
         sim = self.sim
+        d = self.decision
         return {"dt": dt, "sim_time": sim.engine.now, "action_mask": self.action_masks(), "invalid_action": invalid,
-                "decision": None if self.decision is None else self.decision.kind,
-                "backend": None if self.decision is None else self.decision.backend,
-                "completed": len(sim.completed), "in_system": sim.in_system}
+                "decision": None if d is None else d.kind, "backend": None if d is None else d.backend,
+                "replica": None if d is None or d.queue is None else d.queue.replica,
+                "completed": len(sim.recorder.completion_times), "failed": sim.recorder.failed,
+                "in_system": sim.in_system,
+                "gpu_seconds": sum(b.gpu_seconds_until(sim.engine.now) for b in sim.llm_backends.values())}
 
     # -- observation ------------------------------------------------------------------------------
     def _refresh(self) -> None:
-        """Candidates of the pending scheduling decision (the oldest waiting requests, in arrival order)."""
+        """Candidates of the pending decision: the oldest waiting requests of a scheduling decision (in
+        arrival order), the request a routing decision places."""
         d = self.decision
-        self.candidates = d.queue.waiting[: self.slots] if d is not None and d.kind == "schedule" else []
+        if d is None:
+            self.candidates = []
+        elif d.kind == "schedule":
+            self.candidates = d.queue.waiting[: self.slots]
+        elif d.kind == "route":
+            self.candidates = [d.request]
+        else:
+            self.candidates = []
 
     def _observation(self) -> dict:
-        deciding = self.decision.backend if self.decision is not None else ""
-        prewarm_decision = self.decision is not None and self.decision.kind == "prewarm"
-        obs = self.features.observation(self.candidates, deciding, self.sim.engine.now, prewarm_decision)
+        d = self.decision
+        now = self.sim.engine.now
+        backend = self.sim.llm_backends.get(d.backend) if d is not None else None
+        replicas = None
+        if backend is not None:
+            request = d.request if d.kind == "route" else None
+            deciding = d.queue.replica if d.queue is not None else None
+            replicas = self.features.replicas(backend, request, d.candidates, deciding, now)
+        obs = self.features.observation(self.candidates, d.backend if d is not None else "", now,
+                                        d.kind if d is not None else None, replicas=replicas)
         if self.graph_observation:
             obs.update(self._graphs())
         return obs
@@ -262,21 +335,31 @@ class HermesEnv(gym.Env):
         return {"graph_nodes": nodes, "graph_edges": edges, "graph_node_mask": node_mask}
 
     # -- actions ----------------------------------------------------------------------------------
-    def _slot_mask(self) -> np.ndarray:
-        mask = np.zeros(self.slots, dtype=bool)
-        if self.candidates:
-            mask[: len(self.candidates)] = True
-        else:
-            mask[0] = True  # nothing to choose: slot 0 stands for "no scheduling choice" (ignored)
-        return mask
+    def action_masks(self) -> np.ndarray:
+        """The valid actions, part after part (sb3-contrib's MultiDiscrete convention: the valid values of
+        each dimension, concatenated)."""
+        self._require_episode("action_masks")
+        return np.concatenate([self._part_mask(part) for part in self.controls])
 
-    def _tool_mask(self) -> np.ndarray:
-        """Per tool backend: no-op always; warm if an instance is cold; release if an idle instance is not
-        needed by waiting requests (the backend's own rule, so the mask and the order agree)."""
+    def _part_mask(self, part: str) -> np.ndarray:
+        d = self.decision
+        if part in ("schedule", "route"):
+            mask = np.zeros(self._part_sizes[part][0], dtype=bool)
+            if d is not None and d.kind == part:
+                valid = range(len(self.candidates)) if part == "schedule" else [r.index for r in d.candidates]
+                mask[list(valid)] = True
+            else:
+                mask[0] = True  # no choice of this kind now: 0 stands for "nothing" (ignored)
+            return mask
         out = []
-        for name in self.tool_names:
-            b = self.sim.tool_backends[name]
-            out += [True, b.can_prewarm(), b.can_release()]
+        if part == "prewarm":
+            for name in self.tool_names:  # the backend's own rule, so that the mask and the order agree
+                b = self.sim.tool_backends[name]
+                out += [True, b.can_prewarm(), b.can_release()]
+        else:
+            for name in self.llm_names:
+                b = self.sim.llm_backends[name]
+                out += [True, b.can_scale_up(), b.can_scale_down()]
         return np.array(out, dtype=bool)
 
     def _invalid(self, message: str) -> float:
@@ -285,42 +368,60 @@ class HermesEnv(gym.Env):
             raise ValueError(f"{message}; use action_masks() (or invalid_action='penalty')")
         return self.invalid_action_penalty
 
-    def _checked_slot(self, slot: int) -> tuple[int, float]:
-        """The slot to admit and the penalty: an invalid slot falls back to the oldest request (0)."""
-        if 0 <= slot < len(self.candidates):
-            return slot, 0.0
-        return 0, self._invalid(f"action {slot} is masked out: {len(self.candidates)} requests wait at "
-                                f"{self.decision.backend}, so valid slots are 0..{len(self.candidates) - 1}")
-
-    def _choose(self, slot: int) -> None:
-        self.sim.resolve(self.decision.queue.waiting.index(self.candidates[slot]))
-
-    def _checked_orders(self, orders: np.ndarray) -> tuple[list[tuple[str, int]], float]:
-        """The valid warm/release orders and the penalty for the others, checked before any is applied
-        (a step is atomic: with invalid_action='raise' nothing happens before the error)."""
-        mask = self._tool_mask().reshape(-1, 3)
-        valid, penalty = [], 0.0
-        for name, order, allowed in zip(self.tool_names, orders, mask, strict=True):
-            if 0 <= order < 3 and allowed[order]:
-                valid.append((name, int(order)))
-            else:
-                penalty += self._invalid(f"order {order} for {name} is masked out (0 no-op, 1 warm an instance: "
-                                         "needs a cold one, 2 release one: needs an idle one no waiting request needs)")
-        return valid, penalty
-
-    def _order(self, valid: list[tuple[str, int]]) -> None:
-        now = self.sim.engine.now
-        for name, order in valid:
-            if order == WARM_UP:
-                self.sim.prewarm(name, now)
-            elif order == RELEASE:
-                self.sim.release(name, now)
+    def _parts(self, action: Any) -> dict[str, np.ndarray]:
+        """The action split into its parts, type-checked (an element of the action space, or TypeError)."""
+        if isinstance(self.action_space, spaces.Discrete):
+            return {self.controls[0]: np.array([as_action_integer(action)])}
+        flat = as_action_vector(action, len(self.action_space.nvec))
+        out, i = {}, 0
+        for part in self.controls:
+            n = len(self._part_sizes[part])
+            out[part] = flat[i:i + n]
+            i += n
+        return out
 
     def _apply(self, action: Any) -> float:
-        raise NotImplementedError
-
-    def action_masks(self) -> np.ndarray:
-        raise NotImplementedError
+        """Check every part against the mask, then apply the orders and the decision's own choice (a step
+        is atomic: with invalid_action='raise' nothing happens before the error)."""
+        parts = self._parts(action)
+        d = self.decision
+        penalty, orders = 0.0, []
+        for part, values in parts.items():
+            mask = self._part_mask(part)
+            if part in ("schedule", "route"):
+                choice = int(values[0])
+                if not (0 <= choice < len(mask) and mask[choice]):
+                    penalty += self._invalid(f"action {choice} is masked out for {part} (valid: "
+                                             f"{np.flatnonzero(mask).tolist()})")
+                    choice = int(np.flatnonzero(mask)[0])  # the fallback: the oldest request, the lowest replica
+                if d.kind == part:
+                    orders.append((part, choice))
+                continue
+            names = self.tool_names if part == "prewarm" else self.llm_names
+            for name, order, allowed in zip(names, values, mask.reshape(-1, 3), strict=True):
+                if 0 <= order < 3 and allowed[order]:
+                    if order != NOOP:
+                        orders.append((part, (name, int(order))))
+                else:
+                    penalty += self._invalid(f"order {order} for {name} is masked out (0 nothing, 1 "
+                                             f"{'warm' if part == 'prewarm' else 'load'} one: needs a cold one, 2 "
+                                             "release one: needs one that can go)")
+        now = self.sim.engine.now
+        choice = None
+        for part, order in orders:
+            if part == "prewarm":
+                (self.sim.prewarm if order[1] == WARM_UP else self.sim.release)(order[0], now)
+            elif part == "scale":
+                (self.sim.scale_up if order[1] == WARM_UP else self.sim.scale_down)(order[0], now)
+            else:
+                choice = order
+        if d.kind == "schedule":
+            self.sim.resolve(d.queue.waiting.index(self.candidates[choice]))
+        elif d.kind == "route":
+            self.sim.resolve(next(i for i, r in enumerate(d.candidates) if r.index == choice))
+        else:
+            self.sim.resolve()
+        return penalty
 
     # -- rendering --------------------------------------------------------------------------------
     def render(self) -> str | np.ndarray | None:
@@ -332,118 +433,117 @@ class HermesEnv(gym.Env):
         return None
 
 
+_OBSERVATION_DOC = """
+    **Observation** (``spaces.Dict``; ``K = slots``, ``B`` backends, ``R`` the most replicas of any LLM
+    backend; every column is documented in docs/environments.md):
+
+    - ``requests`` ``(K, F)``: the candidates of the decision: the oldest ``K`` requests waiting at the
+      deciding queue, in arrival order (a scheduling decision), or the request being placed (a routing
+      decision). Per request: its application's Gittins index and remaining-demand mean, std, median and
+      90th percentile (log seconds, from its PDGraph at its current stage), attained service, waiting
+      time, time in system, real-time flag, SLO slack, backend kind, prompt tokens, unfinished copies,
+      structural entropy; then for every backend the probability and expected time of next use. No
+      realised output length or service time is ever observed.
+    - ``request_mask`` ``(K,)``: 1 where a slot holds a request.
+    - ``backends`` ``(B, 12)``: deciding flag, kind, queue length, load, warm/warming/cold fractions
+      (tool instances or LLM replicas), time until warm, KV cache in use.
+    - ``replicas`` ``(R, 13)``: the replicas of the LLM backend the decision concerns (zeros otherwise):
+      candidate and deciding flags, state, time until warm, queue, batch, KV in use, the fraction of the
+      request's prompt its prefix cache holds, whether the request's adapter is resident.
+    - ``global`` ``(8,)``: applications in the system, time, completed and failed fractions, the kind
+      of decision (schedule, prewarm, route, scale).
+    - with ``graph_observation=True``: ``graph_nodes`` ``(K, S, 8)``, ``graph_edges`` ``(K, S, S+1)``
+      and ``graph_node_mask`` ``(K, S)``: each candidate's PDGraph, ``S`` the most stages of any template.
+"""
+
+_REWARD_DOC = """
+    **Reward**: minus the applications in the system integrated over the simulated time since the last
+    step (``info["dt"]``), times ``reward_scale``: the undiscounted return is minus the sum of completion
+    times (a failed application counts until it fails). Priced terms subtract ``idle_cost_weight`` times
+    the idle warm tool cost, ``slo_miss_weight`` per SLO miss (a failure is one) and
+    ``gpu_cost_weight`` per GPU-second held by LLM replicas. A masked-out action is replaced by the
+    documented fallback and costs ``invalid_action_penalty`` (``info["invalid_action"]``); with
+    ``invalid_action="raise"`` it raises instead (for debugging), before any part of the step applies.
+    An action that is not an element of the action space raises ``TypeError``.
+
+    **Episode end**: ``terminated`` once every application of the workload has ended (completed or
+    failed; the last step simulates to the end); ``truncated`` after ``max_steps`` steps or ``max_time``
+    simulated seconds. An episode that needs no decision ends on its first step.
+"""
+
+
 class SchedulingEnv(HermesEnv):
-    """``hermes_env/Scheduling-v0``: choose which waiting request a backend admits next.
+    __doc__ = """``hermes_env/Scheduling-v0``: choose which waiting request a backend admits next.
 
     The simulation pauses at every decision point: a backend (an LLM replica at an iteration boundary, a
     tool instance with a free slot) can admit a request and two or more wait for it; with one, it is
-    admitted without asking. Prewarming follows the heuristic ``prewarm`` (default ``none``).
-
-    **Observation** (``spaces.Dict``; ``K = slots``, ``B`` backends):
-
-    - ``requests`` ``(K, F)``: the oldest ``K`` requests waiting at the deciding backend, in arrival order
-      (no oracle sizes). Per request (see ``features.REQUEST_BASE_FEATURES``): its application's Gittins
-      index and remaining-demand mean, std, median and 90th percentile (log seconds, from the PDGraph at
-      the application's current stage), attained service, waiting time, time in system, real-time flag,
-      SLO slack, backend kind, prompt tokens, unfinished copies, structural entropy; then for every
-      backend the probability and expected time of the application's next use of it.
-    - ``request_mask`` ``(K,)``: 1 where a slot holds a request.
-    - ``backends`` ``(B, 12)``: deciding flag, kind, queue length, load, warm/warming/cold fractions,
-      time until warm, KV cache in use.
-    - ``global`` ``(4,)``: applications in the system, time, completed fraction, prewarm-decision flag.
-    - with ``graph_observation=True``: ``graph_nodes`` ``(K, S, 8)``, ``graph_edges`` ``(K, S, S+1)``
-      (transition probabilities, last column to the end) and ``graph_node_mask`` ``(K, S)``: each
-      candidate's PDGraph, ``S`` the most stages of any workload template.
-
-    **Action**: ``Discrete(K)``, the slot to admit. ``action_masks()`` (sb3-contrib MaskablePPO) and
-    ``info["action_mask"]`` give the valid slots. Every element of the action space is a legal input: a
-    masked-out slot admits the oldest waiting request instead, subtracts ``invalid_action_penalty``
-    from the reward and sets ``info["invalid_action"]`` (``invalid_action="raise"`` raises instead, for
-    debugging). An action that is not an integer (``1.7``, ``"1"``) raises ``TypeError``.
-
-    **Reward**: minus the applications in the system integrated over the simulated time since the last
-    step (``info["dt"]``), times ``reward_scale``; the undiscounted return is minus the sum of completion
-    times. Optional: ``idle_cost_weight`` times the idle warm cost and ``slo_miss_weight`` per SLO miss.
-
-    **Episode end**: ``terminated`` once every application of the workload has completed (the last step
-    simulates to the end); ``truncated`` after ``max_steps`` steps or ``max_time`` simulated seconds.
-    """
-
-    def _action_space(self) -> spaces.Space:
-        return spaces.Discrete(self.slots)
-
-    def action_masks(self) -> np.ndarray:
-        self._require_episode("action_masks")
-        return self._slot_mask()
-
-    def _apply(self, action: Any) -> float:
-        slot, penalty = self._checked_slot(as_action_integer(action))
-        self._choose(slot)
-        return penalty
+    admitted without asking. Prewarm, routing and autoscaling follow the heuristics ``prewarm``
+    (default ``none``), ``router`` (``shared``) and ``autoscaler`` (``fixed``).
+""" + _OBSERVATION_DOC + """
+    **Action**: ``Discrete(K)``, the slot to admit. ``action_masks()`` and ``info["action_mask"]`` give the
+    valid slots; a masked-out slot admits the oldest waiting request instead.
+""" + _REWARD_DOC
+    controls = ("schedule",)
 
 
 class PrewarmEnv(HermesEnv):
-    """``hermes_env/Prewarm-v0``: decide which tool backends to warm up or release.
+    __doc__ = """``hermes_env/Prewarm-v0``: decide which tool backends to warm up or release.
 
     The simulation pauses when an application arrives, issues a stage or completes, and every
-    ``prewarm_tick`` seconds if set. Scheduling follows the heuristic ``scheduler`` (default ``gittins``).
+    ``prewarm_tick`` seconds if set. Scheduling follows the heuristic ``scheduler`` (default
+    ``gittins``); routing and autoscaling ``router`` and ``autoscaler``.
+""" + _OBSERVATION_DOC + """
+    **Action**: ``MultiDiscrete([3] * T)`` over the ``T`` tool backends: 0 nothing, 1 start warming one
+    cold instance, 2 release one idle instance that no waiting request needs. ``action_masks()``
+    concatenates the three valid flags of each backend; a masked-out order is skipped. Set
+    ``idle_cost_weight`` to make warm capacity cost something.
+""" + _REWARD_DOC
+    controls = ("prewarm",)
 
-    **Observation**: as in ``Scheduling-v0`` (the request slots are empty: there is no scheduling
-    choice), with the ``global`` prewarm-decision flag set.
 
-    **Action**: ``MultiDiscrete([3] * T)`` over the ``T`` tool backends: 0 no-op, 1 start warming one
-    cold instance, 2 release one idle warm instance. ``action_masks()`` concatenates the three valid flags
-    of each backend (sb3-contrib's MultiDiscrete convention). A masked-out order is skipped and penalised
-    (``invalid_action="raise"`` raises before any order of the step is applied).
+class RoutingEnv(HermesEnv):
+    __doc__ = """``hermes_env/Routing-v0``: place every arriving LLM request on a replica of its backend.
 
-    **Reward and episode end**: as in ``Scheduling-v0``; set ``idle_cost_weight`` to make warm capacity
-    cost something.
-    """
+    The simulation pauses whenever a request reaches an LLM backend with two or more replicas warm or
+    loading; the request then waits in the chosen replica's queue, served in the order of the heuristic
+    ``scheduler`` (default ``gittins``). Prewarm and autoscaling follow ``prewarm`` and ``autoscaler``.
+    The default experiment is ``routing``: long-context and short requests on four replicas.
+""" + _OBSERVATION_DOC + """
+    **Action**: ``Discrete(R)``, the replica's index within its backend. The mask holds the replicas warm
+    or loading (``replicas[:, candidate]``); a masked-out index places the request on the first of them.
+""" + _REWARD_DOC
+    controls = ("route",)
+    default_config = "routing"
 
-    schedules, prewarms = False, True
 
-    def _action_space(self) -> spaces.Space:
-        require(len(self.tool_names) > 0, "config.cluster.tool_backends", "is empty: nothing to prewarm")
-        return spaces.MultiDiscrete([3] * len(self.tool_names))
+class AutoscalingEnv(HermesEnv):
+    __doc__ = """``hermes_env/Autoscaling-v0``: load and release LLM replicas, paying for GPU time.
 
-    def action_masks(self) -> np.ndarray:
-        self._require_episode("action_masks")
-        return self._tool_mask()
-
-    def _apply(self, action: Any) -> float:
-        valid, penalty = self._checked_orders(as_action_vector(action, len(self.tool_names)))
-        self._order(valid)
-        self.sim.resolve()
-        return penalty
+    Every ``autoscale_tick`` seconds (default 5) the simulation pauses for one order per LLM backend.
+    Loading takes the replica's weights over its load tier's bandwidth plus the engine start; a request
+    that finds no replica warm or loading starts a load itself (on its critical path). Scheduling,
+    prewarm and routing follow the heuristics. The default experiment is ``autoscaling``: a bursty,
+    time-varying load on a backend of up to four replicas; ``gpu_cost_weight`` defaults to 1 here (an
+    application-second in the system costs as much as a GPU-second held).
+""" + _OBSERVATION_DOC + """
+    **Action**: ``MultiDiscrete([3] * L)`` over the ``L`` LLM backends: 0 nothing, 1 load a replica (a
+    cold one, or take back a draining one), 2 release one (the least loaded warm replica drains and goes
+    cold when its work is done). A masked-out order is skipped.
+""" + _REWARD_DOC
+    controls = ("scale",)
+    default_config = "autoscaling"
+    default_gpu_cost_weight = 1.0
 
 
 class JointEnv(HermesEnv):
-    """``hermes_env/Joint-v0``: scheduling and prewarming together, as one ``MultiDiscrete`` action.
+    __doc__ = """``hermes_env/Joint-v0``: every decision kind together, as one ``MultiDiscrete`` action.
 
-    The simulation pauses at scheduling decision points and at prewarm decision points (arrivals, stage
-    issues, completions, ticks). **Action**: ``MultiDiscrete([K] + [3] * T)``: the slot to admit (ignored at
-    prewarm-only decisions, where only slot 0 is unmasked) and one order per tool backend. Observation,
-    reward and episode end as in ``Scheduling-v0``.
-    """
-
-    schedules, prewarms = True, True
-
-    def _action_space(self) -> spaces.Space:
-        return spaces.MultiDiscrete([self.slots] + [3] * len(self.tool_names))
-
-    def action_masks(self) -> np.ndarray:
-        self._require_episode("action_masks")
-        return np.concatenate([self._slot_mask(), self._tool_mask()])
-
-    def _apply(self, action: Any) -> float:
-        action = as_action_vector(action, 1 + len(self.tool_names))
-        schedule = self.decision.kind == "schedule"
-        slot, penalty = self._checked_slot(int(action[0])) if schedule else (0, 0.0)
-        valid, order_penalty = self._checked_orders(action[1:])
-        self._order(valid)
-        if schedule:
-            self._choose(slot)
-        else:
-            self.sim.resolve()
-        return penalty + order_penalty
-
+    The simulation pauses at scheduling decisions, prewarm decisions (arrivals, stage issues,
+    completions, the prewarm tick), routing decisions and autoscaling ticks.
+""" + _OBSERVATION_DOC + """
+    **Action**: ``MultiDiscrete([K] + [3] * T + [R] + [3] * L)``: the slot to admit, one order per tool
+    backend, the replica to place on, one order per LLM backend. The orders apply at every decision;
+    the slot only at a scheduling decision and the replica only at a routing decision (elsewhere only 0
+    is unmasked for them, and ignored).
+""" + _REWARD_DOC
+    controls = PARTS
