@@ -168,3 +168,53 @@ def test_example_heuristic_beats_random():
     gittins = np.mean([example.mean_completion_time(env, example.highest_gittins, s) for s in range(3)])
     random = np.mean([example.mean_completion_time(env, example.uniform_random, s) for s in range(3)])
     assert gittins < random
+
+
+def test_a_scripted_router_reproduces_the_headless_simulation():
+    """Placing every request on the least-outstanding candidate, as the agent, gives the run of the
+    least_outstanding router, request for request; the mask holds exactly the replicas warm or loading."""
+    env = gym.make("hermes_env/Routing-v0", overrides={"workload": {"num_applications": 120}})
+    obs, info = env.reset(seed=4)
+    base = env.unwrapped
+    done, decisions = False, 0
+    while not done:
+        d = base.decision
+        best = min(d.candidates, key=lambda r: (r.outstanding, r.index))
+        assert np.flatnonzero(info["action_mask"]).tolist() == sorted(r.index for r in d.candidates)
+        assert obs["replicas"][:, 0].tolist() == info["action_mask"].astype(float).tolist()  # the candidate column
+        obs, _, terminated, truncated, info = env.step(best.index)
+        decisions += 1
+        done = terminated or truncated
+    from hermes_env.sim.metrics import summarise
+
+    reference = Simulation(base.experiment, scheduler="gittins", router="least_outstanding", seed=base.sim.seed).run()
+    assert decisions > 100 and summarise(base.sim).rows == reference.rows
+
+
+def test_an_autoscaling_agent_that_never_acts_is_the_fixed_autoscaler():
+    env = gym.make("hermes_env/Autoscaling-v0", overrides={"workload": {"num_applications": 300}})
+    obs, info = env.reset(seed=2)
+    base = env.unwrapped
+    done, total = False, 0.0
+    while not done:
+        assert info["decision"] == "scale" and obs["global"][-1] == 1.0
+        obs, reward, terminated, truncated, info = env.step(np.zeros(1, dtype=np.int64))
+        total += reward
+        done = terminated or truncated
+    from hermes_env.sim.metrics import summarise
+
+    reference = Simulation(base.experiment, scheduler="gittins", seed=base.sim.seed).run()
+    assert summarise(base.sim).rows == reference.rows
+    assert info["gpu_seconds"] == pytest.approx(base.sim.engine.now)  # one replica held from start to end
+    assert total == pytest.approx(-sum(a.completion - a.arrival for a in base.sim.completed) - info["gpu_seconds"])
+
+
+@pytest.mark.parametrize("env_id", ["hermes_env/Routing-v0", "hermes_env/Autoscaling-v0"])
+def test_new_ids_vectorise(env_id):
+    vec = gym.make_vec(env_id, num_envs=2, vectorization_mode="sync", overrides={"workload": {"num_applications": 30}})
+    obs, info = vec.reset(seed=0)
+    for _ in range(5):
+        actions = np.stack([vec.single_action_space.sample() for _ in range(2)])  # unmasked: penalised, not raised
+        obs, reward, term, trunc, info = vec.step(actions)
+    assert obs["replicas"].shape[0] == 2 and reward.shape == (2,)
+    vec.close()
