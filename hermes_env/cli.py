@@ -8,6 +8,9 @@ experiment's name (``contended``) or a YAML path.
 ``hermes-env bench --config NAME_OR_PATH --schedulers a,b --prewarm x,y --seeds N --out DIR [--resume]
 [--executor serial|process|ray]`` compares policies on the same workloads (see :mod:`hermes_env.sim.bench`).
 
+``hermes-env fit-trace TRACE --out workload.yaml`` fits arrival processes and length distributions to a
+trace and writes a workload config (see :mod:`hermes_env.sim.trace_fit`).
+
 ``hermes-env templates`` analyses every application of the library under a cost model and prints,
 per application, its demand at arrival (mean and quantiles of total service), its Gittins index, its
 structural entropy and, per backend, the probability and expected time of first use.
@@ -68,7 +71,9 @@ def _simulate(args: argparse.Namespace) -> int:
     _check_out(args.out)
     config = ExperimentConfig.from_yaml(args.config)
     t0 = time.perf_counter()
-    result = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, seed=args.seed).run()
+    result = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, router=args.router,
+                        autoscaler=args.autoscaler, seed=args.seed, keep_applications=False,
+                        rows_to=args.out / "applications.csv").run()
     wall = time.perf_counter() - t0
     result.write(args.out)
     s = result.summary
@@ -77,7 +82,7 @@ def _simulate(args: argparse.Namespace) -> int:
           f"{s['simulated_seconds']:.1f} simulated s, {wall:.2f} s wall")
     print(f"completion time: mean {jct['mean']:.3f} s, P50 {jct['p50']:.3f}, P95 {jct['p95']:.3f}, "
           f"P99 {jct['p99']:.3f}; SLO attainment {s['slo_attainment']}; cold starts {s['cold_starts']}; "
-          f"idle warm cost {s['idle_warm_cost']:.1f}")
+          f"idle warm cost {s['idle_warm_cost']:.1f}; GPU-seconds {s['gpu_seconds']:.0f}; failed {s['failed']}")
     print(f"wrote {args.out / 'applications.csv'} and {args.out / 'summary.json'}")
     return 0
 
@@ -87,7 +92,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     _check_out(args.out)
     split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
-    cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds)
+    cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds,
+                                split(args.routers), split(args.autoscalers))
     summary = run_bench(cfg, args.out, progress=not args.quiet, resume=args.resume, executor=args.executor,
                         workers=args.workers, address=args.address)
     print(format_table(summary), end="")
@@ -100,6 +106,26 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"hermes-env bench: {len(summary['failed'])} runs failed (tracebacks above and in summary.json)",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def _fit_trace(args: argparse.Namespace) -> int:
+    from hermes_env.sim.trace_fit import write_fitted_workload
+    from hermes_env.sim.traces import load_trace, trace_path
+
+    _check_out(args.out.parent) if args.out.parent != Path(".") else None
+    trace = load_trace(args.trace)
+    if not trace.has_tokens:
+        raise ConfigError("trace", f"{args.trace} has arrival times only", "fit a trace with token counts")
+    fit = write_fitted_workload(trace, trace_path(args.trace).name, args.out, args.arrivals, args.backend,
+                                args.num_applications, args.bin)
+    print(f"{fit.name}: {fit.requests} requests over {fit.duration:.0f} s")
+    for key, f in fit.arrivals.items():
+        print(f"  arrivals {key:13s} KS {f['ks']:.4f}{'  (written)' if key == args.arrivals else ''}")
+    for key, f in fit.lengths.items():
+        print(f"  {key:13s} lognormal KS {f['lognormal']['ks']:.4f}, empirical KS {f['empirical']['ks']:.4f}: "
+              f"{f['best']} written")
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -141,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("config", help="experiment: a name (configs/experiments) or a YAML path (cluster + workload)")
     m.add_argument("--scheduler", default="fcfs", help="a scheduler name (see docs/simulator.md), or ppo:PATH")
     m.add_argument("--prewarm", default="none", help="a prewarm policy name")
+    m.add_argument("--router", default="shared", help="a router name (shared: one queue per backend)")
+    m.add_argument("--autoscaler", default="fixed", help="an autoscaler name")
     m.add_argument("--seed", type=_seed, default=0)
     m.add_argument("--out", type=Path, required=True, help="output directory")
     m.set_defaults(run=_simulate)
@@ -149,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--config", required=True, help="bench config: a name (configs/bench) or a YAML path")
     b.add_argument("--schedulers", help="comma-separated scheduler names (default: the config's)")
     b.add_argument("--prewarm", help="comma-separated prewarm policy names (default: the config's)")
+    b.add_argument("--routers", help="comma-separated router names (default: the config's, or shared)")
+    b.add_argument("--autoscalers", help="comma-separated autoscaler names (default: the config's, or fixed)")
     b.add_argument("--seeds", type=_positive, help="number of seeds (default: the config's)")
     b.add_argument("--out", type=Path, required=True, help="output directory")
     b.add_argument("--resume", action="store_true", help="run only the cells missing from --out")
@@ -158,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--address", help="Ray cluster address (auto, or HOST:PORT); default: start a local one")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(run=_bench)
+    f = sub.add_parser("fit-trace", help="fit an arrival process and length distributions to a trace; write a workload")
+    f.add_argument("trace", help="a shipped trace (azure_llm_2023_conv, ...) or a trace file")
+    f.add_argument("--out", type=Path, required=True, help="the workload YAML to write")
+    f.add_argument("--arrivals", default="gamma", choices=("poisson", "gamma", "time_varying"),
+                   help="which fitted arrival process to write (all are reported; default: %(default)s)")
+    f.add_argument("--backend", default="llm:llama3-8b", help="the LLM backend of the generated requests")
+    f.add_argument("--num-applications", type=_positive, default=100_000, help="length of the generated workload")
+    f.add_argument("--bin", type=float, default=60.0, help="seconds per bin of the time-varying rate curve")
+    f.set_defaults(run=_fit_trace)
     for entry_point in entry_points(group="hermes_env.commands"):  # e.g. `train`, from agents (no torch import)
         entry_point.load()(sub)
     return parser

@@ -211,7 +211,7 @@ def test_arrival_processes_have_their_rates(tmp_path):
                      "2023-11-16 18:15:47.1805900,10,5\n2023-11-16 18:15:50.6805900,10,5\n")
     replay = ArrivalConfig.from_dict({"process": "trace", "trace": str(trace), "time_scale": 2.0}, "a")
     assert replay.times(3, rng).tolist() == pytest.approx([0.0, 1.0, 8.0])
-    with pytest.raises(ConfigError, match="3 arrivals, 4 are needed"):
+    with pytest.raises(ConfigError, match="is 4, but the trace has 3 arrivals"):
         replay.times(4, rng)
 
 

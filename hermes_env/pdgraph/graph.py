@@ -8,8 +8,11 @@ An application is a graph of *stages*. Each stage runs on one backend, named ``k
   repeats a prefix computed before the run and kept in a remote prefix store (CALVO's setting);
   ``system_prompt_tokens`` leading tokens are the same for every application of the template (a system
   prompt, few-shot examples); ``context: continue`` makes the prompt extend the application's previous
-  call on that backend (its prompt and answer), as an agent's context grows, while ``fresh`` (the
-  default) starts a new one; these say which KV blocks a replica's prefix cache can reuse;
+  call on that backend (its prompt and answer; the prompt's length is still the stage's own), ``context:
+  append`` makes ``prompt_tokens`` the tokens the call *adds* to the conversation so far (the prompt is the
+  whole conversation plus them, as an agent's context grows call by call; the demand model prices the
+  added tokens, which is the prefill a prefix cache leaves to compute), and ``fresh`` (the default)
+  starts a new conversation; these say which KV blocks a replica's prefix cache can reuse;
   ``adapter`` names the LoRA adapter the stage runs with (``any``: the one the workload gives the
   application);
 * ``tool:``, ``dnn:`` and ``api:`` stages carry a ``service_time`` distribution in seconds.
@@ -204,7 +207,7 @@ _STAGE_KEYS = {
     "name", "backend", "service_time", "prompt_tokens", "output_tokens", "prompt_growth_per_iteration",
     "prefix_reuse", "system_prompt_tokens", "context", "adapter", "fanout", "next", "description",
 }
-CONTEXTS = ("fresh", "continue")
+CONTEXTS = ("fresh", "continue", "append")
 
 
 def _stage_from_dict(spec: Any, where: str) -> Stage:
@@ -301,7 +304,7 @@ def _validate_stage(s: Stage, names: set[str], known_backends: frozenset[str] | 
         require(s.context == "fresh", f"{where}.context", "is only allowed on llm: stages")
     if s.prefix_reuse:
         require(not s.system_prompt_tokens and s.context == "fresh", f"{where}.prefix_reuse",
-                "cannot be combined with system_prompt_tokens or context: continue",
+                "cannot be combined with system_prompt_tokens or a continued context",
                 "prefix_reuse stands for a prefix computed before the run; the other two describe prefixes the "
                 "run computes itself: use one")
     if s.fanout is not None:

@@ -60,17 +60,22 @@ class DiscreteDistribution:
 class Lattice:
     """A uniform grid ``k * dt`` for ``k < n``, with the pmf operations the analysis needs."""
 
-    def __init__(self, dt: float, n: int) -> None:
+    def __init__(self, dt: float, n: int, upper: bool = False) -> None:
         if not (dt > 0 and n >= 2):
             raise ValueError(f"lattice needs dt > 0 and n >= 2, got dt={dt}, n={n}")
-        self.dt, self.n = float(dt), int(n)
+        self.dt, self.n, self.upper = float(dt), int(n), upper
         self.values = np.arange(n) * self.dt
 
     def delta(self, x: float = 0.0) -> np.ndarray:
         return self.points(np.array([x]), np.array([1.0]))
 
     def points(self, values: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        """Point masses split linearly between neighbouring lattice points (mean-preserving)."""
+        """Point masses split linearly between neighbouring lattice points (mean-preserving); on an
+        ``upper`` lattice moved up to the next point instead, so that every distribution built on it
+        stochastically dominates the true one (continuous ones always are: their CDF is exact at the points)."""
+        if self.upper:
+            pos = np.clip(np.ceil(np.asarray(values, dtype=float) / self.dt - 1e-9), 0, self.n - 1).astype(np.int64)
+            return np.bincount(pos, probs, minlength=self.n)[: self.n]
         pos = np.clip(np.asarray(values, dtype=float) / self.dt, 0, self.n - 1)
         lo = np.floor(pos).astype(np.int64)
         frac = pos - lo

@@ -1,13 +1,14 @@
 """The benchmark: every (scheduler, prewarm) combination on the same workloads, over several seeds.
 
-A bench config (``configs/bench/*.yaml``) names an experiment (cluster and workload), the schedulers and
-prewarm policies to compare, the number of seeds, the reference combination the ratios are taken
-against, and optionally ``loads``: multipliers of the workload's arrival rate for a sweep. Every
-combination runs on the same arrivals and realised demands under a seed (common random numbers), so
-differences are the policies'. Figures are means over seeds with 95% confidence half-widths (Student t).
+A bench config (``configs/bench/*.yaml``) names an experiment (cluster and workload), the schedulers,
+prewarm policies, routers and autoscalers to compare (every combination of them), the number of seeds,
+the reference combination the ratios are taken against, and optionally ``loads``: multipliers of the
+workload's arrival rate for a sweep. Every combination runs on the same arrivals and realised demands
+under a seed (common random numbers), so differences are the policies'. Figures are means over seeds with
+95% confidence half-widths (Student t).
 
-One *cell* is one simulation: (load, scheduler, prewarm, seed). Cells are independent, so an executor
-may run them in any order and anywhere: ``serial`` (this process), ``process`` (a local process pool) or
+One *cell* is one simulation: (load, scheduler, prewarm, router, autoscaler, seed). Cells are independent, so
+an executor may run them in any order and anywhere: ``serial`` (this process), ``process`` (a local process pool) or
 ``ray`` (Ray tasks, on a local or remote cluster; the ``[ray]`` extra). Each finished cell is appended to
 ``runs.csv`` at once; on Ctrl-C or SIGTERM the tables and plots are written from the cells finished, and
 ``--resume`` runs only the missing ones. Once every cell is done, ``runs.csv`` is rewritten in the
@@ -33,14 +34,25 @@ from scipy import stats
 
 from hermes_env.catalog import config_path
 from hermes_env.errors import ConfigError, require
-from hermes_env.sim.policies import prewarm_names, scheduler_families, scheduler_names
+from hermes_env.sim.policies import (
+    autoscaler_names,
+    prewarm_names,
+    router_names,
+    scheduler_families,
+    scheduler_names,
+)
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
 from hermes_env.sim.workload import resolve_path
 from hermes_env.validation import as_integer, as_number, check_keys, load_yaml
 
 METRICS = ("mean", "p50", "p95", "p99")
+COUNTS = ("cold_starts", "idle_warm_cost", "gpu_seconds", "failed")
 EXECUTORS = ("serial", "process", "ray")
-CELL_KEYS = ("load", "scheduler", "prewarm", "seed")
+POLICY_KEYS = ("scheduler", "prewarm", "router", "autoscaler")
+CELL_KEYS = ("load", *POLICY_KEYS, "seed")
+CDF_KEYS = ["load", *POLICY_KEYS, "completion_time"]
+DEFAULT_POLICIES = {"scheduler": "fcfs", "prewarm": "none", "router": "shared", "autoscaler": "fixed"}
+Combo = tuple[str, str, str, str]  # scheduler, prewarm, router, autoscaler
 
 
 @dataclass(frozen=True)
@@ -48,11 +60,17 @@ class Cell:
     load: float
     scheduler: str
     prewarm: str
+    router: str
+    autoscaler: str
     seed: int
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (repr(self.load), self.scheduler, self.prewarm, str(self.seed))
+    def combo(self) -> Combo:
+        return (self.scheduler, self.prewarm, self.router, self.autoscaler)
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return (repr(self.load), *self.combo, str(self.seed))
 
 
 @dataclass(frozen=True)
@@ -62,16 +80,20 @@ class BenchConfig:
     schedulers: tuple[str, ...]
     prewarm: tuple[str, ...]
     seeds: int
-    reference: tuple[str, str]
+    reference: Combo
     loads: tuple[float, ...] = (1.0,)
+    routers: tuple[str, ...] = ("shared",)
+    autoscalers: tuple[str, ...] = ("fixed",)
 
     @classmethod
     def from_yaml(cls, path: str | Path, schedulers: Sequence[str] | None = None,
-                  prewarm: Sequence[str] | None = None, seeds: int | None = None) -> BenchConfig:
+                  prewarm: Sequence[str] | None = None, seeds: int | None = None,
+                  routers: Sequence[str] | None = None, autoscalers: Sequence[str] | None = None) -> BenchConfig:
         """A bench YAML by path, or a packaged one by name (``default``, ``hermes``)."""
         path = config_path("bench", path, "bench")
         spec = load_yaml(path, "bench")
-        check_keys(spec, ("experiment", "schedulers", "prewarm", "seeds", "reference", "loads", "description"), "bench")
+        check_keys(spec, ("experiment", "schedulers", "prewarm", "routers", "autoscalers", "seeds", "reference",
+                          "loads", "description"), "bench")
         experiment = spec.get("experiment")
         require(isinstance(experiment, str | Mapping), "bench.experiment", "must be a YAML path or a mapping")
         base = path.parent
@@ -91,25 +113,31 @@ class BenchConfig:
         for name in warms:
             require(name in prewarm_names(), "bench.prewarm", f"unknown policy {name!r}",
                     f"use some of {prewarm_names()}")
+        routes = tuple(routers or spec.get("routers", ["shared"]))
+        scales = tuple(autoscalers or spec.get("autoscalers", ["fixed"]))
+        for key, names, known in (("routers", routes, router_names()), ("autoscalers", scales, autoscaler_names())):
+            for name in names:
+                require(name in known, f"bench.{key}", f"unknown policy {name!r}", f"use some of {known}")
         n = as_integer(seeds if seeds is not None else spec.get("seeds", 3), "bench.seeds", low=1, high=100_000)
-        ref = spec.get("reference", {"scheduler": "fcfs", "prewarm": "none"})
-        require(isinstance(ref, Mapping) and {"scheduler", "prewarm"} <= set(ref), "bench.reference",
-                "must give scheduler and prewarm")
+        ref = {**DEFAULT_POLICIES, **(spec.get("reference") or {})}
+        check_keys(ref, POLICY_KEYS, "bench.reference")
         raw_loads = spec.get("loads", [1.0])
         require(isinstance(raw_loads, list) and raw_loads, "bench.loads", "must be a non-empty list of multipliers")
         loads = tuple(as_number(x, f"bench.loads[{i}]", low=0, low_open=True, high=1e6)
                       for i, x in enumerate(raw_loads))
         require(len(set(loads)) == len(loads), "bench.loads", "lists a load twice")
-        return cls(experiment, base, scheds, warms, n, (str(ref["scheduler"]), str(ref["prewarm"])), loads)
+        reference = tuple(str(ref[k]) for k in POLICY_KEYS)
+        return cls(experiment, base, scheds, warms, n, reference, loads, routes, scales)  # type: ignore[arg-type]
 
     @property
-    def combos(self) -> list[tuple[str, str]]:
-        combos = [(s, p) for s in self.schedulers for p in self.prewarm]
+    def combos(self) -> list[Combo]:
+        combos = [(s, p, r, a) for s in self.schedulers for p in self.prewarm for r in self.routers
+                  for a in self.autoscalers]
         return combos if self.reference in combos else [self.reference, *combos]
 
     def cells(self) -> list[Cell]:
         """Every simulation of the bench, in the canonical order of ``runs.csv``."""
-        return [Cell(load, s, p, seed) for load in self.loads for s, p in self.combos for seed in range(self.seeds)]
+        return [Cell(load, *combo, seed) for load in self.loads for combo in self.combos for seed in range(self.seeds)]
 
     def experiment_at(self, load: float) -> ExperimentConfig:
         spec = json.loads(json.dumps(self.experiment))
@@ -126,12 +154,13 @@ class BenchConfig:
 
     def columns(self) -> list[str]:
         return [*CELL_KEYS, *(f"jct_{m}" for m in METRICS), *(f"slo_{c}" for c in self.slo_classes()),
-                "cold_starts", "idle_warm_cost"]
+                *COUNTS]
 
     def identity(self) -> dict[str, Any]:
         """What a results folder belongs to (``--resume`` refuses a folder of another bench)."""
         return {"experiment": self.experiment, "schedulers": list(self.schedulers), "prewarm": list(self.prewarm),
-                "seeds": self.seeds, "reference": list(self.reference), "loads": list(self.loads)}
+                "routers": list(self.routers), "autoscalers": list(self.autoscalers), "seeds": self.seeds,
+                "reference": list(self.reference), "loads": list(self.loads)}
 
 
 @dataclass
@@ -147,14 +176,14 @@ def run_cell(cfg: BenchConfig, cell: Cell) -> CellResult:
     other cells finish and are written."""
     try:
         result = Simulation(cfg.experiment_at(cell.load), scheduler=cell.scheduler, prewarm=cell.prewarm,
-                            seed=cell.seed).run()
+                            router=cell.router, autoscaler=cell.autoscaler, seed=cell.seed).run()
     except Exception:  # reported per cell by the caller
         return CellResult(cell, None, [], traceback.format_exc())
     s = result.summary
-    row: dict[str, Any] = {"load": cell.load, "scheduler": cell.scheduler, "prewarm": cell.prewarm, "seed": cell.seed,
+    row: dict[str, Any] = {"load": cell.load, **dict(zip(POLICY_KEYS, cell.combo, strict=True)), "seed": cell.seed,
                            **{f"jct_{m}": s["jct"][m] for m in METRICS},
                            **{f"slo_{c}": v for c, v in s["slo_attainment"].items()},
-                           "cold_starts": float(s["cold_starts"]), "idle_warm_cost": float(s["idle_warm_cost"])}
+                           **{k: float(s[k]) for k in COUNTS}}
     times = [r["completion_time"] for r in result.rows] if cell.seed == 0 else []
     return CellResult(cell, row, times)
 
@@ -227,7 +256,7 @@ def run_bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool =
         require(not runs_path.exists(), "--out", f"{out} already holds bench results",
                 "pass --resume to finish them, or choose another folder")
         _write_csv(runs_path, columns, [])
-        _write_csv(cdf_path, ["load", "scheduler", "prewarm", "completion_time"], [])
+        _write_csv(cdf_path, CDF_KEYS, [])
     identity_path.write_text(json.dumps(cfg.identity(), indent=1) + "\n")
     todo = [c for c in cfg.cells() if c.key not in done]
     failures: list[CellResult] = []
@@ -242,9 +271,9 @@ def run_bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool =
             else:
                 done[result.cell.key] = result.row
                 _append_csv(runs_path, columns, [result.row])
-                _append_csv(cdf_path, ["load", "scheduler", "prewarm", "completion_time"],
-                            [{"load": result.cell.load, "scheduler": result.cell.scheduler,
-                              "prewarm": result.cell.prewarm, "completion_time": t} for t in result.completion_times])
+                _append_csv(cdf_path, CDF_KEYS, [{"load": result.cell.load, **dict(zip(POLICY_KEYS, result.cell.combo,
+                                                                                          strict=True)),
+                                                  "completion_time": t} for t in result.completion_times])
             if progress:
                 _progress(k, len(todo), result.cell, time.perf_counter() - t0)
     except (KeyboardInterrupt, Interrupted):
@@ -275,7 +304,7 @@ def _main_thread() -> bool:
 
 def _progress(done: int, total: int, cell: Cell, elapsed: float) -> None:
     bar = "#" * (30 * done // max(total, 1))
-    print(f"\r[{bar:30s}] {done}/{total} load {cell.load:g} {cell.scheduler}+{cell.prewarm} seed {cell.seed} "
+    print(f"\r[{bar:30s}] {done}/{total} load {cell.load:g} {'+'.join(cell.combo)} seed {cell.seed} "
           f"({elapsed:.0f}s, ~{elapsed / done * (total - done):.0f}s left)   ", end="", file=sys.stderr)
 
 
@@ -308,20 +337,20 @@ def _read_runs(path: Path, columns: list[str]) -> dict[tuple[str, str, str, str]
                 "resume with the same config, or choose another --out")
         rows = {}
         for raw in reader:
-            row: dict[str, Any] = {"load": float(raw["load"]), "scheduler": raw["scheduler"],
-                                   "prewarm": raw["prewarm"], "seed": int(raw["seed"])}
+            row: dict[str, Any] = {"load": float(raw["load"]), **{k: raw[k] for k in POLICY_KEYS},
+                                   "seed": int(raw["seed"])}
             row.update({k: float(v) for k, v in raw.items() if k not in CELL_KEYS and v != ""})
-            rows[Cell(row["load"], row["scheduler"], row["prewarm"], row["seed"]).key] = row
+            rows[Cell(row["load"], *(row[k] for k in POLICY_KEYS), row["seed"]).key] = row
         return rows
 
 
-def _read_completion_times(path: Path) -> dict[tuple[float, str, str], list[float]]:
-    out: dict[tuple[float, str, str], list[float]] = {}
+def _read_completion_times(path: Path) -> dict[tuple[float, Combo], list[float]]:
+    out: dict[tuple[float, Combo], list[float]] = {}
     if path.is_file():
         with open(path, newline="") as fh:
             for raw in csv.DictReader(fh):
-                out.setdefault((float(raw["load"]), raw["scheduler"], raw["prewarm"]), []).append(
-                    float(raw["completion_time"]))
+                combo = tuple(raw[k] for k in POLICY_KEYS)
+                out.setdefault((float(raw["load"]), combo), []).append(float(raw["completion_time"]))  # type: ignore
     return out
 
 
@@ -336,46 +365,58 @@ def _ci(values: Sequence[float]) -> tuple[float, float]:
 
 def _summarise(cfg: BenchConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
     rows = []
+    combo_of = lambda r: tuple(r[k] for k in POLICY_KEYS)  # noqa: E731
     for load in cfg.loads:
-        ref = {r["seed"]: r for r in runs if r["load"] == load and (r["scheduler"], r["prewarm"]) == cfg.reference}
-        for scheduler, prewarm in cfg.combos:
-            mine = [r for r in runs if r["load"] == load and r["scheduler"] == scheduler and r["prewarm"] == prewarm]
+        ref = {r["seed"]: r for r in runs if r["load"] == load and combo_of(r) == cfg.reference}
+        for combo in cfg.combos:
+            mine = [r for r in runs if r["load"] == load and combo_of(r) == combo]
             if not mine:
                 continue
             paired = [(r, ref[r["seed"]]) for r in mine if r["seed"] in ref]  # the same seeds: common random numbers
-            row: dict[str, Any] = {"load": load, "scheduler": scheduler, "prewarm": prewarm, "seeds": len(mine)}
+            row: dict[str, Any] = {"load": load, **dict(zip(POLICY_KEYS, combo, strict=True)), "seeds": len(mine)}
             for m in METRICS:
                 row[f"jct_{m}"], row[f"jct_{m}_ci95"] = _ci([r[f"jct_{m}"] for r in mine])
                 row[f"jct_{m}_ratio"] = float(np.mean([a[f"jct_{m}"] / b[f"jct_{m}"] for a, b in paired])) \
                     if paired else math.nan
             for key in sorted({k for r in mine for k in r if k.startswith("slo_")}):
                 row[key] = float(np.mean([r[key] for r in mine if key in r]))
-            for key in ("cold_starts", "idle_warm_cost"):
+            for key in COUNTS:
                 row[key] = float(np.mean([r[key] for r in mine]))
                 base = float(np.mean([b[key] for _, b in paired])) if paired else math.nan
                 row[f"{key}_ratio"] = row[key] / base if base else math.nan
             rows.append(row)
-    return {"reference": list(cfg.reference), "seeds": cfg.seeds, "loads": list(cfg.loads), "rows": rows}
+    varying = [k for k, names in zip(POLICY_KEYS, (cfg.schedulers, cfg.prewarm, cfg.routers, cfg.autoscalers),
+                                     strict=True) if len({*names, cfg.reference[POLICY_KEYS.index(k)]}) > 1]
+    return {"reference": list(cfg.reference), "seeds": cfg.seeds, "loads": list(cfg.loads), "rows": rows,
+            "varying": varying or ["scheduler"]}
+
+
+def label(row: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """A combination's name in tables and plots: its policies of the dimensions that vary, joined by +."""
+    return "+".join(str(row[k]) for k in keys)
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
     """The bench table: completion-time mean and percentiles with CI and paired ratio to the reference;
-    real-time SLO attainment; cold starts (warm-ups on a request's critical path, summed over tool
-    backends) and idle cost (instance-seconds held warm while serving nothing, times each backend's
-    ``idle_cost``), each with its ratio to the reference."""
-    ref = "+".join(summary["reference"])
+    real-time SLO attainment; cold starts (tool warm-ups on a request's critical path), idle cost (tool
+    instance-seconds held warm while serving nothing, times each backend's ``idle_cost``) and GPU-seconds
+    held by LLM replicas, each with its ratio to the reference; failed applications."""
+    keys = summary.get("varying", ["scheduler", "prewarm"])
+    ref = "+".join(summary["reference"][POLICY_KEYS.index(k)] for k in keys)
     lines = [f"completion time (s): mean over {summary['seeds']} seeds +- 95% CI; x = ratio to {ref} on the same "
-             "seeds; cold = cold starts on the critical path; idle cost = warm idle instance-seconds x idle_cost"]
-    w = max([9, *(len(r["scheduler"]) for r in summary["rows"])])
-    header = (f"{'load':>4s} {'scheduler':{w}s} {'prewarm':9s} {'mean':>16s} {'P50':>15s} {'P95':>16s} {'P99':>16s} "
-              f"{'SLO rt':>6s} {'cold':>11s} {'idle cost':>15s}")
+             "seeds; cold = tool cold starts on the critical path; idle = warm idle tool instance-seconds x "
+             "idle_cost; GPU-s = GPU-seconds held by LLM replicas; failed = applications refused"]
+    w = max([12, *(len(label(r, keys)) for r in summary["rows"])])
+    header = (f"{'load':>4s} {'+'.join(keys):{w}s} {'mean':>16s} {'P50':>15s} {'P95':>16s} {'P99':>16s} "
+              f"{'SLO rt':>6s} {'cold':>11s} {'idle':>14s} {'GPU-s':>13s} {'failed':>6s}")
     lines += [header, "-" * len(header)]
     for r in summary["rows"]:
         cells = [f"{r[f'jct_{m}']:6.2f}+-{r[f'jct_{m}_ci95']:4.2f} {r[f'jct_{m}_ratio']:4.2f}x" for m in METRICS]
         slo = r.get("slo_real_time", math.nan)
-        lines.append(f"{r['load']:4.2g} {r['scheduler']:{w}s} {r['prewarm']:9s} {cells[0]:>16s} {cells[1]:>15s} "
+        lines.append(f"{r['load']:4.2g} {label(r, keys):{w}s} {cells[0]:>16s} {cells[1]:>15s} "
                      f"{cells[2]:>16s} {cells[3]:>16s} {slo:6.3f} {r['cold_starts']:5.0f} "
-                     f"{r['cold_starts_ratio']:4.2f}x {r['idle_warm_cost']:8.0f} {r['idle_warm_cost_ratio']:4.2f}x")
+                     f"{r['cold_starts_ratio']:4.2f}x {r['idle_warm_cost']:7.0f} {r['idle_warm_cost_ratio']:4.2f}x "
+                     f"{r['gpu_seconds']:6.0f} {r['gpu_seconds_ratio']:4.2f}x {r['failed']:6.1f}")
     missing = summary.get("missing_cells", 0)
     if missing:
         why = "interrupted" if summary.get("interrupted") else "failed"
@@ -383,7 +424,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plots(cfg: BenchConfig, summary: Mapping[str, Any], jcts: Mapping[tuple[float, str, str], list[float]],
+def _plots(cfg: BenchConfig, summary: Mapping[str, Any], jcts: Mapping[tuple[float, Combo], list[float]],
            out: Path) -> None:
     """A CDF of completion times (seed 0, middle load) and, for a sweep, mean and P95 against load. With many
     combinations the series cycle through 10 colours x 4 line styles and the legend sits beside the axes."""
@@ -396,16 +437,18 @@ def _plots(cfg: BenchConfig, summary: Mapping[str, Any], jcts: Mapping[tuple[flo
         print("matplotlib is not installed (pip install hermes_env[dev]): no plots drawn", file=sys.stderr)
         return
     combos = cfg.combos
+    keys = summary.get("varying", ["scheduler"])
+    name = {c: label(dict(zip(POLICY_KEYS, c, strict=True)), keys) for c in combos}
     colours = plt.get_cmap("tab10").colors
     styles = ("-", "--", ":", "-.")
     look = {c: {"color": colours[i % 10], "linestyle": styles[(i // 10) % 4]} for i, c in enumerate(combos)}
     legend = {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "ncol": 1 + len(combos) // 16}
     load = 1.0 if 1.0 in cfg.loads else cfg.loads[len(cfg.loads) // 2]
     fig, ax = plt.subplots(figsize=(8 + 1.5 * (len(combos) // 16), 4.5))
-    for scheduler, prewarm in combos:
-        x = np.sort(jcts.get((load, scheduler, prewarm), []))
+    for combo in combos:
+        x = np.sort(jcts.get((load, combo), []))
         if len(x):
-            ax.plot(x, np.arange(1, len(x) + 1) / len(x), label=f"{scheduler}+{prewarm}", **look[(scheduler, prewarm)])
+            ax.plot(x, np.arange(1, len(x) + 1) / len(x), label=name[combo], **look[combo])
     ax.set_xscale("log")
     ax.set_xlabel("application completion time (s)")
     ax.set_ylabel("CDF")
@@ -416,12 +459,12 @@ def _plots(cfg: BenchConfig, summary: Mapping[str, Any], jcts: Mapping[tuple[flo
     plt.close(fig)
     if len(cfg.loads) > 1:
         fig, axes = plt.subplots(1, 2, figsize=(11 + 1.5 * (len(combos) // 16), 4.2))
-        for scheduler, prewarm in combos:
-            rows = [r for r in summary["rows"] if (r["scheduler"], r["prewarm"]) == (scheduler, prewarm)]
+        for combo in combos:
+            rows = [r for r in summary["rows"] if tuple(r[k] for k in POLICY_KEYS) == combo]
             for ax, m in zip(axes, ("mean", "p95"), strict=True):
                 ax.errorbar([r["load"] for r in rows], [r[f"jct_{m}"] for r in rows],
                             yerr=[r[f"jct_{m}_ci95"] for r in rows], marker="o", markersize=3, capsize=2,
-                            label=f"{scheduler}+{prewarm}", **look[(scheduler, prewarm)])
+                            label=name[combo], **look[combo])
         for ax, m in zip(axes, ("mean", "P95"), strict=True):
             ax.set_xlabel("load (multiple of the workload's arrival rate)")
             ax.set_ylabel(f"{m} completion time (s)")

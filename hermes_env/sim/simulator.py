@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -47,19 +47,23 @@ from hermes_env.pdgraph.sampling import StageRun, sample_realisation
 from hermes_env.sim.engine import Engine
 from hermes_env.sim.metrics import Recorder, SimulationResult, summarise
 from hermes_env.sim.policies import make_autoscaler, make_prewarm, make_router, make_scheduler
+from hermes_env.sim.traces import BlockChains
 from hermes_env.sim.workload import ApplicationMix, WorkloadConfig, resolve_path, with_absolute_files
 from hermes_env.validation import check_keys, load_yaml
 
 
 def inline_parts(spec: Mapping[str, Any], base: Path | None) -> dict[str, Any]:
     """A copy of an experiment spec whose ``cluster`` and ``workload``, when given as YAML paths (relative to
-    ``base``), are replaced by their contents, so that callers can override fields inside them."""
+    ``base``) or as the names of packaged ones, are replaced by their contents, so that callers can override
+    fields inside them."""
     out = dict(spec)
     for key in ("cluster", "workload"):
         part = spec.get(key)
-        require(part is not None, f"experiment.{key}", "is missing", "give a mapping or a YAML path")
+        require(part is not None, f"experiment.{key}", "is missing", "give a mapping, a YAML path or a name")
         if isinstance(part, str):
             path = resolve_path(part, base)
+            if path.suffix not in (".yaml", ".yml"):  # a packaged cluster or workload, by name
+                path = config_path(f"{key}s", part, f"experiment.{key}")
             out[key] = load_yaml(path, f"experiment.{key}")
             if key == "workload":
                 out[key] = with_absolute_files(out[key], path.parent)
@@ -109,7 +113,7 @@ class Application:
     """One application in the system: its realisation and how far it has got."""
 
     __slots__ = ("id", "mix", "arrival", "runs", "cursor", "pending", "completion", "queue_times", "service_times",
-                 "issued_at", "failed", "context", "adapter", "replicas")
+                 "issued_at", "failed", "context", "adapter", "replicas", "trace_run")
 
     def __init__(self, app_id: int, mix: ApplicationMix, arrival: float, runs: tuple[StageRun, ...],
                  adapter: str | None = None) -> None:
@@ -121,9 +125,10 @@ class Application:
         self.service_times: list[float] = []  # per stage run: mean over copies of the time in service
         self.issued_at = 0.0
         self.failed = ""  # why a backend refused one of its requests
-        self.context: dict[str, tuple[Segment, ...]] = {}  # per LLM backend, its conversation so far
+        self.context: dict[str, tuple[int, tuple[Segment, ...]]] = {}  # per LLM backend: conversation tokens, chain
         self.adapter = adapter  # the LoRA adapter its stages with ``adapter: any`` use
         self.replicas: dict[str, int] = {}  # per LLM backend, the replica that served its last call
+        self.trace_run = -1  # the stage run whose first copy is its trace request (-1: none)
 
     @property
     def template(self) -> str:
@@ -180,6 +185,8 @@ class Simulation:
         # one stream at arrival gives every policy the same demands (common random numbers).
         self._realisation_rng = np.random.default_rng([seed, 3])
         self._drawn: dict[int, tuple[StageRun, ...]] = {}  # realisations drawn ahead by peek_realisation
+        self._trace = workload.trace
+        self._blocks = BlockChains()
         self._adapter_rng = np.random.default_rng([seed, 5])
         self.recorder = Recorder(keep_applications, rows_to)
         self.arrived = 0
@@ -343,16 +350,28 @@ class Simulation:
         """The realised stages application ``i`` will have (clairvoyant policies only). Realisations are
         drawn in arrival order from their own stream, so drawing ahead gives exactly what arrival will."""
         for j in range(self.arrived + len(self._drawn), i + 1):
-            mix = self.config.workload.applications[self.app_mix[j]]
-            self._drawn[j] = sample_realisation(self._spaces[mix.template], self._realisation_rng).runs
+            self._drawn[j] = self._realise(j)
         return self._drawn[i]
+
+    def _realise(self, i: int) -> tuple[StageRun, ...]:
+        """Application ``i``'s stages: a draw from its PDGraph, its first LLM call taking trace request ``i``'s
+        tokens when the workload replays a trace."""
+        mix = self.config.workload.applications[self.app_mix[i]]
+        runs = sample_realisation(self._spaces[mix.template], self._realisation_rng).runs
+        if self._trace is None:
+            return runs
+        k = next(k for k, run in enumerate(runs) if run.tool_time is None)
+        prompt, output = runs[k].prompt_tokens.copy(), runs[k].output_tokens.copy()
+        prompt[0], output[0] = self._trace.prompt[i], max(int(self._trace.output[i]), 1)
+        return (*runs[:k], replace(runs[k], prompt_tokens=prompt, output_tokens=output), *runs[k + 1:])
 
     def _arrive(self, now: float, i: int) -> None:
         mix = self.config.workload.applications[self.app_mix[i]]
-        runs = self._drawn.pop(i) if self._drawn else sample_realisation(self._spaces[mix.template],
-                                                                         self._realisation_rng).runs
+        runs = self._drawn.pop(i) if self._drawn else self._realise(i)
         adapter = mix.draw_adapter(self._adapter_rng)
         app = Application(i, mix, now, runs, adapter)
+        if self._trace is not None:
+            app.trace_run = next(k for k, run in enumerate(runs) if run.tool_time is None)
         self.arrived += 1
         self.active[i] = app
         self._count_area(now)
@@ -378,22 +397,28 @@ class Simulation:
         for copy in range(run.width):
             prompt = int(run.prompt_tokens[copy])
             prefix = int(prompt * stage.prefix_reuse)
+            if copy == 0 and app.cursor == app.trace_run and self._trace.block_ids is not None:
+                chain = self._blocks.chain(self._trace.block_ids[app.id], prompt) if backend.cfg.enable_prefix_caching \
+                    else ()
+            else:
+                prompt, chain = self._prompt(app, stage, backend, prompt, prefix)
             req = Request(app, app.cursor, copy, run.backend, prompt, int(run.output_tokens[copy]),
-                          prefix_tokens=prefix, chain=self._prompt_chain(app, stage, backend, prompt, prefix),
-                          adapter=adapter)
+                          prefix_tokens=prefix, chain=chain, adapter=adapter)
             self.stage_requests += 1
             backend.submit(req, now)
             if app.failed:
                 return  # refused: the application has ended
 
-    def _prompt_chain(self, app: Application, stage: Stage, backend: LLMBackend, prompt: int,
-                      prefix: int) -> tuple[Segment, ...]:
-        """What the prompt is made of, for the prefix caches (none are kept without one)."""
-        cfg = backend.cfg
-        if not cfg.enable_prefix_caching:
-            return ()
-        if stage.context == "continue" and backend.name in app.context:
-            base = app.context[backend.name]
+    def _prompt(self, app: Application, stage: Stage, backend: LLMBackend, sampled: int,
+                prefix: int) -> tuple[int, tuple[Segment, ...]]:
+        """The prompt's length (``sampled``, or the conversation so far plus ``sampled`` added tokens for
+        ``context: append``) and, for the prefix caches, what it is made of (no chain without a cache)."""
+        history, chain = app.context.get(backend.name, (0, ()))
+        prompt = history + sampled if stage.context == "append" else sampled
+        if not backend.cfg.enable_prefix_caching:
+            return prompt, ()
+        if stage.context != "fresh" and history:
+            base = chain
         elif stage.system_prompt_tokens:
             key = (app.template, stage.name)
             if key not in self._system_prompts:
@@ -406,7 +431,7 @@ class Simulation:
         else:
             base = ()
         end = chain_end(base)
-        return truncate(base, prompt) if end >= prompt else extend(base, prompt - end)
+        return prompt, (truncate(base, prompt) if end >= prompt else extend(base, prompt - end))
 
     def _done(self, request: Request, now: float) -> None:
         app: Application = request.app
@@ -415,7 +440,7 @@ class Simulation:
                     if request.output_tokens > 1 else None)
             self.recorder.request(request.backend, app.app_class, request.first_token - request.first_enqueued, tpot)
             if request.copy == 0:  # the conversation goes on from the first copy's prompt and answer
-                app.context[request.backend] = request.chain
+                app.context[request.backend] = (request.prompt_tokens + request.output_tokens, request.chain)
             if request.replica is not None:
                 app.replicas[request.backend] = request.replica.index
         if app.failed:

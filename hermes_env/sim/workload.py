@@ -8,7 +8,6 @@ scheduler does.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,10 +17,12 @@ from typing import Any
 import numpy as np
 
 from hermes_env.cluster.config import ClusterConfig
-from hermes_env.errors import ConfigError, require
+from hermes_env.errors import require
+from hermes_env.pdgraph.distributions import Histogram
 from hermes_env.pdgraph.graph import PDGraph
 from hermes_env.pdgraph.library import TEMPLATE_NAMES, load_template
-from hermes_env.validation import check_keys, choice, integer, number
+from hermes_env.sim.traces import TRACE_NAMES, Trace, load_trace, trace_path
+from hermes_env.validation import as_number, check_keys, choice, integer, number
 
 PROCESSES = ("poisson", "bursty", "time_varying", "trace")
 MAX_RATE = 1e9  # arrivals per second: beyond any cluster, and far from float overflow in cumulative sums
@@ -40,7 +41,7 @@ def with_absolute_files(spec: Any, folder: Path) -> Any:
         return spec  # WorkloadConfig reports the malformed spec
 
     def absolute(value: Any) -> Any:
-        if isinstance(value, str) and value not in TEMPLATE_NAMES:
+        if isinstance(value, str) and value not in TEMPLATE_NAMES and value not in TRACE_NAMES:
             return str(resolve_path(value, folder).resolve())
         return value
 
@@ -58,8 +59,11 @@ def with_absolute_files(spec: Any, folder: Path) -> Any:
 class ArrivalConfig:
     """``poisson`` at ``rate``/s; ``bursty``: gamma inter-arrivals of mean 1/rate and coefficient of
     variation ``cv``; ``time_varying``: Poisson whose rate follows ``schedule`` (a cycle of
-    ``{duration, rate}`` pieces); ``trace``: the timestamps of a CSV file (column ``timestamp`` in seconds,
-    or the Azure LLM inference trace's ``TIMESTAMP`` datetimes), times ``time_scale``."""
+    ``{duration, rate}`` pieces); ``trace``: the requests of a trace file (:mod:`hermes_env.sim.traces`: a
+    shipped trace's name or a path), those arriving in ``window`` (seconds ``[start, end)``, default all),
+    their times multiplied by ``time_scale`` or rescaled to a mean ``rate``. A trace with token counts
+    gives every request its prompt and output (and prefix blocks); ``backend`` names the LLM backend that
+    serves them when no application mix is given."""
 
     process: str
     rate: float = 0.0
@@ -67,11 +71,22 @@ class ArrivalConfig:
     schedule: tuple[tuple[float, float], ...] = ()
     trace: str = ""
     time_scale: float = 1.0
+    window: tuple[float, float] = (0.0, math.inf)
+    backend: str = ""
+
+    def trace_data(self) -> Trace:
+        """The trace's requests in the window, times scaled (only for ``process: trace``)."""
+        trace = load_trace(self.trace)
+        if self.window != (0.0, math.inf):
+            trace = trace.window(*self.window)
+        return Trace(trace.path, trace.arrival * self.time_scale, trace.prompt, trace.output, trace.block_ids)
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str, base: Path | None = None) -> ArrivalConfig:
-        check_keys(spec, ("process", "rate", "cv", "schedule", "trace", "time_scale"), where)
+        require(isinstance(spec, Mapping), where, "must be a mapping with 'process'")
         process = choice(spec, "process", where, PROCESSES)
+        if process != "trace":
+            check_keys(spec, ("process", "rate", "cv", "schedule"), where)
         if process in ("poisson", "bursty"):
             rate = number(spec, "rate", where, low=0, low_open=True, high=MAX_RATE)
             # cv is the gamma inter-arrival's coefficient of variation: shape 1/cv^2 underflows past 100
@@ -87,12 +102,29 @@ class ArrivalConfig:
                                number(piece, "rate", at, low=0, high=MAX_RATE)))
             require(max(r for _, r in pieces) > 0, f"{where}.schedule", "has no positive rate")
             return cls(process, schedule=tuple(pieces))
+        check_keys(spec, ("process", "trace", "time_scale", "rate", "window", "backend"), where)
         trace = spec.get("trace")
-        require(isinstance(trace, str), f"{where}.trace", "must be a CSV path")
-        path = resolve_path(trace, base)
-        require(path.is_file(), f"{where}.trace", f"no file {str(path)!r}")
+        require(isinstance(trace, str), f"{where}.trace", "must name a shipped trace or a file",
+                f"shipped traces: {list(TRACE_NAMES)}")
+        path = str(trace_path(trace if trace in TRACE_NAMES else resolve_path(trace, base)))
+        window = (0.0, math.inf)
+        if "window" in spec:
+            raw = spec["window"]
+            require(isinstance(raw, list) and len(raw) == 2, f"{where}.window", "must be [start, end] in seconds")
+            window = (as_number(raw[0], f"{where}.window[0]", low=0), as_number(raw[1], f"{where}.window[1]", low=0,
+                                                                                  allow_inf=True))
+            require(window[1] > window[0], f"{where}.window", "must end after it starts")
+        require(not ("rate" in spec and "time_scale" in spec), f"{where}.rate", "cannot go with time_scale",
+                "give a target rate, or a time_scale, not both")
         scale = number(spec, "time_scale", where, 1.0, low=0, low_open=True, high=1e9)
-        return cls(process, trace=str(path), time_scale=scale)
+        backend = spec.get("backend", "")
+        require(isinstance(backend, str), f"{where}.backend", "must name an LLM backend")
+        arrivals = cls(process, trace=path, time_scale=scale, window=window, backend=backend)
+        if "rate" in spec:  # rescale the trace's own rate to the one asked for
+            rate = number(spec, "rate", where, low=0, low_open=True, high=MAX_RATE)
+            arrivals = cls(process, trace=path, time_scale=arrivals.trace_data().rate / rate, window=window,
+                           backend=backend)
+        return arrivals
 
     def times(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """The first ``n`` arrival times."""
@@ -119,49 +151,10 @@ class ArrivalConfig:
         return np.array(out)
 
     def _trace(self, n: int) -> np.ndarray:
-        with open(self.trace, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        require(len(rows) >= n, "workload.arrivals.trace", f"has {len(rows)} arrivals, {n} are needed",
-                "lower num_applications or use a longer trace")
-        column = next((c for c in ("timestamp", "TIMESTAMP") if rows and c in rows[0]), None)
-        require(column is not None, "workload.arrivals.trace", "has no 'timestamp' or 'TIMESTAMP' column")
-        raw = [r[column] for r in rows[:n]]
-        try:
-            t = np.array(raw, dtype=float)
-        except ValueError:
-            numbers = [_is_number(x) for x in raw]
-            if any(numbers):
-                bad = numbers.index(False)
-                raise ConfigError(f"{self.trace}: line {bad + 2}", f"timestamp {raw[bad]!r} is not a number",
-                                  "give every timestamp in seconds") from None
-            t = _datetimes(raw, self.trace)
-        bad = np.flatnonzero(~np.isfinite(t))
-        require(not len(bad), f"{self.trace}: line {int(bad[0]) + 2 if len(bad) else 0}",
-                "timestamp is not a finite number")
-        back = np.flatnonzero(np.diff(t) < 0)
-        require(not len(back), f"{self.trace}: line {int(back[0]) + 3 if len(back) else 0}",
-                "timestamp is earlier than the one before", "sort the trace by time")
-        return (t - t[0]) * self.time_scale
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _datetimes(raw: list[str], path: str) -> np.ndarray:
-    """Seconds since the first of the Azure trace's ``TIMESTAMP`` datetimes (when no row is a number)."""
-    for i, text in enumerate(raw):
-        try:
-            np.datetime64(text.strip()[:26], "us")
-        except ValueError:
-            raise ConfigError(f"{path}: line {i + 2}", f"timestamp {text!r} is neither seconds nor a datetime",
-                              "give every timestamp in seconds, or every one as an ISO datetime") from None
-    stamps = np.array([s.strip()[:26] for s in raw], dtype="datetime64[us]")
-    return (stamps - stamps[0]).astype("timedelta64[us]").astype(float) / 1e6
+        times = self.trace_data().arrival
+        require(len(times) >= n, "workload.num_applications", f"is {n}, but the trace has {len(times)} arrivals",
+                "lower num_applications (or leave it out to replay the whole trace) or use a longer trace")
+        return times[:n]
 
 
 @dataclass(frozen=True)
@@ -190,21 +183,65 @@ class ApplicationMix:
 
 @dataclass(frozen=True)
 class WorkloadConfig:
+    """When applications arrive and which. With a trace that has token counts, request ``i`` of the trace
+    gives its prompt and output (and prefix blocks) to the first LLM stage of application ``i``: of the
+    single-stage template of the trace itself when ``applications`` is not given (its demand model the
+    trace's own length distributions), else of the mix's application drawn for it."""
+
     arrivals: ArrivalConfig
     applications: tuple[ApplicationMix, ...]
     num_applications: int
+    trace: Trace | None = None  # the requests whose tokens the applications take
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], cluster: ClusterConfig, where: str = "workload",
                   base: Path | None = None) -> WorkloadConfig:
         check_keys(spec, ("arrivals", "applications", "num_applications", "description"), where)
-        n = integer(spec, "num_applications", where, low=1, high=10**10)
+        arrivals = ArrivalConfig.from_dict(spec.get("arrivals"), f"{where}.arrivals", base)
+        trace = arrivals.trace_data() if arrivals.process == "trace" else None
+        if trace is not None and "num_applications" not in spec:
+            n = len(trace)
+        else:
+            n = integer(spec, "num_applications", where, low=1, high=10**10)
         apps = spec.get("applications")
-        require(isinstance(apps, Sequence) and apps, f"{where}.applications", "must be a non-empty list")
-        mix = tuple(_mix_entry(a, f"{where}.applications[{i}]", cluster, base) for i, a in enumerate(apps))
+        if apps is None and trace is not None and trace.has_tokens:
+            mix: tuple[ApplicationMix, ...] = (_trace_mix(trace, arrivals.backend, cluster, f"{where}.arrivals"),)
+        else:
+            require(isinstance(apps, Sequence) and apps, f"{where}.applications", "must be a non-empty list",
+                    "list the applications (a trace with token counts may leave them out)")
+            mix = tuple(_mix_entry(a, f"{where}.applications[{i}]", cluster, base) for i, a in enumerate(apps))
         require(math.isfinite(sum(m.weight for m in mix)), f"{where}.applications", "weights sum past float range",
                 "give weights of a sensible scale (they are relative)")
-        return cls(ArrivalConfig.from_dict(spec.get("arrivals"), f"{where}.arrivals", base), mix, n)
+        if trace is not None and trace.has_tokens:
+            for m in mix:
+                require(any(s.is_llm for s in m.graph.stages), f"{where}.applications",
+                        f"{m.template!r} has no LLM stage to take the trace's tokens")
+        return cls(arrivals, mix, n, trace if trace is not None and trace.has_tokens else None)
+
+
+def _trace_mix(trace: Trace, backend: str, cluster: ClusterConfig, where: str) -> ApplicationMix:
+    """The single-stage template of a trace's requests on ``backend`` (default: the cluster's first LLM
+    backend), whose length distributions are the trace's own (histograms of 64 log-spaced bins)."""
+    llm = [b.name for b in cluster.llm_backends]
+    require(bool(llm), where, "replays a trace with token counts, but the cluster has no LLM backend")
+    backend = backend or llm[0]
+    require(backend in llm, f"{where}.backend", f"{backend!r} is not an LLM backend of the cluster",
+            f"use one of {llm}")
+    name = Path(trace.path).stem
+    stage = {"name": "request", "backend": backend, "prompt_tokens": empirical(trace.prompt).to_dict(),
+             "output_tokens": empirical(trace.output).to_dict()}
+    graph = PDGraph.from_dict({"name": f"trace:{name}", "description": f"one request of the trace {name}",
+                               "stages": [stage]})
+    return ApplicationMix(graph.name, graph, 1.0, "best_effort", math.inf)
+
+
+def empirical(values: np.ndarray, bins: int = 256) -> Histogram:
+    """A histogram of positive counts over ``bins`` log-spaced bins from the smallest to the largest value."""
+    x = np.maximum(np.asarray(values, dtype=float), 1.0)
+    lo, hi = float(x.min()), float(x.max())
+    edges = np.unique(np.geomspace(max(lo - 0.5, 0.5), hi + 0.5, bins + 1))
+    counts, _ = np.histogram(x, edges)
+    return Histogram(edges, counts / counts.sum())
 
 
 def _load_graph(value: Any, where: str, base: Path | None) -> tuple[str, PDGraph]:

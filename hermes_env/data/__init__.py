@@ -1,0 +1,1 @@
+"""Data shipped with the package: public request traces (traces/, with SOURCE.md)."""
