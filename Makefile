@@ -1,6 +1,7 @@
 # The two commands README.md opens with: `make bench` (the main job) and `make test` (the whole suite).
 # Both create or reuse .venv and install what they need; torch==2.13.0 goes in first so that nothing
-# pulls a CUDA build of torch from the registry.
+# pulls a CUDA build of torch from the registry. The [ray] extra pins gymnasium to 1.2.2 (ray[rllib] 2.60's
+# pin), the lower end of the supported range; the wheel check installs the core alone, with the newest.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -9,7 +10,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,rl]"
+	$(PY) -m pip install --quiet -e ".[dev,rl,ray]"
 	touch $(STAMP)
 
 .PHONY: install bench test lint benchmarks

@@ -18,15 +18,22 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        from agents.train import TrainConfig, train
-    except ImportError as err:
-        print(f"hermes-env train: unavailable ({err}); install the [rl] extra, torch first (see README)")
-        return 2
+    from agents.config import TrainConfig
+
     cfg = TrainConfig.from_yaml(args.config)
     if args.timesteps:
         cfg.total_timesteps = args.timesteps
-    path = train(cfg, args.out, progress_bar=not args.quiet)
-    print(f"wrote {path}; evaluate it with: hermes-env bench --config default --schedulers fcfs,gittins,ppo:{path} "
-          f"--prewarm none --out runs/ppo")
+    extra = "[ray] extra" if cfg.algorithm == "rllib-ppo" else "[rl] extra, torch first"
+    try:
+        if cfg.algorithm == "rllib-ppo":
+            from agents.rllib import train_rllib as trainer
+        else:
+            from agents.train import train as trainer
+    except ImportError as err:
+        print(f"hermes-env train: unavailable ({err}); install the {extra} (see README)")
+        return 2
+    path = trainer(cfg, args.out, progress_bar=not args.quiet)
+    family = "rllib" if cfg.algorithm == "rllib-ppo" else "ppo"
+    print(f"wrote {path}; evaluate it with: hermes-env bench --config default "
+          f"--schedulers fcfs,gittins,{family}:{path} --prewarm none --out runs/{family}")
     return 0

@@ -60,11 +60,11 @@ class LearnedScheduler(SchedulingPolicy):
         if len(waiting) == 1:
             return 0
         if self.scorer is not None:  # the deterministic action is the highest slot score
-            obs = self.features.observation(waiting, backend, now, slots=len(waiting))
+            obs = self.features.observation(waiting, backend, now, "schedule", slots=len(waiting))
             with torch.no_grad():
                 scores = self.scorer({k: torch.as_tensor(v)[None] for k, v in obs.items()})
             return int(scores[0, : len(waiting)].argmax())
-        obs = self.features.observation(waiting, backend, now)
+        obs = self.features.observation(waiting, backend, now, "schedule")
         action, _ = self.model.predict(obs, action_masks=obs["request_mask"].astype(bool), deterministic=True)
         return int(np.asarray(action).item())
 

@@ -1,4 +1,5 @@
-"""Training MaskablePPO on the hermes_env environments: ``hermes-env train --config configs/train/NAME.yaml``.
+"""Training MaskablePPO on the hermes_env environments: ``hermes-env train --config NAME`` with
+``algorithm: maskable-ppo`` (the default; ``rllib-ppo`` trains with RLlib instead, :mod:`agents.rllib`).
 
 A train config names the environment and its keyword arguments, the policy (``set``: the set-structured
 policy of :mod:`agents.policy`; ``mlp``: sb3-contrib's ``MultiInputPolicy`` out of the box), PPO's
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,57 +27,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 import hermes_env  # noqa: F401  (registers the environments)
+from agents.config import TrainConfig
 from agents.policy import SetPolicy
-from hermes_env.catalog import config_path
-from hermes_env.errors import ConfigError, require
-from hermes_env.validation import load_yaml
-
-PPO_KEYS = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef", "clip_range")
-
-
-@dataclass
-class TrainConfig:
-    env_id: str = "hermes_env/Scheduling-v0"
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    policy: str = "set"
-    n_envs: int = 4
-    total_timesteps: int = 200_000
-    seed: int = 0
-    device: str = "cpu"
-    ppo: dict[str, Any] = field(default_factory=dict)
-    eval_every: int = 20_000
-    eval_seeds: tuple[int, ...] = (1000, 1001, 1002)
-    vec_env: str = "dummy"  # dummy: environments in this process (fastest on few cores); subproc: one process each
-    torch_threads: int = 1
-    imitate: str = ""  # a reference scheduler to clone before PPO (e.g. gittins); "" starts from scratch
-    imitate_episodes: int = 20
-    imitate_epochs: int = 20
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> TrainConfig:
-        """A train config by path, or a packaged one by name (``scheduling-contended``)."""
-        spec = load_yaml(config_path("train", path, "train"), "train")
-        require(isinstance(spec, dict), "train", "must be a mapping")
-        unknown = set(spec) - set(cls.__dataclass_fields__) - {"description"}
-        if unknown:
-            raise ConfigError(f"train.{sorted(unknown)[0]}", "is not a train field",
-                              f"use {', '.join(cls.__dataclass_fields__)}")
-        spec.pop("description", None)
-        cfg = cls(**spec)
-        cfg.eval_seeds = tuple(cfg.eval_seeds)
-        require(cfg.policy in ("set", "mlp"), "train.policy", f"must be 'set' or 'mlp', got {cfg.policy!r}")
-        require(cfg.n_envs >= 1 and cfg.total_timesteps >= 1, "train", "n_envs and total_timesteps must be >= 1")
-        bad = set(cfg.ppo) - set(PPO_KEYS)
-        if bad:
-            raise ConfigError(f"train.ppo.{sorted(bad)[0]}", "is not a PPO setting here", f"use {', '.join(PPO_KEYS)}")
-        require(cfg.device in ("cpu", "cuda", "auto"), "train.device", "must be cpu, cuda or auto")
-        require(cfg.vec_env in ("dummy", "subproc"), "train.vec_env", "must be dummy or subproc")
-        if cfg.imitate:
-            from hermes_env.sim.policies import scheduler_names
-
-            require(cfg.imitate in scheduler_names(), "train.imitate", f"unknown scheduler {cfg.imitate!r}",
-                    f"use one of {scheduler_names()}")
-        return cfg
 
 
 def imitate(model: MaskablePPO, cfg: TrainConfig) -> float:

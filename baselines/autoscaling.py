@@ -41,6 +41,16 @@ def _waiting(backend: Any) -> int:
     return backend.routed_waiting()
 
 
+@register_autoscaler("all")
+class AllReplicas(Autoscaler):
+    """Provisioning for the peak: every replica the GPU budget allows is loaded at the start and kept."""
+
+    def start(self, sim: Any, now: float) -> None:
+        for name, backend in sim.llm_backends.items():
+            while backend.can_scale_up():
+                sim.scale_up(name, now)
+
+
 @register_autoscaler("keepalive")
 class KeepAlive(Autoscaler):
     """Serverless scaling: a replica is loaded only when a request finds none warm or loading, and a warm
@@ -62,15 +72,17 @@ class KeepAlive(Autoscaler):
 
 @register_autoscaler("queue_threshold")
 class QueueThreshold(Autoscaler):
-    """Scale on waiting requests (KEDA on vLLM's ``num_requests_waiting``, as the vLLM production stack
-    autoscales): load a replica when more than ``up`` requests wait per warm or loading replica (at most
-    one load in flight), release a replica idle for ``down_idle`` seconds (default 30), down to zero."""
+    """Scale on waiting and running requests (KEDA on vLLM's ``num_requests_waiting``, as the vLLM production
+    stack autoscales): load a replica when more than ``up`` requests wait per warm or loading replica (one
+    load in flight at a time); drain one when, for ``cooldown`` seconds on end, nothing waits and the
+    running requests would fit on one replica fewer at ``target`` requests each (KEDA's cooldown period,
+    Knative's stable window); the last replica is drained when it has been idle for ``cooldown``."""
 
     tick = 1.0
 
-    def __init__(self, up: float = 4.0, down_idle: float = 30.0) -> None:
-        self.up, self.down_idle = up, down_idle
-        self.clock = _IdleClock()
+    def __init__(self, up: float = 4.0, target: float = 32.0, cooldown: float = 30.0) -> None:
+        self.up, self.target, self.cooldown = up, target, cooldown
+        self.low_since: dict[str, float] = {}
 
     def scale_out(self, sim: Any, name: str, backend: Any, now: float) -> None:
         loading = any(r.state == LOADING for r in backend.replicas)
@@ -80,9 +92,16 @@ class QueueThreshold(Autoscaler):
     def decide(self, sim: Any, now: float) -> None:
         for name, backend in sim.llm_backends.items():
             self.scale_out(sim, name, backend, now)
-            for replica in backend.replicas:
-                if self.clock.idle_for(backend, replica, now) >= self.down_idle and self.may_release(sim, name, now):
+            warm = [r for r in backend.replicas if r.state == WARM]
+            running = sum(r._batch() for r in warm)
+            low = bool(warm) and not _waiting(backend) and running <= self.target * (len(warm) - 1)
+            if not low:
+                self.low_since.pop(name, None)
+                continue
+            if now - self.low_since.setdefault(name, now) >= self.cooldown and self.may_release(sim, name, now):
+                if len(warm) > 1 or running == 0:
                     sim.scale_down(name, now)
+                self.low_since.pop(name, None)
 
     def may_release(self, sim: Any, name: str, now: float) -> bool:
         return True
@@ -90,16 +109,16 @@ class QueueThreshold(Autoscaler):
 
 @register_autoscaler("pdgraph")
 class PDGraphAutoscaler(QueueThreshold):
-    """Hermes's prewarm applied to LLM replicas: scale out on waiting requests as ``queue_threshold``; when
-    no replica is warm or loading, load one as soon as the PDGraph forecast says a request to the backend
-    is likely (probability ``warm_threshold``) within the replica's load time; release an idle replica only
+    """Hermes's prewarm applied to LLM replicas: scale out and in as ``queue_threshold``; when no replica is
+    warm or loading, load one as soon as the PDGraph forecast says a request to the backend is likely
+    (probability ``warm_threshold``) within the replica's load time; release the last warm replica only
     when a request within ``keep_alive`` seconds is unlikely (under ``release_threshold``). The forecast
     is the one of :class:`baselines.prewarm.PDGraphPrewarm`: each application in the system's next use of
     the backend from its PDGraph, and arrivals at the rate seen so far."""
 
-    def __init__(self, up: float = 4.0, down_idle: float = 5.0, warm_threshold: float = 0.5,
+    def __init__(self, up: float = 4.0, target: float = 32.0, cooldown: float = 30.0, warm_threshold: float = 0.5,
                  release_threshold: float = 0.1, keep_alive: float = 60.0) -> None:
-        super().__init__(up, down_idle)
+        super().__init__(up, target, cooldown)
         self.warm_threshold, self.release_threshold, self.keep_alive = warm_threshold, release_threshold, keep_alive
 
     def start(self, sim: Any, now: float) -> None:
@@ -127,23 +146,26 @@ class PDGraphAutoscaler(QueueThreshold):
         super().decide(sim, now)
 
     def may_release(self, sim: Any, name: str, now: float) -> bool:
-        return self.p_any(sim, name, self.keep_alive, now) < self.release_threshold
+        """The last replica goes only when a request within ``keep_alive`` is unlikely."""
+        last = sum(r.state == WARM for r in sim.llm_backends[name].replicas) == 1
+        return not last or self.p_any(sim, name, self.keep_alive, now) < self.release_threshold
 
 
 @register_autoscaler("oracle")
 class ClairvoyantAutoscaler(QueueThreshold):
     """A clairvoyant heuristic, not achievable and not a bound: it knows every future arrival and each
-    application's realised stages. It scales out on waiting requests as ``queue_threshold``; when no
-    replica is warm or loading it starts a load one load time (plus a tick) before the next request to
-    the backend (the next arrival whose realised stages use it, plus its realised service before that
-    stage, ignoring queueing; or an application in the system's next use); it releases an idle replica
-    when no request is due within ``break_even`` seconds (default: the replica's load time, after which holding
-    it costs more GPU time than loading it again)."""
+    application's realised stages. It scales out and in as ``queue_threshold``; when no replica is warm or
+    loading it starts a load one load time (plus a tick) before the next request to the backend (the next
+    arrival whose realised stages use it, plus its realised service before that stage, ignoring queueing;
+    or an application in the system's next use); it releases the last replica, once idle, when no request
+    is due within ``break_even`` seconds (default: its load time, after which holding it costs more GPU
+    time than loading it again)."""
 
     tick = 0.5
 
-    def __init__(self, up: float = 4.0, break_even: float | None = None) -> None:
-        super().__init__(up, down_idle=0.0)
+    def __init__(self, up: float = 4.0, target: float = 32.0, cooldown: float = 30.0,
+                 break_even: float | None = None) -> None:
+        super().__init__(up, target, cooldown)
         self.break_even = break_even
 
     def start(self, sim: Any, now: float) -> None:
@@ -175,7 +197,12 @@ class ClairvoyantAutoscaler(QueueThreshold):
             due = self._next_request(sim, name, now)
             if not _serving(backend) and due <= load + self.tick:  # warm in time, whatever the tick's phase
                 sim.scale_up(name, now)
-            self.scale_out(sim, name, backend, now)
+            warm = [r for r in backend.replicas if r.state == WARM]
             keep = load if self.break_even is None else self.break_even
-            if due > keep and any(r.state == WARM and _idle(backend, r) for r in backend.replicas):
+            if len(warm) == 1 and _idle(backend, warm[0]) and due > keep:
                 sim.scale_down(name, now)
+        super().decide(sim, now)
+
+    def may_release(self, sim: Any, name: str, now: float) -> bool:
+        """Only down to one replica: the last goes by the clairvoyant rule."""
+        return sum(r.state == WARM for r in sim.llm_backends[name].replicas) > 1

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from hermes_env.cluster.llm import LOADING
 from hermes_env.cluster.request import Request
 from hermes_env.sim.policies import Router, register_router
 
@@ -97,23 +98,29 @@ class SessionSticky(Router):
 
 @register_router("oracle")
 class ClairvoyantLeastWork(Router):
-    """A clairvoyant heuristic, not achievable and not a bound: join the replica with the least realised
-    work left (seconds of isolated service still to do of every request routed to it: prefill tokens
-    left and output tokens left, priced by the latency model at batch 1), knowing every request's output
-    length. Join-the-shortest-work is a strong reference for FCFS servers; continuous batching shares a
-    replica among its requests, so it bounds nothing."""
+    """A clairvoyant heuristic, not achievable and not a bound: the replica where the request would finish
+    first if replicas served their work one request at a time, knowing every request's output length: the
+    time until it is warm, the realised work already routed to it (prefill tokens left and output tokens
+    left of every request it holds, priced by the latency model at batch 1) and this request's own work
+    there (its prefill less what that replica's prefix cache holds, and its output). Continuous batching
+    shares a replica among its requests, so this bounds nothing; it is the reference with hindsight that a
+    router could approach."""
 
     def route(self, backend: Any, request: Request, candidates: list[Any], now: float) -> Any:
         lat = backend.cfg.latency
         prefill_per_token = float(lat.prefill_time(1024.0)) / 1024.0
         decode = float(lat.linear_layers(1.0))
 
-        def work(replica: Any) -> float:
+        def finish(replica: Any) -> float:
             waiting = list(replica.queue) if replica.queue is not backend.queue else []
             admitted = [*replica.running, *replica.prefilling, *replica.staged, *replica.ready]
             prefill = sum(r.context for r in waiting) + sum(r.context - r.cached - r.loaded - r.computed
                                                              for r in admitted if r not in replica.running)
             output = sum(r.output_tokens - r.generated for r in (*waiting, *admitted))
-            return prefill * prefill_per_token + output * decode
+            hit = replica.cache.match(request.chain, request.prompt_tokens) if replica.cache is not None \
+                and request.chain else 0
+            own = (request.prompt_tokens - hit) * prefill_per_token + request.output_tokens * decode
+            loading = max(replica.ready_at - now, 0.0) if replica.state == LOADING else 0.0
+            return loading + prefill * prefill_per_token + output * decode + own
 
-        return min(candidates, key=lambda r: (work(r), r.index))
+        return min(candidates, key=lambda r: (finish(r), r.index))

@@ -5,7 +5,8 @@ import yaml
 
 pytest.importorskip("sb3_contrib")
 
-from agents.train import TrainConfig, evaluate, train  # noqa: E402
+from agents.config import TrainConfig  # noqa: E402
+from agents.train import evaluate, train  # noqa: E402
 from hermes_env.envs.hermes import load_experiment  # noqa: E402
 from hermes_env.sim import Simulation  # noqa: E402
 

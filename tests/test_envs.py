@@ -218,3 +218,15 @@ def test_new_ids_vectorise(env_id):
         obs, reward, term, trunc, info = vec.step(actions)
     assert obs["replicas"].shape[0] == 2 and reward.shape == (2,)
     vec.close()
+
+
+def test_every_observation_column_is_documented():
+    from hermes_env.envs.features import BACKEND_FEATURES, GLOBAL_FEATURES, REPLICA_FEATURES, REQUEST_BASE_FEATURES
+    from hermes_env.envs.hermes import NODE_FEATURES
+
+    text = (ROOT / "docs" / "environments.md").read_text()
+    for names in (REQUEST_BASE_FEATURES, BACKEND_FEATURES, REPLICA_FEATURES, GLOBAL_FEATURES, NODE_FEATURES):
+        assert [n for n in names if f"`{n}`" not in text] == []
+    assert f"`({len(GLOBAL_FEATURES)},)`" in text and f"`(R, {len(REPLICA_FEATURES)})`" in text
+    for env_id in ENV_IDS:
+        assert env_id.split("/")[1] in text

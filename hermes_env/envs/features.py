@@ -162,15 +162,18 @@ class FeatureBuilder:
         return out
 
     def observation(self, candidates: list[Request], deciding: str, now: float, decision_kind: str | None = None,
-                    slots: int | None = None, replicas: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The arrays every observation has (``Scheduling-v0`` and a checkpoint run as a scheduler): the
-        first ``slots`` candidates (default K), the backends with ``deciding`` flagged, the replicas of the
-        backend in focus (zeros unless given), the globals."""
+                    slots: int | None = None, request: Request | None = None,
+                    replica_candidates: list[Any] | None = None,
+                    deciding_replica: int | None = None) -> dict[str, np.ndarray]:
+        """The arrays every observation has, for the environments and for checkpoints run as schedulers: the
+        first ``slots`` candidates (default K), the backends with ``deciding`` flagged, the replicas of
+        ``deciding`` when it is an LLM backend (for a routing decision: ``request`` and its
+        ``replica_candidates``), the globals."""
         requests, mask = self.requests(candidates, now, slots)
-        if replicas is None:
-            replicas = np.zeros((self.replica_rows, len(REPLICA_FEATURES)), dtype=np.float32)
+        backend = self.sim.llm_backends.get(deciding) if self.sim is not None else None
         return {"requests": requests, "request_mask": mask, "backends": self.backends(deciding, now),
-                "replicas": replicas, "global": self.global_features(now, decision_kind)}
+                "replicas": self.replicas(backend, request, replica_candidates, deciding_replica, now),
+                "global": self.global_features(now, decision_kind)}
 
     def global_features(self, now: float, decision_kind: str | None) -> np.ndarray:
         sim = self.sim

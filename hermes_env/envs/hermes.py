@@ -281,15 +281,13 @@ class HermesEnv(gym.Env):
 
     def _observation(self) -> dict:
         d = self.decision
-        now = self.sim.engine.now
-        backend = self.sim.llm_backends.get(d.backend) if d is not None else None
-        replicas = None
-        if backend is not None:
-            request = d.request if d.kind == "route" else None
-            deciding = d.queue.replica if d.queue is not None else None
-            replicas = self.features.replicas(backend, request, d.candidates, deciding, now)
-        obs = self.features.observation(self.candidates, d.backend if d is not None else "", now,
-                                        d.kind if d is not None else None, replicas=replicas)
+        if d is None:
+            obs = self.features.observation([], "", self.sim.engine.now)
+        else:
+            obs = self.features.observation(self.candidates, d.backend, self.sim.engine.now, d.kind,
+                                            request=d.request if d.kind == "route" else None,
+                                            replica_candidates=d.candidates,
+                                            deciding_replica=d.queue.replica if d.queue is not None else None)
         if self.graph_observation:
             obs.update(self._graphs())
         return obs
