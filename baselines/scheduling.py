@@ -11,7 +11,8 @@ import math
 from typing import Any
 
 from hermes_env.cluster.request import Request
-from hermes_env.sim.policies import SchedulingPolicy, register_scheduler
+from hermes_env.errors import require
+from hermes_env.sim.policies import SchedulingPolicy, register_scheduler, register_scheduler_family
 
 
 class _DemandAware(SchedulingPolicy):
@@ -126,3 +127,37 @@ class ClairvoyantSRPT(SchedulingPolicy):
         app = request.app
         remaining = sum(float(run.service_times(self.cost).sum()) for run in app.runs[app.cursor:])
         return (remaining if math.isfinite(remaining) else math.inf, request.first_enqueued)
+
+
+class BlackBox(SchedulingPolicy):
+    """The serving systems Hermes compares against, which treat an application as a black box: an
+    application-level admission gate lets at most ``max_active`` applications in at once (in arrival order;
+    the others wait before their first stage, and their completion time counts the wait), and the backends
+    serve requests first come, first served (``fcfs``), or round robin among the admitted applications
+    (``rr``: a request of the application that has had the fewest requests served goes first). It knows
+    nothing of an application's structure. ``blackbox:N`` and ``blackbox-rr:N`` name it."""
+
+    def __init__(self, max_active: int, order: str = "fcfs") -> None:
+        self.max_active, self.order = max_active, order
+        self.name = f"blackbox{'-rr' if order == 'rr' else ''}:{max_active}"
+        self.served: dict[int, int] = {}
+
+    def key(self, request: Request, now: float) -> Any:
+        if self.order == "fcfs":
+            return request.first_enqueued
+        app_id = request.app.id
+        turns = self.served.get(app_id, 0)
+        self.served[app_id] = turns + 1
+        return (turns, request.first_enqueued)
+
+
+def _black_box(order: str) -> Any:
+    def factory(arg: str) -> BlackBox:
+        require(arg.isdigit() and int(arg) >= 1, "scheduler", f"blackbox needs the gate's size, got {arg!r}",
+                "name it blackbox:N (or blackbox-rr:N) with N >= 1 applications active at once")
+        return BlackBox(int(arg), order)
+    return factory
+
+
+register_scheduler_family("blackbox")(_black_box("fcfs"))
+register_scheduler_family("blackbox-rr")(_black_box("rr"))

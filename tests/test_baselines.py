@@ -1,9 +1,11 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import yaml
 
 import hermes_env  # noqa: F401
 from baselines import EnvPolicy
+from hermes_env.errors import ConfigError
 from hermes_env.sim import ExperimentConfig, Simulation, prewarm_names, scheduler_names
 from hermes_env.sim.policies import SchedulingPolicy
 from tests.conftest import ROOT
@@ -103,3 +105,41 @@ def test_order_blind_policies_agree_with_fcfs_on_exponential_sizes():
     for policy in ("gittins", "sjf", "app_fcfs", RandomOrder()):
         assert mean_jct(cfg, policy) == pytest.approx(fcfs, rel=0.05)
     assert fcfs == pytest.approx(1 / (1 - 0.7), rel=0.05)
+
+
+@pytest.mark.parametrize("experiment, policies", [
+    ("small", {"scheduler": "fcfs", "prewarm": "none"}),
+    ("contended", {"scheduler": "gittins", "prewarm": "pdgraph"}),
+    ("routing", {"scheduler": "fcfs", "router": "round_robin"}),
+    ("autoscaling", {"scheduler": "fcfs", "autoscaler": "keepalive"}),
+])
+def test_no_application_beats_its_relaxation_bound(experiment, policies):
+    """Each application's stages served alone, warm, with every reusable prefix cached: no policy, batching,
+    chunking, preemption, cold start or cache miss makes it faster."""
+    cfg = ExperimentConfig.from_yaml(experiment)
+    if experiment == "autoscaling":
+        cfg = ExperimentConfig.from_dict({"cluster": "autoscaling", "workload": {
+            **yaml.safe_load((ROOT / "configs" / "workloads" / "autoscaling-cycles.yaml").read_text()),
+            "num_applications": 600}})
+    sim = Simulation(cfg, seed=1, **policies)
+    summary = sim.run().summary
+    done = [a for a in sim.completed if not a.failed]
+    assert done and all(a.completion - a.arrival >= a.lower_bound * (1 - 1e-9) for a in done)
+    assert summary["jct_lower_bound"]["mean"] <= summary["jct"]["mean"]
+    assert summary["jct_lower_bound"]["p95"] <= summary["jct"]["p95"]
+
+
+def test_the_black_box_gate_admits_at_most_n_applications():
+    sim = Simulation(ExperimentConfig.from_yaml("contended"), scheduler="blackbox:3", seed=0)
+    most = []
+    real = sim._issue
+
+    def issue(app, now):
+        most.append(sim.admitted)
+        real(app, now)
+
+    sim._issue = issue
+    result = sim.run()
+    assert max(most) == 3 and result.summary["completed"] == 200
+    with pytest.raises(ConfigError, match="blackbox needs the gate's size"):
+        Simulation(ExperimentConfig.from_yaml("contended"), scheduler="blackbox:many")

@@ -70,14 +70,18 @@ class IterationLatency:
         prompt = np.asarray(prompt, dtype=float)
         return self.linear_layers(prompt) + self.per_prefill_pair * prompt**2
 
-    def isolated_service_time(self, prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
-        """Seconds to serve a request alone: its prefill (which yields the first token) and
+    def isolated_service_time(self, prompt: np.ndarray, output: np.ndarray, cached: np.ndarray | float = 0.0
+                              ) -> np.ndarray:
+        """Seconds to serve a request alone: its prefill (which yields the first token; the first ``cached``
+        prompt tokens already in KV, so only the rest is computed, attending to the whole prompt) and
         ``output - 1`` decode steps at batch 1 whose context grows from ``prompt + 1``."""
         prompt = np.asarray(prompt, dtype=float)
+        cached = np.asarray(cached, dtype=float)
         steps = np.asarray(output, dtype=float) - 1.0
         context_sum = steps * prompt + steps * (steps + 1.0) / 2.0  # sum of prompt + k, k = 1..steps
         per_step = float(self.linear_layers(1.0))
-        return self.prefill_time(prompt) + steps * per_step + (self.per_kv_token + self.per_max_context) * context_sum
+        prefill = self.linear_layers(prompt - cached) + self.per_prefill_pair * (prompt**2 - cached**2)
+        return prefill + steps * per_step + (self.per_kv_token + self.per_max_context) * context_sum
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

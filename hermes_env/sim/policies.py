@@ -101,10 +101,10 @@ def _family(prefix: str) -> Callable[..., Any] | None:
 def _maker(registry: dict[str, Callable[..., Any]], kind: str) -> Callable[..., Any]:
     def make(name: str, **kwargs: Any) -> Any:
         require(isinstance(name, str), kind, f"must be a policy name, got {name!r}")
+        load_plugins()  # light: baselines may register families (blackbox:N) as well as names
         prefix, _, arg = name.partition(":")
         if kind == "scheduler" and arg and (family := _family(prefix)) is not None:
             return family(arg, **kwargs)
-        load_plugins()
         families = scheduler_families() if kind == "scheduler" else []
         require(name in registry, kind, f"unknown {kind} {name!r}",
                 f"use one of {sorted(registry)}" + (f" or {', '.join(p + ':ARG' for p in families)}"

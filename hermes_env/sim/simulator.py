@@ -22,7 +22,7 @@ prefix computed before the run (``prefix_reuse``), and fresh tokens.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -47,7 +47,7 @@ from hermes_env.pdgraph.sampling import StageRun, sample_realisation
 from hermes_env.sim.engine import Engine
 from hermes_env.sim.metrics import Recorder, SimulationResult, summarise
 from hermes_env.sim.policies import make_autoscaler, make_prewarm, make_router, make_scheduler
-from hermes_env.sim.traces import BlockChains
+from hermes_env.sim.traces import BLOCK_TOKENS, BlockChains
 from hermes_env.sim.workload import ApplicationMix, WorkloadConfig, resolve_path, with_absolute_files
 from hermes_env.validation import check_keys, load_yaml
 
@@ -113,7 +113,7 @@ class Application:
     """One application in the system: its realisation and how far it has got."""
 
     __slots__ = ("id", "mix", "arrival", "runs", "cursor", "pending", "completion", "queue_times", "service_times",
-                 "issued_at", "failed", "context", "adapter", "replicas", "trace_run")
+                 "issued_at", "failed", "context", "adapter", "replicas", "trace_run", "lower_bound")
 
     def __init__(self, app_id: int, mix: ApplicationMix, arrival: float, runs: tuple[StageRun, ...],
                  adapter: str | None = None) -> None:
@@ -129,6 +129,9 @@ class Application:
         self.adapter = adapter  # the LoRA adapter its stages with ``adapter: any`` use
         self.replicas: dict[str, int] = {}  # per LLM backend, the replica that served its last call
         self.trace_run = -1  # the stage run whose first copy is its trace request (-1: none)
+        # a relaxation of its completion time: its stages back to back, each copy served alone (batch 1, no
+        # queue, warm) with every prefix it could reuse already cached (see Simulation._issue)
+        self.lower_bound = 0.0
 
     @property
     def template(self) -> str:
@@ -187,10 +190,15 @@ class Simulation:
         self._drawn: dict[int, tuple[StageRun, ...]] = {}  # realisations drawn ahead by peek_realisation
         self._trace = workload.trace
         self._blocks = BlockChains()
+        self._shared_blocks: list[int] | None = None
         self._adapter_rng = np.random.default_rng([seed, 5])
         self.recorder = Recorder(keep_applications, rows_to)
         self.arrived = 0
         self.active: dict[int, Application] = {}  # in the system now, by id, in arrival order
+        # an application-level admission gate (a black-box baseline's): at most max_active admitted at once
+        self.max_active: int | None = getattr(self.scheduler, "max_active", None)
+        self.admitted = 0
+        self._gate: deque[Application] = deque()
         self._started = False
         self.in_system = 0
         self.stage_requests = 0
@@ -378,6 +386,10 @@ class Simulation:
         self.in_system += 1
         if i + 1 < len(self.arrival_times):
             self.engine.at(float(self.arrival_times[i + 1]), self._arrive, i + 1)
+        if self.max_active is not None and self.admitted >= self.max_active:
+            self._gate.append(app)  # waits at the gate: in the system, not yet started
+            return
+        self.admitted += 1
         self._issue(app, now)
 
     def _issue(self, app: Application, now: float) -> None:
@@ -387,6 +399,7 @@ class Simulation:
         backend = self.backends[run.backend]
         self._decision_point(now)
         if run.tool_time is not None:
+            app.lower_bound += float(run.tool_time.max())
             for copy in range(run.width):
                 self.stage_requests += 1
                 backend.submit(Request(app, app.cursor, copy, run.backend, service_time=float(run.tool_time[copy])),
@@ -394,6 +407,8 @@ class Simulation:
             return
         stage = self._stages[(app.template, run.stage)]
         adapter = app.adapter if stage.adapter == "any" else stage.adapter
+        history = app.context.get(backend.name, (0, ()))[0]
+        slowest = 0.0
         for copy in range(run.width):
             prompt = int(run.prompt_tokens[copy])
             prefix = int(prompt * stage.prefix_reuse)
@@ -404,10 +419,34 @@ class Simulation:
                 prompt, chain = self._prompt(app, stage, backend, prompt, prefix)
             req = Request(app, app.cursor, copy, run.backend, prompt, int(run.output_tokens[copy]),
                           prefix_tokens=prefix, chain=chain, adapter=adapter)
+            reusable = self._reusable(app, stage, history, prefix, copy) if copy or app.cursor != app.trace_run \
+                else self._trace_shared(app.id)
+            slowest = max(slowest, float(backend.cfg.latency.isolated_service_time(
+                prompt, req.output_tokens, min(reusable, prompt - 1))))
             self.stage_requests += 1
             backend.submit(req, now)
             if app.failed:
                 return  # refused: the application has ended
+        app.lower_bound += slowest
+
+    @staticmethod
+    def _reusable(app: Application, stage: Stage, history: int, prefix: int, copy: int) -> int:
+        """Prompt tokens a perfect prefix cache would serve: the conversation so far (a continued or appended
+        context), else the template's system prompt, else a prefix computed before the run."""
+        if stage.context != "fresh" and history:
+            return history
+        return max(stage.system_prompt_tokens, prefix)
+
+    def _trace_shared(self, i: int) -> int:
+        """Tokens of trace request ``i``'s prompt in leading blocks that some other request of the trace also
+        has (the most any prefix cache could serve it, whatever the order)."""
+        if self._trace is None or self._trace.block_ids is None:
+            return 0
+        if self._shared_blocks is None:
+            counts = Counter(ids[:k + 1] for ids in self._trace.block_ids for k in range(len(ids)))
+            self._shared_blocks = [next((k for k in range(len(ids)) if counts[ids[:k + 1]] < 2), len(ids))
+                                   for ids in self._trace.block_ids]
+        return self._shared_blocks[i] * BLOCK_TOKENS
 
     def _prompt(self, app: Application, stage: Stage, backend: LLMBackend, sampled: int,
                 prefix: int) -> tuple[int, tuple[Segment, ...]]:
@@ -470,6 +509,10 @@ class Simulation:
         self.in_system -= 1
         self.slo_missed += bool(app.failed) or now - app.arrival > app.mix.slo
         self.recorder.application(app)
+        self.admitted -= 1
+        if self._gate:
+            self.admitted += 1
+            self._issue(self._gate.popleft(), now)
         self._decision_point(now)
 
     def _stage_times(self, app: Application, request: Request) -> None:
