@@ -7,11 +7,10 @@ scale-to-zero is always safe. A replica is *idle* when it holds no request and n
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from hermes_env.cluster.llm import LOADING, WARM
-from hermes_env.pdgraph.demand import Progress
+from hermes_env.sim.forecast import p_request_within, realised_next_use
 from hermes_env.sim.policies import Autoscaler, register_autoscaler
 
 
@@ -113,31 +112,16 @@ class PDGraphAutoscaler(QueueThreshold):
     warm or loading, load one as soon as the PDGraph forecast says a request to the backend is likely
     (probability ``warm_threshold``) within the replica's load time; release the last warm replica only
     when a request within ``keep_alive`` seconds is unlikely (under ``release_threshold``). The forecast
-    is the one of :class:`baselines.prewarm.PDGraphPrewarm`: each application in the system's next use of
-    the backend from its PDGraph, and arrivals at the rate seen so far."""
+    is :func:`hermes_env.sim.forecast.p_request_within`, as for tool prewarm."""
 
     def __init__(self, up: float = 4.0, target: float = 32.0, cooldown: float = 30.0, warm_threshold: float = 0.5,
                  release_threshold: float = 0.1, keep_alive: float = 60.0) -> None:
         super().__init__(up, target, cooldown)
         self.warm_threshold, self.release_threshold, self.keep_alive = warm_threshold, release_threshold, keep_alive
 
-    def start(self, sim: Any, now: float) -> None:
-        mix = sim.config.workload.applications
-        total = sum(m.weight for m in mix)
-        self.shares = [(m, m.weight / total) for m in mix]
-
-    def p_any(self, sim: Any, backend: str, horizon: float, now: float) -> float:
-        miss = 1.0
-        for app in sim.active.values():
-            use = sim.demand_model(app.template).next_use(Progress(app.current.state, 0.0, max(app.pending, 1)),
-                                                          backend)
-            miss *= 1.0 - (0.0 if use.time is None else use.probability * float(use.time.cdf(horizon)))
-        rate = sim.arrived / now if now > 0 else 0.0
-        new = 0.0
-        for mix, share in self.shares:
-            use = sim.demand_model(mix.template).next_use(Progress(0, 0.0, None), backend)
-            new += share * (0.0 if use.time is None else use.probability * float(use.time.cdf(horizon)))
-        return 1.0 - miss * math.exp(-rate * horizon * new)
+    @staticmethod
+    def p_any(sim: Any, backend: str, horizon: float, now: float) -> float:
+        return p_request_within(sim, backend, horizon, now)
 
     def decide(self, sim: Any, now: float) -> None:
         for name, backend in sim.llm_backends.items():
@@ -168,33 +152,10 @@ class ClairvoyantAutoscaler(QueueThreshold):
         super().__init__(up, target, cooldown)
         self.break_even = break_even
 
-    def start(self, sim: Any, now: float) -> None:
-        self.cost = sim.cost
-
-    def _next_request(self, sim: Any, backend: str, now: float) -> float:
-        """Seconds until the next request to ``backend`` (realised service, no queueing); inf if none."""
-        # an application's current stage counts: it is being issued or served (then the backend is in use)
-        soonest = min((self._lead(app.runs[app.cursor:], backend) for app in sim.active.values()),
-                      default=math.inf)
-        times, i = sim.arrival_times, sim.arrived
-        while i < len(times) and times[i] - now < soonest:
-            soonest = min(soonest, times[i] - now + self._lead(sim.peek_realisation(i), backend))
-            i += 1
-        return soonest
-
-    def _lead(self, runs: Any, backend: str) -> float:
-        """Realised service before the first of ``runs`` on ``backend`` (inf if none is)."""
-        elapsed = 0.0
-        for run in runs:
-            if run.backend == backend:
-                return elapsed
-            elapsed += float(run.service_times(self.cost).max())  # copies run in parallel
-        return math.inf
-
     def decide(self, sim: Any, now: float) -> None:
         for name, backend in sim.llm_backends.items():
             load = backend.cfg.load_time()
-            due = self._next_request(sim, name, now)
+            due = realised_next_use(sim, name, now)
             if not _serving(backend) and due <= load + self.tick:  # warm in time, whatever the tick's phase
                 sim.scale_up(name, now)
             warm = [r for r in backend.replicas if r.state == WARM]

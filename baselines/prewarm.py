@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from hermes_env.cluster.tool import COLD, WARM, WARMING
-from hermes_env.pdgraph.demand import Progress
+from hermes_env.sim.forecast import p_request_within, realised_next_use
 from hermes_env.sim.policies import PrewarmPolicy, register_prewarm
 
 
@@ -95,15 +95,8 @@ class HybridHistogram(PrewarmPolicy):
 class PDGraphPrewarm(PrewarmPolicy):
     """Hermes's prewarm from PDGraphs.
 
-    For each tool backend, the probability that some application requests it within ``t`` seconds:
-
-    - every application in the system forecasts, from its PDGraph at its current progress, the probability
-      that it issues a request to the backend within ``t`` seconds of its own service;
-    - applications yet to arrive add ``rate * t * sum_T w_T P_T(use within t)``: Poisson arrivals at the
-      rate observed so far, template shares ``w_T`` of the workload, each new application's forecast from
-      its entry stage (an upper bound, as if it arrived now);
-
-    so ``P_any(t) = 1 - prod_apps(1 - P_app(t)) * exp(-expected new requests)``. The backend is warmed when
+    For each tool backend, the probability that some application requests it within ``t`` seconds
+    (:func:`hermes_env.sim.forecast.p_request_within`). The backend is warmed when
     no instance is warm or warming and ``P_any(mean cold start)`` reaches ``warm_threshold`` (a request is
     likely before a warm-up started now would finish); an idle warm instance is released when
     ``P_any(keep_alive)`` falls under ``release_threshold`` and nothing waits. Backend keep-alives are left
@@ -115,29 +108,13 @@ class PDGraphPrewarm(PrewarmPolicy):
         self.keep_alive, self.tick = keep_alive, tick
 
     def start(self, sim: Any, now: float) -> None:
-        mix = sim.config.workload.applications
-        total = sum(m.weight for m in mix)
-        self.shares = [(m, m.weight / total) for m in mix]
         for backend in sim.tool_backends.values():
             if not backend.pinned:
                 backend.keep_alive = math.inf
 
     @staticmethod
-    def _forecast(sim: Any, mix: Any, state: int, pending: int | None, backend: str) -> Any:
-        return sim.demand_model(mix.template).next_use(Progress(state, 0.0, pending), backend)
-
-    @staticmethod
-    def _within(use: Any, horizon: float) -> float:
-        return 0.0 if use.time is None else use.probability * float(use.time.cdf(horizon))
-
-    def p_any(self, sim: Any, backend: str, horizon: float, now: float) -> float:
-        miss = 1.0
-        for app in sim.active.values():  # the applications in the system, not every one that ever arrived
-            use = self._forecast(sim, app.mix, app.current.state, max(app.pending, 1), backend)
-            miss *= 1.0 - self._within(use, horizon)
-        rate = sim.arrived / now if now > 0 else 0.0
-        new = sum(w * self._within(self._forecast(sim, m, 0, None, backend), horizon) for m, w in self.shares)
-        return 1.0 - miss * math.exp(-rate * horizon * new)
+    def p_any(sim: Any, backend: str, horizon: float, now: float) -> float:
+        return p_request_within(sim, backend, horizon, now)
 
     def decide(self, sim: Any, now: float) -> None:
         for name, backend in sim.tool_backends.items():
@@ -155,38 +132,27 @@ class PDGraphPrewarm(PrewarmPolicy):
 
 @register_prewarm("oracle")
 class ClairvoyantPrewarm(PrewarmPolicy):
-    """A clairvoyant prewarm, not achievable: it knows the realised stages of the applications in the
-    system, so for each tool backend it computes when each will next request it (its remaining service
-    before that stage, ignoring queueing) and starts a warm-up exactly one mean cold start before the
-    earliest; it releases idle instances no application in the system will use. It does not know future
-    arrivals."""
+    """A clairvoyant heuristic, not achievable and not a bound: it knows every future arrival and each
+    application's realised stages (:func:`~hermes_env.sim.forecast.realised_next_use`). A cold tool
+    backend starts a warm-up one mean cold start (plus a tick) before its next request; an idle warm one is
+    released whenever that request is further away than a warm-up, since it can be warmed again in time."""
 
     def __init__(self, tick: float | None = 0.5) -> None:
         self.tick = tick
 
     def start(self, sim: Any, now: float) -> None:
-        self.cost = sim.cost
         for backend in sim.tool_backends.values():
             if not backend.pinned:
                 backend.keep_alive = math.inf
 
-    def _time_to(self, app: Any, backend: str) -> float:
-        elapsed = 0.0
-        for run in app.runs[app.cursor + 1:]:
-            if run.backend == backend:
-                return elapsed
-            elapsed += float(run.service_times(self.cost).max())  # copies run in parallel
-        return math.inf
-
     def decide(self, sim: Any, now: float) -> None:
-        apps = list(sim.active.values())
         for name, backend in sim.tool_backends.items():
             if backend.pinned:
                 continue
-            soonest = min((self._time_to(a, name) for a in apps), default=math.inf)
-            cold_start = backend.cfg.cold_start.mean if backend.cfg.cold_start is not None else 0.0
+            due = realised_next_use(sim, name, now)
+            warm_up = (backend.cfg.cold_start.mean if backend.cfg.cold_start is not None else 0.0) + (self.tick or 0.0)
             states = [i.state for i in backend.instances]
-            if soonest <= cold_start and WARM not in states and WARMING not in states and COLD in states:
+            if due <= warm_up and WARM not in states and WARMING not in states and COLD in states:
                 sim.prewarm(name, now)
-            elif math.isinf(soonest) and _idle_warm(backend) and not len(backend.queue):
+            elif due > warm_up + (self.tick or 0.0) and _idle_warm(backend) and not len(backend.queue):
                 sim.release(name, now)

@@ -116,9 +116,10 @@ class CALVO(_DemandAware):
 
 @register_scheduler("oracle")
 class ClairvoyantSRPT(SchedulingPolicy):
-    """A clairvoyant oracle, not achievable: shortest remaining processing time on the application's
-    realised remaining demand (its remaining stages' actual service, LLM stages at their isolated
-    service time), the lower bound the other policies are measured against."""
+    """A clairvoyant heuristic, not achievable and not a bound: shortest remaining processing time on the
+    application's realised remaining demand (its remaining stages' actual service, LLM stages at their
+    isolated service time). Batching makes isolated service a poor ranking at times, so Gittins can beat it
+    (docs/tasks.md); the bound is the relaxation of ``Simulation.lower_bound``."""
 
     def bind(self, sim: Any) -> None:
         self.cost = sim.cost

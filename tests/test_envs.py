@@ -62,6 +62,9 @@ def test_reset_is_deterministic_and_return_is_minus_total_completion_time_and_pr
     assert a == b and steps_a == steps_b
     c, _, _ = random_episode(env, seed=8)
     assert c != a
+    scaled = gym.make(env_id, overrides=SHORT, idle_cost_weight=0.01, slo_miss_weight=0.5, reward_scale=0.1)
+    d, _, _ = random_episode(scaled, seed=7)  # the whole reward scales, priced terms included
+    assert sum(d) == pytest.approx(0.1 * sum(a), rel=1e-9)
 
 
 def test_module_prefix_make_and_vector_envs():

@@ -381,11 +381,11 @@ def test_sigterm_during_a_bench_writes_the_finished_runs(tmp_path):
 
 def test_prewarm_policies_do_work_linear_in_the_run_length(monkeypatch):
     """The pdgraph prewarm forecast every application that ever arrived at every decision: quadratic."""
-    from baselines.prewarm import PDGraphPrewarm
+    from hermes_env.sim import forecast
 
     calls = []
-    real = PDGraphPrewarm._forecast
-    monkeypatch.setattr(PDGraphPrewarm, "_forecast", staticmethod(lambda *a: calls.append(1) or real(*a)))
+    real = forecast.within
+    monkeypatch.setattr(forecast, "within", lambda *a: calls.append(1) or real(*a))
 
     def forecasts(n):
         calls.clear()

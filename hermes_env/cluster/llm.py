@@ -575,6 +575,11 @@ class LLMBackend:
         self.load_starts = 0  # loads ordered because a request found no replica warm or loading
         self.scale_ups = self.scale_downs = 0
         self.gpu_seconds = 0.0  # GPU-seconds held by loading, warm or draining replicas
+        # a lower bound on the GPU-seconds the work needs (Simulation adds each request's min_gpu_seconds)
+        self.gpu_work_bound = 0.0
+        lat = cfg.latency
+        self._prefill_token = lat.per_token  # the linear layers' asymptotic cost per token, attention left out
+        self._decode_token = float(lat.linear_layers(float(cfg.max_num_seqs))) / cfg.max_num_seqs
         self._held = cfg.replicas
         self._last = 0.0
 
@@ -628,6 +633,11 @@ class LLMBackend:
         request.replica = replica
         replica.queue.push(request, now)
         replica.poke(now)
+
+    def min_gpu_seconds(self, prefill_tokens: int, output_tokens: int) -> float:
+        """GPU-seconds no engine can serve these tokens in: each prefill token at the linear layers' cost per
+        token, each decode token shared by a full batch (``max_num_seqs``), KV reads left out."""
+        return self.cfg.gpus_per_replica * (prefill_tokens * self._prefill_token + output_tokens * self._decode_token)
 
     def finish(self, request: Request, now: float) -> None:
         self.completed += 1
@@ -715,6 +725,7 @@ class LLMBackend:
         context = sum(r.context_tokens for r in reps)
         cached, loaded = sum(r.cached_tokens for r in reps), sum(r.loaded_tokens for r in reps)
         return {"utilisation": busy / gpu_seconds if gpu_seconds else 0.0, "gpu_seconds": gpu_seconds,
+                "gpu_seconds_lower_bound": self.gpu_work_bound,
                 "completed": self.completed, "failed": self.failed,
                 "iterations": sum(r.iterations for r in reps), "preemptions": sum(r.preemptions for r in reps),
                 "prefix_load_seconds": sum(r.load_seconds for r in reps),

@@ -193,8 +193,12 @@ class HermesEnv(gym.Env):
 
     # -- episode ----------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        """``options={"simulation_seed": s}`` runs the workload of ``Simulation(..., seed=s)`` (the same
+        arrivals and demands a headless run of that seed has), instead of one drawn from ``seed``."""
         super().reset(seed=seed)
         sim_seed = int(self.np_random.integers(2**31 - 1))
+        if options and "simulation_seed" in options:
+            sim_seed = as_integer(options["simulation_seed"], "options.simulation_seed", low=0)
         names = self.policy_names
         c = self.controls
         self.sim = Simulation(
@@ -250,10 +254,10 @@ class HermesEnv(gym.Env):
         gpu = sum(b.gpu_seconds_until(now) for b in sim.llm_backends.values())
         missed = sim.slo_missed
         last_area, last_idle, last_missed, last_gpu = self._last
-        reward = -(area - last_area) * self.reward_scale - self.idle_cost_weight * (idle - last_idle)
-        reward -= self.slo_miss_weight * (missed - last_missed) + self.gpu_cost_weight * (gpu - last_gpu)
+        cost = (area - last_area + self.idle_cost_weight * (idle - last_idle)
+                + self.slo_miss_weight * (missed - last_missed) + self.gpu_cost_weight * (gpu - last_gpu))
         self._last = (area, idle, missed, gpu)
-        return float(reward)
+        return float(-cost * self.reward_scale)  # scaled as a whole, so the priced terms keep their weights
 
     def _info(self, dt: float, invalid: bool) -> dict:
         sim = self.sim
@@ -443,8 +447,9 @@ _OBSERVATION_DOC = """
       structural entropy; then for every backend the probability and expected time of next use. No
       realised output length or service time is ever observed.
     - ``request_mask`` ``(K,)``: 1 where a slot holds a request.
-    - ``backends`` ``(B, 12)``: deciding flag, kind, queue length, load, warm/warming/cold fractions
-      (tool instances or LLM replicas), time until warm, KV cache in use.
+    - ``backends`` ``(B, 14)``: deciding flag, kind, queue length, load, warm/warming/cold fractions
+      (tool instances or LLM replicas), time until warm, KV cache in use, and the PDGraph forecast of a
+      request within its warm-up time and within a minute.
     - ``replicas`` ``(R, 13)``: the replicas of the LLM backend the decision concerns (zeros otherwise):
       candidate and deciding flags, state, time until warm, queue, batch, KV in use, the fraction of the
       request's prompt its prefix cache holds, whether the request's adapter is resident.
@@ -456,10 +461,11 @@ _OBSERVATION_DOC = """
 
 _REWARD_DOC = """
     **Reward**: minus the applications in the system integrated over the simulated time since the last
-    step (``info["dt"]``), times ``reward_scale``: the undiscounted return is minus the sum of completion
-    times (a failed application counts until it fails). Priced terms subtract ``idle_cost_weight`` times
-    the idle warm tool cost, ``slo_miss_weight`` per SLO miss (a failure is one) and
-    ``gpu_cost_weight`` per GPU-second held by LLM replicas. A masked-out action is replaced by the
+    step (``info["dt"]``): the undiscounted return is minus the sum of completion times (a failed
+    application counts until it fails). Priced terms subtract ``idle_cost_weight`` times the idle warm
+    tool cost, ``slo_miss_weight`` per SLO miss (a failure is one) and ``gpu_cost_weight`` per GPU-second
+    held by LLM replicas. The whole is multiplied by ``reward_scale`` (for the learner's value scale; the
+    weights keep their meaning). A masked-out action is replaced by the
     documented fallback and costs ``invalid_action_penalty`` (``info["invalid_action"]``); with
     ``invalid_action="raise"`` it raises instead (for debugging), before any part of the step applies.
     An action that is not an element of the action space raises ``TypeError``.

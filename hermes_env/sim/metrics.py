@@ -99,6 +99,9 @@ class Recorder:
         self.token_latency: dict[tuple[str, str], tuple[LogHistogram, LogHistogram]] = {}
         self.failures: Counter[str] = Counter()
         self.failed = 0
+        # applications with an SLO: how many, how many missed it (failures count), how many would miss it
+        # even served alone (their lower bound exceeds it: no policy can meet it)
+        self.slo_counts = {"with_slo": 0, "missed": 0, "missed_alone": 0}
         self._file: TextIO | None = None
         self._rows: csv.DictWriter | None = None
         if rows_to is not None:
@@ -110,6 +113,11 @@ class Recorder:
 
     def application(self, app: Any) -> None:
         jct = app.completion - app.arrival
+        if math.isfinite(app.mix.slo):
+            counts = self.slo_counts
+            counts["with_slo"] += 1
+            counts["missed"] += bool(app.failed) or jct > app.mix.slo
+            counts["missed_alone"] += bool(app.failed) or app.lower_bound > app.mix.slo
         if app.failed:
             self.failed += 1
             self.failures[app.failed.split(" (")[0]] += 1
@@ -181,9 +189,12 @@ def summarise(sim: Any) -> SimulationResult:
         # prefix cached (its quantiles bound the completion time's quantiles too)
         "jct_lower_bound": distribution_summary(np.frombuffer(rec.lower_bounds, dtype=float)),
         "slo_attainment": {c: met / total for c, (met, total) in sorted(rec.slo.items()) if total},
+        "slo_miss_counts": dict(rec.slo_counts),
         "cold_starts": sum(b["cold_starts"] for b in tools),
         "idle_warm_cost": sum(b["idle_cost"] for b in tools),
         "gpu_seconds": sum(b["gpu_seconds"] for n, b in backends.items() if n in sim.llm_backends),
+        "gpu_seconds_lower_bound": sum(b["gpu_seconds_lower_bound"] for n, b in backends.items()
+                                       if n in sim.llm_backends),
         "backends": backends,
         "stage_queueing": {k: h.summary() for k, h in sorted(rec.stage_wait.items())},
     }

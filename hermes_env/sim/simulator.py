@@ -421,8 +421,9 @@ class Simulation:
                           prefix_tokens=prefix, chain=chain, adapter=adapter)
             reusable = self._reusable(app, stage, history, prefix, copy) if copy or app.cursor != app.trace_run \
                 else self._trace_shared(app.id)
-            slowest = max(slowest, float(backend.cfg.latency.isolated_service_time(
-                prompt, req.output_tokens, min(reusable, prompt - 1))))
+            cached = min(reusable, prompt - 1)
+            slowest = max(slowest, float(backend.cfg.latency.isolated_service_time(prompt, req.output_tokens, cached)))
+            backend.gpu_work_bound += backend.min_gpu_seconds(prompt - cached, req.output_tokens)
             self.stage_requests += 1
             backend.submit(req, now)
             if app.failed:
