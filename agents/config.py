@@ -38,6 +38,7 @@ class TrainConfig:
     algorithm: str = "maskable-ppo"
     num_env_runners: int = 2  # rllib-ppo: environment-sampling workers
     rllib: dict[str, Any] = field(default_factory=dict)  # rllib-ppo: PPO settings (RLLIB_KEYS)
+    task: str = ""  # a task (hermes-env tasks): its environment, env_kwargs under ours, its objective for the curve
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -65,11 +66,20 @@ class TrainConfig:
         if bad:
             raise ConfigError(f"train.rllib.{sorted(bad)[0]}", "is not an RLlib PPO setting here",
                               f"use {', '.join(RLLIB_KEYS)}")
-        if cfg.imitate:
-            from hermes_env.sim.policies import scheduler_names
+        if cfg.task:
+            from hermes_env.tasks import Task, task_names
 
-            require(cfg.imitate in scheduler_names(), "train.imitate", f"unknown scheduler {cfg.imitate!r}",
-                    f"use one of {scheduler_names()}")
+            require(cfg.task in task_names(), "train.task", f"unknown task {cfg.task!r}", f"use one of {task_names()}")
+            require("env_id" not in spec, "train.env_id", "is the task's", "leave it out when a task is named")
+            task = Task.from_yaml(cfg.task)
+            cfg.env_id, cfg.env_kwargs = task.env_id, {**task.env_kwargs, **cfg.env_kwargs}
+            require(not set(cfg.eval_seeds) & set(task.eval_seeds), "train.eval_seeds",
+                    "include the task's held-out seeds", f"use seeds outside {task.eval_seeds}")
+        if cfg.imitate:
+            from hermes_env.sim.policies import router_names, scheduler_names
+
+            known = router_names() if cfg.env_id == "hermes_env/Routing-v0" else scheduler_names()
+            require(cfg.imitate in known, "train.imitate", f"unknown policy {cfg.imitate!r}", f"use one of {known}")
         return cfg
 
 

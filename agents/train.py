@@ -5,8 +5,8 @@ A train config names the environment and its keyword arguments, the policy (``se
 policy of :mod:`agents.policy`; ``mlp``: sb3-contrib's ``MultiInputPolicy`` out of the box), PPO's
 hyperparameters, the number of vectorised environments, the step budget and the seed. Output, under
 ``--out``: ``model.zip``, ``checkpoints/``, ``tb/`` (TensorBoard), ``monitor/`` (episode returns),
-``curve.csv`` (evaluation of the mean completion time during training) and ``config.yaml``. Runs on CPU
-unless ``device: auto`` finds a GPU.
+``curve.csv`` (the deterministic policy's task objective, or mean completion time, during training) and
+``config.yaml``. Runs on CPU unless ``device: auto`` finds a GPU.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import csv
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -72,21 +71,19 @@ def imitate(model: MaskablePPO, cfg: TrainConfig) -> float:
     return accuracy
 
 
-def evaluate(model: MaskablePPO, env_id: str, env_kwargs: dict[str, Any], seeds: tuple[int, ...]) -> float:
-    """Mean application completion time of the deterministic policy over episodes with these seeds."""
-    env = gym.make(env_id, **env_kwargs)
-    means = []
-    for seed in seeds:
-        obs, info = env.reset(seed=seed)
-        done = False
-        while not done:
-            action, _ = model.predict(obs, action_masks=env.unwrapped.action_masks(), deterministic=True)
-            obs, _, terminated, truncated, info = env.step(action)
-            done = terminated or truncated
-        apps = env.unwrapped.sim.completed
-        means.append(np.mean([a.completion - a.arrival for a in apps]))
+def evaluate(model: MaskablePPO, cfg: TrainConfig) -> float:
+    """The deterministic policy's score over episodes on ``cfg.eval_seeds``: the task's objective when the
+    config names a task, else the mean application completion time."""
+    from hermes_env.tasks import Task, episode, episode_objective
+
+    env = gym.make(cfg.env_id, **cfg.env_kwargs).unwrapped
+    task = Task.from_yaml(cfg.task) if cfg.task else None
+    scores = []
+    for seed in cfg.eval_seeds:
+        summary = episode(env, lambda obs, mask: model.predict(obs, action_masks=mask, deterministic=True)[0], seed)
+        scores.append(episode_objective(task, env, summary)[0] if task else summary["jct"]["mean"])
     env.close()
-    return float(np.mean(means))
+    return float(np.mean(scores))
 
 
 class CurveCallback(BaseCallback):
@@ -97,15 +94,15 @@ class CurveCallback(BaseCallback):
         self.cfg, self.path, self.next = cfg, out / "curve.csv", 0
         self.t0 = time.time()
         with open(self.path, "w", newline="") as fh:
-            csv.writer(fh).writerow(["timesteps", "wall_seconds", "mean_completion_time"])
+            csv.writer(fh).writerow(["timesteps", "wall_seconds", cfg.task and "objective" or "mean_completion_time"])
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self.next:
             self.next += self.cfg.eval_every
-            jct = evaluate(self.model, self.cfg.env_id, self.cfg.env_kwargs, self.cfg.eval_seeds)
-            self.logger.record("eval/mean_completion_time", jct)
+            score = evaluate(self.model, self.cfg)
+            self.logger.record("eval/score", score)
             with open(self.path, "a", newline="") as fh:
-                csv.writer(fh).writerow([self.num_timesteps, round(time.time() - self.t0, 1), jct])
+                csv.writer(fh).writerow([self.num_timesteps, round(time.time() - self.t0, 1), score])
         return True
 
 
@@ -131,7 +128,7 @@ def train(cfg: TrainConfig, out: Path, progress_bar: bool = True) -> Path:
     path = out / "model.zip"
     model.save(path)
     vec.close()
-    final = evaluate(model, cfg.env_id, cfg.env_kwargs, cfg.eval_seeds)
+    final = evaluate(model, cfg)
     with open(out / "curve.csv", "a", newline="") as fh:
         csv.writer(fh).writerow([model.num_timesteps, "", final])
     return path

@@ -11,6 +11,9 @@ experiment's name (``contended``) or a YAML path.
 ``hermes-env fit-trace TRACE --out workload.yaml`` fits arrival processes and length distributions to a
 trace and writes a workload config (see :mod:`hermes_env.sim.trace_fit`).
 
+``hermes-env tasks`` lists the task suite; ``hermes-env evaluate --task NAME --policy SPEC`` scores a policy
+on a task's held-out seeds; ``hermes-env leaderboard`` regenerates docs/tasks.md (:mod:`hermes_env.tasks`).
+
 ``hermes-env templates`` analyses every application of the library under a cost model and prints,
 per application, its demand at arrival (mean and quantiles of total service), its Gittins index, its
 structural entropy and, per backend, the probability and expected time of first use.
@@ -129,6 +132,33 @@ def _fit_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tasks(args: argparse.Namespace) -> int:
+    from hermes_env.tasks import Task, task_names
+
+    print(f"{'task':26s} {'environment':28s} {'objective':9s} {'simplest':24s} held-out seeds")
+    for name in task_names():
+        t = Task.from_yaml(name)
+        print(f"{name:26s} {t.env_id:28s} {t.objective:9s} {t.simplest:24s} {t.eval_seeds[0]}-{t.eval_seeds[-1]}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from hermes_env.tasks import Task, evaluate, format_score
+
+    task = Task.from_yaml(args.task)
+    seeds = tuple(range(task.eval_seeds[0], task.eval_seeds[0] + args.seeds)) if args.seeds else None
+    print(format_score(evaluate(task, args.policy, seeds, heldout=args.heldout)))
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from hermes_env.tasks import leaderboard
+
+    leaderboard(args.out, args.tasks.split(",") if args.tasks else None)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _check_out(out: Path) -> None:
     if out.is_file():
         raise ConfigError("--out", f"{str(out)!r} is a file", "name a folder for the results")
@@ -197,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--num-applications", type=_positive, default=100_000, help="length of the generated workload")
     f.add_argument("--bin", type=float, default=60.0, help="seconds per bin of the time-varying rate curve")
     f.set_defaults(run=_fit_trace)
+    ts = sub.add_parser("tasks", help="list the task suite (configs/tasks)")
+    ts.set_defaults(run=_tasks)
+    e = sub.add_parser("evaluate", help="score a policy on a task's held-out seeds (normalised score with a CI)")
+    e.add_argument("--task", required=True, help="a task name (hermes-env tasks) or a task YAML")
+    e.add_argument("--policy", required=True, help="a heuristic name, random, ppo:PATH, rllib:PATH or agent:PATH")
+    e.add_argument("--seeds", type=_positive, help="use the first N held-out seeds (default: all)")
+    e.add_argument("--heldout", action="store_true", help="on the task's held-out workload")
+    e.set_defaults(run=_evaluate)
+    lb = sub.add_parser("leaderboard", help="evaluate every task's references and learned policies; write the table")
+    lb.add_argument("--out", type=Path, default=Path("docs/tasks.md"))
+    lb.add_argument("--tasks", help="comma-separated task names (default: all)")
+    lb.set_defaults(run=_leaderboard)
     for entry_point in entry_points(group="hermes_env.commands"):  # e.g. `train`, from agents (no torch import)
         entry_point.load()(sub)
     return parser

@@ -29,7 +29,7 @@ def random_mean_jct(seeds):
     means = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        obs, info = env.reset(seed=seed)
+        obs, info = env.reset(seed=seed, options={"simulation_seed": seed})  # the workloads evaluate() runs
         done = False
         while not done:
             obs, _, term, trunc, info = env.step(int(rng.choice(np.flatnonzero(info["action_mask"]))))
@@ -55,7 +55,7 @@ def test_short_training_completes_and_beats_the_random_policy(trained):
     from sb3_contrib import MaskablePPO
 
     model = MaskablePPO.load(path)
-    learned = evaluate(model, cfg.env_id, cfg.env_kwargs, cfg.eval_seeds)
+    learned = evaluate(model, cfg)
     curve = [line.split(",") for line in (out / "curve.csv").read_text().splitlines()[1:]]
     initial = float(curve[0][2])  # the untrained policy, evaluated at step 0
     assert learned < random_mean_jct(cfg.eval_seeds)
@@ -68,8 +68,8 @@ def test_checkpoint_reproduces_its_evaluation_and_runs_as_a_scheduler(trained):
     cfg, path, _ = trained
     from sb3_contrib import MaskablePPO
 
-    a = evaluate(MaskablePPO.load(path), cfg.env_id, cfg.env_kwargs, cfg.eval_seeds)
-    b = evaluate(MaskablePPO.load(path), cfg.env_id, cfg.env_kwargs, cfg.eval_seeds)
+    a = evaluate(MaskablePPO.load(path), cfg)
+    b = evaluate(MaskablePPO.load(path), cfg)
     assert a == b
     experiment = load_experiment(EXPERIMENT, None)
     runs = [Simulation(experiment, scheduler=f"ppo:{path}", seed=3).run() for _ in range(2)]

@@ -1,0 +1,75 @@
+"""The task suite: every task loads, its bound bounds, scores are normalised as documented."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from hermes_env.errors import ConfigError
+from hermes_env.tasks import Task, evaluate, run_policy, task_names
+
+
+def test_the_suite_spans_every_environment_with_disjoint_seeds() -> None:
+    tasks = [Task.from_yaml(n) for n in task_names()]
+    assert len(tasks) >= 8
+    assert {t.part for t in tasks} == {"schedule", "prewarm", "route", "scale", "joint"}
+    for t in tasks:
+        assert not set(t.train_seeds) & set(t.eval_seeds), t.name
+        assert t.simplest in t.heuristics and t.clairvoyant not in t.heuristics, t.name
+        assert t.heldout, f"{t.name} has no held-out workload"
+
+
+@pytest.mark.parametrize("name", task_names())
+def test_no_policy_beats_the_bound(name: str) -> None:
+    task = Task.from_yaml(name)
+    for spec in (task.simplest, task.clairvoyant):
+        value, bound = run_policy(task, spec, task.train_seeds[0])
+        assert math.isfinite(value) and bound <= value + 1e-9, (spec, value, bound)
+
+
+def test_scores_are_normalised_between_the_simplest_heuristic_and_the_bound() -> None:
+    task = Task.from_yaml("sched-bursty-mean")
+    seeds = task.eval_seeds[:3]
+    simplest = evaluate(task, task.simplest, seeds)
+    assert simplest["normalised"][0] == 0.0
+    best = evaluate(task, "gittins", seeds)
+    per_seed = [run_policy(task, "gittins", s) for s in seeds]
+    assert best["per_seed"] == [v for v, _ in per_seed]  # the same workload per seed, run to run
+    expected = [(v - s) / (b - s) for (v, b), s in zip(per_seed, simplest["per_seed"], strict=True)]
+    assert best["normalised"][0] == pytest.approx(sum(expected) / len(expected))
+    assert 0.0 < best["normalised"][0] < 1.0  # Gittins beats FCFS by a wide margin under bursts
+    assert best["normalised"][1] > 0.0  # a confidence half-width over three seeds
+
+
+def test_random_steps_through_the_environment() -> None:
+    task = Task.from_yaml("routing-mix-mean")
+    value, bound = run_policy(task, "random", task.eval_seeds[0])
+    assert bound < value < 10 * bound
+    assert run_policy(task, "random", task.eval_seeds[0]) == (value, bound)
+
+
+def test_a_bad_task_names_the_field(tmp_path) -> None:
+    good = (Task.from_yaml("sched-contended-mean").env_kwargs, "mean")
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"env_id: hermes_env/Scheduling-v0\nenv_kwargs: {good[0]}\nobjective: mean\nsimplest: fcfs\n"
+                    "heuristics: [fcfs]\ntrain_seeds: [0, 10]\neval_seeds: [5, 10]\n")
+    with pytest.raises(ConfigError, match="eval_seeds.*overlap"):
+        Task.from_yaml(path)
+    path.write_text(path.read_text().replace("eval_seeds: [5, 10]", "eval_seeds: [100, 10]\nseed: 3"))
+    with pytest.raises(ConfigError, match="seed"):
+        Task.from_yaml(path)
+    path.write_text(path.read_text().replace("seed: 3\n", "").replace("objective: mean", "objective: median"))
+    with pytest.raises(ConfigError, match="objective"):
+        Task.from_yaml(path)
+
+
+def test_cli_lists_and_evaluates() -> None:
+    out = subprocess.run([sys.executable, "-m", "hermes_env.cli", "tasks"], capture_output=True, text=True,
+                         check=True).stdout
+    assert all(name in out for name in task_names())
+    out = subprocess.run([sys.executable, "-m", "hermes_env.cli", "evaluate", "--task", "sched-contended-mean",
+                          "--policy", "gittins", "--seeds", "2"], capture_output=True, text=True, check=True).stdout
+    assert "normalised score" in out and "over 2 held-out seeds" in out
