@@ -34,6 +34,16 @@ class FixedKeepAlive(PrewarmPolicy):
             backend.keep_alive = self.keep_alive
 
 
+@register_prewarm("on_demand")
+class OnDemand(FixedKeepAlive):
+    """Cold until requested, released the moment it is idle (keep-alive 0): serverless scale-to-zero, the
+    opposite extreme to ``always``. Where idle instances are priced near an application-second, it is the
+    heuristic to beat (prewarm-contended-cost)."""
+
+    def __init__(self) -> None:
+        super().__init__(keep_alive=0.0)
+
+
 @register_prewarm("hybrid")
 class HybridHistogram(PrewarmPolicy):
     """The hybrid histogram policy of "Serverless in the Wild" (Shahrad et al., ATC 2020), per backend.

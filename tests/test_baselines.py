@@ -16,7 +16,7 @@ SMALL = ROOT / "configs" / "experiments" / "small.yaml"
 def test_the_registry_has_every_reference_policy():
     assert set(scheduler_names()) >= {"fcfs", "app_fcfs", "sjf", "gittins", "llmsched", "bros", "calvo", "edf",
                                       "oracle"}
-    assert set(prewarm_names()) >= {"none", "always", "keepalive", "hybrid", "pdgraph", "oracle"}
+    assert set(prewarm_names()) >= {"none", "always", "keepalive", "on_demand", "hybrid", "pdgraph", "oracle"}
 
 
 @pytest.mark.parametrize("scheduler", scheduler_names())
