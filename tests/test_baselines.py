@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -143,3 +146,11 @@ def test_the_black_box_gate_admits_at_most_n_applications():
     assert max(most) == 3 and result.summary["completed"] == 200
     with pytest.raises(ConfigError, match="blackbox needs the gate's size"):
         Simulation(ExperimentConfig.from_yaml("contended"), scheduler="blackbox:many")
+
+
+def test_a_bench_names_the_black_box_family_in_a_fresh_process():
+    # the bench read the family prefixes before the plugins registered them, so `blackbox:N` was unknown
+    code = ("from hermes_env.sim.bench import BenchConfig; "
+            "print(BenchConfig.from_yaml('hermes-blackbox').schedulers)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "blackbox:4" in out

@@ -83,6 +83,7 @@ def register_scheduler_family(prefix: str) -> Callable[[Callable[[str], Any]], C
 
 def scheduler_families() -> list[str]:
     """Prefixes of scheduler families (``ppo`` for ``ppo:PATH``), registered or announced, none loaded."""
+    load_plugins()  # baselines registers its families (blackbox:N) when it loads
     return sorted({*_FAMILIES, *(ep.name for ep in entry_points(group="hermes_env.scheduler_families"))})
 
 
