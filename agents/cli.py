@@ -34,6 +34,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     path = trainer(cfg, args.out, progress_bar=not args.quiet)
     family = "rllib" if cfg.algorithm == "rllib-ppo" else "ppo"
-    print(f"wrote {path}; evaluate it with: hermes-env bench --config default "
-          f"--schedulers fcfs,gittins,{family}:{path} --prewarm none --out runs/{family}")
+    if cfg.task and family == "ppo":
+        print(f"wrote {path}; evaluate it with: hermes-env evaluate --task {cfg.task} --policy agent:{path}")
+    else:
+        print(f"wrote {path}; evaluate it with: hermes-env bench --config default "
+              f"--schedulers fcfs,gittins,{family}:{path} --prewarm none --out runs/{family}")
     return 0

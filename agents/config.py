@@ -52,7 +52,8 @@ class TrainConfig:
         spec.pop("description", None)
         cfg = cls(**spec)
         cfg.eval_seeds = tuple(cfg.eval_seeds)
-        require(cfg.policy in ("set", "mlp"), "train.policy", f"must be 'set' or 'mlp', got {cfg.policy!r}")
+        require(cfg.policy in ("set", "replica-set", "mlp"), "train.policy",
+                f"must be 'set', 'replica-set' or 'mlp', got {cfg.policy!r}")
         require(cfg.n_envs >= 1 and cfg.total_timesteps >= 1, "train", "n_envs and total_timesteps must be >= 1")
         bad = set(cfg.ppo) - set(PPO_KEYS)
         if bad:

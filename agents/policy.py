@@ -1,11 +1,12 @@
-"""A set-structured policy for ``hermes_env/Scheduling-v0`` (sb3-contrib MaskablePPO).
+"""Set-structured policies for the choice environments (sb3-contrib MaskablePPO).
 
-The K candidate slots are a set: one shared MLP encodes every request together with a summary of the
-cluster (backends and global features); a masked mean and max over the encoded requests form the
-context. Each slot's logit is a shared scorer applied to (its encoding, the context), so the policy is
-equivariant to slot order and works for any K; the value is an MLP on the context. The extractor returns
-``[K slot scores, context]``; :class:`SetPolicy` reads the scores as the action logits and the context for
-the value.
+The choices are a set: on ``Scheduling-v0`` the K candidate request slots (``items="requests"``, masked by
+``request_mask``), on ``Routing-v0`` the R replica rows (``items="replicas"``, masked by their
+``candidate`` column). One shared MLP encodes every item together with a summary of the cluster (backends
+and global features); a masked mean and max over the encoded items form the context. Each item's logit is
+a shared scorer applied to (its encoding, the context), so the policy is equivariant to item order and
+works for any number of items; the value is an MLP on the context. The extractor returns ``[item scores,
+context]``; :class:`SetPolicy` reads the scores as the action logits and the context for the value.
 """
 
 from __future__ import annotations
@@ -25,18 +26,19 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class SetExtractor(BaseFeaturesExtractor):
-    def __init__(self, observation_space: gym.spaces.Dict, hidden: int = 64) -> None:
-        k, f = observation_space["requests"].shape
+    def __init__(self, observation_space: gym.spaces.Dict, hidden: int = 64, items: str = "requests") -> None:
+        k, f = observation_space[items].shape
         nb, fb = observation_space["backends"].shape
         g = observation_space["global"].shape[0]
-        self.slots, self.hidden = k, hidden
+        self.slots, self.hidden, self.items = k, hidden, items
         super().__init__(observation_space, features_dim=k + 3 * hidden)
         self.cluster = mlp([nb * fb + g, hidden, hidden])
         self.encoder = mlp([f + hidden, hidden, hidden])
         self.scorer = mlp([4 * hidden, hidden, 1])
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        requests, mask = obs["requests"], obs["request_mask"].float()
+        requests = obs[self.items]
+        mask = obs["request_mask"].float() if self.items == "requests" else requests[..., 0]  # replicas: candidate
         batch, slots = requests.shape[:2]  # any number of slots: the trained K or every waiting request
         cluster = self.cluster(torch.cat([obs["backends"].reshape(batch, -1), obs["global"]], dim=1))
         encoded = self.encoder(torch.cat([requests, cluster[:, None].expand(-1, slots, -1)], dim=2))

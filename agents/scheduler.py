@@ -72,11 +72,16 @@ class LearnedScheduler(SchedulingPolicy):
 SHIPPED = Path(__file__).resolve().parent / "checkpoints"
 
 
+def checkpoint_path(path: str, field: str = "scheduler") -> str:
+    """A checkpoint file's path, or the shipped checkpoint of that name (agents/checkpoints/NAME.zip)."""
+    if not Path(path).exists() and (SHIPPED / f"{path}.zip").is_file():
+        path = str(SHIPPED / f"{path}.zip")
+    require(Path(path).is_file() or Path(f"{path}.zip").is_file(), field, f"no checkpoint {path!r}",
+            f"give a model.zip path or one of {sorted(p.stem for p in SHIPPED.glob('*.zip'))}")
+    return path
+
+
 @register_scheduler_family("ppo")
 def learned_scheduler(path: str) -> LearnedScheduler:
     """``ppo:PATH`` loads a checkpoint file; ``ppo:NAME`` a checkpoint shipped in agents/checkpoints."""
-    if not Path(path).exists() and (SHIPPED / f"{path}.zip").is_file():
-        path = str(SHIPPED / f"{path}.zip")
-    require(Path(path).is_file() or Path(f"{path}.zip").is_file(), "scheduler", f"no checkpoint {path!r}",
-            f"give a model.zip path or one of {sorted(p.stem for p in SHIPPED.glob('*.zip'))}")
-    return LearnedScheduler(path)
+    return LearnedScheduler(checkpoint_path(path))

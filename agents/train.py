@@ -2,7 +2,8 @@
 ``algorithm: maskable-ppo`` (the default; ``rllib-ppo`` trains with RLlib instead, :mod:`agents.rllib`).
 
 A train config names the environment and its keyword arguments, the policy (``set``: the set-structured
-policy of :mod:`agents.policy`; ``mlp``: sb3-contrib's ``MultiInputPolicy`` out of the box), PPO's
+policy of :mod:`agents.policy` over the request slots; ``replica-set``: the same over the replica rows, for
+``Routing-v0``; ``mlp``: sb3-contrib's ``MultiInputPolicy`` out of the box), PPO's
 hyperparameters, the number of vectorised environments, the step budget and the seed. Output, under
 ``--out``: ``model.zip``, ``checkpoints/``, ``tb/`` (TensorBoard), ``monitor/`` (episode returns),
 ``curve.csv`` (the deterministic policy's task objective, or mean completion time, during training) and
@@ -114,9 +115,11 @@ def train(cfg: TrainConfig, out: Path, progress_bar: bool = True) -> Path:
     vec = make_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=cfg.seed, env_kwargs=cfg.env_kwargs,
                        monitor_dir=str(out / "monitor"),
                        vec_env_cls=SubprocVecEnv if cfg.vec_env == "subproc" else DummyVecEnv)
-    policy = SetPolicy if cfg.policy == "set" else "MultiInputPolicy"
+    policy = "MultiInputPolicy" if cfg.policy == "mlp" else SetPolicy
+    items = {"features_extractor_kwargs": {"items": "replicas"}} if cfg.policy == "replica-set" else None
+    kwargs = {"policy_kwargs": items} if items else {}
     model = MaskablePPO(policy, vec, seed=cfg.seed, device=device, tensorboard_log=str(out / "tb"), verbose=0,
-                        **cfg.ppo)
+                        **kwargs, **cfg.ppo)
     if cfg.imitate:
         accuracy = imitate(model, cfg)
         (out / "imitation.txt").write_text(f"cloned {cfg.imitate}: training accuracy {accuracy:.3f}\n")

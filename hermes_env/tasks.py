@@ -26,7 +26,8 @@ half-widths.
 Policies (:func:`run_policy`): a registered heuristic for the part the task's environment controls
 (``gittins``, ``prefix_affinity``, ``queue_threshold``, ...; for ``Joint-v0`` four names joined by ``+``:
 ``gittins+pdgraph+shared+fixed``), ``random`` (uniform over the valid actions), ``ppo:PATH`` / ``rllib:PATH``
-(checkpoints run as schedulers), or ``agent:PATH`` (a MaskablePPO checkpoint acting in the environment).
+(checkpoints run as schedulers), or ``agent:PATH`` (a MaskablePPO checkpoint acting in the environment;
+``agent:NAME`` a checkpoint shipped in agents/checkpoints).
 """
 
 from __future__ import annotations
@@ -156,7 +157,9 @@ def _stepped(env: Any, spec: str, seed: int) -> dict[str, Any]:
     if spec.startswith("agent:"):
         from sb3_contrib import MaskablePPO
 
-        model = MaskablePPO.load(spec.removeprefix("agent:"), device="cpu")
+        from agents.scheduler import checkpoint_path
+
+        model = MaskablePPO.load(checkpoint_path(spec.removeprefix("agent:"), "policy"), device="cpu")
         return episode(env, lambda obs, mask: model.predict(obs, action_masks=mask, deterministic=True)[0], seed)
     rng = np.random.default_rng(seed)
     if hasattr(env.action_space, "n"):
@@ -195,17 +198,28 @@ class Score:
     per_seed: list[float]
 
 
-def evaluate(task: Task, spec: str, seeds: tuple[int, ...] | None = None, heldout: bool = False) -> dict[str, Any]:
+def evaluate(task: Task, spec: str, seeds: tuple[int, ...] | None = None, heldout: bool = False,
+             simplest: list[tuple[float, float]] | None = None) -> dict[str, Any]:
     """``spec``'s objective and normalised score on the held-out seeds (default), with the simplest
-    heuristic's and the bound on the same seeds."""
+    heuristic's and the bound on the same seeds (``simplest``: those runs, if already made)."""
     seeds = task.eval_seeds if seeds is None else seeds
-    simplest = [run_policy(task, task.simplest, s, heldout) for s in seeds]
+    simplest = simplest or [run_policy(task, task.simplest, s, heldout) for s in seeds]
     mine = simplest if spec == task.simplest else [run_policy(task, spec, s, heldout) for s in seeds]
     bounds = [b for _, b in simplest]
     norm = [(m - s) / (b - s) if b != s else 0.0 for (m, _), (s, _), b in zip(mine, simplest, bounds, strict=True)]
     return {"task": task.name, "policy": spec, "seeds": list(seeds), "heldout": heldout,
             "objective": _ci([m for m, _ in mine]), "simplest": _ci([s for s, _ in simplest]),
-            "bound": _ci(bounds), "normalised": _ci(norm), "per_seed": [m for m, _ in mine]}
+            "bound": _ci(bounds), "normalised": _ci(norm), "per_seed": [m for m, _ in mine],
+            "per_seed_bound": bounds, "runs": mine, "simplest_runs": simplest}
+
+
+def paired(policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """``policy`` against ``reference`` on the same seeds: the difference of their objectives (negative:
+    the policy is better) and the share of the reference's gap to the bound the policy closes, each a
+    mean with its 95% confidence half-width."""
+    a, b, bound = (np.asarray(x) for x in (policy["per_seed"], reference["per_seed"], reference["per_seed_bound"]))
+    gap = np.where(b != bound, b - bound, np.nan)
+    return {"difference": _ci(list(a - b)), "gap_closed": _ci(list((b - a) / gap))}
 
 
 def format_score(result: dict[str, Any]) -> str:
@@ -224,11 +238,17 @@ def leaderboard(out: Path, tasks: list[str] | None = None, progress: bool = True
         task = Task.from_yaml(name)
         train = {h: np.mean([run_policy(task, h, s)[0] for s in task.train_seeds]) for h in task.heuristics}
         best = min(train, key=train.get)  # chosen on the training seeds, scored on the held-out ones
-        references = [("random", "random"), ("simplest", task.simplest), ("best heuristic", best)]
-        scores = {label: evaluate(task, spec) for label, spec in
+        simplest = evaluate(task, task.simplest)
+        references = [("random", "random"), ("best heuristic", best)]
+        scores = {label: evaluate(task, spec, simplest=simplest["runs"]) for label, spec in
                   references + ([("clairvoyant", task.clairvoyant)] if task.clairvoyant else [])}
-        learned = {spec: evaluate(task, spec) for spec in task.learned}
-        heldout = {spec: evaluate(task, spec, heldout=True) for spec in (best, *task.learned)} if task.heldout else {}
+        scores["simplest"] = simplest
+        learned = {spec: evaluate(task, spec, simplest=simplest["runs"]) for spec in task.learned}
+        heldout = {}
+        if task.heldout:
+            base = evaluate(task, task.simplest, heldout=True)
+            heldout = {spec: evaluate(task, spec, heldout=True, simplest=base["simplest_runs"])
+                       for spec in (best, *task.learned)}
         rows.append((task, best, scores, learned, heldout))
         if progress:
             print(f"{name}: best heuristic {best}; " + "; ".join(format_score(r) for r in (*scores.values(),
@@ -238,6 +258,10 @@ def leaderboard(out: Path, tasks: list[str] | None = None, progress: bool = True
     text = _markdown(rows, commit)
     out.write_text(text)
     return text
+
+
+def _pm(value: tuple[float, float]) -> str:
+    return f"{value[0]:.3g} +- {value[1]:.2g}"
 
 
 def _markdown(rows: list, commit: str) -> str:
@@ -265,6 +289,22 @@ def _markdown(rows: list, commit: str) -> str:
                      f"{scores['simplest']['bound'][0]:.4g} | "
                      f"{norm(scores['best heuristic'])} | {norm(lr) if lr else '-'} | "
                      f"{task.train_seeds[0]}-{task.train_seeds[-1]} / {task.eval_seeds[0]}-{task.eval_seeds[-1]} |")
+    lines += ["", "## Learned policies against the best heuristic", "",
+              "Paired over the same seeds: the difference of objectives (negative: the learned policy is better) "
+              "and the share of the best heuristic's gap to the bound it closes, each +- its 95% confidence "
+              "half-width. The issue's target: better by a margin outside the interval, and at least half the gap "
+              "closed, on the held-out seeds and on the held-out workload.", "",
+              "| task | learned | held-out seeds: learned - best | gap closed | held-out workload: learned - best | "
+              "gap closed | target met |", "| --- " * 7 + "|"]
+    for task, best, scores, learned, heldout in rows:
+        for spec, result in learned.items():
+            seeds = paired(result, scores["best heuristic"])
+            work = paired(heldout[spec], heldout[best]) if spec in heldout else None
+            met = all(p["difference"][0] + p["difference"][1] < 0 and p["gap_closed"][0] >= 0.5
+                      for p in (seeds, work) if p is not None)
+            lines.append(f"| `{task.name}` | `{spec}` | {_pm(seeds['difference'])} | {_pm(seeds['gap_closed'])} | "
+                         f"{_pm(work['difference']) if work else '-'} | {_pm(work['gap_closed']) if work else '-'} | "
+                         f"{'yes' if met else 'no'} |")
     lines += ["", "## The tasks", ""]
     for task, _best, _, _learned, heldout in rows:
         lines += [f"**`{task.name}`** ({task.env_id}, {task.objective}): {task.description} How it was found: "

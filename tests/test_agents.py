@@ -120,3 +120,33 @@ def test_set_policy_scores_any_number_of_requests_consistently(trained):
     order = rng.permutation(3 * k)  # more requests than the K it was trained on, in any order
     everyone = scores(requests, np.ones(3 * k, np.int8))
     np.testing.assert_allclose(scores(requests[order], np.ones(3 * k, np.int8)), everyone[order], atol=1e-5)
+
+
+def test_replica_set_policy_clones_a_router_on_routing(tmp_path):
+    """The set policy over replica rows (``policy: replica-set``) learns prefix affinity's choices from a
+    few episodes and only ever routes to a candidate replica."""
+    from sb3_contrib import MaskablePPO
+
+    from hermes_env.tasks import episode
+
+    kwargs = {"config": "routing", "overrides": {"workload": {"num_applications": 60}}}
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({
+        "env_id": "hermes_env/Routing-v0", "env_kwargs": kwargs, "policy": "replica-set",
+        "imitate": "prefix_affinity", "imitate_episodes": 4, "imitate_epochs": 30, "n_envs": 1,
+        "total_timesteps": 64, "ppo": {"n_steps": 64, "batch_size": 64, "n_epochs": 1}, "eval_every": 10_000,
+        "eval_seeds": [900]}))
+    model_path = train(TrainConfig.from_yaml(path), tmp_path / "run", progress_bar=False)
+    accuracy = float((tmp_path / "run" / "imitation.txt").read_text().split()[-1])
+    assert accuracy > 0.6  # the untrained policy picks among two to four replicas
+    model = MaskablePPO.load(model_path)
+    env = gym.make("hermes_env/Routing-v0", **kwargs).unwrapped
+    chosen = []
+
+    def act(obs, mask):
+        action = int(model.predict(obs, action_masks=mask, deterministic=True)[0])
+        chosen.append(bool(mask[action]))
+        return action
+
+    episode(env, act, seed=901)
+    assert chosen and all(chosen)

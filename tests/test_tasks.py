@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from hermes_env.errors import ConfigError
-from hermes_env.tasks import Task, evaluate, run_policy, task_names
+from hermes_env.tasks import Task, evaluate, paired, run_policy, task_names
 
 
 def test_the_suite_spans_every_environment_with_disjoint_seeds() -> None:
@@ -73,3 +73,14 @@ def test_cli_lists_and_evaluates() -> None:
     out = subprocess.run([sys.executable, "-m", "hermes_env.cli", "evaluate", "--task", "sched-contended-mean",
                           "--policy", "gittins", "--seeds", "2"], capture_output=True, text=True, check=True).stdout
     assert "normalised score" in out and "over 2 held-out seeds" in out
+
+
+def test_paired_scores_compare_on_the_same_seeds() -> None:
+    task = Task.from_yaml("sched-bursty-mean")
+    seeds = task.eval_seeds[:3]
+    fcfs, gittins = evaluate(task, "fcfs", seeds), evaluate(task, "gittins", seeds)
+    same = paired(gittins, gittins)
+    assert same["difference"][0] == 0.0 and same["gap_closed"][0] == 0.0
+    better = paired(gittins, fcfs)  # Gittins closes part of FCFS's gap to the bound, on every seed
+    assert better["difference"][0] < 0 and 0.0 < better["gap_closed"][0] < 1.0
+    assert better["gap_closed"][0] == pytest.approx(gittins["normalised"][0])  # FCFS is the simplest here
