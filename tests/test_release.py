@@ -384,8 +384,8 @@ def test_prewarm_policies_do_work_linear_in_the_run_length(monkeypatch):
     from hermes_env.sim import forecast
 
     calls = []
-    real = forecast.within
-    monkeypatch.setattr(forecast, "within", lambda *a: calls.append(1) or real(*a))
+    real = forecast._app_miss  # once per application in the system per forecast
+    monkeypatch.setattr(forecast, "_app_miss", lambda *a: calls.append(1) or real(*a))
 
     def forecasts(n):
         calls.clear()

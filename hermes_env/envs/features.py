@@ -20,7 +20,7 @@ from hermes_env.cluster.request import Request
 from hermes_env.cluster.tool import WARM as TOOL_WARM
 from hermes_env.cluster.tool import WARMING, ToolBackend
 from hermes_env.pdgraph.graph import BACKEND_KINDS, backend_kind
-from hermes_env.sim.forecast import p_request_within
+from hermes_env.sim.forecast import p_requests_within
 
 REQUEST_BASE_FEATURES = (
     "gittins_index", "remaining_mean", "remaining_std", "remaining_p50", "remaining_p90", "attained_service",
@@ -57,9 +57,11 @@ class FeatureBuilder:
             static[i, 1:5] = [backend_kind(name) == k for k in BACKEND_KINDS]
         self._backend_static = static
         # the forecast horizons: how long a warm-up takes (a tool's mean cold start, a replica's load), >= 1 s
-        self._warmup = [max(b.cfg.load_time() if isinstance(b, LLMBackend) else
-                            (b.cfg.cold_start.mean if b.cfg.cold_start is not None else 0.0), 1.0)
-                        for b in self._backend_objects]
+        warmup = [max(b.cfg.load_time() if isinstance(b, LLMBackend) else
+                      (b.cfg.cold_start.mean if b.cfg.cold_start is not None else 0.0), 1.0)
+                  for b in self._backend_objects]
+        self._forecast_pairs = tuple((b.name, h) for b, w in zip(self._backend_objects, warmup, strict=True)
+                                     for h in (w, 60.0))
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_app_stats": {}}  # a cache, rebuilt on demand: keep it out of pickles
@@ -141,8 +143,7 @@ class FeatureBuilder:
                                 math.log1p(min(loading)) if loading and not warm else 0.0)
                 out[i, 11] = sum(r.capacity - r.free_tokens() for r in serving) / max(
                     sum(r.capacity for r in serving), 1)
-            out[i, 12] = p_request_within(self.sim, b.name, self._warmup[i], now)
-            out[i, 13] = p_request_within(self.sim, b.name, 60.0, now)
+        out[:, 12:14] = p_requests_within(self.sim, self._forecast_pairs, now).reshape(-1, 2)
         return out
 
     def replicas(self, backend: LLMBackend | None, request: Request | None, candidates: list[Any] | None,

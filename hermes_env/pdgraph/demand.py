@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -54,6 +54,14 @@ class NextUse:
     backend: str
     probability: float
     time: DiscreteDistribution | None
+    _within: dict[float, float] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def within(self, horizon: float) -> float:
+        """P(the next use comes within ``horizon`` seconds of service); kept per horizon, since forecasts
+        ask the same few horizons of the same (cached) next uses at every decision."""
+        if horizon not in self._within:
+            self._within[horizon] = 0.0 if self.time is None else self.probability * float(self.time.cdf(horizon))
+        return self._within[horizon]
 
 
 def token_points(dist: Distribution, growth: float = 0.0, max_points: int = MAX_TOKEN_POINTS) -> tuple[

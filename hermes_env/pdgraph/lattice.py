@@ -14,6 +14,7 @@ horizon is kept on the last point, so a caller can check that it is tiny.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy.signal import fftconvolve
@@ -40,14 +41,17 @@ class DiscreteDistribution:
     def std(self) -> float:
         return float(np.sqrt(self.var))
 
+    @cached_property
+    def _cumulative(self) -> np.ndarray:
+        """``[0, P(X <= support[0]), ..., 1]``, computed once (forecasts read it at every decision)."""
+        return np.concatenate([[0.0], np.cumsum(self.probs)])
+
     def cdf(self, x: float | np.ndarray) -> np.ndarray:
-        cum = np.concatenate([[0.0], np.cumsum(self.probs)])
-        return cum[np.searchsorted(self.support, x, side="right")]
+        return self._cumulative[np.searchsorted(self.support, x, side="right")]
 
     def quantile(self, q: float | np.ndarray) -> np.ndarray:
         """Smallest support point whose CDF reaches ``q``."""
-        cum = np.cumsum(self.probs)
-        idx = np.searchsorted(cum, np.asarray(q) - 1e-12, side="left")
+        idx = np.searchsorted(self._cumulative[1:], np.asarray(q) - 1e-12, side="left")
         return self.support[np.minimum(idx, len(self.support) - 1)]
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:

@@ -21,25 +21,45 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from hermes_env.pdgraph.demand import Progress
 
 
 def within(use: Any, horizon: float) -> float:
     """P(the next use comes within ``horizon``) of a :class:`~hermes_env.pdgraph.demand.NextUse`."""
-    return 0.0 if use.time is None else use.probability * float(use.time.cdf(horizon))
+    return use.within(horizon)
 
 
 def p_request_within(sim: Any, backend: str, horizon: float, now: float) -> float:
-    miss = 1.0
+    return float(p_requests_within(sim, ((backend, horizon),), now)[0])
+
+
+def p_requests_within(sim: Any, pairs: tuple[tuple[str, float], ...], now: float) -> np.ndarray:
+    """:func:`p_request_within` for several ``(backend, horizon)`` pairs at once (the observation's
+    columns): one pass over the applications in the system, each application's miss probabilities read
+    from a table kept per pairs and (template, state, copies pending) on the simulation."""
+    table = sim.forecasts.setdefault(pairs, {})
+    miss = np.ones(len(pairs))
     for app in sim.active.values():
-        use = sim.demand_model(app.template).next_use(Progress(app.current.state, 0.0, max(app.pending, 1)), backend)
-        miss *= 1.0 - within(use, horizon)
+        miss *= _app_miss(sim, app, pairs, table)
+    if ("new", pairs) not in sim.forecasts:  # the mix is fixed: new arrivals' forecast is computed once
+        mix = sim.config.workload.applications
+        total = sum(m.weight for m in mix)
+        sim.forecasts["new", pairs] = np.array([
+            sum(m.weight / total * within(sim.demand_model(m.template).next_use(Progress(0, 0.0, None), b), h)
+                for m in mix) * h for b, h in pairs])
     rate = sim.arrived / now if now > 0 else 0.0
-    mix = sim.config.workload.applications
-    total = sum(m.weight for m in mix)
-    new = sum(m.weight / total * within(sim.demand_model(m.template).next_use(Progress(0, 0.0, None), backend),
-                                        horizon) for m in mix)
-    return 1.0 - miss * math.exp(-rate * horizon * new)
+    return 1.0 - miss * np.exp(-rate * sim.forecasts["new", pairs])
+
+
+def _app_miss(sim: Any, app: Any, pairs: tuple[tuple[str, float], ...], table: dict) -> np.ndarray:
+    """P(``app`` does not request each pair's backend within its horizon), from its PDGraph."""
+    key = (app.template, app.current.state, max(app.pending, 1))
+    if key not in table:
+        model, progress = sim.demand_model(app.template), Progress(key[1], 0.0, key[2])
+        table[key] = np.array([1.0 - within(model.next_use(progress, b), h) for b, h in pairs])
+    return table[key]
 
 
 def realised_lead(runs: Any, backend: str, cost: Any) -> float:

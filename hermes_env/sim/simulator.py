@@ -188,6 +188,7 @@ class Simulation:
         # one stream at arrival gives every policy the same demands (common random numbers).
         self._realisation_rng = np.random.default_rng([seed, 3])
         self._drawn: dict[int, tuple[StageRun, ...]] = {}  # realisations drawn ahead by peek_realisation
+        self.forecasts: dict[Any, Any] = {}  # tables of hermes_env.sim.forecast, kept for the run
         self._trace = workload.trace
         self._blocks = BlockChains()
         self._shared_blocks: list[int] | None = None
