@@ -581,6 +581,7 @@ class LLMBackend:
         self._prefill_token = lat.per_token  # the linear layers' asymptotic cost per token, attention left out
         self._decode_token = float(lat.linear_layers(float(cfg.max_num_seqs))) / cfg.max_num_seqs
         self._held = cfg.replicas
+        self._serving = cfg.replicas  # replicas warm or loading: a request needs a cold start without one
         self._last = 0.0
 
     # -- requests -------------------------------------------------------------------------------------
@@ -657,12 +658,14 @@ class LLMBackend:
 
     def _set_state(self, replica: Replica, state: int, now: float) -> None:
         self._account(now)
-        was_held, replica.state = replica.state != COLD, state
+        was_held, was_serving = replica.state != COLD, replica.state in (WARM, LOADING)
+        replica.state = state
         self._held += (state != COLD) - was_held
+        self._serving += (state in (WARM, LOADING)) - was_serving
 
     def _ensure_capacity(self, now: float) -> None:
         """A request waits and no replica is warm or loading: load one (a cold start on its critical path)."""
-        if not any(r.state in (WARM, LOADING) for r in self.replicas) and self.scale_up(now):
+        if not self._serving and self.scale_up(now):
             self.load_starts += 1
             self.scale_ups -= 1  # counted as an on-demand load, not an autoscaler's order
 
@@ -743,3 +746,4 @@ class LLMBackend:
         for r in self.replicas:
             r.check_invariants()
         assert self._held == sum(r.state != COLD for r in self.replicas)
+        assert self._serving == sum(r.state in (WARM, LOADING) for r in self.replicas)
