@@ -19,6 +19,9 @@ class ConfigError(ValueError):
             text += f" ({fix})"
         super().__init__(text)
 
+    def __reduce__(self) -> tuple:  # so that it crosses process and Ray boundaries intact
+        return ConfigError, (self.field, self.problem, self.fix)
+
 
 def require(condition: bool, field: str, problem: str, fix: str | None = None) -> None:
     """Raise :class:`ConfigError` unless ``condition`` holds."""

@@ -394,3 +394,14 @@ def test_prewarm_policies_do_work_linear_in_the_run_length(monkeypatch):
         return len(calls)
 
     assert forecasts(400) < 2.6 * forecasts(200)  # quadratic work would be about 4x
+
+
+def test_config_errors_survive_pickling():
+    # process pools and Ray send exceptions back pickled; ConfigError needed its three arguments
+    import pickle
+
+    from hermes_env.errors import ConfigError
+
+    err = pickle.loads(pickle.dumps(ConfigError("workload.rate", "must be > 0", "give a positive rate")))
+    assert (err.field, err.problem, err.fix, str(err)) == (
+        "workload.rate", "must be > 0", "give a positive rate", "workload.rate: must be > 0 (give a positive rate)")
