@@ -34,8 +34,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     path = trainer(cfg, args.out, progress_bar=not args.quiet)
     family = "rllib" if cfg.algorithm == "rllib-ppo" else "ppo"
-    if cfg.task and family == "ppo":
-        print(f"wrote {path}; evaluate it with: hermes-env evaluate --task {cfg.task} --policy agent:{path}")
+    if cfg.task and family == "ppo":  # a scheduler runs headless (any number of waiting requests)
+        spec = f"ppo:{path}" if cfg.env_id == "hermes_env/Scheduling-v0" else f"agent:{path}"
+        print(f"wrote {path}; evaluate it with: hermes-env evaluate --task {cfg.task} --policy {spec}")
     else:
         print(f"wrote {path}; evaluate it with: hermes-env bench --config default "
               f"--schedulers fcfs,gittins,{family}:{path} --prewarm none --out runs/{family}")

@@ -8,8 +8,10 @@ Engines, each on the default cluster (four Llama-3.1-8B replicas behind a shared
 * ``vllm-0.11``: both (the default);
 * ``vllm-0.11 + remote``: both, and a remote prefix store at 100 Gb/s (CALVO's tier, loading asynchronously).
 
-Workloads: the Hermes-like mix at 2 applications/s, and an agent-heavy mix (ReAct agents, code generation with
-its repair loop, debates and fact checking: contexts that grow call by call) at 2 applications/s.
+Workloads: the Hermes-like mix at 2 applications/s (3,000 applications), an agent-heavy mix (ReAct agents,
+code generation with its repair loop, debates and fact checking: contexts that grow call by call) at 2
+applications/s, and the first 20 minutes of Mooncake's conversation trace replayed at 1.66 requests/s
+(configs/experiments/mooncake-conv.yaml: prompts of 12,000 tokens on average, with shared prefix blocks).
 
     python benchmarks/engine_mechanisms.py          # prints the table docs/simulator.md shows
 """
@@ -35,14 +37,13 @@ AGENTIC = [{"template": "react_agent", "weight": 3}, {"template": "code_generati
            {"template": "multi_agent_debate", "weight": 1}, {"template": "fact_checking", "weight": 1}]
 
 
-def run(engine: dict, applications: list, n: int, rate: float, seed: int = 0) -> dict:
+def run(engine: dict, workload: dict, seed: int = 0) -> dict:
     cluster = yaml.safe_load((ROOT / "configs" / "clusters" / "default.yaml").read_text())
     for backend in cluster["llm_backends"]:
         backend.update(engine)
         if engine.get("engine") == "legacy" and "max_num_seqs" not in engine:
             backend.pop("max_num_seqs", None)
-    cfg = ExperimentConfig.from_dict({"cluster": cluster, "workload": {
-        "num_applications": n, "arrivals": {"process": "poisson", "rate": rate}, "applications": applications}})
+    cfg = ExperimentConfig.from_dict({"cluster": cluster, "workload": workload})
     return Simulation(cfg, seed=seed, keep_applications=False).run().summary
 
 
@@ -50,10 +51,15 @@ def main() -> None:
     hermes = yaml.safe_load((ROOT / "configs" / "workloads" / "hermes.yaml").read_text())["applications"]
     print(f"{'workload':14s} {'engine':20s} {'mean s':>7s} {'P95 s':>7s} {'TTFT p50':>9s} {'TTFT p95':>9s} "
           f"{'hit rate':>8s} {'remote':>7s} {'stall ms':>9s} {'wall s':>7s}")
-    for label, apps in (("Hermes-like", hermes), ("agent-heavy", AGENTIC)):
+    poisson = {"num_applications": 3000, "arrivals": {"process": "poisson", "rate": 2.0}}
+    workloads = {"Hermes-like": {**poisson, "applications": hermes},
+                 "agent-heavy": {**poisson, "applications": AGENTIC},
+                 "Mooncake conv": {"arrivals": {"process": "trace", "trace": "mooncake_conversation", "rate": 1.66,
+                                                "window": [0, 1200]}}}
+    for label, workload in workloads.items():
         for name, engine in ENGINES.items():
             t0 = time.perf_counter()
-            s = run(engine, apps, 3000, 2.0)
+            s = run(engine, workload)
             llm = s["backends"]["llm:llama3-8b"]
             # time to first token of the class with the most LLM requests
             ttft = max((c["ttft"] for c in llm["token_latency"].values()), key=lambda t: t.get("count", 0))

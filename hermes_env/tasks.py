@@ -229,35 +229,47 @@ def format_score(result: dict[str, Any]) -> str:
             f"{n[0]:.3f} +- {n[1]:.3f} over {len(result['seeds'])} held-out seeds")
 
 
-def leaderboard(out: Path, tasks: list[str] | None = None, progress: bool = True) -> str:
-    """Evaluate every task's references and learned policies and write the table (docs/tasks.md)."""
+def leaderboard(out: Path, tasks: list[str] | None = None, progress: bool = True, workers: int = 1) -> str:
+    """Evaluate every task's references and learned policies and write the table (docs/tasks.md); tasks
+    run in ``workers`` processes (each task's runs stay in one, so results do not depend on it)."""
     import subprocess
+    from concurrent.futures import ProcessPoolExecutor
 
-    rows = []
-    for name in tasks or task_names():
-        task = Task.from_yaml(name)
-        train = {h: np.mean([run_policy(task, h, s)[0] for s in task.train_seeds]) for h in task.heuristics}
-        best = min(train, key=train.get)  # chosen on the training seeds, scored on the held-out ones
-        simplest = evaluate(task, task.simplest)
-        references = [("random", "random"), ("best heuristic", best)]
-        scores = {label: evaluate(task, spec, simplest=simplest["runs"]) for label, spec in
-                  references + ([("clairvoyant", task.clairvoyant)] if task.clairvoyant else [])}
-        scores["simplest"] = simplest
-        learned = {spec: evaluate(task, spec, simplest=simplest["runs"]) for spec in task.learned}
-        heldout = {}
-        if task.heldout:
-            base = evaluate(task, task.simplest, heldout=True)
-            heldout = {spec: evaluate(task, spec, heldout=True, simplest=base["simplest_runs"])
-                       for spec in (best, *task.learned)}
-        rows.append((task, best, scores, learned, heldout))
-        if progress:
-            print(f"{name}: best heuristic {best}; " + "; ".join(format_score(r) for r in (*scores.values(),
-                                                                                          *learned.values())))
+    names = tasks or task_names()
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            rows = list(pool.map(_task_row, names))
+    else:
+        rows = [_task_row(name) for name in names]
+    if progress:
+        for task, best, scores, learned, _ in rows:
+            print(f"{task.name}: best heuristic {best}; " + "; ".join(
+                format_score(r) for r in (*scores.values(), *learned.values())))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip() or "unknown"
     text = _markdown(rows, commit)
     out.write_text(text)
     return text
+
+
+def _task_row(name: str) -> tuple:
+    """One task's references (the best heuristic chosen on the training seeds, scored on the held-out
+    ones), learned policies and held-out workload."""
+    task = Task.from_yaml(name)
+    train = {h: np.mean([run_policy(task, h, s)[0] for s in task.train_seeds]) for h in task.heuristics}
+    best = min(train, key=train.get)
+    simplest = evaluate(task, task.simplest)
+    references = [("random", "random"), ("best heuristic", best)]
+    scores = {label: evaluate(task, spec, simplest=simplest["runs"]) for label, spec in
+              references + ([("clairvoyant", task.clairvoyant)] if task.clairvoyant else [])}
+    scores["simplest"] = simplest
+    learned = {spec: evaluate(task, spec, simplest=simplest["runs"]) for spec in task.learned}
+    heldout = {}
+    if task.heldout:
+        base = evaluate(task, task.simplest, heldout=True)
+        heldout = {spec: evaluate(task, spec, heldout=True, simplest=base["simplest_runs"])
+                   for spec in (best, *task.learned)}
+    return task, best, scores, learned, heldout
 
 
 def _pm(value: tuple[float, float]) -> str:

@@ -18,12 +18,13 @@ import hermes_env
 from hermes_env.catalog import names
 from hermes_env.cluster.latency import load_cost_model
 
-for env_id in ("hermes_env/Scheduling-v0", "hermes_env/Prewarm-v0", "hermes_env/Joint-v0"):
+for env_id in ("hermes_env/Scheduling-v0", "hermes_env/Prewarm-v0", "hermes_env/Routing-v0",
+               "hermes_env/Autoscaling-v0", "hermes_env/Joint-v0"):
     env = gym.make(env_id)
     obs, info = env.reset(seed=0)
     env.step(env.action_space.sample())  # any element of the action space is a legal input
 load_cost_model("h100-measured")
-for kind in ("experiments", "clusters", "workloads", "costs", "bench", "train"):
+for kind in ("experiments", "clusters", "workloads", "costs", "bench", "train", "tasks"):
     assert names(kind), f"no {kind} configs in the wheel"
 print("wheel: environments and named configs work from", __import__("os").getcwd())
 PY
@@ -31,7 +32,9 @@ PY
 "$tmp/venv/bin/hermes-env" templates > /dev/null
 "$tmp/venv/bin/hermes-env" simulate contended --scheduler gittins --prewarm pdgraph --seed 0 --out run > /dev/null
 test -s run/applications.csv
+"$tmp/venv/bin/hermes-env" tasks | grep -q sched-contended-mean
+"$tmp/venv/bin/hermes-env" evaluate --task sched-contended-mean --policy gittins --seeds 2 | grep -q "normalised score"
 if "$tmp/venv/bin/hermes-env" train --config scheduling-contended --out t > /dev/null 2>&1; then
     echo "train ran without the [rl] extra" >&2; exit 1
 fi
-echo "wheel: hermes-env simulate, templates and --help work without torch"
+echo "wheel: hermes-env simulate, templates, tasks, evaluate and --help work without torch"

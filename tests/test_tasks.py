@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from hermes_env.errors import ConfigError
-from hermes_env.tasks import Task, evaluate, paired, run_policy, task_names
+from hermes_env.tasks import Task, evaluate, leaderboard, paired, run_policy, task_names
 
 
 def test_the_suite_spans_every_environment_with_disjoint_seeds() -> None:
@@ -84,3 +84,17 @@ def test_paired_scores_compare_on_the_same_seeds() -> None:
     better = paired(gittins, fcfs)  # Gittins closes part of FCFS's gap to the bound, on every seed
     assert better["difference"][0] < 0 and 0.0 < better["gap_closed"][0] < 1.0
     assert better["gap_closed"][0] == pytest.approx(gittins["normalised"][0])  # FCFS is the simplest here
+
+
+def test_the_leaderboard_writes_every_reference_and_learned_policy(tmp_path) -> None:
+    task = tmp_path / "tiny.yaml"
+    task.write_text("description: tiny\nenv_id: hermes_env/Scheduling-v0\nenv_kwargs: {config: small}\n"
+                    "objective: mean\nsimplest: fcfs\nclairvoyant: oracle\nheuristics: [fcfs, sjf, gittins]\n"
+                    "train_seeds: [0, 2]\neval_seeds: [100, 3]\nlearned: [gittins]\n"
+                    "heldout: {workload: {arrivals: {process: bursty, rate: 1.0, cv: 3}}}\nfound: by hand\n")
+    text = leaderboard(tmp_path / "tasks.md", [str(task)], progress=False, workers=2)
+    row = next(line for line in text.splitlines() if line.startswith("| `tiny` | mean"))
+    assert "(`fcfs`)" in row and row.count("+-") >= 7  # random, simplest, best, learned, clairvoyant, scores
+    paired_row = next(line for line in text.splitlines() if line.startswith("| `tiny` | `gittins`"))
+    assert paired_row.endswith("| no |") or paired_row.endswith("| yes |")
+    assert "held-out workload:" in text and (tmp_path / "tasks.md").read_text() == text
