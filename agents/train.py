@@ -6,8 +6,8 @@ policy of :mod:`agents.policy` over the request slots; ``replica-set``: the same
 ``Routing-v0``; ``mlp``: sb3-contrib's ``MultiInputPolicy`` out of the box), PPO's
 hyperparameters, the number of vectorised environments, the step budget and the seed. Output, under
 ``--out``: ``model.zip``, ``checkpoints/``, ``tb/`` (TensorBoard), ``monitor/`` (episode returns),
-``curve.csv`` (the deterministic policy's task objective, or mean completion time, during training) and
-``config.yaml``. Runs on CPU unless ``device: auto`` finds a GPU.
+``curve.csv`` (the deterministic policy's task objective, or mean completion time, during training),
+``best.zip`` (the best evaluation's model) and ``config.yaml``. Runs on CPU unless ``device: auto`` finds a GPU.
 """
 
 from __future__ import annotations
@@ -88,11 +88,13 @@ def evaluate(model: MaskablePPO, cfg: TrainConfig) -> float:
 
 
 class CurveCallback(BaseCallback):
-    """Evaluates the deterministic policy every ``every`` steps and appends to ``curve.csv``."""
+    """Evaluates the deterministic policy every ``eval_every`` steps, appends to ``curve.csv`` and keeps the
+    best so far as ``best.zip``."""
 
     def __init__(self, cfg: TrainConfig, out: Path) -> None:
         super().__init__()
         self.cfg, self.path, self.next = cfg, out / "curve.csv", 0
+        self.best_path, self.best = out / "best.zip", float("inf")
         self.t0 = time.time()
         with open(self.path, "w", newline="") as fh:
             csv.writer(fh).writerow(["timesteps", "wall_seconds", cfg.task and "objective" or "mean_completion_time"])
@@ -102,6 +104,9 @@ class CurveCallback(BaseCallback):
             self.next += self.cfg.eval_every
             score = evaluate(self.model, self.cfg)
             self.logger.record("eval/score", score)
+            if score < self.best:  # model selection on the config's eval seeds, never a task's held-out ones
+                self.best = score
+                self.model.save(self.best_path)
             with open(self.path, "a", newline="") as fh:
                 csv.writer(fh).writerow([self.num_timesteps, round(time.time() - self.t0, 1), score])
         return True
@@ -123,9 +128,10 @@ def train(cfg: TrainConfig, out: Path, progress_bar: bool = True) -> Path:
     if cfg.imitate:
         accuracy = imitate(model, cfg)
         (out / "imitation.txt").write_text(f"cloned {cfg.imitate}: training accuracy {accuracy:.3f}\n")
+    curve = CurveCallback(cfg, out)
     callbacks = CallbackList([
         CheckpointCallback(save_freq=max(cfg.eval_every // cfg.n_envs, 1), save_path=str(out / "checkpoints")),
-        CurveCallback(cfg, out),
+        curve,
     ])
     model.learn(total_timesteps=cfg.total_timesteps, callback=callbacks, progress_bar=progress_bar)
     path = out / "model.zip"
@@ -134,4 +140,6 @@ def train(cfg: TrainConfig, out: Path, progress_bar: bool = True) -> Path:
     final = evaluate(model, cfg)
     with open(out / "curve.csv", "a", newline="") as fh:
         csv.writer(fh).writerow([model.num_timesteps, "", final])
+    if final < curve.best:
+        model.save(curve.best_path)
     return path

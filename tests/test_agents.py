@@ -62,6 +62,7 @@ def test_short_training_completes_and_beats_the_random_policy(trained):
     assert learned < initial
     assert len(curve) >= 3
     assert any((out / "checkpoints").iterdir()) and any((out / "tb").iterdir())
+    assert (out / "best.zip").is_file()
 
 
 def test_checkpoint_reproduces_its_evaluation_and_runs_as_a_scheduler(trained):
