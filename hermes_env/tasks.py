@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from hermes_env.catalog import config_path, names
 from hermes_env.errors import require
@@ -184,6 +183,8 @@ def episode(env: Any, act: Any, seed: int) -> dict[str, Any]:
 # -- scores -------------------------------------------------------------------------------------------
 
 def _ci(values: list[float]) -> tuple[float, float]:
+    from scipy import stats
+
     x = np.asarray(values, dtype=float)
     if len(x) < 2:
         return float(x.mean()), math.nan

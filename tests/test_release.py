@@ -405,3 +405,11 @@ def test_config_errors_survive_pickling():
     err = pickle.loads(pickle.dumps(ConfigError("workload.rate", "must be > 0", "give a positive rate")))
     assert (err.field, err.problem, err.fix, str(err)) == (
         "workload.rate", "must be > 0", "give a positive rate", "workload.rate: must be > 0 (give a positive rate)")
+
+
+def test_importing_the_package_loads_neither_torch_nor_scipys_heavy_modules():
+    # issue 16: `hermes-env --help` had to import scipy.stats and scipy.optimize (0.7 s) before doing anything
+    code = ("import sys, hermes_env, hermes_env.cli; "
+            "print(sorted(m for m in ('torch', 'scipy.stats', 'scipy.optimize', 'scipy.signal') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

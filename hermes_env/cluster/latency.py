@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from hermes_env.errors import ConfigError, require
 from hermes_env.pdgraph.cost import LinearTokenCost
@@ -139,6 +138,8 @@ def fit_iteration_latency(csv_path: str | Path) -> tuple[np.ndarray, dict]:
     kind = np.array([r["kind"] for r in rows])
     train = (kind != "mixed") & (np.arange(len(rows)) % 3 != 1)
     start = np.array([9e-3, 3e-5, 4.0, 4e-8, 1e-10, 3e-7])
+    from scipy.optimize import least_squares  # fitting only: keeps `import hermes_env` light
+
     result = least_squares(lambda th: (_predict(th, x[train]) - y[train]) / y[train], start,
                            bounds=([0, 0, 1, 0, 0, 0], [1, 1, 20, 1, 1, 1]), x_scale=start)
     err = np.abs(_predict(result.x, x) - y) / y

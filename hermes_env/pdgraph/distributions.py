@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from hermes_env.errors import ConfigError, require
 from hermes_env.validation import as_number
@@ -219,6 +218,8 @@ class LogNormal(_ScipyBacked):
 
     def __init__(self, mu: float, sigma: float) -> None:
         self.mu, self.sigma = float(mu), float(sigma)
+        from scipy import stats  # imported when a distribution needs it: keeps `import hermes_env` light
+
         self._frozen = stats.lognorm(s=self.sigma, scale=math.exp(self.mu))
 
     @classmethod
@@ -248,6 +249,8 @@ class Gamma(_ScipyBacked):
 
     def __init__(self, shape: float, scale: float) -> None:
         self.shape, self.scale = float(shape), float(scale)
+        from scipy import stats
+
         self._frozen = stats.gamma(a=self.shape, scale=self.scale)
 
     @classmethod

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from scipy.signal import fftconvolve
 
 from hermes_env.pdgraph.distributions import Distribution
 
@@ -98,6 +97,8 @@ class Lattice:
 
     def convolve(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """The pmf of the sum; mass past the horizon stays on the last point."""
+        from scipy.signal import fftconvolve  # imported when first needed: keeps `import hermes_env` light
+
         full = fftconvolve(a, b)
         out = np.maximum(full[: self.n], 0.0)
         out[-1] += max(float(full[self.n :].sum()), 0.0)
