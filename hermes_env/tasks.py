@@ -183,20 +183,14 @@ def episode(env: Any, act: Any, seed: int) -> dict[str, Any]:
 # -- scores -------------------------------------------------------------------------------------------
 
 def _ci(values: list[float]) -> tuple[float, float]:
+    """Mean and 95% confidence half-width (Student t); NaN entries (undefined on that seed) left out."""
     from scipy import stats
 
     x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
     if len(x) < 2:
-        return float(x.mean()), math.nan
+        return (float(x.mean()) if len(x) else math.nan), math.nan
     return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-
-
-@dataclass
-class Score:
-    policy: str
-    objective: tuple[float, float]  # mean, 95% CI half-width over the seeds
-    normalised: tuple[float, float]
-    per_seed: list[float]
 
 
 def evaluate(task: Task, spec: str, seeds: tuple[int, ...] | None = None, heldout: bool = False,
@@ -216,8 +210,8 @@ def evaluate(task: Task, spec: str, seeds: tuple[int, ...] | None = None, heldou
 
 def paired(policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, tuple[float, float]]:
     """``policy`` against ``reference`` on the same seeds: the difference of their objectives (negative:
-    the policy is better) and the share of the reference's gap to the bound the policy closes, each a
-    mean with its 95% confidence half-width."""
+    the policy is better) and the share of the reference's gap to the bound the policy closes (over the
+    seeds where the reference has a gap), each a mean with its 95% confidence half-width."""
     a, b, bound = (np.asarray(x) for x in (policy["per_seed"], reference["per_seed"], reference["per_seed_bound"]))
     gap = np.where(b != bound, b - bound, np.nan)
     return {"difference": _ci(list(a - b)), "gap_closed": _ci(list((b - a) / gap))}
@@ -274,6 +268,8 @@ def _task_row(name: str) -> tuple:
 
 
 def _pm(value: tuple[float, float]) -> str:
+    if math.isnan(value[0]):
+        return "- (no seed with a gap)"
     return f"{value[0]:.3g} +- {value[1]:.2g}"
 
 
