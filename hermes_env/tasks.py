@@ -41,6 +41,7 @@ import numpy as np
 
 from hermes_env.catalog import config_path, names
 from hermes_env.errors import require
+from hermes_env.sim.metrics import mean_ci
 from hermes_env.validation import as_integer, check_keys, choice, load_yaml
 
 OBJECTIVES = ("mean", "p95", "slo_miss", "cost")
@@ -182,17 +183,6 @@ def episode(env: Any, act: Any, seed: int) -> dict[str, Any]:
 
 # -- scores -------------------------------------------------------------------------------------------
 
-def _ci(values: list[float]) -> tuple[float, float]:
-    """Mean and 95% confidence half-width (Student t); NaN entries (undefined on that seed) left out."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    x = x[~np.isnan(x)]
-    if len(x) < 2:
-        return (float(x.mean()) if len(x) else math.nan), math.nan
-    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-
-
 def evaluate(task: Task, spec: str, seeds: tuple[int, ...] | None = None, heldout: bool = False,
              simplest: list[tuple[float, float]] | None = None) -> dict[str, Any]:
     """``spec``'s objective and normalised score on the held-out seeds (default), with the simplest
@@ -203,8 +193,8 @@ def evaluate(task: Task, spec: str, seeds: tuple[int, ...] | None = None, heldou
     bounds = [b for _, b in simplest]
     norm = [(m - s) / (b - s) if b != s else 0.0 for (m, _), (s, _), b in zip(mine, simplest, bounds, strict=True)]
     return {"task": task.name, "policy": spec, "seeds": list(seeds), "heldout": heldout,
-            "objective": _ci([m for m, _ in mine]), "simplest": _ci([s for s, _ in simplest]),
-            "bound": _ci(bounds), "normalised": _ci(norm), "per_seed": [m for m, _ in mine],
+            "objective": mean_ci([m for m, _ in mine]), "simplest": mean_ci([s for s, _ in simplest]),
+            "bound": mean_ci(bounds), "normalised": mean_ci(norm), "per_seed": [m for m, _ in mine],
             "per_seed_bound": bounds, "runs": mine, "simplest_runs": simplest}
 
 
@@ -214,7 +204,8 @@ def paired(policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, tuple
     seeds where the reference has a gap), each a mean with its 95% confidence half-width."""
     a, b, bound = (np.asarray(x) for x in (policy["per_seed"], reference["per_seed"], reference["per_seed_bound"]))
     gap = np.where(b != bound, b - bound, np.nan)
-    return {"difference": _ci(list(a - b)), "gap_closed": _ci(list((b - a) / gap))}
+    closed = (b - a) / gap
+    return {"difference": mean_ci(a - b), "gap_closed": mean_ci(closed[~np.isnan(closed)])}
 
 
 def format_score(result: dict[str, Any]) -> str:

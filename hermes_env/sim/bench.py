@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from hermes_env.catalog import config_path
 from hermes_env.errors import ConfigError, require
+from hermes_env.sim.metrics import mean_ci
 from hermes_env.sim.policies import (
     autoscaler_names,
     prewarm_names,
@@ -356,13 +356,6 @@ def _read_completion_times(path: Path) -> dict[tuple[float, Combo], list[float]]
 
 # -- summary and table ----------------------------------------------------------------------------------
 
-def _ci(values: Sequence[float]) -> tuple[float, float]:
-    x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        return float(x.mean()), math.nan
-    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-
-
 def _summarise(cfg: BenchConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
     rows = []
     combo_of = lambda r: tuple(r[k] for k in POLICY_KEYS)  # noqa: E731
@@ -375,7 +368,7 @@ def _summarise(cfg: BenchConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
             paired = [(r, ref[r["seed"]]) for r in mine if r["seed"] in ref]  # the same seeds: common random numbers
             row: dict[str, Any] = {"load": load, **dict(zip(POLICY_KEYS, combo, strict=True)), "seeds": len(mine)}
             for m in METRICS:
-                row[f"jct_{m}"], row[f"jct_{m}_ci95"] = _ci([r[f"jct_{m}"] for r in mine])
+                row[f"jct_{m}"], row[f"jct_{m}_ci95"] = mean_ci([r[f"jct_{m}"] for r in mine])
                 row[f"jct_{m}_ratio"] = float(np.mean([a[f"jct_{m}"] / b[f"jct_{m}"] for a, b in paired])) \
                     if paired else math.nan
             for key in sorted({k for r in mine for k in r if k.startswith("slo_")}):

@@ -199,3 +199,13 @@ def summarise(sim: Any) -> SimulationResult:
         "stage_queueing": {k: h.summary() for k, h in sorted(rec.stage_wait.items())},
     }
     return SimulationResult(rows, summary)
+
+
+def mean_ci(values: Any) -> tuple[float, float]:
+    """Mean and 95% confidence half-width (Student t) of per-seed figures; NaN half-width under two."""
+    from scipy import stats  # imported when first needed: keeps `import hermes_env` light
+
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return (float(x.mean()) if len(x) else math.nan), math.nan
+    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
