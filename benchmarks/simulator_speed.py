@@ -5,12 +5,16 @@
    issue's target is one million LLM requests per CPU-minute.
 2. Scaling: the cost per event with 10 to 10,000 applications in the system at once (all arriving in a
    burst), as a ratio to the cost with 10 (the target is to stay within 2x).
+3. Memory of a long run (``keep_applications=False``, as ``hermes-env simulate`` streams): peak resident
+   memory of fresh processes simulating 50,000 and 200,000 applications, and the growth per application.
 
     python benchmarks/simulator_speed.py
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +90,32 @@ def main() -> None:
             per = cpu / events
             reference = reference or per
             print(f"{n:6d} {events:9d} {1e6 * per:9.2f} {per / reference:13.2f}")
+    memory()
+
+
+MEMORY_RUN = """
+import resource, sys, yaml
+from pathlib import Path
+from hermes_env.sim import ExperimentConfig, Simulation
+cluster = yaml.safe_load(Path(sys.argv[2]).read_text())
+cfg = ExperimentConfig.from_dict({"cluster": cluster, "workload": {"num_applications": int(sys.argv[1]),
+    "arrivals": {"process": "poisson", "rate": 16.0}, "applications": [{"template": "single_request"}]}})
+Simulation(cfg, seed=0, keep_applications=False).run()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_mb(n: int) -> float:
+    cluster = ROOT / "configs" / "clusters" / "default.yaml"
+    out = subprocess.run([sys.executable, "-c", MEMORY_RUN, str(n), str(cluster)], capture_output=True, text=True,
+                         check=True).stdout
+    return int(out.split()[-1]) / 1024
+
+
+def memory() -> None:
+    small, large = peak_rss_mb(50_000), peak_rss_mb(200_000)
+    print(f"\nmemory of a long run (single requests, keep_applications=False): peak RSS {small:.0f} MB at 50,000 "
+          f"applications, {large:.0f} MB at 200,000: {1024 * (large - small) / 150_000:.2f} kB per application")
 
 
 if __name__ == "__main__":
