@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
+    sweep_seconds("serial", None)  # warm-up: one-off imports and the plotting backend, not the executor's cost
     serial = sweep_seconds("serial", None)
     print(f"sweep of 32 cells (hermes bench, 2 seeds): serial {serial:.1f} s wall")
     print(f"{'executor':9s} {'workers':>7s} {'wall s':>7s} {'speed-up vs serial':>19s}")
