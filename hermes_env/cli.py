@@ -25,6 +25,8 @@ the fix and exits with status 2; an interrupted bench exits with 130 after writi
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -248,10 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows at the flush when stdout is buffered
+        return status
     except ConfigError as err:
         print(f"hermes-env: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader closed the pipe early (`hermes-env tasks | head`): end quietly, as a shell tool
+        # killed by SIGPIPE would, instead of a traceback; stdout is pointed at devnull so that the
+        # interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -256,6 +256,19 @@ def _experiment(**workload):
     return spec
 
 
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_a_reader_closing_the_pipe_early_ends_a_command_quietly(tmp_path, unbuffered):
+    """`hermes-env tasks | grep -q x` under pipefail: the command ends with SIGPIPE's status, no traceback."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": unbuffered}
+    proc = subprocess.run([sys.executable, "-m", "hermes_env.cli", "tasks"], cwd=tmp_path, env=env, stdout=write,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write)
+    assert proc.stderr == ""
+    assert proc.returncode == 128 + signal.SIGPIPE
+
+
 @pytest.mark.parametrize("workload, field", [
     ({"arrivals": {"process": "poisson", "rate": math.inf}}, "workload.arrivals.rate"),
     ({"arrivals": {"process": "bursty", "rate": 1.0, "cv": math.inf}}, "workload.arrivals.cv"),
