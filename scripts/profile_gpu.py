@@ -11,10 +11,12 @@ continuous-batching engine runs each iteration:
 
 Every shape is timed twice: replaying a captured CUDA graph (per-step launch overhead removed, as a
 serving engine runs it) and plainly in eager mode. Each figure is the median of 20 timed runs after 3
-warm-ups, timed with CUDA events. The copy bandwidth and bf16 matrix rate are measured first, so that
-each decode time can be checked against its memory floor (all weights read once per step).
+warm-ups (of 5 runs after 1 for shapes slower than half a second), timed with CUDA events. The copy
+bandwidth and bf16 matrix rate are measured first, so that each decode time can be checked against its
+memory floor (all weights read once per step).
 
-    python scripts/profile_gpu.py --out DIR     # writes DIR/profile.csv and DIR/environment.json
+    python scripts/profile_gpu.py --out DIR          # writes DIR/profile.csv and DIR/environment.json
+    python scripts/profile_gpu.py --long --out DIR   # and prompts and contexts of 12k to 131k tokens
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ DECODE_BATCH = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
 DECODE_CONTEXT = [128, 512, 1024, 2048, 4096, 8192]
 MAX_CACHED_TOKENS = 262_144  # B * C bound: 34 GB of K/V over 32 layers, with the 16 GB of weights
 MIXED = [(256, 8, 1024), (256, 32, 1024), (1024, 16, 2048), (512, 64, 512), (2048, 32, 1024), (128, 128, 2048)]
+# Long contexts (--long): the same method beyond the first profile's 8,192 tokens, up to Llama-3.1's
+# 131,072-token context. They are measured after all the shapes above, so that a run cut short keeps those.
+LONG_PREFILL_TOKENS = [12288, 16384, 24576, 32768, 49152, 65536, 131072]
+LONG_DECODE_CONTEXT = [16384, 32768, 65536, 131072]
+LONG_MIXED = [(2048, 4, 32768), (8192, 8, 16384), (16384, 16, 4096), (4096, 2, 65536)]
+MAX_POSITION = 131_072 + 1
+SLOW_MS = 500.0  # shapes slower than this per run are timed 5 times (1 warm-up) instead of 20 (3 warm-ups)
 
 
 def randn(*shape: int, scale: float = 0.02) -> torch.Tensor:
@@ -64,7 +73,7 @@ class Model:
         self.norm = torch.ones(HIDDEN, device=DEV, dtype=DTYPE)
         self.lm_head = randn(HIDDEN, VOCAB)
         inv = 1.0 / (ROPE_THETA ** (torch.arange(0, HEAD_DIM, 2, device=DEV, dtype=torch.float32) / HEAD_DIM))
-        pos = torch.arange(16384, device=DEV, dtype=torch.float32)
+        pos = torch.arange(MAX_POSITION, device=DEV, dtype=torch.float32)
         freqs = torch.outer(pos, inv)
         self.cos, self.sin = freqs.cos().to(DTYPE), freqs.sin().to(DTYPE)
 
@@ -156,17 +165,20 @@ def measure(model: Model, prefill: int, batch: int, ctx: int, eager_reps: int) -
         return model.forward(tokens, prefill, caches, ctx, batch, pcache)
 
     with torch.inference_mode():
-        eager = time_fn(step, warmup=2, reps=eager_reps)
+        first = time_fn(step, warmup=1, reps=1)[0]
+        slow = first > SLOW_MS  # a long prefill: launch overhead is nil, and 20 runs would take minutes
+        eager = time_fn(step, warmup=0 if slow else 1, reps=2 if slow else eager_reps)
+        torch.cuda.empty_cache()  # the graph's private pool needs the room the eager runs cached
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2):
+            for _ in range(1 if slow else 2):
                 step()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             step()
-        graphed = time_fn(graph.replay)
+        graphed = time_fn(graph.replay, warmup=1 if slow else 3, reps=5 if slow else 20)
         del graph
     del caches, pcache
     torch.cuda.empty_cache()
@@ -202,6 +214,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="a few shapes only, to check the script")
+    parser.add_argument("--long", action="store_true", help="add prompts and contexts of 12k to 131k tokens")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -215,6 +228,10 @@ def main() -> None:
     shapes = [(t, 0, 0, "prefill") for t in PREFILL_TOKENS]
     shapes += [(0, b, c, "decode") for b in DECODE_BATCH for c in DECODE_CONTEXT if b * c <= MAX_CACHED_TOKENS]
     shapes += [(p, b, c, "mixed") for p, b, c in MIXED]
+    if args.long:
+        shapes += [(t, 0, 0, "prefill") for t in LONG_PREFILL_TOKENS]
+        shapes += [(0, b, c, "decode") for c in LONG_DECODE_CONTEXT for b in DECODE_BATCH if b * c <= MAX_CACHED_TOKENS]
+        shapes += [(p, b, c, "mixed") for p, b, c in LONG_MIXED]
     if args.quick:
         shapes = [shapes[0], shapes[len(PREFILL_TOKENS)], shapes[-1]]
     rows = []

@@ -31,8 +31,8 @@ def test_measured_decode_respects_the_memory_floor_and_graphs_remove_launch_over
     for r in decode:
         assert float(r["graph_ms"]) >= floor_ms  # no step beats reading the weights once
     batch1 = [r for r in decode if r["decode_batch"] == "1"]
-    # eager batch-1 steps are dominated by launch overhead; CUDA graphs remove most of it
-    assert all(float(r["eager_ms"]) > 1.4 * float(r["graph_ms"]) for r in batch1)
+    # eager batch-1 steps over up to 8k tokens are dominated by launch overhead; CUDA graphs remove most of it
+    assert all(float(r["eager_ms"]) > 1.4 * float(r["graph_ms"]) for r in batch1 if int(r["decode_context"]) <= 8192)
     assert min(float(r["graph_ms"]) for r in batch1) < 2 * floor_ms
 
 
@@ -42,10 +42,33 @@ def test_packaged_profile_is_the_fit_of_the_packaged_measurements():
     assert [getattr(profile, k) for k in PARAMETERS] == pytest.approx(list(theta), rel=1e-6)
     assert profile.errors == report
     # held-out accuracy (every third shape and all mixed iterations are never fitted)
-    assert report["decode"]["held_out_mean_rel_error"] < 0.03
-    assert report["prefill"]["held_out_mean_rel_error"] < 0.05
-    assert report["mixed"]["held_out_mean_rel_error"] < 0.10
+    held_out = report["held_out"]
+    assert held_out["decode"]["mean_rel_error"] < 0.03 and held_out["decode"]["max_rel_error"] < 0.08
+    assert held_out["prefill"]["mean_rel_error"] < 0.03 and held_out["prefill"]["max_rel_error"] < 0.05
+    assert held_out["mixed"]["mean_rel_error"] < 0.06
+    # fitted to at most 32k tokens, the model carries to the 49k to 131k-token shapes
+    beyond = report["extrapolated_past_32768"]
+    assert beyond["prefill"]["points"] == 3 and beyond["prefill"]["max_rel_error"] < 0.08
+    assert beyond["decode"]["points"] == 5 and beyond["decode"]["max_rel_error"] < 0.05
     assert not profile.derived and "measured" in profile.source
+
+
+def test_profile_covers_131k_token_prompts_and_contexts():
+    rows = measured_rows()
+    assert max(int(r["prefill_tokens"]) for r in rows if r["kind"] == "prefill") == 131072
+    assert max(int(r["decode_context"]) for r in rows if r["kind"] == "decode") == 131072
+
+
+def test_small_batches_over_long_contexts_cost_the_longest_sequence_not_their_sum():
+    """Measured: batches of 1 to 8 over 32k cached tokens each take the same time (the attention kernel
+    runs one long sequence serially on a few SMs); the model's max(), unlike a sum, says so."""
+    times = {int(r["decode_batch"]): float(r["graph_ms"]) / 1e3 for r in measured_rows()
+             if r["kind"] == "decode" and r["decode_context"] == "32768"}
+    assert set(times) == {1, 2, 4, 8} and max(times.values()) < 1.06 * min(times.values())
+    lat = load_profile("llama3-8b-h100")
+    predicted = {b: lat.iteration_time(b, kv_tokens=b * 32768, max_context=32768) for b in times}
+    for b, t in times.items():
+        assert predicted[b] == pytest.approx(t, rel=0.05)
 
 
 def test_derived_70b_entry_is_labelled_and_slower():

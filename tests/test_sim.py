@@ -86,6 +86,7 @@ def reference_replica(arrivals, prompt, output, lat, max_batch, budget):
     running = {}  # i -> (ctx, left)
     done = {}
     now, k = 0.0, 0
+    crossings, lead = 0, None  # decode iterations whose larger attention term changed with the batch unchanged
     while len(done) < len(arrivals):
         if not running and k < len(waiting) and waiting[k][0] > now:
             now = waiting[k][0]
@@ -97,6 +98,9 @@ def reference_replica(arrivals, prompt, output, lat, max_batch, budget):
             tokens += prompt
             k += 1
         ctx = [c for c, _ in running.values()]
+        now_lead = (tuple(running), lat.per_kv_token * sum(ctx) >= lat.per_max_context * max(ctx, default=0))
+        crossings += not new and lead is not None and now_lead[0] == lead[0] and now_lead[1] != lead[1]
+        lead = now_lead
         t = lat.iteration_time(tokens + len(running), kv_tokens=sum(ctx), prefill_pairs=len(new) * prompt**2,
                                max_context=max(ctx, default=0))
         now += t
@@ -105,21 +109,29 @@ def reference_replica(arrivals, prompt, output, lat, max_batch, budget):
         for i in [i for i, (_, left) in running.items() if left == 0]:
             done[i] = now
             del running[i]
-    return [done[i] for i in range(len(arrivals))]
+    return [done[i] for i in range(len(arrivals))], crossings
 
 
-@pytest.mark.parametrize("rate, max_batch", [(2.0, 256), (8.0, 8), (20.0, 256)])
-def test_closed_form_segments_match_iteration_by_iteration_stepping(rate, max_batch):
-    prompt, output, n = 300, 120, 150
+@pytest.mark.parametrize("prompt, output, rate, max_batch, longest_bound", [
+    (300, 120, 2.0, 256, False), (300, 120, 8.0, 8, False), (300, 120, 20.0, 256, False), (50, 300, 3.0, 256, True)])
+def test_closed_form_segments_match_iteration_by_iteration_stepping(prompt, output, rate, max_batch, longest_bound,
+                                                                   tmp_path):
+    n = 150
+    profile = "llama3-8b-h100"
+    if longest_bound:  # the longest-context term 6x the per-token one: the larger term changes inside segments
+        spec = load_profile(profile).to_dict() | {"per_max_context": 6 * load_profile(profile).per_kv_token}
+        profile = tmp_path / "longest-bound.yaml"
+        profile.write_text(yaml.safe_dump(spec))
     cfg = llm_experiment(prompt, output, rate=rate, n=n, engine="legacy", max_num_seqs=max_batch,
-                         max_num_batched_tokens=1024)
+                         max_num_batched_tokens=1024, profile=str(profile))
     sim = Simulation(cfg, seed=2, check_invariants=True)
     result = sim.run()
     lat = cfg.cluster.llm_backends[0].latency
-    expected = reference_replica(sim.arrival_times, prompt, output, lat, max_batch, 1024)
+    expected, crossings = reference_replica(sim.arrival_times, prompt, output, lat, max_batch, 1024)
     got = [r["completion"] for r in result.rows]
     assert np.allclose(got, expected, rtol=1e-9, atol=1e-9)
     assert sim.llm_backends["llm:llama3-8b"].replicas[0].iterations > 0
+    assert (crossings > 0) == longest_bound
 
 
 def test_kv_exhaustion_preempts_and_still_completes_everything():

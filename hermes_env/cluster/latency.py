@@ -5,9 +5,14 @@ One iteration of a continuous-batching engine runs the linear layers over every 
 request. The model, in seconds:
 
     t = (floor^p + (per_token * N)^p)^(1/p)       linear layers: weight-read floor blending into compute
-        + per_kv_token * sum(decode contexts)      decode attention reads every cached token
         + per_prefill_pair * sum(prompt^2)         causal prefill attention
-        + per_max_context * max(decode context)    the longest sequence's attention runs serially
+        + max(per_kv_token * sum(decode contexts), decode attention: bound by reading every cached token,
+              per_max_context * max(decode context))  or, on an under-filled GPU, by the longest sequence
+
+The decode-attention kernel gives each sequence's KV heads a few thread blocks and does not split one
+long context across the GPU, so a small batch over long contexts takes the longest sequence's serial time
+(a batch of 1 to 8 over 32k tokens costs the same) and a large batch takes its bytes' time: the larger of
+the two, not their sum (the sum, fitted to 8k-token shapes, was 30% off at 131k; docs/latency.md).
 
 ``scripts/fit_latency.py`` fits it to ``profiles/<name>.csv`` (measured by ``scripts/profile_gpu.py``)
 and writes ``profiles/<name>.yaml`` with the held-out errors; this module only reads the YAML.
@@ -57,13 +62,17 @@ class IterationLatency:
             return (self.floor**p + (self.per_token * tokens) ** p) ** (1.0 / p)
         return (self.floor**p + (self.per_token * np.asarray(tokens, dtype=float)) ** p) ** (1.0 / p)
 
+    def decode_attention(self, kv_tokens: float, max_context: float) -> float:
+        """Seconds of decode attention over ``kv_tokens`` cached tokens in all, the longest ``max_context``."""
+        return max(self.per_kv_token * kv_tokens, self.per_max_context * max_context)
+
     def iteration_time(self, tokens: float, kv_tokens: float = 0.0, prefill_pairs: float = 0.0,
                        max_context: float = 0.0) -> float:
         """Seconds for one iteration over ``tokens`` tokens whose decoding requests hold ``kv_tokens``
         cached tokens in all (the longest ``max_context``) and whose prompts sum to ``prefill_pairs``
         squared tokens."""
-        return float(self.linear_layers(tokens) + self.per_kv_token * kv_tokens
-                     + self.per_prefill_pair * prefill_pairs + self.per_max_context * max_context)
+        return float(self.linear_layers(tokens) + self.decode_attention(kv_tokens, max_context)
+                     + self.per_prefill_pair * prefill_pairs)
 
     def prefill_time(self, prompt: np.ndarray | float) -> np.ndarray | float:
         prompt = np.asarray(prompt, dtype=float)
@@ -80,7 +89,8 @@ class IterationLatency:
         context_sum = steps * prompt + steps * (steps + 1.0) / 2.0  # sum of prompt + k, k = 1..steps
         per_step = float(self.linear_layers(1.0))
         prefill = self.linear_layers(prompt - cached) + self.per_prefill_pair * (prompt**2 - cached**2)
-        return prefill + steps * per_step + (self.per_kv_token + self.per_max_context) * context_sum
+        # alone, the sequence is both the whole cache and the longest context
+        return prefill + steps * per_step + max(self.per_kv_token, self.per_max_context) * context_sum
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -123,33 +133,48 @@ def _features(row: Mapping[str, str]) -> tuple[float, float, float, float]:
 def _predict(theta: np.ndarray, x: np.ndarray) -> np.ndarray:
     model = IterationLatency(*theta)
     n, kv, pairs, longest = x.T
-    return (model.linear_layers(n) + model.per_kv_token * kv + model.per_prefill_pair * pairs
-            + model.per_max_context * longest)
+    return (model.linear_layers(n) + np.maximum(model.per_kv_token * kv, model.per_max_context * longest)
+            + model.per_prefill_pair * pairs)
 
 
-def fit_iteration_latency(csv_path: str | Path) -> tuple[np.ndarray, dict]:
+def fit_iteration_latency(csv_path: str | Path, extrapolate_beyond: int = 32_768) -> tuple[np.ndarray, dict]:
     """Least-squares fit (relative error) of the CUDA-graph times of a profile CSV. Training points: the
-    prefill and decode shapes except every third; held out: every third and all mixed (prefill +
-    decode) iterations. Returns the parameters and the held-out relative errors per kind."""
+    prefill and decode shapes except every third; held out: every third and all mixed (prefill + decode)
+    iterations. A second fit, on the shapes of at most ``extrapolate_beyond`` tokens by the same rule, is
+    scored on the longer ones: how far the model carries past the range it was fitted on. Returns the
+    parameters and the relative errors per kind."""
     with open(csv_path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     x = np.array([_features(r) for r in rows], dtype=float)
     y = np.array([float(r["graph_ms"]) for r in rows]) / 1e3
     kind = np.array([r["kind"] for r in rows])
+    longest = np.array([max(int(r["prefill_tokens"]), int(r["decode_context"])) for r in rows])
     train = (kind != "mixed") & (np.arange(len(rows)) % 3 != 1)
-    start = np.array([9e-3, 3e-5, 4.0, 4e-8, 1e-10, 3e-7])
+    theta = _least_squares(x[train], y[train])
+    err = np.abs(_predict(theta, x) - y) / y
+    report = {"held_out": {k: _errors(err[(kind == k) & ~train]) for k in ("prefill", "decode", "mixed")},
+              "train_max_rel_error": round(float(err[train].max()), 4)}
+    beyond = longest > extrapolate_beyond
+    if beyond.any() and (train & ~beyond).any():
+        short = _least_squares(x[train & ~beyond], y[train & ~beyond])
+        err = np.abs(_predict(short, x) - y) / y
+        report[f"extrapolated_past_{extrapolate_beyond}"] = {
+            k: _errors(err[(kind == k) & beyond]) for k in ("prefill", "decode", "mixed")
+            if (beyond & (kind == k)).any()}
+    return theta, report
+
+
+def _least_squares(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     from scipy.optimize import least_squares  # fitting only: keeps `import hermes_env` light
 
-    result = least_squares(lambda th: (_predict(th, x[train]) - y[train]) / y[train], start,
-                           bounds=([0, 0, 1, 0, 0, 0], [1, 1, 20, 1, 1, 1]), x_scale=start)
-    err = np.abs(_predict(result.x, x) - y) / y
-    report = {}
-    for k in ("prefill", "decode", "mixed"):
-        held = err[(kind == k) & ~train]
-        report[k] = {"held_out_points": int(held.size), "held_out_mean_rel_error": round(float(held.mean()), 4),
-                     "held_out_max_rel_error": round(float(held.max()), 4)}
-    report["train_max_rel_error"] = round(float(err[train].max()), 4)
-    return result.x, report
+    start = np.array([9e-3, 3e-5, 4.0, 4e-8, 1e-10, 3e-7])
+    return least_squares(lambda th: (_predict(th, x) - y) / y, start, bounds=([0, 0, 1, 0, 0, 0], [1, 1, 20, 1, 1, 1]),
+                         x_scale=start).x
+
+
+def _errors(err: np.ndarray) -> dict[str, Any]:
+    return {"points": int(err.size), "mean_rel_error": round(float(err.mean()), 4),
+            "max_rel_error": round(float(err.max()), 4)}
 
 
 class ProfileCost:

@@ -495,11 +495,18 @@ class Replica:
         while self.running.get(heap[0][2], (0, 0, -1))[2] != heap[0][1]:
             heapq.heappop(heap)
         m = min(heap[0][0] - self.clock, self.free_tokens() // n)
-        self._room(m * n)
         lat = self.latency
-        base = lat.linear_layers(n) + lat.per_kv_token * self._kv_held() + lat.per_max_context * self._max_context()
-        step = lat.per_kv_token * n + lat.per_max_context  # growth of the iteration time per iteration
-        self.a, self.b = step / 2.0, float(base) - step / 2.0
+        # Decode attention is the larger of a term in all cached tokens (growing n per iteration) and one
+        # in the longest context (growing 1): iteration k takes base + k * step while the larger stays the
+        # larger, so the segment ends where the other would overtake and the next one is planned from there.
+        kv = (lat.per_kv_token * self._kv_held(), lat.per_kv_token * n)
+        longest = (lat.per_max_context * self._max_context(), lat.per_max_context)
+        (lead, lead_step), (other, other_step) = (kv, longest) if kv[0] >= longest[0] else (longest, kv)
+        if other_step > lead_step:  # the lead holds for iterations k <= (lead - other) / (other_step - lead_step)
+            m = min(m, int((lead - other) / (other_step - lead_step)) + 1)
+        self._room(m * n)
+        base, step = float(lat.linear_layers(n)) + lead, lead_step  # step: growth of the time per iteration
+        self.a, self.b = step / 2.0, base - step / 2.0
         self.t0, self.planned = now, m
         self.kv_used += m * n  # reserve the segment's growth
 
