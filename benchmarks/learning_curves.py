@@ -102,19 +102,15 @@ def _write(path: Path, rows: list[tuple[float, int, float]]) -> None:
 
 
 def mean_completion(act) -> tuple[float, float]:  # noqa: ANN001
+    """Mean completion time (and its standard error) of ``act(obs, mask)``, or of the heuristic it names,
+    acting on the evaluation seeds."""
     env = gym.make(ENV_ID, **ENV_KWARGS).unwrapped
+    if isinstance(act, str):
+        from baselines import EnvPolicy
+
+        policy = EnvPolicy(act)
+        act = lambda obs, mask: policy(env, obs, {"action_mask": mask})  # noqa: E731
     means = [episode(env, act, seed)["jct"]["mean"] for seed in EVAL_SEEDS]
-    return float(np.mean(means)), float(np.std(means, ddof=1) / np.sqrt(len(means)))
-
-
-def heuristic(name: str):  # noqa: ANN201
-    from baselines import EnvPolicy
-
-    policy = EnvPolicy(name)
-    env = gym.make(ENV_ID, **ENV_KWARGS).unwrapped
-    means = []
-    for seed in EVAL_SEEDS:
-        means.append(episode(env, lambda obs, mask: policy(env, obs, {"action_mask": mask}), seed)["jct"]["mean"])
     return float(np.mean(means)), float(np.std(means, ddof=1) / np.sqrt(len(means)))
 
 
@@ -145,10 +141,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     scores = {"SB3, 1 process": mean_completion(train_sb3(args.seconds, args.out)),
               f"RLlib, {args.runners} runners": mean_completion(train_rllib(args.seconds, args.runners, args.out))}
-    scores |= {name: heuristic(name) for name in ("fcfs", "gittins")}
+    scores |= {name: mean_completion(name) for name in ("fcfs", "gittins")}
     plot(args.out, args.runners)
     for name in ("sb3", "rllib"):
         rows = list(csv.DictReader(open(args.out / f"curve_{name}.csv")))
+        if not rows:
+            print(f"{name:5s}: no update finished within {args.seconds:g} s")
+            continue
         last = rows[-1]
         print(f"{name:5s}: {len(rows)} updates, {last['env_steps']} env steps in {last['wall_seconds']} s "
               f"({int(last['env_steps']) / float(last['wall_seconds']):.0f}/s), last mean return "
