@@ -10,8 +10,8 @@ Engines, each on the default cluster (four Llama-3.1-8B replicas behind a shared
 
 Workloads: the Hermes-like mix at 2 applications/s (3,000 applications), an agent-heavy mix (ReAct agents,
 code generation with its repair loop, debates and fact checking: contexts that grow call by call) at 2
-applications/s, and the first 20 minutes of Mooncake's conversation trace replayed at 1.66 requests/s
-(configs/experiments/mooncake-conv.yaml: prompts of 12,000 tokens on average, with shared prefix blocks).
+applications/s, and the first 20 minutes of Mooncake's conversation trace replayed at the rate of
+configs/experiments/mooncake-conv.yaml (prompts of 12,000 tokens on average, with shared prefix blocks).
 
     python benchmarks/engine_mechanisms.py          # prints the table docs/simulator.md shows
 """
@@ -52,10 +52,10 @@ def main() -> None:
     print(f"{'workload':14s} {'engine':20s} {'mean s':>7s} {'P95 s':>7s} {'TTFT p50':>9s} {'TTFT p95':>9s} "
           f"{'hit rate':>8s} {'remote':>7s} {'stall ms':>9s} {'wall s':>7s}")
     poisson = {"num_applications": 3000, "arrivals": {"process": "poisson", "rate": 2.0}}
+    mooncake = yaml.safe_load((ROOT / "configs" / "experiments" / "mooncake-conv.yaml").read_text())["workload"]
     workloads = {"Hermes-like": {**poisson, "applications": hermes},
                  "agent-heavy": {**poisson, "applications": AGENTIC},
-                 "Mooncake conv": {"arrivals": {"process": "trace", "trace": "mooncake_conversation", "rate": 1.66,
-                                                "window": [0, 1200]}}}
+                 "Mooncake conv": {"arrivals": {**mooncake["arrivals"], "window": [0, 1200]}}}  # its first 20 min
     for label, workload in workloads.items():
         for name, engine in ENGINES.items():
             t0 = time.perf_counter()
