@@ -3,7 +3,9 @@ train configs, found by name (``contended``, ``h100-measured``) or given as a pa
 
 They live in the repository's ``configs/`` folder, which the wheel installs as the package
 ``hermes_env.configs``; both an editable and a regular install read them through
-:mod:`importlib.resources`, so a name works from any working directory.
+:mod:`importlib.resources`, so a name works from any working directory. A source tree imported without
+an install (``PYTHONPATH=.``, or a Ray worker started in a checkout) has no ``hermes_env.configs``
+package; it reads the same folder, beside the package.
 """
 
 from __future__ import annotations
@@ -17,8 +19,14 @@ KINDS = ("experiments", "clusters", "workloads", "costs", "bench", "train", "tas
 
 
 def config_root() -> Path:
-    """The folder of the named configs (the installed ``hermes_env.configs`` package)."""
-    root = Path(str(resources.files("hermes_env.configs")))
+    """The folder of the named configs (the installed ``hermes_env.configs`` package, or a source
+    tree's ``configs/``)."""
+    try:
+        root = Path(str(resources.files("hermes_env.configs")))
+    except ModuleNotFoundError:  # a source tree, not installed: its configs/ sits beside the package
+        root = Path(__file__).resolve().parent.parent / "configs"
+        require(root.is_dir(), "hermes_env.configs", f"is not installed and {root} does not exist",
+                "install hermes_env (pip install .) or run from a complete checkout")
     require(root.is_dir(), "hermes_env.configs", f"is not a folder on disk ({root})",
             "install hermes_env as a regular or editable package, not from a zip file")
     return root

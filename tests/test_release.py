@@ -61,6 +61,21 @@ def test_named_configs_resolve_from_any_directory(tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
+def test_a_source_tree_without_an_install_reads_its_own_configs(tmp_path):
+    """PYTHONPATH=checkout, or a Ray worker started in one: no hermes_env.configs package, the same
+    configs/ folder beside the package."""
+    code = ("import sys\n"
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            "import importlib.util, gymnasium as gym, hermes_env\n"
+            "assert importlib.util.find_spec('hermes_env.configs') is None\n"
+            "from hermes_env.catalog import config_root\n"
+            "env = gym.make('hermes_env/Scheduling-v0'); env.reset(seed=0)\n"
+            "print(config_root())")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == str(ROOT / "configs"), result.stderr
+
+
 def test_commands_without_a_learned_policy_never_import_torch(tmp_path):
     code = ("import sys\nfrom hermes_env.cli import main\n"
             "args = ['simulate', 'small', '--scheduler', 'gittins', '--prewarm', 'pdgraph', '--out', 'run']\n"
