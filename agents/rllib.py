@@ -127,19 +127,24 @@ class RLlibScheduler(SchedulingPolicy):
                 f"{self.name} was trained on a cluster with other backends", "evaluate it on the cluster it knows")
 
     def select(self, backend: str, waiting: list[Any], now: float) -> int:
-        import torch
-        from gymnasium import spaces
-
         if len(waiting) == 1:
             return 0
         obs = self.features.observation(waiting, backend, now, "schedule")
-        flat = spaces.flatten(self.space, obs).astype(np.float32)
-        mask = obs["request_mask"].astype(np.float32)
-        with torch.no_grad():
-            out = self.module.forward_inference({"obs": {"observations": torch.as_tensor(flat)[None],
-                                                         "action_mask": torch.as_tensor(mask)[None]}})
-        logits = out["action_dist_inputs"][0].numpy()
-        return int(np.argmax(np.where(mask > 0, logits, -np.inf)))
+        return masked_greedy_action(self.module, self.space, obs, obs["request_mask"])
+
+
+def masked_greedy_action(module: Any, space: gym.spaces.Dict, obs: dict, mask: np.ndarray) -> int:
+    """The RL module's highest-scoring action among those ``mask`` allows, for the observation ``obs`` of
+    ``space`` (flattened, as :class:`FlatMaskedObservation` gives it in training)."""
+    import torch
+    from gymnasium import spaces
+
+    flat = torch.as_tensor(spaces.flatten(space, obs).astype(np.float32))[None]
+    with torch.no_grad():
+        out = module.forward_inference({"obs": {"observations": flat,
+                                                "action_mask": torch.as_tensor(mask.astype(np.float32))[None]}})
+    logits = out["action_dist_inputs"][0].numpy()
+    return int(np.argmax(np.where(mask > 0, logits, -np.inf)))
 
 
 def rllib_scheduler(path: str) -> RLlibScheduler:

@@ -62,11 +62,8 @@ def train_sb3(seconds: float, out: Path):  # noqa: ANN201
 
 
 def train_rllib(seconds: float, runners: int, out: Path):  # noqa: ANN201
-    import torch
-    from gymnasium import spaces
-
     from agents.config import TrainConfig
-    from agents.rllib import _ray, algorithm_config
+    from agents.rllib import _ray, algorithm_config, masked_greedy_action
 
     cfg = TrainConfig(env_kwargs=ENV_KWARGS, algorithm="rllib-ppo", num_env_runners=runners,
                       rllib={"lr": PPO["lr"], "train_batch_size": PPO["rollout"], "minibatch_size": PPO["minibatch"],
@@ -83,15 +80,7 @@ def train_rllib(seconds: float, runners: int, out: Path):  # noqa: ANN201
     _write(out / "curve_rllib.csv", rows)
     module = algo.get_module()
     space = gym.make(ENV_ID, **ENV_KWARGS).observation_space
-
-    def act(obs, mask):  # noqa: ANN001, ANN202
-        flat = torch.as_tensor(spaces.flatten(space, obs).astype(np.float32))[None]
-        with torch.no_grad():
-            logits = module.forward_inference({"obs": {"observations": flat, "action_mask": torch.as_tensor(
-                mask.astype(np.float32))[None]}})["action_dist_inputs"][0].numpy()
-        return int(np.argmax(np.where(mask > 0, logits, -np.inf)))
-
-    return act
+    return lambda obs, mask: masked_greedy_action(module, space, obs, mask)
 
 
 def _write(path: Path, rows: list[tuple[float, int, float]]) -> None:
