@@ -26,7 +26,9 @@ from hermes_env.envs.features import (
     BACKEND_FEATURES,
     DECISION_KINDS,
     GLOBAL_FEATURES,
+    KIND_FEATURES,
     REPLICA_FEATURES,
+    REPLICA_KIND_FEATURES,
     FeatureBuilder,
 )
 from hermes_env.envs.render import render_ansi, render_rgb
@@ -159,8 +161,11 @@ class HermesEnv(gym.Env):
         self.max_stages = max(len(g.stages) for g in graphs)
         self.features = FeatureBuilder(self.backend_names, slots, self.replica_rows)
         self._graph_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # a backend of several replica kinds has one "load one of this kind" order per kind after the three
+        self.replica_kinds = {b.name: [k.name for k in b.kinds] for b in cluster.llm_backends}
         self._part_sizes = {"schedule": [slots], "prewarm": [3] * len(self.tool_names), "route": [self.replica_rows],
-                            "scale": [3] * len(self.llm_names)}
+                            "scale": [3 + len(k) * (len(k) > 1) for k in self.replica_kinds.values()]}
+        self.heterogeneous = any(len(k) > 1 for k in self.replica_kinds.values())
         self.observation_space = self._observation_space()
         self.action_space = self._action_space()
         self.sim: Simulation | None = None
@@ -178,6 +183,11 @@ class HermesEnv(gym.Env):
             "replicas": spaces.Box(-BOUND, BOUND, (self.replica_rows, len(REPLICA_FEATURES)), np.float32),
             "global": spaces.Box(-BOUND, BOUND, (len(GLOBAL_FEATURES),), np.float32),
         }
+        if self.heterogeneous:
+            n_kinds = max(len(k) for k in self.replica_kinds.values())
+            obs["kinds"] = spaces.Box(-BOUND, BOUND, (len(self.llm_names), n_kinds, len(KIND_FEATURES)), np.float32)
+            obs["replica_kinds"] = spaces.Box(-BOUND, BOUND, (self.replica_rows, len(REPLICA_KIND_FEATURES)),
+                                              np.float32)
         if self.graph_observation:
             m = self.max_stages
             obs["graph_nodes"] = spaces.Box(-BOUND, BOUND, (k, m, len(NODE_FEATURES)), np.float32)
@@ -295,6 +305,10 @@ class HermesEnv(gym.Env):
                                             request=d.request if d.kind == "route" else None,
                                             replica_candidates=d.candidates,
                                             deciding_replica=d.queue.replica if d.queue is not None else None)
+        if self.heterogeneous:
+            obs["kinds"] = self.features.kinds(self.observation_space["kinds"].shape[1])
+            obs["replica_kinds"] = self.features.replica_kinds(
+                self.sim.llm_backends.get(d.backend) if d is not None else None)
         if self.graph_observation:
             obs.update(self._graphs())
         return obs
@@ -365,6 +379,8 @@ class HermesEnv(gym.Env):
             for name in self.llm_names:
                 b = self.sim.llm_backends[name]
                 out += [True, b.can_scale_up(), b.can_scale_down()]
+                kinds = self.replica_kinds[name]
+                out += [b.can_scale_up(k) for k in kinds] if len(kinds) > 1 else []
         return np.array(out, dtype=bool)
 
     def _invalid(self, message: str) -> float:
@@ -403,21 +419,26 @@ class HermesEnv(gym.Env):
                     orders.append((part, choice))
                 continue
             names = self.tool_names if part == "prewarm" else self.llm_names
-            for name, order, allowed in zip(names, values, mask.reshape(-1, 3), strict=True):
-                if 0 <= order < 3 and allowed[order]:
+            allowed_each = np.split(mask, np.cumsum(self._part_sizes[part])[:-1])
+            for name, order, allowed in zip(names, values, allowed_each, strict=True):
+                if 0 <= order < len(allowed) and allowed[order]:
                     if order != NOOP:
                         orders.append((part, (name, int(order))))
                 else:
+                    kinds = f", 3+k load one of replica kind k {self.replica_kinds[name]}" if len(allowed) > 3 else ""
                     penalty += self._invalid(f"order {order} for {name} is masked out (0 nothing, 1 "
                                              f"{'warm' if part == 'prewarm' else 'load'} one: needs a cold one, 2 "
-                                             "release one: needs one that can go)")
+                                             f"release one: needs one that can go{kinds})")
         now = self.sim.engine.now
         choice = None
         for part, order in orders:
             if part == "prewarm":
                 (self.sim.prewarm if order[1] == WARM_UP else self.sim.release)(order[0], now)
+            elif part == "scale" and order[1] == RELEASE:
+                self.sim.scale_down(order[0], now)
             elif part == "scale":
-                (self.sim.scale_up if order[1] == WARM_UP else self.sim.scale_down)(order[0], now)
+                kind = None if order[1] == WARM_UP else self.replica_kinds[order[0]][order[1] - 3]
+                self.sim.scale_up(order[0], now, kind)
             else:
                 choice = order
         if d.kind == "schedule":
@@ -458,6 +479,10 @@ _OBSERVATION_DOC = """
       request's prompt its prefix cache holds, whether the request's adapter is resident.
     - ``global`` ``(8,)``: applications in the system, time, completed and failed fractions, the kind
       of decision (schedule, prewarm, route, scale).
+    - on a cluster with a backend of several replica kinds (GPU types) only: ``kinds`` ``(L, K, 6)``: per LLM
+      backend and kind, its decode and prefill speed against the backend's first kind, log1p of its price per
+      replica-hour, its KV capacity against the first kind's, the fractions of its replicas serving and cold;
+      ``replica_kinds`` ``(R, 3)``: the speeds and price of each replica of the decision's LLM backend.
     - with ``graph_observation=True``: ``graph_nodes`` ``(K, S, 8)``, ``graph_edges`` ``(K, S, S+1)``
       and ``graph_node_mask`` ``(K, S)``: each candidate's PDGraph, ``S`` the most stages of any template.
 """
@@ -535,7 +560,9 @@ class AutoscalingEnv(HermesEnv):
 """ + _OBSERVATION_DOC + """
     **Action**: ``MultiDiscrete([3] * L)`` over the ``L`` LLM backends: 0 nothing, 1 load a replica (a
     cold one, or take back a draining one), 2 release one (the least loaded warm replica drains and goes
-    cold when its work is done). A masked-out order is skipped.
+    cold when its work is done). A backend of ``K > 1`` replica kinds (GPU types) has ``3 + K`` orders: 3 + k
+    loads a replica of kind k (its config's ``replica_kinds`` order); 1 loads the first cold one. A
+    masked-out order is skipped.
 """ + _REWARD_DOC
     controls = ("scale",)
     default_config = "autoscaling"

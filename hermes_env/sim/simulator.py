@@ -423,7 +423,7 @@ class Simulation:
             reusable = self._reusable(app, stage, history, prefix, copy) if copy or app.cursor != app.trace_run \
                 else self._trace_shared(app.id)
             cached = min(reusable, prompt - 1)
-            slowest = max(slowest, float(backend.cfg.latency.isolated_service_time(prompt, req.output_tokens, cached)))
+            slowest = max(slowest, backend.isolated_service_time(prompt, req.output_tokens, cached))
             backend.gpu_work_bound += backend.min_gpu_seconds(prompt - cached, req.output_tokens)
             self.stage_requests += 1
             backend.submit(req, now)
@@ -537,11 +537,14 @@ class Simulation:
                 f"tool backends: {sorted(self.tool_backends)}")
         return self.tool_backends[backend].release(now)
 
-    def scale_up(self, backend: str, now: float) -> bool:
-        """Load a cold replica of an LLM backend (False if none is cold)."""
+    def scale_up(self, backend: str, now: float, kind: str | None = None) -> bool:
+        """Load a cold replica of an LLM backend, of replica kind ``kind`` if named (False if none is cold)."""
         require(backend in self.llm_backends, "scale.backend", f"{backend!r} is not an LLM backend",
                 f"LLM backends: {sorted(self.llm_backends)}")
-        return self.llm_backends[backend].scale_up(now)
+        kinds = [k.name for k in self.llm_backends[backend].cfg.kinds]
+        require(kind is None or kind in kinds, "scale.kind", f"{backend} has no replica kind {kind!r}",
+                f"its kinds: {kinds}")
+        return self.llm_backends[backend].scale_up(now, kind)
 
     def scale_down(self, backend: str, now: float) -> bool:
         """Drain a warm replica of an LLM backend (False if none can go)."""
