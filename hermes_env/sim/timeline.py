@@ -1,0 +1,455 @@
+"""A run's life as a timeline a person can look at: Chrome/Perfetto trace-event JSON, and a PNG of it.
+
+    tl = TimelineRecorder(window=(0.0, 120.0))
+    Simulation(config, scheduler="fcfs", timeline=tl).run()
+    tl.write("run.json")                     # open in https://ui.perfetto.dev or chrome://tracing
+    draw_timeline(tl.trace(), "run.png")     # the static picture (matplotlib)
+
+The recorder is off unless a :class:`~hermes_env.sim.simulator.Simulation` is given one: the backends
+call it through a few hook points, each behind one ``is not None`` test, so a run without it does no
+extra work. It keeps what it records in memory and lays it out when the trace is built.
+
+**Layout** (docs/timeline.md). A *process* per backend, a *thread* (track) per replica and tool
+instance. Requests overlap on a replica (a batch) and on a queue, so each request's stay is put on a
+*lane* of its track: the lowest-numbered lane free when the stay begins (``replica 0 · lane 3``), so
+that the spans of one thread never overlap unless nested. Per request, contiguous spans: ``queued``
+(arrival, or preemption, to admission), ``kv load`` / ``adapter load`` (a remote prefix or a LoRA
+adapter on its way) and ``staged`` (loaded, waiting for an iteration with budget), ``prefill`` (first
+chunk to last; each ``chunk`` nested inside), ``decode`` (first token to the last, or to a
+``preempted`` instant); a tool request is ``queued`` then ``call``. Their sum is the request's time
+from its arrival at the backend to its end. The replica's own track holds its iterations (``prefill
+iteration``: chunks and decodes together; ``decode``: a run of decode-only iterations) and ``loading``
+spans; an instance's first lane its ``cold start`` / ``prewarm`` spans. Flow arrows join each stage's
+last request to every request of the application's next stage. Counters: queue length per queue, KV
+tokens per replica (held by requests, incl. the iteration's reservation, and by the prefix cache),
+replicas and tool instances warm.
+
+**Size.** ``window=(start, end)`` keeps only spans, instants and counter values that overlap those
+simulated seconds; ``max_events`` caps what is kept (spans, instants and counter values; metadata and
+flow events come on top). Events past the cap are counted, not silently lost: the trace's
+``otherData`` says how many were dropped and from when, and :attr:`TimelineRecorder.dropped` too.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from hermes_env.errors import ConfigError, require
+
+US = 1e6  # trace-event timestamps are microseconds
+DEFAULT_MAX_EVENTS = 1_000_000
+LOADS = ("kv load", "adapter load")
+
+
+class _Span:
+    __slots__ = ("name", "start", "end", "args", "flows")
+
+    def __init__(self, name: str, start: float, end: float, args: dict) -> None:
+        self.name, self.start, self.end, self.args = name, start, end, args
+        self.flows: list[tuple[str, int]] | None = None  # ("s" | "f", flow id) bound to this span
+
+
+class _Stay:
+    """A request's stay on a queue, a replica or an instance (or an instance's warm-up): one lane."""
+
+    __slots__ = ("start", "end", "spans", "instants")
+
+    def __init__(self, start: float) -> None:
+        self.start, self.end = start, math.inf
+        self.spans: list[_Span] = []
+        self.instants: list[tuple[str, float, dict]] = []
+
+
+class _Life:
+    """An admitted LLM request's phase on its replica."""
+
+    __slots__ = ("stay", "phase", "since", "ready", "chunks", "last")
+
+    def __init__(self, stay: _Stay, phase: str, since: float, ready: float) -> None:
+        self.stay, self.phase, self.since, self.ready, self.chunks = stay, phase, since, ready, 0
+        self.last: _Span | None = None  # its latest span of positive duration (a flow's source)
+
+
+def _who(r: Any) -> dict[str, Any]:
+    return {"app": r.app.id, "template": r.app.template, "run": r.run_index, "stage": r.app.runs[r.run_index].stage,
+            "copy": r.copy}
+
+
+class TimelineRecorder:
+    """Records a simulation's spans, instants, flows and counters (see the module docstring)."""
+
+    def __init__(self, window: tuple[float, float] | None = None, max_events: int = DEFAULT_MAX_EVENTS) -> None:
+        if window is not None:
+            require(isinstance(window, tuple | list) and len(window) == 2
+                    and all(isinstance(x, int | float) and not isinstance(x, bool) for x in window)
+                    and 0 <= window[0] < window[1], "timeline.window", f"must be (start, end) seconds with "
+                    f"0 <= start < end, got {window!r}", "e.g. (0, 120)")
+        require(isinstance(max_events, int) and not isinstance(max_events, bool) and max_events >= 1,
+                "timeline.max_events", f"must be a positive integer, got {max_events!r}")
+        self.window = (float(window[0]), float(window[1])) if window is not None else None
+        self.max_events = max_events
+        self.kept = 0
+        self.dropped = 0
+        self.dropped_from = math.inf  # the earliest simulated time of a dropped event
+        self._sim: Any = None
+        self._stays: dict[tuple, list[_Stay]] = defaultdict(list)  # lane group -> stays
+        self._fixed: dict[tuple, list[_Span]] = defaultdict(list)  # a replica's own track -> spans
+        self._fixed_instants: dict[tuple, list[tuple[str, float, dict]]] = defaultdict(list)
+        self._counters: list[tuple[str, str, float, dict]] = []  # (backend, name, time, values)
+        self._process_instants: list[tuple[str, str, float, dict]] = []
+        self._life: dict[Any, _Life] = {}
+        self._tail: dict[int, _Span] = {}  # application -> its last finished request's last span
+        self._flow_in: dict[Any, list[int]] = {}  # request -> flows to bind to its first span
+        self._flows = 0
+        self._since: dict[tuple, tuple[float, str]] = {}  # replica loading / instance warming -> (since, why)
+
+    # -- keeping events ---------------------------------------------------------------------------
+    def _keep(self, start: float, end: float) -> bool:
+        """Whether an event over [start, end] is kept: inside the window and under the cap."""
+        w = self.window
+        if w is not None and (end < w[0] or start > w[1]):
+            return False
+        if self.kept >= self.max_events:
+            self.dropped += 1
+            self.dropped_from = min(self.dropped_from, start)
+            return False
+        self.kept += 1
+        return True
+
+    def _span(self, stay: _Stay, name: str, start: float, end: float, args: dict, r: Any = None) -> _Span | None:
+        if not self._keep(start, end):
+            return None
+        span = _Span(name, start, end, args)
+        stay.spans.append(span)
+        if r is not None and end > start and r in self._flow_in:
+            span.flows = [("f", f) for f in self._flow_in.pop(r)]
+        return span
+
+    def _stay(self, group: tuple, start: float) -> _Stay:
+        stay = _Stay(start)
+        self._stays[group].append(stay)
+        return stay
+
+    def _counter(self, backend: str, name: str, now: float, values: dict) -> None:
+        if self._keep(now, now):
+            self._counters.append((backend, name, now, values))
+
+    # -- the simulation's hooks -----------------------------------------------------------------------
+    def attach(self, sim: Any) -> None:
+        """Called by the Simulation that owns the recorder: the backends start calling the hooks."""
+        require(self._sim is None, "timeline", "is already attached to a simulation",
+                "make one TimelineRecorder per run")
+        self._sim = sim
+        for b in sim.backends.values():
+            b.timeline = self
+        for b in sim.llm_backends.values():
+            self._replica_counter(b, 0.0)
+        for t in sim.tool_backends.values():
+            self._instance_counter(t, 0.0)
+
+    def issued(self, request: Any) -> None:
+        """A stage's request is about to be submitted: a flow from the stage before, if there is one."""
+        src = self._tail.get(request.app.id)
+        if src is None:
+            return
+        self._flows += 1
+        src.flows = [*(src.flows or ()), ("s", self._flows)]
+        self._flow_in.setdefault(request, []).append(self._flows)
+
+    def app_ended(self, app: Any) -> None:
+        self._tail.pop(app.id, None)
+
+    def refused(self, request: Any, now: float) -> None:
+        if self._keep(now, now):
+            self._process_instants.append((request.backend, "refused", now, {**_who(request), "why": request.failed}))
+        self._flow_in.pop(request, None)
+
+    # LLM replicas
+    def admitted(self, replica: Any, r: Any, now: float, ready_at: float) -> None:
+        """``r`` was admitted: its wait in the queue ends, its stay on the replica begins."""
+        b = replica.backend
+        queued = self._stay((b.name, "queue", replica.queue.replica), r.enqueued)
+        queued.end = now
+        self._span(queued, "queued", r.enqueued, now, {**_who(r), "preemptions": r.preemptions}, r)
+        stay = self._stay((b.name, "replica", replica.index), now)
+        if ready_at > now:
+            phase = "kv load" if r.loaded else "adapter load"
+        else:
+            phase = "prefill"
+        self._life[r] = _Life(stay, phase, now, ready_at)
+
+    def iteration(self, replica: Any, now: float) -> None:
+        """An iteration (or a run of decode iterations) ends at ``now``, before its progress is applied."""
+        b, t0 = replica.backend, replica.t0
+        track = (b.name, replica.index)
+        cache = replica.block * replica.cache.blocks if replica.cache is not None else 0
+        self._counter(b.name, f"KV replica {replica.index}", t0,
+                      {"requests": replica.kv_used - cache, "prefix cache": cache})
+        if replica.planned:
+            if self._keep(t0, now):
+                self._fixed[track].append(_Span("decode", t0, now, {"iterations": replica.planned,
+                                                                    "batch": len(replica.running)}))
+            return
+        chunks = replica._chunks
+        if self._keep(t0, now):
+            self._fixed[track].append(_Span("prefill iteration", t0, now, {
+                "prefill_tokens": sum(chunks.values()), "prefills": len(chunks), "decodes": len(replica.running),
+                "load_stall_s": replica._load_stall}))
+        for r, chunk in chunks.items():
+            life = self._life[r]
+            if life.phase in LOADS:
+                who = _who(r)
+                self._mark(r, life, self._span(life.stay, life.phase, life.since, life.ready,
+                                               {**who, "remote_tokens": r.loaded, "adapter": r.adapter}, r))
+                if t0 > life.ready:
+                    self._mark(r, life, self._span(life.stay, "staged", life.ready, t0, who, r))
+                life.phase, life.since = "prefill", t0
+            life.chunks += 1
+            self._span(life.stay, "chunk", t0, now, {"tokens": chunk})
+            if chunk == replica._prefill_left(r):  # its prefill ends with this iteration
+                self._mark(r, life, self._span(life.stay, "prefill", life.since, now, {
+                    **_who(r), "context": r.context, "cached": r.cached, "remote": r.loaded,
+                    "computed": r.context - r.cached - r.loaded, "chunks": life.chunks}, r))
+                life.phase, life.since = "decode", now
+
+    @staticmethod
+    def _mark(r: Any, life: _Life, span: _Span | None) -> None:
+        if span is not None and span.end > span.start:
+            life.last = span
+
+    def idle(self, replica: Any, now: float) -> None:
+        """The replica has run out of iterations: its KV counter drops to what it still holds."""
+        cache = replica.block * replica.cache.blocks if replica.cache is not None else 0
+        self._counter(replica.backend.name, f"KV replica {replica.index}", now,
+                      {"requests": replica.kv_used - cache, "prefix cache": cache})
+
+    def preempted(self, replica: Any, r: Any, now: float) -> None:
+        life = self._life.pop(r)
+        self._mark(r, life, self._span(life.stay, "decode", life.since, now, {**_who(r), "generated": r.generated}, r))
+        if self._keep(now, now):
+            life.stay.instants.append(("preempted", now, _who(r)))
+        life.stay.end = now
+
+    def llm_done(self, r: Any, now: float) -> None:
+        life = self._life.pop(r)
+        self._mark(r, life, self._span(life.stay, "decode", life.since, now, {**_who(r), "output": r.output_tokens}, r))
+        life.stay.end = now
+        self._finished(r, life.last or (life.stay.spans[-1] if life.stay.spans else None))
+
+    def _finished(self, r: Any, last: _Span | None) -> None:
+        if r in self._flow_in and last is not None:  # every span had zero length: bind to the last
+            last.flows = [*(last.flows or ()), *(("f", f) for f in self._flow_in.pop(r))]
+        self._flow_in.pop(r, None)
+        if last is not None:
+            self._tail[r.app.id] = last
+        else:
+            self._tail.pop(r.app.id, None)
+
+    def replica_state(self, backend: Any, replica: Any, now: float) -> None:
+        """After a replica's state changed (cold, loading, warm, draining)."""
+        from hermes_env.cluster.llm import STATE_NAMES
+
+        key, state = (backend.name, replica.index), STATE_NAMES[replica.state]
+        if state == "loading":
+            self._since[key] = (now, "")
+        elif key in self._since:
+            since, _ = self._since.pop(key)
+            if self._keep(since, now):
+                self._fixed[key].append(_Span("loading", since, now, {"seconds": now - since}))
+        elif self._keep(now, now):
+            self._fixed_instants[key].append((state, now, {}))
+        self._replica_counter(backend, now)
+
+    def _replica_counter(self, backend: Any, now: float) -> None:
+        from hermes_env.cluster.llm import STATE_NAMES
+
+        states = [STATE_NAMES[r.state] for r in backend.replicas]
+        self._counter(backend.name, "replicas", now, {s: states.count(s) for s in ("warm", "loading", "draining")})
+
+    # tool instances
+    def instance_state(self, backend: Any, inst: Any, now: float, cause: str = "") -> None:
+        """After a tool instance's state changed; ``cause`` says why one starts warming."""
+        from hermes_env.cluster.tool import WARM, WARMING
+
+        key = (backend.name, inst.index)
+        if inst.state == WARMING:
+            self._since[key] = (now, cause)
+        elif key in self._since:
+            since, why = self._since.pop(key)
+            stay = self._stay((backend.name, "instance", inst.index), since)
+            stay.end = now
+            self._span(stay, why, since, now, {"instance": inst.index, "released": inst.state != WARM})
+        self._instance_counter(backend, now)
+
+    def _instance_counter(self, backend: Any, now: float) -> None:
+        from hermes_env.cluster.tool import WARM, WARMING
+
+        states = [i.state for i in backend.instances]
+        self._counter(backend.name, "instances", now, {"warm": states.count(WARM), "warming": states.count(WARMING)})
+
+    def tool_call(self, backend: Any, inst: Any, r: Any, now: float) -> None:
+        """A tool request ends on ``inst``: its wait and its call."""
+        who = _who(r)
+        queued = self._stay((backend.name, "queue", None), r.enqueued)
+        queued.end = r.started
+        first = self._span(queued, "queued", r.enqueued, r.started, who, r)
+        call = self._stay((backend.name, "instance", inst.index), r.started)
+        call.end = now
+        last = self._span(call, "call", r.started, now, {**who, "instance": inst.index}, r)
+        self._finished(r, last or first)
+
+    # -- the trace ---------------------------------------------------------------------------------------
+    def trace(self) -> dict[str, Any]:
+        """The trace-event JSON object: ``traceEvents`` and ``otherData`` (run, window, drops)."""
+        require(self._sim is not None, "timeline", "has recorded nothing", "give it to a Simulation and run it")
+        sim = self._sim
+        events: list[dict] = []
+        flows: list[tuple[str, int, int, int, float]] = []  # (ph, id, pid, tid, ts)
+
+        def put_span(pid: int, tid: int, span: _Span, cat: str) -> None:
+            ts = round(span.start * US, 3)  # the end rounded too, so that adjoining spans share a boundary
+            events.append({"name": span.name, "cat": cat, "ph": "X", "ts": ts,
+                           "dur": round(max(round(span.end * US, 3) - ts, 0.0), 3), "pid": pid, "tid": tid,
+                           "args": span.args})
+            for ph, fid in span.flows or ():
+                flows.append((ph, fid, pid, tid, round((span.start + span.end) / 2 * US, 3)))
+
+        names = [b.name for b in (*sim.llm_backends.values(), *sim.tool_backends.values())]
+        pids = {name: i + 1 for i, name in enumerate(names)}
+        for name, pid in pids.items():
+            events.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": name}})
+            events.append({"name": "process_sort_index", "ph": "M", "pid": pid, "tid": 0, "args": {"sort_index": pid}})
+        tids: dict[int, int] = defaultdict(int)
+
+        def thread(pid: int, label: str) -> int:
+            tids[pid] += 1
+            tid = tids[pid]
+            events.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": label}})
+            events.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tid, "args": {"sort_index": tid}})
+            return tid
+
+        def lanes(pid: int, group: tuple, label: str, cat: str, bare_first: bool) -> None:
+            stays = [s for s in self._stays.get(group, ()) if s.spans or s.instants]
+            lane_of = _assign_lanes(stays)
+            lane_tids = [thread(pid, label if k == 0 and bare_first else f"{label} · lane {k}")
+                         for k in range(max(lane_of, default=-1) + 1)]
+            for stay, k in zip(stays, lane_of, strict=True):
+                tid = lane_tids[k]
+                for span in sorted(stay.spans, key=lambda s: (s.start, s.start - s.end)):
+                    put_span(pid, tid, span, cat)
+                for name, ts, args in stay.instants:
+                    events.append({"name": name, "cat": cat, "ph": "i", "s": "t", "ts": round(ts * US, 3),
+                                   "pid": pid, "tid": tid, "args": args})
+
+        for b in sim.llm_backends.values():
+            pid = pids[b.name]
+            lanes(pid, (b.name, "queue", None), "queue", "request", True)
+            for rep in b.replicas:
+                i = rep.index
+                tid = thread(pid, f"replica {i}")
+                for span in self._fixed.get((b.name, i), ()):
+                    put_span(pid, tid, span, "replica")
+                for name, ts, args in self._fixed_instants.get((b.name, i), ()):
+                    events.append({"name": name, "cat": "replica", "ph": "i", "s": "t", "ts": round(ts * US, 3),
+                                   "pid": pid, "tid": tid, "args": args})
+                lanes(pid, (b.name, "queue", i), f"replica {i} queue", "request", True)
+                lanes(pid, (b.name, "replica", i), f"replica {i}", "request", False)
+        for t in sim.tool_backends.values():
+            pid = pids[t.name]
+            lanes(pid, (t.name, "queue", None), "queue", "request", True)
+            for inst in t.instances:
+                lanes(pid, (t.name, "instance", inst.index), f"instance {inst.index}", "tool", True)
+        for backend, name, ts, values in self._counters:
+            events.append({"name": name, "ph": "C", "ts": round(ts * US, 3), "pid": pids[backend], "tid": 0,
+                           "args": values})
+        for group, stays in self._stays.items():
+            if group[1] == "queue":
+                name = "queue" if group[2] is None else f"replica {group[2]} queue"
+                for ts, n in _queue_lengths(stays):
+                    events.append({"name": name, "ph": "C", "ts": round(ts * US, 3), "pid": pids[group[0]], "tid": 0,
+                                   "args": {"waiting": n}})
+        for backend, name, ts, args in self._process_instants:
+            events.append({"name": name, "cat": "request", "ph": "i", "s": "p", "ts": round(ts * US, 3),
+                           "pid": pids[backend], "tid": 0, "args": args})
+        paired = {fid for ph, fid, *_ in flows if ph == "s"} & {fid for ph, fid, *_ in flows if ph == "f"}
+        for ph, fid, pid, tid, ts in flows:
+            if fid in paired:
+                events.append({"name": "application", "cat": "application", "ph": ph, "id": fid, "bp": "e",
+                               "ts": ts, "pid": pid, "tid": tid})
+        other = {"simulated_seconds": sim.engine.now, "seed": sim.seed, "window_s": self.window,
+                 "max_events": self.max_events, "kept_events": self.kept, "dropped_events": self.dropped,
+                 "dropped_after_s": self.dropped_from if self.dropped else None,
+                 "kv_capacity_tokens": {b.name: b.cfg.kv_capacity_tokens for b in sim.llm_backends.values()}}
+        return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other}
+
+    def write(self, path: str | Path) -> dict[str, Any]:
+        """Write the trace-event JSON to ``path``; returns the trace."""
+        trace = self.trace()
+        with open(path, "w") as f:
+            json.dump(trace, f, separators=(",", ":"))
+        return trace
+
+    def note(self) -> str:
+        """One line on what was kept (and dropped) for the user."""
+        text = f"{self.kept} events kept"
+        if self.window is not None:
+            text += f" in the window {self.window[0]:g}-{self.window[1]:g} s"
+        if self.dropped:
+            text += (f"; {self.dropped} dropped from t={self.dropped_from:.1f} s on (over max_events "
+                     f"{self.max_events}: narrow the window or raise the cap)")
+        return text
+
+
+def _assign_lanes(stays: list[_Stay]) -> list[int]:
+    """Each stay's lane: the lowest-numbered lane free when it begins (stays taken in order of start)."""
+    order = sorted(range(len(stays)), key=lambda i: (stays[i].start, i))
+    lane = [0] * len(stays)
+    free: list[int] = []
+    busy: list[tuple[float, int]] = []
+    count = 0
+    for i in order:
+        s = stays[i]
+        while busy and busy[0][0] <= s.start:
+            heapq.heappush(free, heapq.heappop(busy)[1])
+        if free:
+            k = heapq.heappop(free)
+        else:
+            k, count = count, count + 1
+        lane[i] = k
+        end = max((x.end for x in s.spans), default=s.start)
+        end = max(end, max((t for _, t, _ in s.instants), default=s.start))
+        heapq.heappush(busy, (end if math.isinf(s.end) else max(s.end, end), k))
+    return lane
+
+
+def _queue_lengths(stays: list[_Stay]) -> list[tuple[float, int]]:
+    """The number waiting after every change, from the queued spans."""
+    deltas: dict[float, int] = defaultdict(int)
+    for s in stays:
+        for span in s.spans:
+            if span.end > span.start:
+                deltas[span.start] += 1
+                deltas[span.end] -= 1
+    n, out = 0, []
+    for ts in sorted(deltas):
+        n += deltas[ts]
+        out.append((ts, n))
+    return out
+
+
+def parse_window(text: str, field: str = "--timeline-window") -> tuple[float, float]:
+    """``"START:END"`` (seconds; either side may be empty: from 0, to the end) as a window."""
+    parts = text.split(":")
+    try:
+        require(len(parts) == 2, field, f"must be START:END in seconds, got {text!r}", "e.g. 0:120 or 60:")
+        start = float(parts[0]) if parts[0] else 0.0
+        end = float(parts[1]) if parts[1] else math.inf
+    except ValueError:
+        raise ConfigError(field, f"must be START:END in seconds, got {text!r}", "e.g. 0:120 or 60:") from None
+    require(0 <= start < end, field, f"needs 0 <= START < END, got {text!r}")
+    return start, end
