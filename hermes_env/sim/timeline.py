@@ -25,9 +25,10 @@ tokens per replica (held by requests, incl. the iteration's reservation, and by 
 replicas and tool instances warm.
 
 **Size.** ``window=(start, end)`` keeps only spans, instants and counter values that overlap those
-simulated seconds; ``max_events`` caps what is kept (spans, instants and counter values; metadata and
-flow events come on top). Events past the cap are counted, not silently lost: the trace's
-``otherData`` says how many were dropped and from when, and :attr:`TimelineRecorder.dropped` too.
+simulated seconds (and each counter's value when the window opens); ``max_events`` caps what is kept
+(spans, instants and counter values; metadata, flows, queue lengths and opening values come on top).
+Events past the cap are counted, not silently lost: the trace's ``otherData`` says how many were dropped
+and from when, as do :attr:`TimelineRecorder.dropped` and :meth:`TimelineRecorder.note`.
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ class _Span:
 class _Stay:
     """A request's stay on a queue, a replica or an instance (or an instance's warm-up): one lane."""
 
-    __slots__ = ("start", "end", "spans", "instants")
+    __slots__ = ("group", "start", "end", "spans", "instants")
 
-    def __init__(self, start: float) -> None:
-        self.start, self.end = start, math.inf
+    def __init__(self, group: tuple, start: float) -> None:
+        self.group, self.start, self.end = group, start, math.inf
         self.spans: list[_Span] = []
         self.instants: list[tuple[str, float, dict]] = []
 
@@ -101,6 +102,7 @@ class TimelineRecorder:
         self._fixed: dict[tuple, list[_Span]] = defaultdict(list)  # a replica's own track -> spans
         self._fixed_instants: dict[tuple, list[tuple[str, float, dict]]] = defaultdict(list)
         self._counters: list[tuple[str, str, float, dict]] = []  # (backend, name, time, values)
+        self._before: dict[tuple[str, str], dict] = {}  # each counter's last value before the window
         self._process_instants: list[tuple[str, str, float, dict]] = []
         self._life: dict[Any, _Life] = {}
         self._tail: dict[int, _Span] = {}  # application -> its last finished request's last span
@@ -125,17 +127,23 @@ class TimelineRecorder:
         if not self._keep(start, end):
             return None
         span = _Span(name, start, end, args)
+        if not stay.spans and not stay.instants:  # listed once it holds something (a window keeps few)
+            self._stays[stay.group].append(stay)
         stay.spans.append(span)
         if r is not None and end > start and r in self._flow_in:
             span.flows = [("f", f) for f in self._flow_in.pop(r)]
         return span
 
-    def _stay(self, group: tuple, start: float) -> _Stay:
-        stay = _Stay(start)
-        self._stays[group].append(stay)
-        return stay
+    def _instant(self, stay: _Stay, name: str, now: float, args: dict) -> None:
+        if self._keep(now, now):
+            if not stay.spans and not stay.instants:
+                self._stays[stay.group].append(stay)
+            stay.instants.append((name, now, args))
 
     def _counter(self, backend: str, name: str, now: float, values: dict) -> None:
+        if self.window is not None and now < self.window[0]:  # its value when the window opens is written
+            self._before[backend, name] = values
+            return
         if self._keep(now, now):
             self._counters.append((backend, name, now, values))
 
@@ -173,10 +181,10 @@ class TimelineRecorder:
     def admitted(self, replica: Any, r: Any, now: float, ready_at: float) -> None:
         """``r`` was admitted: its wait in the queue ends, its stay on the replica begins."""
         b = replica.backend
-        queued = self._stay((b.name, "queue", replica.queue.replica), r.enqueued)
+        queued = _Stay((b.name, "queue", replica.queue.replica), r.enqueued)
         queued.end = now
         self._span(queued, "queued", r.enqueued, now, {**_who(r), "preemptions": r.preemptions}, r)
-        stay = self._stay((b.name, "replica", replica.index), now)
+        stay = _Stay((b.name, "replica", replica.index), now)
         if ready_at > now:
             phase = "kv load" if r.loaded else "adapter load"
         else:
@@ -231,8 +239,7 @@ class TimelineRecorder:
     def preempted(self, replica: Any, r: Any, now: float) -> None:
         life = self._life.pop(r)
         self._mark(r, life, self._span(life.stay, "decode", life.since, now, {**_who(r), "generated": r.generated}, r))
-        if self._keep(now, now):
-            life.stay.instants.append(("preempted", now, _who(r)))
+        self._instant(life.stay, "preempted", now, _who(r))
         life.stay.end = now
 
     def llm_done(self, r: Any, now: float) -> None:
@@ -281,7 +288,7 @@ class TimelineRecorder:
             self._since[key] = (now, cause)
         elif key in self._since:
             since, why = self._since.pop(key)
-            stay = self._stay((backend.name, "instance", inst.index), since)
+            stay = _Stay((backend.name, "instance", inst.index), since)
             stay.end = now
             self._span(stay, why, since, now, {"instance": inst.index, "released": inst.state != WARM})
         self._instance_counter(backend, now)
@@ -295,10 +302,10 @@ class TimelineRecorder:
     def tool_call(self, backend: Any, inst: Any, r: Any, now: float) -> None:
         """A tool request ends on ``inst``: its wait and its call."""
         who = _who(r)
-        queued = self._stay((backend.name, "queue", None), r.enqueued)
+        queued = _Stay((backend.name, "queue", None), r.enqueued)
         queued.end = r.started
         first = self._span(queued, "queued", r.enqueued, r.started, who, r)
-        call = self._stay((backend.name, "instance", inst.index), r.started)
+        call = _Stay((backend.name, "instance", inst.index), r.started)
         call.end = now
         last = self._span(call, "call", r.started, now, {**who, "instance": inst.index}, r)
         self._finished(r, last or first)
@@ -334,7 +341,7 @@ class TimelineRecorder:
             return tid
 
         def lanes(pid: int, group: tuple, label: str, cat: str, bare_first: bool) -> None:
-            stays = [s for s in self._stays.get(group, ()) if s.spans or s.instants]
+            stays = self._stays.get(group, [])
             lane_of = _assign_lanes(stays)
             lane_tids = [thread(pid, label if k == 0 and bare_first else f"{label} · lane {k}")
                          for k in range(max(lane_of, default=-1) + 1)]
@@ -364,7 +371,8 @@ class TimelineRecorder:
             lanes(pid, (t.name, "queue", None), "queue", "request", True)
             for inst in t.instances:
                 lanes(pid, (t.name, "instance", inst.index), f"instance {inst.index}", "tool", True)
-        for backend, name, ts, values in self._counters:
+        opening = [(backend, name, self.window[0], values) for (backend, name), values in self._before.items()]
+        for backend, name, ts, values in sorted([*opening, *self._counters], key=lambda c: c[2]):
             events.append({"name": name, "ph": "C", "ts": round(ts * US, 3), "pid": pids[backend], "tid": 0,
                            "args": values})
         for group, stays in self._stays.items():
@@ -382,7 +390,8 @@ class TimelineRecorder:
                 events.append({"name": "application", "cat": "application", "ph": ph, "id": fid, "bp": "e",
                                "ts": ts, "pid": pid, "tid": tid})
         other = {"simulated_seconds": sim.engine.now, "seed": sim.seed, "window_s": self.window,
-                 "max_events": self.max_events, "kept_events": self.kept, "dropped_events": self.dropped,
+                 "max_events": self.max_events, "kept_events": self.kept,
+                 "window_opening_counters": len(opening), "dropped_events": self.dropped,
                  "dropped_after_s": self.dropped_from if self.dropped else None,
                  "kv_capacity_tokens": {b.name: b.cfg.kv_capacity_tokens for b in sim.llm_backends.values()}}
         return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other}
@@ -453,3 +462,105 @@ def parse_window(text: str, field: str = "--timeline-window") -> tuple[float, fl
         raise ConfigError(field, f"must be START:END in seconds, got {text!r}", "e.g. 0:120 or 60:") from None
     require(0 <= start < end, field, f"needs 0 <= START < END, got {text!r}")
     return start, end
+
+
+# -- the static picture ---------------------------------------------------------------------------------
+COLOURS = {"queued": "#c7c7c7", "kv load": "#9467bd", "adapter load": "#e377c2", "staged": "#dbc4f0",
+           "prefill": "#ff7f0e", "prefill iteration": "#ff7f0e", "decode": "#1f77b4", "call": "#2ca02c",
+           "cold start": "#d62728", "prewarm": "#f4a6a6", "loading": "#8c564b"}
+SKIPPED = ("chunk",)  # drawn inside their prefill span already
+
+
+def matplotlib_pyplot(field: str) -> Any:
+    """matplotlib's pyplot on the Agg backend, or a ConfigError naming ``field`` if it is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError(field, "needs matplotlib, which is not installed",
+                          "pip install 'hermes_env[dev]' (or matplotlib)") from None
+    return plt
+
+
+def draw_timeline(trace: dict[str, Any] | str | Path, path: str | Path, window: tuple[float, float] | None = None,
+                  title: str | None = None) -> None:
+    """Draw a trace (the dict :meth:`TimelineRecorder.trace` builds, or its JSON file) as a PNG: a row per
+    track (a replica's lanes in a band under it), spans coloured by phase, preemptions as red ticks,
+    and under them the queue lengths, KV occupancy per replica and warm replicas and instances."""
+    plt = matplotlib_pyplot("timeline PNG")
+    if not isinstance(trace, dict):
+        with open(trace) as f:
+            trace = json.load(f)
+    events = trace["traceEvents"]
+    procs = {e["pid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
+    rows = sorted((e["pid"], e["tid"], e["args"]["name"]) for e in events
+                  if e["ph"] == "M" and e["name"] == "thread_name")
+    row_of = {(pid, tid): i for i, (pid, tid, _) in enumerate(rows)}
+    spans = [e for e in events if e["ph"] == "X" and e["name"] not in SKIPPED]
+    lo, hi = window if window is not None else (0.0, max((e["ts"] + e["dur"] for e in spans), default=1e6) / US)
+    hi = min(hi, max((e["ts"] + e["dur"] for e in spans), default=hi * US) / US) if math.isinf(hi) else hi
+    n = max(len(rows), 1)
+    fig = plt.figure(figsize=(13, 1.2 + 0.16 * n + 4.2))
+    grid = fig.add_gridspec(4, 1, height_ratios=[max(0.16 * n, 1.5), 1.1, 1.1, 1.1], hspace=0.12)
+    ax = fig.add_subplot(grid[0])
+    bars: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
+    for e in spans:
+        bars[e["name"]][row_of[e["pid"], e["tid"]]].append((e["ts"] / US, max(e["dur"] / US, (hi - lo) * 2e-4)))
+    for name, by_row in bars.items():
+        colour = COLOURS.get(name, "#7f7f7f")
+        for row, xs in by_row.items():
+            ax.broken_barh(xs, (row - 0.42, 0.84), facecolors=colour, linewidth=0)
+    marks = [(e["ts"] / US, row_of[e["pid"], e["tid"]]) for e in events if e["ph"] == "i" and e["name"] == "preempted"]
+    if marks:
+        ax.scatter(*zip(*marks, strict=True), marker="|", color="#d62728", s=30, linewidths=1.2, zorder=3)
+    labels, ticks, pid_start = [], [], {}
+    for i, (pid, _, name) in enumerate(rows):
+        pid_start.setdefault(pid, i)
+        if " · lane " not in name:  # a track's first row is labelled; its further lanes are not
+            labels.append(name)
+            ticks.append(i)
+    for pid, start in pid_start.items():
+        ax.axhline(start - 0.5, color="black", linewidth=0.6)
+        ax.text(1.002, start - 0.4, procs.get(pid, str(pid)), transform=ax.get_yaxis_transform(), fontsize=7,
+                va="top", ha="left", fontweight="bold")
+    ax.set_yticks(ticks, labels, fontsize=6)
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.set_xlim(lo, hi)
+    ax.tick_params(labelbottom=False)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS[k]) for k in COLOURS if k in bars]
+    ax.legend(handles, [k for k in COLOURS if k in bars], fontsize=7, ncol=min(len(handles), 11), loc="lower left",
+              bbox_to_anchor=(0.0, 1.0), frameon=False)
+    if title:
+        ax.set_title(title, fontsize=8, loc="right")
+    counters: dict[tuple[int, str], list[tuple[float, dict]]] = defaultdict(list)
+    for e in events:
+        if e["ph"] == "C":
+            counters[e["pid"], e["name"]].append((e["ts"] / US, e["args"]))
+    capacity = trace.get("otherData", {}).get("kv_capacity_tokens", {})
+    panels = [("waiting", lambda name: "queue" in name, lambda a, pid: a["waiting"]),
+              ("KV used %\n(dashed: cache)", lambda name: name.startswith("KV "),
+               lambda a, pid: 100 * sum(a.values()) / capacity.get(procs.get(pid), math.inf)),
+              ("warm", lambda name: name in ("replicas", "instances"), lambda a, pid: a["warm"])]
+    for k, (ylabel, wanted, value) in enumerate(panels):
+        cax = fig.add_subplot(grid[k + 1], sharex=ax)
+        for (pid, name), points in sorted(counters.items()):
+            if not wanted(name):
+                continue
+            points.sort(key=lambda p: p[0])
+            xs = [x for x, _ in points] + [hi]
+            ys = [value(a, pid) for _, a in points]
+            line = cax.step(xs, [*ys, ys[-1]], where="post", linewidth=0.9, label=f"{procs.get(pid, pid)} {name}")
+            if name.startswith("KV "):  # the prefix cache's share, dashed in the same colour
+                cache = [100 * a["prefix cache"] / capacity.get(procs.get(pid), math.inf) for _, a in points]
+                cax.step(xs, [*cache, cache[-1]], where="post", linewidth=0.7, linestyle="--",
+                         color=line[0].get_color())
+        cax.set_ylabel(ylabel, fontsize=7)
+        cax.tick_params(labelsize=6)
+        cax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        if k < 2:
+            cax.tick_params(labelbottom=False)
+    cax.set_xlabel("simulated time (s)", fontsize=7)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
