@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from hermes_env.envs.hermes import load_experiment
 from hermes_env.errors import ConfigError
 from hermes_env.sim import ExperimentConfig, Simulation
 from hermes_env.sim.timeline import TimelineRecorder, parse_window
@@ -43,7 +44,7 @@ def mechanisms(n=60, rate=4.0, **backend):
 
 def record(cfg, **kwargs):
     tl = TimelineRecorder(**{k: kwargs.pop(k) for k in ("window", "max_events") if k in kwargs})
-    sim = Simulation(cfg, seed=0, check_invariants=True, timeline=tl, **kwargs)
+    sim = Simulation(cfg, seed=0, timeline=tl, **{"check_invariants": True, **kwargs})
     sim.run()
     return sim, json.loads(json.dumps(tl.trace()))  # through JSON, as a viewer reads it
 
@@ -118,7 +119,7 @@ def test_trace_is_valid_and_spans_account_for_every_requests_time(router):
 def test_small_experiment_spans_are_contiguous_from_arrival():
     """Each request's spans follow one another without gaps, the first stage's from the application's
     arrival; the queue counter returns to zero."""
-    sim, trace = record(ExperimentConfig.from_yaml("small"))
+    sim, trace = record(load_experiment("small", {"workload": {"num_applications": 80}}), check_invariants=False)
     check_trace_format(trace)
     spans = defaultdict(list)
     for e in trace["traceEvents"]:
@@ -169,3 +170,21 @@ def test_bad_window_and_cap_name_the_field():
     with pytest.raises(ConfigError, match="--timeline-window"):
         parse_window("10")
     assert parse_window("10:") == (10.0, math.inf) and parse_window(":5") == (0.0, 5.0)
+
+
+def test_cli_writes_the_json_and_the_png(tmp_path, capsys):
+    from hermes_env.cli import main
+
+    js, png = tmp_path / "t.json", tmp_path / "t.png"
+    assert main(["simulate", "small", "--out", str(tmp_path / "run"), "--timeline", str(js), "--timeline-png",
+                 str(png), "--timeline-window", "0:60"]) == 0
+    trace = json.loads(js.read_text())
+    check_trace_format(trace)
+    assert trace["otherData"]["window_s"] == [0.0, 60.0] and trace["otherData"]["dropped_events"] == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "timeline: " in capsys.readouterr().out
+    for bad, field in ((["--timeline-window", "0:60"], "--timeline-window"),
+                       (["--timeline", str(tmp_path / "t.png")], "--timeline"),
+                       (["--timeline", str(tmp_path / "nowhere" / "t.json")], "--timeline")):
+        assert main(["simulate", "small", "--out", str(tmp_path / "run"), *bad]) == 2
+        assert f"hermes-env: {field}:" in capsys.readouterr().err

@@ -505,13 +505,15 @@ def draw_timeline(trace: dict[str, Any] | str | Path, path: str | Path, window: 
     fig = plt.figure(figsize=(13, 1.2 + 0.16 * n + 4.2))
     grid = fig.add_gridspec(4, 1, height_ratios=[max(0.16 * n, 1.5), 1.1, 1.1, 1.1], hspace=0.12)
     ax = fig.add_subplot(grid[0])
-    bars: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
+    from matplotlib.collections import PolyCollection
+
+    bars: dict[str, list] = defaultdict(list)  # phase -> rectangles, drawn as one collection each
+    least = (hi - lo) * 2e-4  # the narrowest bar drawn, so that short spans still show
     for e in spans:
-        bars[e["name"]][row_of[e["pid"], e["tid"]]].append((e["ts"] / US, max(e["dur"] / US, (hi - lo) * 2e-4)))
-    for name, by_row in bars.items():
-        colour = COLOURS.get(name, "#7f7f7f")
-        for row, xs in by_row.items():
-            ax.broken_barh(xs, (row - 0.42, 0.84), facecolors=colour, linewidth=0)
+        x0, x1, row = e["ts"] / US, e["ts"] / US + max(e["dur"] / US, least), row_of[e["pid"], e["tid"]]
+        bars[e["name"]].append(((x0, row - 0.42), (x1, row - 0.42), (x1, row + 0.42), (x0, row + 0.42)))
+    for name, rects in bars.items():
+        ax.add_collection(PolyCollection(rects, facecolors=COLOURS.get(name, "#7f7f7f"), linewidths=0))
     marks = [(e["ts"] / US, row_of[e["pid"], e["tid"]]) for e in events if e["ph"] == "i" and e["name"] == "preempted"]
     if marks:
         ax.scatter(*zip(*marks, strict=True), marker="|", color="#d62728", s=30, linewidths=1.2, zorder=3)
