@@ -188,3 +188,31 @@ def test_cli_writes_the_json_and_the_png(tmp_path, capsys):
                        (["--timeline", str(tmp_path / "nowhere" / "t.json")], "--timeline")):
         assert main(["simulate", "small", "--out", str(tmp_path / "run"), *bad]) == 2
         assert f"hermes-env: {field}:" in capsys.readouterr().err
+
+
+def test_env_writes_each_episodes_timeline_when_it_ends(tmp_path):
+    from hermes_env.envs.hermes import RoutingEnv
+
+    cfg = {"cluster": {"llm_backends": [{**LLM, "replicas": 2}]},
+           "workload": {"num_applications": 20, "arrivals": {"process": "poisson", "rate": 5.0}, "applications": [
+               {"template": {"name": "one", "stages": [{"name": "gen", "backend": "llm:llama3-8b",
+                                                         "prompt_tokens": 500, "output_tokens": 50}]}}]}}
+    env = RoutingEnv(cfg, timeline=tmp_path / "tl.json")
+    for episode, max_steps in ((0, None), (1, 5)):
+        env.max_steps = max_steps
+        _, info = env.reset(seed=episode)
+        done = False
+        while not done:
+            _, _, terminated, truncated, info = env.step(int(info["action_mask"].argmax()))
+            done = terminated or truncated
+            assert ("timeline" in info) == done
+        assert info["timeline"] == tmp_path / f"tl-{episode}.json"
+        trace = json.loads(info["timeline"].read_text())
+        check_trace_format(trace)
+        assert trace["otherData"]["simulated_seconds"] == pytest.approx(info["sim_time"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tl-0.json", "tl-1.json"]
+    for kwargs, field in (({"timeline": 3}, "timeline"), ({"timeline": tmp_path / "tl.txt"}, "timeline"),
+                          ({"timeline_window": (0, 10)}, "timeline_window"),
+                          ({"timeline": tmp_path / "tl.json", "timeline_window": (10, 0)}, "timeline.window")):
+        with pytest.raises(ConfigError, match=field):
+            RoutingEnv(cfg, **kwargs)
