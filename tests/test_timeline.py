@@ -216,3 +216,28 @@ def test_env_writes_each_episodes_timeline_when_it_ends(tmp_path):
                           ({"timeline": tmp_path / "tl.json", "timeline_window": (10, 0)}, "timeline.window")):
         with pytest.raises(ConfigError, match=field):
             RoutingEnv(cfg, **kwargs)
+
+
+def test_a_run_stopped_early_shows_what_is_in_flight_up_to_now():
+    """Every request in a queue or a batch when the run stops has spans from its arrival to now, the
+    last one marked open; building the trace twice gives the same trace."""
+    tl = TimelineRecorder()
+    sim = Simulation(mechanisms(), seed=0, timeline=tl, router="least_outstanding")
+    sim.run(until=9.0)
+    now = sim.engine.now
+    trace = json.loads(json.dumps(tl.trace()))
+    assert json.loads(json.dumps(tl.trace())) == trace
+    check_trace_format(trace)
+    totals = request_totals(trace)
+    b = sim.llm_backends["llm:llama3-8b"]
+    in_flight = [r for rep in b.replicas for r in (*rep.queue, *rep.running, *rep.prefilling, *rep.staged, *rep.ready)]
+    in_flight += list(sim.tool_backends["tool:box"].queue)
+    assert len(in_flight) > 3
+    for r in in_flight:
+        assert totals[r.app.id, r.run_index, r.copy] == pytest.approx(now - r.first_enqueued, abs=1e-6)
+    opened = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["args"].get("open")]
+    assert len(opened) == trace["otherData"]["in_flight_spans"] >= len(in_flight)
+    assert all(e["ts"] + e["dur"] == pytest.approx(now * 1e6, abs=1e-3) for e in opened)
+    waiting = {e["name"]: e["args"]["waiting"] for e in trace["traceEvents"] if e["ph"] == "C" and e["pid"] == 1
+               and "queue" in e["name"]}  # the last value of each queue's counter
+    assert sum(waiting.values()) == sum(len(rep.queue) for rep in b.replicas)

@@ -504,9 +504,9 @@ _REWARD_DOC = """
     **Timeline**: with ``timeline="runs/tl.json"`` the step that ends an episode (terminated or
     truncated) writes its Chrome/Perfetto trace-event JSON (docs/timeline.md) to ``runs/tl-<k>.json``,
     ``k`` the episode's index from 0 (the ``k``-th ``reset``), and puts the path in that step's
-    ``info["timeline"]``. ``timeline_window=(start, end)`` keeps those simulated seconds only. A
-    truncated episode's requests still in flight show up to their last finished phase; an episode
-    left before its end (``reset`` again) writes nothing.
+    ``info["timeline"]``. ``timeline_window=(start, end)`` keeps those simulated seconds only. In a
+    truncated episode's timeline the requests still waiting or running have spans up to its end, marked
+    ``open``; an episode left before its end (``reset`` again) writes nothing.
 """
 
 

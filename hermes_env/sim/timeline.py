@@ -22,11 +22,15 @@ iteration``: chunks and decodes together; ``decode``: a run of decode-only itera
 spans; an instance's first lane its ``cold start`` / ``prewarm`` spans. Flow arrows join each stage's
 last request to every request of the application's next stage. Counters: queue length per queue, KV
 tokens per replica (held by requests, incl. the iteration's reservation, and by the prefix cache),
-replicas and tool instances warm.
+replicas and tool instances warm. A trace built before the run ends (``run(until=...)``, a truncated
+episode) adds what is in flight up to now, marked ``open``: each admitted request's current phase, the
+requests waiting in queues, replicas loading, instances warming (a tool call in progress is known only
+when it ends).
 
 **Size.** ``window=(start, end)`` keeps only spans, instants and counter values that overlap those
 simulated seconds (and each counter's value when the window opens); ``max_events`` caps what is kept
-(spans, instants and counter values; metadata, flows, queue lengths and opening values come on top).
+(spans, instants and counter values; metadata, flows, queue lengths, opening values and in-flight spans
+come on top).
 Events past the cap are counted, not silently lost: the trace's ``otherData`` says how many were dropped
 and from when, as do :attr:`TimelineRecorder.dropped` and :meth:`TimelineRecorder.note`.
 """
@@ -340,14 +344,17 @@ class TimelineRecorder:
             events.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tid, "args": {"sort_index": tid}})
             return tid
 
+        open_stays, open_spans, open_fixed = self._in_flight(sim)
+
         def lanes(pid: int, group: tuple, label: str, cat: str, bare_first: bool) -> None:
-            stays = self._stays.get(group, [])
+            stays = [*self._stays.get(group, ()), *open_stays.get(group, ())]
             lane_of = _assign_lanes(stays)
             lane_tids = [thread(pid, label if k == 0 and bare_first else f"{label} · lane {k}")
                          for k in range(max(lane_of, default=-1) + 1)]
             for stay, k in zip(stays, lane_of, strict=True):
                 tid = lane_tids[k]
-                for span in sorted(stay.spans, key=lambda s: (s.start, s.start - s.end)):
+                spans = [*stay.spans, *open_spans.get(id(stay), ())]
+                for span in sorted(spans, key=lambda s: (s.start, s.start - s.end)):
                     put_span(pid, tid, span, cat)
                 for name, ts, args in stay.instants:
                     events.append({"name": name, "cat": cat, "ph": "i", "s": "t", "ts": round(ts * US, 3),
@@ -359,7 +366,7 @@ class TimelineRecorder:
             for rep in b.replicas:
                 i = rep.index
                 tid = thread(pid, f"replica {i}")
-                for span in self._fixed.get((b.name, i), ()):
+                for span in (*self._fixed.get((b.name, i), ()), *open_fixed.get((b.name, i), ())):
                     put_span(pid, tid, span, "replica")
                 for name, ts, args in self._fixed_instants.get((b.name, i), ()):
                     events.append({"name": name, "cat": "replica", "ph": "i", "s": "t", "ts": round(ts * US, 3),
@@ -375,10 +382,12 @@ class TimelineRecorder:
         for backend, name, ts, values in sorted([*opening, *self._counters], key=lambda c: c[2]):
             events.append({"name": name, "ph": "C", "ts": round(ts * US, 3), "pid": pids[backend], "tid": 0,
                            "args": values})
-        for group, stays in self._stays.items():
+        for group in {*self._stays, *open_stays}:
             if group[1] == "queue":
                 name = "queue" if group[2] is None else f"replica {group[2]} queue"
-                for ts, n in _queue_lengths(stays):
+                waits = [*(x for st in self._stays.get(group, ()) for x in st.spans),
+                         *(x for st in open_stays.get(group, ()) for x in open_spans[id(st)])]
+                for ts, n in _queue_lengths(waits):
                     events.append({"name": name, "ph": "C", "ts": round(ts * US, 3), "pid": pids[group[0]], "tid": 0,
                                    "args": {"waiting": n}})
         for backend, name, ts, args in self._process_instants:
@@ -391,10 +400,48 @@ class TimelineRecorder:
                                "ts": ts, "pid": pid, "tid": tid})
         other = {"simulated_seconds": sim.engine.now, "seed": sim.seed, "window_s": self.window,
                  "max_events": self.max_events, "kept_events": self.kept,
-                 "window_opening_counters": len(opening), "dropped_events": self.dropped,
+                 "window_opening_counters": len(opening),
+                 "in_flight_spans": sum(map(len, (*open_spans.values(), *open_fixed.values()))),
+                 "dropped_events": self.dropped,
                  "dropped_after_s": self.dropped_from if self.dropped else None,
                  "kv_capacity_tokens": {b.name: b.cfg.kv_capacity_tokens for b in sim.llm_backends.values()}}
         return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other}
+
+    def _in_flight(self, sim: Any) -> tuple[dict[tuple, list[_Stay]], dict[int, list[_Span]], dict[tuple, list[_Span]]]:
+        """Spans still open when the trace is built (a run stopped early, a truncated episode): each
+        request's current phase on its replica, the requests waiting in queues, replicas loading and
+        instances warming, up to now, with ``open: true`` in their arguments. Tool calls in progress are
+        not known until they end. Computed afresh on every call: building the trace changes nothing."""
+        now, w = sim.engine.now, self.window
+        stays: dict[tuple, list[_Stay]] = defaultdict(list)
+        spans: dict[int, list[_Span]] = defaultdict(list)
+        fixed: dict[tuple, list[_Span]] = defaultdict(list)
+        if w is not None and now < w[0]:
+            return stays, spans, fixed
+
+        def add(stay: _Stay, span: _Span) -> None:
+            if w is not None and span.start > w[1]:
+                return
+            if not stay.spans and id(stay) not in spans:
+                stays[stay.group].append(stay)
+            spans[id(stay)].append(span)
+
+        for r, life in self._life.items():
+            add(life.stay, _Span(life.phase, life.since, now, {**_who(r), "open": True}))
+        for b in sim.backends.values():
+            queues = {id(q): q for q in (b.queue, *(rep.queue for rep in getattr(b, "replicas", ())))}
+            for q in queues.values():
+                for r in q:
+                    add(_Stay((b.name, "queue", q.replica), r.enqueued),
+                        _Span("queued", r.enqueued, now, {**_who(r), "open": True}))
+        for (name, index), (since, why) in self._since.items():
+            if w is not None and since > w[1]:
+                continue
+            if name in sim.llm_backends:
+                fixed[name, index].append(_Span("loading", since, now, {"open": True}))
+            else:
+                add(_Stay((name, "instance", index), since), _Span(why, since, now, {"instance": index, "open": True}))
+        return stays, spans, fixed
 
     def write(self, path: str | Path) -> dict[str, Any]:
         """Write the trace-event JSON to ``path``; returns the trace."""
@@ -435,14 +482,13 @@ def _assign_lanes(stays: list[_Stay]) -> list[int]:
     return lane
 
 
-def _queue_lengths(stays: list[_Stay]) -> list[tuple[float, int]]:
+def _queue_lengths(spans: list[_Span]) -> list[tuple[float, int]]:
     """The number waiting after every change, from the queued spans."""
     deltas: dict[float, int] = defaultdict(int)
-    for s in stays:
-        for span in s.spans:
-            if span.end > span.start:
-                deltas[span.start] += 1
-                deltas[span.end] -= 1
+    for span in spans:
+        if span.end > span.start:
+            deltas[span.start] += 1
+            deltas[span.end] -= not span.args.get("open")  # still waiting when the trace ends
     n, out = 0, []
     for ts in sorted(deltas):
         n += deltas[ts]
