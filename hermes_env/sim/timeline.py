@@ -44,6 +44,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from hermes_env.cluster.llm import STATE_NAMES
+from hermes_env.cluster.tool import WARM, WARMING
 from hermes_env.errors import ConfigError, require
 
 US = 1e6  # trace-event timestamps are microseconds
@@ -216,21 +218,21 @@ class TimelineRecorder:
             life = self._life[r]
             if life.phase in LOADS:
                 who = _who(r)
-                self._mark(r, life, self._span(life.stay, life.phase, life.since, life.ready,
+                self._mark(life, self._span(life.stay, life.phase, life.since, life.ready,
                                                {**who, "remote_tokens": r.loaded, "adapter": r.adapter}, r))
                 if t0 > life.ready:
-                    self._mark(r, life, self._span(life.stay, "staged", life.ready, t0, who, r))
+                    self._mark(life, self._span(life.stay, "staged", life.ready, t0, who, r))
                 life.phase, life.since = "prefill", t0
             life.chunks += 1
             self._span(life.stay, "chunk", t0, now, {"tokens": chunk})
             if chunk == replica._prefill_left(r):  # its prefill ends with this iteration
-                self._mark(r, life, self._span(life.stay, "prefill", life.since, now, {
+                self._mark(life, self._span(life.stay, "prefill", life.since, now, {
                     **_who(r), "context": r.context, "cached": r.cached, "remote": r.loaded,
                     "computed": r.context - r.cached - r.loaded, "chunks": life.chunks}, r))
                 life.phase, life.since = "decode", now
 
     @staticmethod
-    def _mark(r: Any, life: _Life, span: _Span | None) -> None:
+    def _mark(life: _Life, span: _Span | None) -> None:
         if span is not None and span.end > span.start:
             life.last = span
 
@@ -242,13 +244,13 @@ class TimelineRecorder:
 
     def preempted(self, replica: Any, r: Any, now: float) -> None:
         life = self._life.pop(r)
-        self._mark(r, life, self._span(life.stay, "decode", life.since, now, {**_who(r), "generated": r.generated}, r))
+        self._mark(life, self._span(life.stay, "decode", life.since, now, {**_who(r), "generated": r.generated}, r))
         self._instant(life.stay, "preempted", now, _who(r))
         life.stay.end = now
 
     def llm_done(self, r: Any, now: float) -> None:
         life = self._life.pop(r)
-        self._mark(r, life, self._span(life.stay, "decode", life.since, now, {**_who(r), "output": r.output_tokens}, r))
+        self._mark(life, self._span(life.stay, "decode", life.since, now, {**_who(r), "output": r.output_tokens}, r))
         life.stay.end = now
         self._finished(r, life.last or (life.stay.spans[-1] if life.stay.spans else None))
 
@@ -263,8 +265,6 @@ class TimelineRecorder:
 
     def replica_state(self, backend: Any, replica: Any, now: float) -> None:
         """After a replica's state changed (cold, loading, warm, draining)."""
-        from hermes_env.cluster.llm import STATE_NAMES
-
         key, state = (backend.name, replica.index), STATE_NAMES[replica.state]
         if state == "loading":
             self._since[key] = (now, "")
@@ -277,16 +277,12 @@ class TimelineRecorder:
         self._replica_counter(backend, now)
 
     def _replica_counter(self, backend: Any, now: float) -> None:
-        from hermes_env.cluster.llm import STATE_NAMES
-
         states = [STATE_NAMES[r.state] for r in backend.replicas]
         self._counter(backend.name, "replicas", now, {s: states.count(s) for s in ("warm", "loading", "draining")})
 
     # tool instances
     def instance_state(self, backend: Any, inst: Any, now: float, cause: str = "") -> None:
         """After a tool instance's state changed; ``cause`` says why one starts warming."""
-        from hermes_env.cluster.tool import WARM, WARMING
-
         key = (backend.name, inst.index)
         if inst.state == WARMING:
             self._since[key] = (now, cause)
@@ -298,8 +294,6 @@ class TimelineRecorder:
         self._instance_counter(backend, now)
 
     def _instance_counter(self, backend: Any, now: float) -> None:
-        from hermes_env.cluster.tool import WARM, WARMING
-
         states = [i.state for i in backend.instances]
         self._counter(backend.name, "instances", now, {"warm": states.count(WARM), "warming": states.count(WARMING)})
 
