@@ -2,7 +2,8 @@
 build and write the trace-event JSON, and its size per application.
 
 The experiments run whole (every application), each configuration three times interleaved, the fastest
-kept (ratios measured in one run on a shared machine: indicative).
+kept; times are the process's CPU seconds (less disturbed than wall time on a shared machine; the ratios
+are still indicative).
 
     python benchmarks/timeline_cost.py               # prints the table docs/timeline.md quotes
 """
@@ -22,15 +23,15 @@ EXPERIMENTS = (("small", "shared"), ("default", "shared"), ("routing", "least_ou
 def one(cfg: ExperimentConfig, router: str, record: bool, path: str) -> tuple[float, float, int, int, int]:
     """Run seconds, build + write seconds, events, bytes, applications."""
     tl = TimelineRecorder() if record else None
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     sim = Simulation(cfg, seed=0, router=router, keep_applications=False, timeline=tl)
     sim.run()
-    run = time.perf_counter() - t0
+    run = time.process_time() - t0
     if tl is None:
         return run, 0.0, 0, 0, sim.ended
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     trace = tl.write(path)
-    return run, time.perf_counter() - t0, len(trace["traceEvents"]), os.path.getsize(path), sim.ended
+    return run, time.process_time() - t0, len(trace["traceEvents"]), os.path.getsize(path), sim.ended
 
 
 def main() -> None:
