@@ -543,8 +543,9 @@ def draw_timeline(trace: dict[str, Any] | str | Path, path: str | Path, window: 
     lo, hi = window if window is not None else (0.0, max((e["ts"] + e["dur"] for e in spans), default=1e6) / US)
     hi = min(hi, max((e["ts"] + e["dur"] for e in spans), default=hi * US) / US) if math.isinf(hi) else hi
     n = max(len(rows), 1)
-    fig = plt.figure(figsize=(13, 1.2 + 0.16 * n + 4.2))
-    grid = fig.add_gridspec(4, 1, height_ratios=[max(0.16 * n, 1.5), 1.1, 1.1, 1.1], hspace=0.12)
+    height = max(min(0.16 * n, 60.0), 1.5)  # inches for the tracks: rows grow thinner past 375 of them
+    fig = plt.figure(figsize=(13, 1.2 + height + 4.2))
+    grid = fig.add_gridspec(4, 1, height_ratios=[height, 1.1, 1.1, 1.1], hspace=0.12)
     ax = fig.add_subplot(grid[0])
     from matplotlib.collections import PolyCollection
 
