@@ -227,7 +227,7 @@ def test_a_run_stopped_early_shows_what_is_in_flight_up_to_now():
     last one marked open; building the trace twice gives the same trace."""
     tl = TimelineRecorder()
     sim = Simulation(mechanisms(), seed=0, timeline=tl, router="least_outstanding")
-    sim.run(until=9.0)
+    sim.run(until=7.0)  # LLM requests waiting and running, tool requests waiting and in service
     now = sim.engine.now
     trace = json.loads(json.dumps(tl.trace()))
     assert json.loads(json.dumps(tl.trace())) == trace
@@ -240,7 +240,12 @@ def test_a_run_stopped_early_shows_what_is_in_flight_up_to_now():
     for r in in_flight:
         assert totals[r.app.id, r.run_index, r.copy] == pytest.approx(now - r.first_enqueued, abs=1e-6)
     opened = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["args"].get("open")]
-    assert len(opened) == trace["otherData"]["in_flight_spans"] >= len(in_flight)
+    calls = [e for e in opened if e["name"] == "call"]
+    assert len(calls) == sum(i.busy for i in sim.tool_backends["tool:box"].instances) > 0
+    for e in calls:  # a call in progress: its wait and its service so far
+        a = e["args"]
+        assert totals[a["app"], a["run"], a["copy"]] == pytest.approx(now - sim.active[a["app"]].issued_at, abs=1e-6)
+    assert len(opened) == trace["otherData"]["in_flight_spans"] >= len(in_flight) + len(calls)
     assert all(e["ts"] + e["dur"] == pytest.approx(now * 1e6, abs=1e-3) for e in opened)
     waiting = {e["name"]: e["args"]["waiting"] for e in trace["traceEvents"] if e["ph"] == "C" and e["pid"] == 1
                and "queue" in e["name"]}  # the last value of each queue's counter

@@ -145,6 +145,8 @@ class ToolBackend:
         inst.busy += 1
         inst.version += 1
         request.started = now
+        if self.timeline is not None:
+            self.timeline.tool_start(self, inst, request)
         self.engine.at(now + request.service_time, self._finish, inst, request)
 
     def _finish(self, now: float, inst: Instance, request: Request) -> None:

@@ -23,9 +23,9 @@ spans; an instance's first lane its ``cold start`` / ``prewarm`` spans. Flow arr
 last request to every request of the application's next stage. Counters: queue length per queue, KV
 tokens per replica (held by requests, incl. the iteration's reservation, and by the prefix cache),
 replicas and tool instances warm. A trace built before the run ends (``run(until=...)``, a truncated
-episode) adds what is in flight up to now, marked ``open``: each admitted request's current phase, the
-requests waiting in queues, replicas loading, instances warming (a tool call in progress is known only
-when it ends).
+episode) adds what is in flight up to now, marked ``open``: each admitted request's current phase and
+each tool call in progress (after its wait), the requests waiting in queues, replicas loading,
+instances warming.
 
 **Size.** ``window=(start, end)`` keeps only spans, instants and counter values that overlap those
 simulated seconds (and each counter's value when the window opens); ``max_events`` caps what is kept
@@ -115,6 +115,7 @@ class TimelineRecorder:
         self._flow_in: dict[Any, list[int]] = {}  # request -> flows to bind to its first span
         self._flows = 0
         self._since: dict[tuple, tuple[float, str]] = {}  # replica loading / instance warming -> (since, why)
+        self._calls: dict[Any, int] = {}  # tool requests in service -> their instance
 
     # -- keeping events ---------------------------------------------------------------------------
     def _keep(self, start: float, end: float) -> bool:
@@ -297,8 +298,13 @@ class TimelineRecorder:
         states = [i.state for i in backend.instances]
         self._counter(backend.name, "instances", now, {"warm": states.count(WARM), "warming": states.count(WARMING)})
 
+    def tool_start(self, backend: Any, inst: Any, r: Any) -> None:
+        """A tool request starts on ``inst`` (known, so that a trace built before it ends can show it)."""
+        self._calls[r] = inst.index
+
     def tool_call(self, backend: Any, inst: Any, r: Any, now: float) -> None:
         """A tool request ends on ``inst``: its wait and its call."""
+        del self._calls[r]
         who = _who(r)
         queued = _Stay((backend.name, "queue", None), r.enqueued)
         queued.end = r.started
@@ -396,7 +402,8 @@ class TimelineRecorder:
         other = {"simulated_seconds": sim.engine.now, "seed": sim.seed, "window_s": window,  # null: open-ended
                  "max_events": self.max_events, "kept_events": self.kept,
                  "window_opening_counters": len(opening),
-                 "in_flight_spans": sum(map(len, (*open_spans.values(), *open_fixed.values()))),
+                 "in_flight_spans": sum(x.args.get("open", False) for group in (*open_spans.values(),
+                                                                                 *open_fixed.values()) for x in group),
                  "dropped_events": self.dropped,
                  "dropped_after_s": self.dropped_from if self.dropped else None,
                  "kv_capacity_tokens": {b.name: b.cfg.kv_capacity_tokens for b in sim.llm_backends.values()}}
@@ -415,7 +422,7 @@ class TimelineRecorder:
             return stays, spans, fixed
 
         def add(stay: _Stay, span: _Span) -> None:
-            if w is not None and span.start > w[1]:
+            if w is not None and (span.start > w[1] or span.end < w[0]):
                 return
             if not stay.spans and id(stay) not in spans:
                 stays[stay.group].append(stay)
@@ -423,6 +430,10 @@ class TimelineRecorder:
 
         for r, life in self._life.items():
             add(life.stay, _Span(life.phase, life.since, now, {**_who(r), "open": True}))
+        for r, index in self._calls.items():
+            add(_Stay((r.backend, "queue", None), r.enqueued), _Span("queued", r.enqueued, r.started, _who(r)))
+            add(_Stay((r.backend, "instance", index), r.started),
+                _Span("call", r.started, now, {**_who(r), "instance": index, "open": True}))
         for b in sim.backends.values():
             queues = {id(q): q for q in (b.queue, *(rep.queue for rep in getattr(b, "replicas", ())))}
             for q in queues.values():
