@@ -4,6 +4,7 @@ LoRA adapter loads, chunked prefill, tool cold starts and replica loads in the r
 
 import json
 import math
+import sys
 from collections import Counter, defaultdict
 
 import pytest
@@ -250,3 +251,13 @@ def test_a_run_stopped_early_shows_what_is_in_flight_up_to_now():
     waiting = {e["name"]: e["args"]["waiting"] for e in trace["traceEvents"] if e["ph"] == "C" and e["pid"] == 1
                and "queue" in e["name"]}  # the last value of each queue's counter
     assert sum(waiting.values()) == sum(len(rep.queue) for rep in b.replicas)
+
+
+def test_without_matplotlib_the_png_flag_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
+    from hermes_env.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert main(["simulate", "small", "--out", str(tmp_path / "run"), "--timeline-png", str(tmp_path / "t.png")]) == 2
+    assert capsys.readouterr().err.strip() == ("hermes-env: --timeline-png: needs matplotlib, which is not installed "
+                                               "(pip install 'hermes_env[dev]', or matplotlib)")
+    assert not (tmp_path / "run" / "summary.json").exists()

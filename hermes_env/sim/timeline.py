@@ -532,7 +532,7 @@ def matplotlib_pyplot(field: str) -> Any:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError(field, "needs matplotlib, which is not installed",
-                          "pip install 'hermes_env[dev]' (or matplotlib)") from None
+                          "pip install 'hermes_env[dev]', or matplotlib") from None
     return plt
 
 
