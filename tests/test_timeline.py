@@ -175,6 +175,10 @@ def test_bad_window_and_cap_name_the_field():
     with pytest.raises(ConfigError, match="--timeline-window"):
         parse_window("10")
     assert parse_window("10:") == (10.0, math.inf) and parse_window(":5") == (0.0, 5.0)
+    tl = TimelineRecorder()
+    Simulation(mechanisms(n=2), timeline=tl)
+    with pytest.raises(ConfigError, match="one TimelineRecorder per run"):
+        Simulation(mechanisms(n=2), timeline=tl)
 
 
 def test_cli_writes_the_json_and_the_png(tmp_path, capsys):

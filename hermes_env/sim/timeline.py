@@ -259,7 +259,7 @@ class TimelineRecorder:
         if r in self._flow_in and last is not None:  # every span had zero length: bind to the last
             last.flows = [*(last.flows or ()), *(("f", f) for f in self._flow_in.pop(r))]
         self._flow_in.pop(r, None)
-        if last is not None:
+        if last is not None and math.isnan(r.app.completion):  # the application goes on: flows start here
             self._tail[r.app.id] = last
         else:
             self._tail.pop(r.app.id, None)
