@@ -186,10 +186,10 @@ def test_cli_writes_the_json_and_the_png(tmp_path, capsys):
 
     js, png = tmp_path / "t.json", tmp_path / "t.png"
     assert main(["simulate", "small", "--out", str(tmp_path / "run"), "--timeline", str(js), "--timeline-png",
-                 str(png), "--timeline-window", "0:60"]) == 0
+                 str(png), "--timeline-window", "0:30"]) == 0
     trace = json.loads(js.read_text())
     check_trace_format(trace)
-    assert trace["otherData"]["window_s"] == [0.0, 60.0] and trace["otherData"]["dropped_events"] == 0
+    assert trace["otherData"]["window_s"] == [0.0, 30.0] and trace["otherData"]["dropped_events"] == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "timeline: " in capsys.readouterr().out
     for bad, field in ((["--timeline-window", "0:60"], "--timeline-window"),
