@@ -241,6 +241,8 @@ class Replica:
         if version != self.version:
             return
         if self.busy:
+            if self.backend.timeline is not None:
+                self.backend.timeline.iteration(self, now)
             self.busy_seconds += now - self.t0
             self._apply_progress(now)
         self._load_stall = 0.0
@@ -261,6 +263,8 @@ class Replica:
                 self._plan_segment(now)  # may preempt everything and admit again (a mixed iteration)
             else:
                 self.busy = False  # staged requests call poke when their wait is over
+                if self.backend.timeline is not None:
+                    self.backend.timeline.idle(self, now)
                 if not self._batch():
                     self.backend.replica_idle(self, now)
                 return
@@ -412,6 +416,8 @@ class Replica:
                 self._load_stall += load  # sync: the iteration waits for the fetch
         if r.adapter is not None:
             ready_at = max(ready_at, self._use_adapter(r.adapter, now))
+        if self.backend.timeline is not None:
+            self.backend.timeline.admitted(self, r, now, ready_at)
         if ready_at > now:
             self.staged.add(r)
             self.backend.engine.at(ready_at, self._staged_ready, r)
@@ -530,6 +536,8 @@ class Replica:
         queue; what it generated is recomputed when it is admitted again."""
         if victim is None:
             victim = max(self.running, key=lambda r: (r.key, r.seq))
+        if self.backend.timeline is not None:
+            self.backend.timeline.preempted(self, victim, now)
         held = self._leave(victim)
         victim.generated = held + victim.cached - victim.prompt_tokens
         self.kv_used -= held
@@ -566,6 +574,8 @@ class Replica:
 
 class LLMBackend:
     """The replicas of one model, their queues and their lifecycle (see the module docstring)."""
+
+    timeline: Any = None  # a hermes_env.sim.timeline.TimelineRecorder when the run records one
 
     def __init__(self, cfg: LLMBackendConfig, engine: EventScheduler, queue_factory: Callable[..., WaitQueue],
                  on_done: Callable[[Request, float], None], on_failed: Callable[[Request, float], None],
@@ -687,6 +697,8 @@ class LLMBackend:
         self._held_gpus += change * replica.kind.gpus_per_replica
         self._price_rate += change * replica.kind.gpus_per_replica * replica.kind.price_per_gpu_hour / 3600.0
         self._serving += (state in (WARM, LOADING)) - was_serving
+        if self.timeline is not None:
+            self.timeline.replica_state(self, replica, now)
 
     def _ensure_capacity(self, now: float) -> None:
         """A request waits and no replica is warm or loading: load one (a cold start on its critical path)."""

@@ -46,6 +46,7 @@ from hermes_env.sim.policies import (
     make_scheduler,
 )
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
+from hermes_env.sim.timeline import TimelineRecorder
 from hermes_env.validation import as_integer, as_number, load_yaml
 
 NOOP, WARM_UP, RELEASE = 0, 1, 2  # the orders of the prewarm and scale parts (load = WARM_UP)
@@ -77,6 +78,17 @@ def load_experiment(config: str | Path | dict | ExperimentConfig, overrides: dic
         require(isinstance(value, dict), f"overrides.{key}", "must be a mapping")
         spec[key] = _merge(spec.get(key, {}), value)
     return ExperimentConfig.from_dict(spec, base=base)
+
+
+def _timeline_path(timeline: Any) -> Path | None:
+    """The ``timeline`` keyword: None, or a .json path in an existing folder."""
+    if timeline is None:
+        return None
+    require(isinstance(timeline, str | Path), "timeline", f"must be a path, got {type(timeline).__name__}")
+    path = Path(timeline)
+    require(path.suffix == ".json", "timeline", f"{str(path)!r} does not end in .json", "name a .json file")
+    require(path.parent.is_dir(), "timeline", f"folder {str(path.parent)!r} does not exist", "create it first")
+    return path
 
 
 def as_action_integer(action: Any) -> int:
@@ -118,7 +130,8 @@ class HermesEnv(gym.Env):
                  max_steps: int | None = None, max_time: float | None = None, reward_scale: float = 1.0,
                  idle_cost_weight: float = 0.0, slo_miss_weight: float = 0.0, gpu_cost_weight: float | None = None,
                  invalid_action: str = "penalty", invalid_action_penalty: float = 1.0,
-                 graph_observation: bool = False, render_mode: str | None = None) -> None:
+                 graph_observation: bool = False, render_mode: str | None = None,
+                 timeline: str | Path | None = None, timeline_window: tuple[float, float] | None = None) -> None:
         self.experiment = load_experiment(self.default_config if config is None else config, overrides)
         as_integer(slots, "slots", low=1, high=100_000)
         require(invalid_action in ("raise", "penalty"), "invalid_action", f"must be 'raise' or 'penalty', got "
@@ -137,6 +150,11 @@ class HermesEnv(gym.Env):
             as_integer(max_steps, "max_steps", low=1)
         if max_time is not None:
             as_number(max_time, "max_time", low=0, low_open=True)
+        self.timeline, self.timeline_window = _timeline_path(timeline), timeline_window
+        if timeline_window is not None:
+            require(timeline is not None, "timeline_window", "applies to a timeline", "give timeline='PATH.json'")
+            TimelineRecorder(timeline_window)  # validates it
+        self.episode = -1  # the index of the episode in progress (reset counts them)
         self.policy_names = {"schedule": scheduler, "prewarm": prewarm, "route": router, "scale": autoscaler}
         # validate the heuristics' names now
         make_scheduler(scheduler), make_prewarm(prewarm), make_autoscaler(autoscaler)
@@ -211,8 +229,10 @@ class HermesEnv(gym.Env):
             sim_seed = as_integer(options["simulation_seed"], "options.simulation_seed", low=0)
         names = self.policy_names
         c = self.controls
+        self.episode += 1
         self.sim = Simulation(
             self.experiment, seed=sim_seed,
+            timeline=None if self.timeline is None else TimelineRecorder(self.timeline_window),
             scheduler=ExternalScheduler() if "schedule" in c else make_scheduler(names["schedule"]),
             prewarm=ExternalPrewarm(self.prewarm_tick) if "prewarm" in c else make_prewarm(names["prewarm"]),
             router=ExternalRouter() if "route" in c else names["route"],
@@ -241,8 +261,15 @@ class HermesEnv(gym.Env):
         self._episode_over = terminated or truncated
         self._refresh()
         reward = self._reward() - penalty
-        return self._observation(), reward, terminated, bool(truncated and not terminated), self._info(
-            self.sim.engine.now - start, invalid=penalty > 0)
+        info = self._info(self.sim.engine.now - start, invalid=penalty > 0)
+        if self._episode_over and self.timeline is not None:
+            info["timeline"] = self.timeline_file(self.episode)
+            self.sim.timeline.write(info["timeline"])
+        return self._observation(), reward, terminated, bool(truncated and not terminated), info
+
+    def timeline_file(self, episode: int) -> Path:
+        """Where episode ``episode``'s timeline goes: ``timeline`` with the index before its suffix."""
+        return self.timeline.with_name(f"{self.timeline.stem}-{episode}{self.timeline.suffix}")
 
     def _require_episode(self, what: str) -> None:
         require(self.sim is not None, what, "called before reset()", "call reset() first")
@@ -501,6 +528,13 @@ _REWARD_DOC = """
     **Episode end**: ``terminated`` once every application of the workload has ended (completed or
     failed; the last step simulates to the end); ``truncated`` after ``max_steps`` steps or ``max_time``
     simulated seconds. An episode that needs no decision ends on its first step.
+
+    **Timeline**: with ``timeline="runs/tl.json"`` the step that ends an episode (terminated or
+    truncated) writes its Chrome/Perfetto trace-event JSON (docs/timeline.md) to ``runs/tl-<k>.json``,
+    ``k`` the episode's index from 0 (the ``k``-th ``reset``), and puts the path in that step's
+    ``info["timeline"]``. ``timeline_window=(start, end)`` keeps those simulated seconds only. In a
+    truncated episode's timeline the requests still waiting or running have spans up to its end, marked
+    ``open``; an episode left before its end (``reset`` again) writes nothing.
 """
 
 
