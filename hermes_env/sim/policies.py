@@ -143,7 +143,7 @@ def make_admission(name: str) -> Any:
     prefix, _, arg = name.partition(":")
     require(prefix in _ADMISSIONS, "admission", f"unknown admission policy {prefix!r}",
             f"use one of {sorted(_ADMISSIONS)}")
-    policy = _ADMISSIONS[prefix].from_arg(arg) if arg else _ADMISSIONS[prefix]()
+    policy = _ADMISSIONS[prefix].from_arg(arg)
     policy.name = name
     return policy
 
@@ -265,8 +265,9 @@ class AdmissionPolicy:
 
     @classmethod
     def from_arg(cls, arg: str) -> AdmissionPolicy:
-        """The policy of a name with parameters (``NAME:ARG``); this one takes none."""
-        raise ConfigError("admission", f"{cls.name!r} takes no parameters, got {arg!r}", f"name it {cls.name}")
+        """The policy of a name's parameters (``ARG`` of ``NAME:ARG``, "" without); this one takes none."""
+        require(not arg, "admission", f"{cls.name!r} takes no parameters, got {arg!r}", f"name it {cls.name}")
+        return cls()
 
     def bind(self, sim: Any) -> None:
         """Called once before the run."""
