@@ -3,8 +3,11 @@
 import math
 from types import SimpleNamespace
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import yaml
+from gymnasium.utils.env_checker import check_env
 
 from baselines.admission import ClairvoyantAdmission, TokenBucket
 from hermes_env.envs.hermes import load_experiment
@@ -12,6 +15,7 @@ from hermes_env.errors import ConfigError
 from hermes_env.sim import ExperimentConfig, Simulation
 from hermes_env.sim.bench import BenchConfig, _summarise, format_table, run_cell
 from hermes_env.sim.policies import ADMIT, DEFER, REJECT, AdmissionPolicy, make_admission
+from hermes_env.sim.workload import TIERS
 from tests.conftest import ROOT
 
 
@@ -167,3 +171,56 @@ def test_the_bench_compares_admission_policies_on_goodput_per_tier(tmp_path):
 def test_the_overload_experiment_loads():
     cfg = ExperimentConfig.from_yaml("overload-slo")
     assert {m.tier for m in cfg.workload.applications} == {"critical", "standard", "sheddable"}
+
+
+def admission_env(env_id="hermes_env/Scheduling-v0", n=40, **kwargs):
+    return gym.make(env_id, config="overload-slo", overrides={"workload": {"num_applications": n}},
+                    admission_control=True, slo_miss_weight=kwargs.pop("slo_miss_weight", 5.0), **kwargs).unwrapped
+
+
+@pytest.mark.parametrize("env_id", ["hermes_env/Scheduling-v0", "hermes_env/Joint-v0"])
+def test_the_env_checker_passes_with_the_admission_part(env_id):
+    env = admission_env(env_id, n=30)
+    check_env(env, skip_render_check=True)
+    assert env.action_space.nvec[-1] == 3 and env.observation_space["admission"].shape == (14,)
+
+
+def test_admission_decisions_are_masked_by_tier_and_the_return_prices_rejections():
+    env = admission_env()
+    tiers = []
+    for seed in (3, 3):
+        rng = np.random.default_rng(0)
+        obs, info = env.reset(seed=seed)
+        total, k = 0.0, env.action_space.nvec[0]
+        while True:
+            mask = info["action_mask"]
+            if info["decision"] == "admit":
+                tier = TIERS[info["admission_tier"]]
+                assert tier != "critical" and mask[:k].tolist() == [True] + [False] * (k - 1)
+                assert mask[k:].tolist() == [True, obs["admission"][9] == 1, True] and obs["admission"][0] == 1
+                tiers.append(tier)
+            else:
+                assert info["admission_tier"] == -1 and mask[k:].tolist() == [True, False, False]
+            action = [rng.choice(np.flatnonzero(mask[:k])), rng.choice(np.flatnonzero(mask[k:]))]
+            obs, reward, terminated, truncated, info = env.step(action)
+            total += reward
+            if terminated or truncated:
+                break
+        sim = env.sim
+        jct = sum(app.completion - app.arrival for app in sim.completed)
+        assert len(sim.completed) == 40 and total == pytest.approx(-jct - 5.0 * sim.slo_missed, rel=1e-9)
+        assert info["rejected"] == sum(t["rejected"] for t in sim.recorder.tiers.values()) > 0
+    assert tiers[: len(tiers) // 2] == tiers[len(tiers) // 2:]  # the same seed, the same decisions
+
+
+def test_admission_options_are_checked():
+    for kwargs, field in (({"env_id": "hermes_env/Routing-v0"}, "admission_control"),
+                          ({"slo_miss_weight": 0.0}, "slo_miss_weight"),
+                          ({"admission": "token_bucket:1:1"}, "admission")):
+        with pytest.raises(ConfigError) as err:
+            admission_env(**kwargs)
+        assert err.value.field == field
+    env = gym.make("hermes_env/Scheduling-v0", config="overload-slo", admission="token_bucket:1.6:10",
+                   overrides={"workload": {"num_applications": 40}}).unwrapped
+    env.reset(seed=0)
+    assert isinstance(env.action_space, gym.spaces.Discrete) and env.sim.admission.name == "token_bucket:1.6:10"

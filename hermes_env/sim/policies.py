@@ -288,11 +288,14 @@ class AdmitAll(AdmissionPolicy):
 
 class ExternalAdmission(AdmissionPolicy):
     """The admission side of an agent outside the simulation: every arrival, and every reconsideration of
-    a deferred application, pauses the simulation until ``Simulation.resolve`` gives the order."""
+    a deferred application, pauses the simulation until ``Simulation.resolve`` gives the order, except
+    where the application's tier allows neither deferring nor rejecting it (it is admitted without asking)."""
 
     name = "external"
 
     def admit(self, sim: Any, app: Any, now: float) -> int | None:
+        if not sim.may_defer(app, now) and not sim.may_reject(app):
+            return ADMIT
         sim.request_admission_decision(app, now)
         return None
 
