@@ -224,3 +224,16 @@ def test_admission_options_are_checked():
                    overrides={"workload": {"num_applications": 40}}).unwrapped
     env.reset(seed=0)
     assert isinstance(env.action_space, gym.spaces.Discrete) and env.sim.admission.name == "token_bucket:1.6:10"
+
+
+def test_simulate_takes_an_admission_policy(tmp_path, capsys):
+    from hermes_env.cli import main
+
+    workload = yaml.safe_load((ROOT / "configs/workloads/overload-slo.yaml").read_text())
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"cluster": str(ROOT / "configs/clusters/contended.yaml"),
+                                    "workload": {**workload, "num_applications": 40}}))
+    assert main(["simulate", str(path), "--admission", "queue_threshold:1:2", "--out", str(tmp_path / "o")]) == 0
+    assert "admission queue_threshold:1:2 rejected" in capsys.readouterr().out
+    rows = (tmp_path / "o" / "applications.csv").read_text().splitlines()
+    assert rows[0].split(",")[3] == "tier" and any("admission: rejected" in r for r in rows[1:])
