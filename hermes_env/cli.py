@@ -106,7 +106,7 @@ def _simulate(args: argparse.Namespace) -> int:
     config = ExperimentConfig.from_yaml(args.config)
     t0 = time.perf_counter()
     result = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, router=args.router,
-                        autoscaler=args.autoscaler, seed=args.seed, keep_applications=False,
+                        autoscaler=args.autoscaler, admission=args.admission, seed=args.seed, keep_applications=False,
                         rows_to=args.out / "applications.csv", timeline=timeline).run()
     wall = time.perf_counter() - t0
     result.write(args.out)
@@ -124,6 +124,9 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"completion time: mean {jct['mean']:.3f} s, P50 {jct['p50']:.3f}, P95 {jct['p95']:.3f}, "
           f"P99 {jct['p99']:.3f}; SLO attainment {s['slo_attainment']}; cold starts {s['cold_starts']}; "
           f"idle warm cost {s['idle_warm_cost']:.1f}; GPU-seconds {s['gpu_seconds']:.0f}; failed {s['failed']}")
+    print("goodput (applications meeting their SLO per second): " + ", ".join(
+        f"{t} {g:.3f}" for t, g in s["goodput"].items()) + f"; admission {s['admission']} rejected "
+        + ", ".join(f"{t} {c['rejected']}" for t, c in s["tiers"].items()))
     print(f"wrote {args.out / 'applications.csv'} and {args.out / 'summary.json'}")
     if timeline is not None:
         written = " and ".join(str(p) for p in (args.timeline, args.timeline_png) if p is not None)
@@ -140,7 +143,7 @@ def _bench(args: argparse.Namespace) -> int:
     _check_out(args.out)
     split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
     cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds,
-                                split(args.routers), split(args.autoscalers))
+                                split(args.routers), split(args.autoscalers), split(args.admissions))
     summary = run_bench(cfg, args.out, progress=not args.quiet, resume=args.resume, executor=args.executor,
                         workers=args.workers, address=args.address)
     print(format_table(summary), end="")
@@ -243,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--prewarm", default="none", help="a prewarm policy name")
     m.add_argument("--router", default="shared", help="a router name (shared: one queue per backend)")
     m.add_argument("--autoscaler", default="fixed", help="an autoscaler name")
+    m.add_argument("--admission", default="none", help="an admission policy name (none: admit every application)")
     m.add_argument("--seed", type=_seed, default=0)
     m.add_argument("--out", type=Path, required=True, help="output directory")
     m.add_argument("--timeline", type=Path, metavar="PATH.json",
@@ -262,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prewarm", help="comma-separated prewarm policy names (default: the config's)")
     b.add_argument("--routers", help="comma-separated router names (default: the config's, or shared)")
     b.add_argument("--autoscalers", help="comma-separated autoscaler names (default: the config's, or fixed)")
+    b.add_argument("--admissions", help="comma-separated admission policy names (default: the config's, or none)")
     b.add_argument("--seeds", type=_positive, help="number of seeds (default: the config's)")
     b.add_argument("--out", type=Path, required=True, help="output directory")
     b.add_argument("--resume", action="store_true", help="run only the cells missing from --out")

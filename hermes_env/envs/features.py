@@ -19,8 +19,10 @@ from hermes_env.cluster.llm import COLD, DRAINING, LOADING, WARM, LLMBackend
 from hermes_env.cluster.request import Request
 from hermes_env.cluster.tool import WARM as TOOL_WARM
 from hermes_env.cluster.tool import WARMING, ToolBackend
+from hermes_env.pdgraph.demand import Progress
 from hermes_env.pdgraph.graph import BACKEND_KINDS, backend_kind
 from hermes_env.sim.forecast import p_requests_within
+from hermes_env.sim.workload import TIERS
 
 REQUEST_BASE_FEATURES = (
     "gittins_index", "remaining_mean", "remaining_std", "remaining_p50", "remaining_p90", "attained_service",
@@ -38,6 +40,9 @@ DECISION_KINDS = ("schedule", "prewarm", "route", "scale")
 GLOBAL_FEATURES = ("applications_in_system", "time", "completed_fraction", "failed_fraction",
                    *(f"decision_{k}" for k in DECISION_KINDS))
 NO_SLO = 1e4  # seconds of slack reported for applications without an SLO
+ADMISSION_FEATURES = ("deciding", "tier_critical", "tier_standard", "tier_sheddable", "real_time", "slo",
+                      "waiting_time", "remaining_mean", "remaining_p90", "may_defer", "may_reject", "defer_time_left",
+                      "deferred_now", "requests_waiting")
 
 
 class FeatureBuilder:
@@ -216,6 +221,25 @@ class FeatureBuilder:
         return {"requests": requests, "request_mask": mask, "backends": self.backends(deciding, now),
                 "replicas": self.replicas(backend, request, replica_candidates, deciding_replica, now),
                 "global": self.global_features(now, decision_kind)}
+
+    def admission(self, app: Any, now: float) -> np.ndarray:
+        """The application an admission decision concerns (zeros but ``deferred_now`` and
+        ``requests_waiting`` when there is none): its tier, class and SLO, the time since it arrived, its
+        remaining demand from its PDGraph at its first stage (fan-out width not yet known), what its tier
+        allows now and how long it may still be deferred; then the applications deferred now and the
+        requests waiting at every backend."""
+        sim = self.sim
+        out = np.zeros(len(ADMISSION_FEATURES), dtype=np.float32)
+        out[12:14] = (math.log1p(len(sim.deferred)), math.log1p(sum(sim.requests_waiting().values())))
+        if app is None:
+            return out
+        dist = sim.demand_model(app.template).remaining_demand(Progress(app.current.state, 0.0, None))
+        slo = app.mix.slo if math.isfinite(app.mix.slo) else NO_SLO
+        left = app.arrival + sim.config.workload.tier(app.tier).max_defer - now
+        out[:12] = (1.0, *(float(app.tier == t) for t in TIERS), float(app.app_class == "real_time"), math.log1p(slo),
+                    math.log1p(now - app.arrival), math.log1p(dist.mean), math.log1p(float(dist.quantile([0.9])[0])),
+                    float(sim.may_defer(app, now)), float(sim.may_reject(app)), math.log1p(max(left, 0.0)))
+        return out
 
     def global_features(self, now: float, decision_kind: str | None) -> np.ndarray:
         sim = self.sim

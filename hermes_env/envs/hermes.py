@@ -5,9 +5,11 @@ Every environment is the same class with a different set of *parts* it controls 
 is a piece of the action: ``schedule`` (which waiting request a backend admits: ``Discrete(K)``),
 ``prewarm`` (per tool backend: nothing, warm an instance, release one: ``[3] * T``), ``route`` (which
 replica of an LLM backend an arriving request waits at: ``Discrete(R)``) and ``scale`` (per LLM backend:
-nothing, load a replica, release one: ``[3] * L``). The simulation pauses whenever a controlled part owes
-a decision; orders parts (prewarm, scale) are applied at every decision, choice parts (schedule, route)
-only at their own kind of decision (slot 0 stands for "no choice" otherwise).
+nothing, load a replica, release one: ``[3] * L``), and, with ``admission_control=True`` on
+Scheduling-v0 and Joint-v0, ``admit`` (an arriving or deferred application: 0 admit, 1 defer, 2 reject:
+``[3]``). The simulation pauses whenever a controlled part owes a decision; orders parts (prewarm, scale)
+are applied at every decision, choice parts (schedule, route, admit) only at their own kind of decision
+(slot 0 stands for "no choice" otherwise).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from gymnasium import spaces
 
 from hermes_env.catalog import config_path
 from hermes_env.envs.features import (
+    ADMISSION_FEATURES,
     BACKEND_FEATURES,
     DECISION_KINDS,
     GLOBAL_FEATURES,
@@ -36,10 +39,12 @@ from hermes_env.errors import require
 from hermes_env.pdgraph.entropy import visit_probabilities
 from hermes_env.pdgraph.graph import BACKEND_KINDS, END, backend_kind
 from hermes_env.sim.policies import (
+    ExternalAdmission,
     ExternalAutoscaler,
     ExternalPrewarm,
     ExternalRouter,
     ExternalScheduler,
+    make_admission,
     make_autoscaler,
     make_prewarm,
     make_router,
@@ -47,10 +52,13 @@ from hermes_env.sim.policies import (
 )
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
 from hermes_env.sim.timeline import TimelineRecorder
+from hermes_env.sim.workload import TIERS
 from hermes_env.validation import as_integer, as_number, load_yaml
 
 NOOP, WARM_UP, RELEASE = 0, 1, 2  # the orders of the prewarm and scale parts (load = WARM_UP)
 PARTS = DECISION_KINDS  # schedule, prewarm, route, scale
+ADMIT_PART = "admit"  # the admission part, added by admission_control=True
+CHOICE_PARTS = ("schedule", "route", ADMIT_PART)  # parts that choose at their own kind of decision only
 BOUND = 1e3  # every feature is a fraction, a flag or a log1p of seconds or tokens: far inside this
 NODE_FEATURES = (*(f"kind_{k}" for k in BACKEND_KINDS), "current", "visit_probability", "mean_demand", "width")
 
@@ -123,6 +131,7 @@ class HermesEnv(gym.Env):
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
     controls: tuple[str, ...] = ("schedule",)
     default_config = "contended"
+    admission_allowed = False  # whether admission_control=True may add the admit part
 
     def __init__(self, config: str | Path | dict | ExperimentConfig | None = None, overrides: dict | None = None,
                  scheduler: str = "gittins", prewarm: str = "none", router: str = "shared", autoscaler: str = "fixed",
@@ -130,8 +139,9 @@ class HermesEnv(gym.Env):
                  max_steps: int | None = None, max_time: float | None = None, reward_scale: float = 1.0,
                  idle_cost_weight: float = 0.0, slo_miss_weight: float = 0.0, gpu_cost_weight: float | None = None,
                  invalid_action: str = "penalty", invalid_action_penalty: float = 1.0,
-                 graph_observation: bool = False, render_mode: str | None = None,
-                 timeline: str | Path | None = None, timeline_window: tuple[float, float] | None = None) -> None:
+                 graph_observation: bool = False, render_mode: str | None = None, admission: str = "none",
+                 admission_control: bool = False, timeline: str | Path | None = None,
+                 timeline_window: tuple[float, float] | None = None) -> None:
         self.experiment = load_experiment(self.default_config if config is None else config, overrides)
         as_integer(slots, "slots", low=1, high=100_000)
         require(invalid_action in ("raise", "penalty"), "invalid_action", f"must be 'raise' or 'penalty', got "
@@ -155,9 +165,21 @@ class HermesEnv(gym.Env):
             require(timeline is not None, "timeline_window", "applies to a timeline", "give timeline='PATH.json'")
             TimelineRecorder(timeline_window)  # validates it
         self.episode = -1  # the index of the episode in progress (reset counts them)
-        self.policy_names = {"schedule": scheduler, "prewarm": prewarm, "route": router, "scale": autoscaler}
+        self.policy_names = {"schedule": scheduler, "prewarm": prewarm, "route": router, "scale": autoscaler,
+                             ADMIT_PART: admission}
         # validate the heuristics' names now
-        make_scheduler(scheduler), make_prewarm(prewarm), make_autoscaler(autoscaler)
+        make_scheduler(scheduler), make_prewarm(prewarm), make_autoscaler(autoscaler), make_admission(admission)
+        require(isinstance(admission_control, bool), "admission_control", f"must be True or False, got "
+                f"{admission_control!r}")
+        if admission_control:
+            require(self.admission_allowed, "admission_control", f"is not available on {type(self).__name__}",
+                    "use Scheduling-v0 or Joint-v0")
+            require(admission == "none", "admission", f"is {admission!r}, but admission_control gives the agent "
+                    "the admission decisions", "leave admission at 'none', or admission_control False")
+            require(slo_miss_weight > 0, "slo_miss_weight", "is 0: a rejected application leaves the system at "
+                    "once, so the time-in-system reward alone pays the agent to reject", "price a rejection "
+                    "(an SLO miss) with slo_miss_weight > 0")
+            self.controls = (*self.controls, ADMIT_PART)
         if router != "shared":
             make_router(router)
         self.slots, self.prewarm_tick, self.autoscale_tick = slots, prewarm_tick, autoscale_tick
@@ -182,7 +204,8 @@ class HermesEnv(gym.Env):
         # a backend of several replica kinds has one "load one of this kind" order per kind after the three
         self.replica_kinds = {b.name: [k.name for k in b.kinds] for b in cluster.llm_backends}
         self._part_sizes = {"schedule": [slots], "prewarm": [3] * len(self.tool_names), "route": [self.replica_rows],
-                            "scale": [3 + len(k) * (len(k) > 1) for k in self.replica_kinds.values()]}
+                            "scale": [3 + len(k) * (len(k) > 1) for k in self.replica_kinds.values()],
+                            ADMIT_PART: [3]}
         self.heterogeneous = any(len(k) > 1 for k in self.replica_kinds.values())
         self.observation_space = self._observation_space()
         self.action_space = self._action_space()
@@ -206,6 +229,8 @@ class HermesEnv(gym.Env):
             obs["kinds"] = spaces.Box(-BOUND, BOUND, (len(self.llm_names), n_kinds, len(KIND_FEATURES)), np.float32)
             obs["replica_kinds"] = spaces.Box(-BOUND, BOUND, (self.replica_rows, len(REPLICA_KIND_FEATURES)),
                                               np.float32)
+        if ADMIT_PART in self.controls:
+            obs["admission"] = spaces.Box(-BOUND, BOUND, (len(ADMISSION_FEATURES),), np.float32)
         if self.graph_observation:
             m = self.max_stages
             obs["graph_nodes"] = spaces.Box(-BOUND, BOUND, (k, m, len(NODE_FEATURES)), np.float32)
@@ -236,7 +261,8 @@ class HermesEnv(gym.Env):
             scheduler=ExternalScheduler() if "schedule" in c else make_scheduler(names["schedule"]),
             prewarm=ExternalPrewarm(self.prewarm_tick) if "prewarm" in c else make_prewarm(names["prewarm"]),
             router=ExternalRouter() if "route" in c else names["route"],
-            autoscaler=ExternalAutoscaler(self.autoscale_tick) if "scale" in c else make_autoscaler(names["scale"]))
+            autoscaler=ExternalAutoscaler(self.autoscale_tick) if "scale" in c else make_autoscaler(names["scale"]),
+            admission=ExternalAdmission() if ADMIT_PART in c else names[ADMIT_PART])
         self.features.bind(self.sim)
         self.steps = 0
         self._last = (0.0, 0.0, 0, 0.0)  # area, idle cost, SLO misses, GPU-seconds at the last step
@@ -307,6 +333,8 @@ class HermesEnv(gym.Env):
                 "replica": int(replica),
                 "completed": len(sim.recorder.completion_times), "failed": sim.recorder.failed,
                 "in_system": sim.in_system,
+                "admission_tier": TIERS.index(d.app.tier) if d is not None and d.kind == ADMIT_PART else -1,
+                "rejected": sum(t["rejected"] for t in sim.recorder.tiers.values()), "deferred": len(sim.deferred),
                 "gpu_seconds": sum(b.gpu_seconds_until(sim.engine.now) for b in sim.llm_backends.values())}
 
     # -- observation ------------------------------------------------------------------------------
@@ -336,6 +364,8 @@ class HermesEnv(gym.Env):
             obs["kinds"] = self.features.kinds(self.observation_space["kinds"].shape[1])
             obs["replica_kinds"] = self.features.replica_kinds(
                 self.sim.llm_backends.get(d.backend) if d is not None else None)
+        if ADMIT_PART in self.controls:
+            obs["admission"] = self.features.admission(d.app if d is not None else None, self.sim.engine.now)
         if self.graph_observation:
             obs.update(self._graphs())
         return obs
@@ -389,7 +419,10 @@ class HermesEnv(gym.Env):
 
     def _part_mask(self, part: str) -> np.ndarray:
         d = self.decision
-        if part in ("schedule", "route"):
+        if part == ADMIT_PART and d is not None and d.kind == part:
+            now = self.sim.engine.now
+            return np.array([True, self.sim.may_defer(d.app, now), self.sim.may_reject(d.app)])
+        if part in CHOICE_PARTS:
             mask = np.zeros(self._part_sizes[part][0], dtype=bool)
             if d is not None and d.kind == part:
                 valid = range(len(self.candidates)) if part == "schedule" else [r.index for r in d.candidates]
@@ -436,12 +469,13 @@ class HermesEnv(gym.Env):
         penalty, orders = 0.0, []
         for part, values in parts.items():
             mask = self._part_mask(part)
-            if part in ("schedule", "route"):
+            if part in CHOICE_PARTS:
                 choice = int(values[0])
                 if not (0 <= choice < len(mask) and mask[choice]):
                     penalty += self._invalid(f"action {choice} is masked out for {part} (valid: "
                                              f"{np.flatnonzero(mask).tolist()})")
-                    choice = int(np.flatnonzero(mask)[0])  # the fallback: the oldest request, the lowest replica
+                    # the fallback: the oldest request, the lowest replica, admission
+                    choice = int(np.flatnonzero(mask)[0])
                 if d.kind == part:
                     orders.append((part, choice))
                 continue
@@ -472,6 +506,8 @@ class HermesEnv(gym.Env):
             self.sim.resolve(d.queue.waiting.index(self.candidates[choice]))
         elif d.kind == "route":
             self.sim.resolve(next(i for i, r in enumerate(d.candidates) if r.index == choice))
+        elif d.kind == ADMIT_PART:
+            self.sim.resolve(choice)
         else:
             self.sim.resolve()
         return penalty
@@ -510,6 +546,10 @@ _OBSERVATION_DOC = """
       backend and kind, its decode and prefill speed against the backend's first kind, log1p of its price per
       replica-hour, its KV capacity against the first kind's, the fractions of its replicas serving and cold;
       ``replica_kinds`` ``(R, 3)``: the speeds and price of each replica of the decision's LLM backend.
+    - with ``admission_control=True``: ``admission`` ``(14,)``: the application an admission decision
+      concerns (deciding flag, tier, real-time flag, SLO, time since arrival, PDGraph remaining-demand mean
+      and 90th percentile, may defer, may reject, time it may still be deferred; zeros at other decisions),
+      and the applications deferred now and requests waiting at every backend.
     - with ``graph_observation=True``: ``graph_nodes`` ``(K, S, 8)``, ``graph_edges`` ``(K, S, S+1)``
       and ``graph_node_mask`` ``(K, S)``: each candidate's PDGraph, ``S`` the most stages of any template.
 """
@@ -548,8 +588,17 @@ class SchedulingEnv(HermesEnv):
 """ + _OBSERVATION_DOC + """
     **Action**: ``Discrete(K)``, the slot to admit. ``action_masks()`` and ``info["action_mask"]`` give the
     valid slots; a masked-out slot admits the oldest waiting request instead.
+
+    **Admission** (``admission_control=True``): the simulation also pauses when an application arrives and
+    when a deferred one is reconsidered (whenever another application ends); the action becomes
+    ``MultiDiscrete([K, 3])``: the slot, and 0 admit, 1 defer, 2 reject. At an admission decision only slot
+    0 is unmasked; defer is unmasked while the application's tier allows it (``max_defer`` from arrival),
+    reject where its tier allows it (``critical`` by default neither); elsewhere only 0. A masked-out order
+    admits. A rejection is a failure: ``slo_miss_weight`` must price it (required > 0). Without
+    ``admission_control``, ``admission`` names the heuristic that decides (default ``none``: admit all).
 """ + _REWARD_DOC
     controls = ("schedule",)
+    admission_allowed = True
 
 
 class PrewarmEnv(HermesEnv):
@@ -612,6 +661,8 @@ class JointEnv(HermesEnv):
     **Action**: ``MultiDiscrete([K] + [3] * T + [R] + [3] * L)``: the slot to admit, one order per tool
     backend, the replica to place on, one order per LLM backend. The orders apply at every decision;
     the slot only at a scheduling decision and the replica only at a routing decision (elsewhere only 0
-    is unmasked for them, and ignored).
+    is unmasked for them, and ignored). With ``admission_control=True`` a last ``[3]`` is the admission
+    order, as in Scheduling-v0 (admission decisions pause the simulation too).
 """ + _REWARD_DOC
     controls = PARTS
+    admission_allowed = True
