@@ -194,9 +194,9 @@ def _count(row: Mapping[str, Any], key: str, where: str, low: int) -> int | None
 
 def _ids(row: Mapping[str, Any], key: str, where: str, kind: type) -> list:
     value = row.get(key, [])
-    require(isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value), where,
+    require(isinstance(value, list) and all(type(v) is kind for v in value), where,
             f"{key} must be a list of {'request ids' if kind is str else 'integers'}, got {value!r}")
-    twice = [v for v in value if value.count(v) > 1] if kind is str else []
+    twice = [v for v in value if value.count(v) > 1] if kind is str and len(set(value)) < len(value) else []
     require(not twice, where, f"{key} lists {twice[0]!r} twice" if twice else "")
     return value
 
@@ -207,7 +207,7 @@ def _row(row: Mapping[str, Any], i: int, index: Mapping[str, int], raw: Sequence
     session = row.get("session_id")
     require(session is None or isinstance(session, str), where, f"session_id {session!r} must be a string")
     hashes = _ids(row, "hash_ids", where, int)
-    require(all(h >= 0 for h in hashes), where, "hash_ids must be integers >= 0")
+    require(not hashes or min(hashes) >= 0, where, "hash_ids must be integers >= 0")
     output = _count(row, "output_length", where, 0)
     require(output is not None, where, "has no 'output_length'")
     prompt = _count(row, "input_length", where, 1)
@@ -348,10 +348,8 @@ class AgenticReplay:
     def build(cls, path: str, block_size: int, sessions: Sequence[int], llm: str, wait: str) -> AgenticReplay:
         mtime = os.path.getmtime(path)
         trace = _load(path, mtime, block_size)
-        counts = Counter(r.hash_ids[:k + 1] for r in trace.rows for k in range(len(r.hash_ids)))
-        shared = tuple(next((k for k in range(len(r.hash_ids)) if counts[r.hash_ids[:k + 1]] < 2), len(r.hash_ids))
-                       for r in trace.rows)
-        return cls(trace, tuple(sessions), _fitted(path, mtime, block_size, llm, wait), llm, wait, shared)
+        return cls(trace, tuple(sessions), _fitted(path, mtime, block_size, llm, wait), llm, wait,
+                   _shared(trace.rows))
 
     def runs(self, i: int, space: StateSpace) -> tuple[StageRun, ...]:
         """Application ``i``'s realisation: its session's waves and waits, states of ``space``."""
@@ -381,6 +379,20 @@ class AgenticReplay:
     def shared_tokens(self, i: int, run: int, copy: int) -> int:
         """Tokens of the row's prompt that a prefix cache could serve at most (see ``shared``)."""
         return self.shared[self.row(i, run, copy)] * self.trace.block_size
+
+
+def _shared(rows: Sequence[AgenticRow]) -> tuple[int, ...]:
+    """Per row, how many of its leading blocks another row also has (after the same blocks)."""
+    ids: dict[tuple[int, int], int] = {}  # (prefix before, block) -> prefix id
+    chains = []
+    for r in rows:
+        chain, last = [], -1
+        for h in r.hash_ids:
+            last = ids.setdefault((last, h), len(ids))
+            chain.append(last)
+        chains.append(chain)
+    counts = Counter(p for chain in chains for p in chain)
+    return tuple(next((k for k, p in enumerate(chain) if counts[p] < 2), len(chain)) for chain in chains)
 
 
 # -- from a workload --------------------------------------------------------------------------------------

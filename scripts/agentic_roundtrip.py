@@ -1,0 +1,79 @@
+"""Agentic traces (NVIDIA Dynamo's agentic Mooncake rows) to and from PDGraphs, measured.
+
+1. Fit back: N applications of a library template written as agentic rows (``rows_from_workload``), a
+   PDGraph fitted to them (``fit-trace --format dynamo-agentic``'s fit), and how its samples compare with
+   the rows (``fit_report``: means, KS distances, median and P90 errors).
+2. Replay: the agent-sessions experiment's first N sessions simulated, then their rows replayed on the same
+   cluster (``arrivals: {process: trace, format: dynamo-agentic}``): completion times and prefix-cache reuse.
+   The replay's waits are the sampled tool and user times, without the sandboxes' cold starts and queues.
+
+    python scripts/agentic_roundtrip.py [--sessions 600] [--replay 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from hermes_env.sim import ExperimentConfig, Simulation
+from hermes_env.sim.agentic import AgenticReplay, fit_report, rows_from_workload, write_agentic
+
+TEMPLATES = ("react_agent", "map_reduce_summarisation", "coding_agent_session")
+
+
+def hit_rate(sim: Simulation) -> float:
+    cached = sum(r.cached_tokens for b in sim.llm_backends.values() for r in b.replicas)
+    computed = sum(r.computed_tokens for b in sim.llm_backends.values() for r in b.replicas)
+    return cached / (cached + computed)
+
+
+def fit_back(template: str, n: int, folder: Path) -> None:
+    cfg = ExperimentConfig.from_dict({"cluster": "default", "workload": {
+        "num_applications": n, "arrivals": {"process": "poisson", "rate": 1.0},
+        "applications": [{"template": template}]}})
+    path = folder / f"{template}.jsonl"
+    rows = rows_from_workload(Simulation(cfg, seed=0), n)
+    write_agentic(rows, path)
+    t0 = time.perf_counter()
+    replay = AgenticReplay.build(str(path), 512, range(n), "llm:llama3-8b", "api:user")
+    fit_s = time.perf_counter() - t0
+    print(f"\n{template}: {n} sessions, {len(rows)} rows, fitted PDGraph of {len(replay.graph.state_space())} states "
+          f"in {fit_s:.2f} s")
+    print(f"  {'measure':16s} {'rows mean':>10s} {'fit mean':>10s} {'KS':>6s} {'p50 err':>8s} {'p90 err':>8s}")
+    for m, r in fit_report(replay).items():
+        print(f"  {m:16s} {r['trace mean']:10.4g} {r['fit mean']:10.4g} {r['ks']:6.3f} {100 * r['p50 error']:7.1f}% "
+              f"{100 * r['p90 error']:7.1f}%")
+
+
+def replay(n: int, folder: Path) -> None:
+    original = Simulation(ExperimentConfig.from_dict({"cluster": "default", "workload": {
+        "num_applications": n, "arrivals": {"process": "poisson", "rate": 0.0224},
+        "applications": [{"template": "coding_agent_session"}]}}), seed=0)
+    path = folder / "agent-sessions.jsonl"
+    write_agentic(rows_from_workload(original, n), path)
+    s0 = original.run().summary
+    again = Simulation(ExperimentConfig.from_dict({"cluster": "default", "workload": {"arrivals": {
+        "process": "trace", "trace": str(path), "format": "dynamo-agentic"}}}), seed=0)
+    s1 = again.run().summary
+    print(f"\nagent-sessions (coding_agent_session, {n} sessions at 0.0224/s, seed 0):")
+    print(f"  {'run':28s} {'completed':>9s} {'failed':>6s} {'mean s':>8s} {'P95 s':>8s} {'prefix hit':>10s}")
+    for name, s, sim in (("simulated from the PDGraph", s0, original), ("its rows replayed", s1, again)):
+        print(f"  {name:28s} {s['completed']:9d} {s['failed']:6d} {s['jct']['mean']:8.1f} {s['jct']['p95']:8.1f} "
+              f"{100 * hit_rate(sim):9.1f}%")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=600, help="sessions a template for the fit-back")
+    parser.add_argument("--replay", type=int, default=150, help="agent sessions simulated and replayed")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        for template in TEMPLATES:
+            fit_back(template, args.sessions, Path(folder))
+        replay(args.replay, Path(folder))
+
+
+if __name__ == "__main__":
+    main()
