@@ -65,7 +65,10 @@ class ArrivalConfig:
     shipped trace's name or a path), those arriving in ``window`` (seconds ``[start, end)``, default all),
     their times multiplied by ``time_scale`` or rescaled to a mean ``rate``. A trace with token counts
     gives every request its prompt and output (and prefix blocks); ``backend`` names the LLM backend that
-    serves them when no application mix is given."""
+    serves them when no application mix is given. ``format: dynamo-agentic`` reads NVIDIA Dynamo's agentic
+    Mooncake rows (:mod:`hermes_env.sim.agentic`): the arrivals are its sessions' (``window`` and the
+    scaling apply to them), ``block_size`` is the tokens of a hash id and ``wait_backend`` the tool backend
+    its waits replay on."""
 
     process: str
     rate: float = 0.0
@@ -212,7 +215,8 @@ class WorkloadConfig:
     """When applications arrive and which. With a trace that has token counts, request ``i`` of the trace
     gives its prompt and output (and prefix blocks) to the first LLM stage of application ``i``: of the
     single-stage template of the trace itself when ``applications`` is not given (its demand model the
-    trace's own length distributions), else of the mix's application drawn for it."""
+    trace's own length distributions), else of the mix's application drawn for it. With an agentic trace,
+    application ``i`` replays session ``i`` whole, a realisation of the PDGraph fitted to the trace."""
 
     arrivals: ArrivalConfig
     applications: tuple[ApplicationMix, ...]
