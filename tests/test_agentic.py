@@ -130,6 +130,16 @@ def test_a_pdgraph_fitted_to_its_own_sample_reproduces_it(tmp_path):
         assert r["ks"] < 0.06, measure
 
 
+def test_export_trace_writes_a_workload_as_rows(tmp_path, capsys):
+    out = tmp_path / "rows.jsonl"
+    assert main(["export-trace", "small", "--num-applications", "12", "--seed", "3", "--out", str(out)]) == 0
+    t = load_agentic(out)
+    assert f"wrote {len(t.rows)} requests of 12 applications" in capsys.readouterr().out
+    sim = Simulation(ExperimentConfig.from_yaml("small"), seed=3)
+    calls = sum(r.width for i in range(12) for r in sim.peek_realisation(i) if r.tool_time is None)
+    assert len(t.rows) == calls and {r.session_id for r in t.rows} <= {f"s{i}" for i in range(12)}
+
+
 @pytest.mark.parametrize("rows, problem", [
     ([{"request_id": "a", "timestamp": 0, "input_length": 5, "output_length": 1},
       {"request_id": "b", "input_length": 5, "output_length": 1, "wait_for": ["zz"]}],
@@ -185,4 +195,5 @@ def test_agentic_files_and_configs_say_what_is_wrong(tmp_path):
     with pytest.raises(ConfigError, match="wait_backend: 'api:user' is not a tool backend of the cluster"):
         agentic(EXAMPLE, {"llm_backends": ONE_REPLICA["llm_backends"]})
     assert main(["fit-trace", EXAMPLE, "--block-size", "64", "--out", str(tmp_path / "f.yaml")]) == 2
+    assert main(["export-trace", "small", "--num-applications", "1000000000", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert np.isfinite(load_agentic(EXAMPLE, 64).arrivals()).all()
