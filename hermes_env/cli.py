@@ -12,7 +12,8 @@ experiment's name (``contended``) or a YAML path.
 trace and writes a workload config (see :mod:`hermes_env.sim.trace_fit`); with ``--format dynamo-agentic``,
 to an agentic trace's sessions, fitting a PDGraph to them and reporting how well it reproduces them.
 ``hermes-env export-trace CONFIG --out rows.jsonl`` writes an experiment's workload (its sampled
-applications under ``--seed``) as agentic trace rows (see :mod:`hermes_env.sim.agentic`).
+applications under ``--seed``) as agentic trace rows (see :mod:`hermes_env.sim.agentic`); with
+``--simulate``, a simulated run of it, with the run's own times.
 
 ``hermes-env tasks`` lists the task suite; ``hermes-env evaluate --task NAME --policy SPEC`` scores a policy
 on a task's held-out seeds; ``hermes-env leaderboard`` regenerates docs/tasks.md (:mod:`hermes_env.tasks`).
@@ -33,6 +34,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -165,7 +167,7 @@ def _fit_agentic(args: argparse.Namespace) -> int:
 
 def _export_trace(args: argparse.Namespace) -> int:
     from hermes_env.sim import ExperimentConfig, Simulation
-    from hermes_env.sim.agentic import rows_from_workload, write_agentic
+    from hermes_env.sim.agentic import rows_from_run, rows_from_workload, write_agentic
 
     _check_out(args.out.parent) if args.out.parent != Path(".") else None
     config = ExperimentConfig.from_yaml(args.config)
@@ -173,9 +175,21 @@ def _export_trace(args: argparse.Namespace) -> int:
     if n > config.workload.num_applications:
         raise ConfigError("--num-applications", f"is {n}, but the workload has {config.workload.num_applications}",
                           "ask for fewer")
-    rows = rows_from_workload(Simulation(config, seed=args.seed), n, args.block_size)
+    if args.simulate and n != config.workload.num_applications:
+        config = replace(config, workload=replace(config.workload, num_applications=n))
+    if not args.simulate:
+        rows = rows_from_workload(Simulation(config, seed=args.seed), n, args.block_size)
+        write_agentic(rows, args.out)
+        print(f"wrote {len(rows)} requests of {n} applications to {args.out}")
+        return 0
+    sim = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, router=args.router,
+                     autoscaler=args.autoscaler, seed=args.seed)
+    sim.request_log = []
+    summary = sim.run().summary
+    rows = rows_from_run(sim, args.block_size)
     write_agentic(rows, args.out)
-    print(f"wrote {len(rows)} requests of {n} applications to {args.out}")
+    print(f"simulated {summary['applications']} applications ({summary['failed']} failed, left out); wrote the "
+          f"{len(rows)} requests of the others, with the run's times, to {args.out}")
     return 0
 
 
@@ -286,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seed", type=_seed, default=0, help="the workload's seed (the same as a simulation's)")
     x.add_argument("--num-applications", type=_positive, help="the first N applications (default: all)")
     x.add_argument("--block-size", type=_positive, default=512, help="tokens per hash id (default: %(default)s)")
+    x.add_argument("--simulate", action="store_true", help="run the simulation and write its requests with the "
+                   "run's times (waits as measured: tool queueing and cold starts included)")
+    for flag, default in (("scheduler", "fcfs"), ("prewarm", "none"), ("router", "shared"), ("autoscaler", "fixed")):
+        x.add_argument(f"--{flag}", default=default, help=f"with --simulate: the {flag} (default: %(default)s)")
     x.set_defaults(run=_export_trace)
     ts = sub.add_parser("tasks", help="list the task suite (configs/tasks)")
     ts.set_defaults(run=_tasks)

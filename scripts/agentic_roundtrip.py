@@ -6,6 +6,8 @@
 2. Replay: the agent-sessions experiment's first N sessions simulated, then their rows replayed on the same
    cluster (``arrivals: {process: trace, format: dynamo-agentic}``): completion times and prefix-cache reuse.
    The replay's waits are the sampled tool and user times, without the sandboxes' cold starts and queues.
+3. A simulated run written with its own times (``rows_from_run``: waits as the run measured them, cold
+   starts and queues included), replayed and written again: how far each request's issue time moves.
 
     python scripts/agentic_roundtrip.py [--sessions 600] [--replay 150]
 """
@@ -17,8 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from hermes_env.sim import ExperimentConfig, Simulation
-from hermes_env.sim.agentic import AgenticReplay, fit_report, rows_from_workload, write_agentic
+from hermes_env.sim.agentic import AgenticReplay, fit_report, rows_from_run, rows_from_workload, write_agentic
 
 TEMPLATES = ("react_agent", "map_reduce_summarisation", "coding_agent_session")
 
@@ -64,6 +68,40 @@ def replay(n: int, folder: Path) -> None:
               f"{100 * hit_rate(sim):9.1f}%")
 
 
+def issue_times(rows: list) -> dict[tuple[int, str], float]:
+    """Each row's issue time from its session's first, keyed by (session rank by arrival, row number)."""
+    starts: dict[str, float] = {}
+    for r in rows:
+        starts[r.session_id] = min(starts.get(r.session_id, r.timestamp), r.timestamp)
+    rank = {sid: k for k, sid in enumerate(sorted(starts, key=lambda s: (starts[s], int(s[1:]))))}
+    first = min(starts.values())
+    return {(rank[r.session_id], r.request_id.split("-")[1]): r.timestamp - first for r in rows}
+
+
+def replay_run(n: int, block_size: int, folder: Path, rate: float = 0.0224) -> None:
+    """A simulated run written with its own times (rows_from_run), replayed, and written again."""
+    base = ExperimentConfig.from_dict({"cluster": "default", "workload": {
+        "num_applications": n, "arrivals": {"process": "poisson", "rate": rate},
+        "applications": [{"template": "coding_agent_session"}]}})
+    runs = []
+    for k in range(2):
+        sim = Simulation(base, seed=0)
+        sim.request_log = []
+        summary = sim.run().summary
+        rows = rows_from_run(sim, block_size)
+        write_agentic(rows, folder / f"run{k}.jsonl")
+        runs.append((summary, rows, hit_rate(sim)))
+        base = ExperimentConfig.from_dict({"cluster": "default", "workload": {"arrivals": {
+            "process": "trace", "trace": str(folder / f"run{k}.jsonl"), "format": "dynamo-agentic",
+            "block_size": block_size}}})
+    (s0, rows0, h0), (s1, rows1, h1) = runs
+    a, b = issue_times(rows0), issue_times(rows1)
+    diff = np.array([abs(b[k] - a[k]) for k in b]) / 1000.0
+    print(f"\n  the run's rows ({block_size}-token blocks) replayed: {len(rows1)} of {len(rows0)} rows, issue times "
+          f"off by {diff.mean():.3f} s on average, {diff.max():.3f} s at most; prefix hit {100 * h1:.1f}% "
+          f"against the run's {100 * h0:.1f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=600, help="sessions a template for the fit-back")
@@ -73,6 +111,8 @@ def main() -> None:
         for template in TEMPLATES:
             fit_back(template, args.sessions, Path(folder))
         replay(args.replay, Path(folder))
+        for block in (512, 16):
+            replay_run(args.replay, block, Path(folder))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,14 @@ import yaml
 from hermes_env.cli import main
 from hermes_env.errors import ConfigError
 from hermes_env.sim import ExperimentConfig, Simulation
-from hermes_env.sim.agentic import AgenticReplay, fit_report, load_agentic, rows_from_workload, write_agentic
+from hermes_env.sim.agentic import (
+    AgenticReplay,
+    fit_report,
+    load_agentic,
+    rows_from_run,
+    rows_from_workload,
+    write_agentic,
+)
 from hermes_env.sim.traces import load_trace
 
 EXAMPLE = str(Path(__file__).parent / "data" / "dynamo_agentic.jsonl")  # hand-written: four sessions
@@ -138,6 +145,35 @@ def test_export_trace_writes_a_workload_as_rows(tmp_path, capsys):
     sim = Simulation(ExperimentConfig.from_yaml("small"), seed=3)
     calls = sum(r.width for i in range(12) for r in sim.peek_realisation(i) if r.tool_time is None)
     assert len(t.rows) == calls and {r.session_id for r in t.rows} <= {f"s{i}" for i in range(12)}
+    assert main(["export-trace", "small", "--simulate", "--num-applications", "12", "--seed", "3", "--out",
+                 str(out)]) == 0
+    run = load_agentic(out)  # the same calls, with the run's times
+    assert sorted((r.prompt, r.output) for r in run.rows) == sorted((r.prompt, r.output) for r in t.rows)
+
+
+def test_a_simulated_run_written_with_its_times_replays_to_the_same_times(tmp_path):
+    """fact_checking's calls (extract, queries, web searches in parallel, verify) written from a run with
+    their issue times and measured waits (search queueing included), at the engine's 16-token blocks:
+    replaying the rows issues every call at the same time again, relative to the first."""
+    cfg = ExperimentConfig.from_dict({"cluster": "default", "workload": {
+        "num_applications": 12, "arrivals": {"process": "poisson", "rate": 0.01},
+        "applications": [{"template": "fact_checking"}]}})
+    times, waits = [], []
+    for k in range(2):
+        sim = Simulation(cfg, seed=0)
+        sim.request_log = []
+        sim.run()
+        rows = rows_from_run(sim, block_size=16)
+        write_agentic(rows, tmp_path / f"run{k}.jsonl")
+        t = load_agentic(tmp_path / f"run{k}.jsonl", 16)
+        assert len(t.sessions) == 12 and t.inexact == 0
+        for s in t.sessions:  # extract, then queries, then (after the searches: tool time) verify
+            assert [len(w) for w in s.waves] == [1, 1, 1] and t.rows[s.waves[2][0]].tool_wait > 0 or k
+        times.append(np.sort([r.timestamp for r in rows]) - min(r.timestamp for r in rows))
+        waits.append(sorted(r.wait for r in t.rows))  # the replay waits on api:user: written again, as delay
+        cfg = agentic(tmp_path / f"run{k}.jsonl", block_size=16)
+    assert len(times[0]) == len(times[1]) == 12 * 3
+    assert np.allclose(times[0], times[1], rtol=0, atol=1e-6) and np.allclose(waits[0], waits[1], rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("rows, problem", [

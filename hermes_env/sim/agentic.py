@@ -11,8 +11,9 @@ completed it waits ``delay`` (milliseconds, not tool time: the agent's own overh
 and do not schedule anything; ``tool_events`` and Dynamo's scheduling hints are read past. The aliases
 ``input_tokens``, ``output_tokens``, ``created_time`` and ``delay_ms`` are accepted.
 
-A **session** (one application of the simulator) is a set of rows linked by ``wait_for``, whatever their
-``session_id`` (a sub-agent's trajectory has its own and joins its parent's session). Its rows fall in
+A **session** (one application of the simulator) is a set of rows linked by ``wait_for`` or sharing a
+``session_id`` (a sub-agent's trajectory has its own id and joins its parent's session by ``wait_for``;
+parallel first calls share their id). Its rows fall in
 **waves**: a row without dependencies is in wave 0, any other one wave after the latest row it waits
 for. The session replays as the realisation ``start, (wait, call)*``: each wave is one LLM stage whose
 parallel copies are the wave's rows (a fan-out), and before it a ``wait`` stage whose copies are the
@@ -85,8 +86,9 @@ class AgenticRow:
 
 @dataclass(frozen=True)
 class Session:
-    """Rows linked by ``wait_for``: ``waves[k]`` are the rows of wave k (in file order), ``arrival`` the
-    earliest start of its roots (seconds from the trace's first), ``exact`` whether its replay is."""
+    """Rows linked by ``wait_for`` or a ``session_id``: ``waves[k]`` are the rows of wave k (in file order),
+    ``arrival`` the earliest start of its roots (seconds from the trace's first), ``exact`` whether its
+    replay is."""
 
     waves: tuple[tuple[int, ...], ...]
     arrival: float
@@ -266,9 +268,12 @@ def _sessions(rows: Sequence[AgenticRow]) -> tuple[Session, ...]:
             i = parent[i]
         return i
 
+    named: dict[str, int] = {}
     for i, row in enumerate(rows):
         for j in row.wait_for:
             parent[find(i)] = find(j)
+        if row.session_id is not None:
+            parent[find(i)] = find(named.setdefault(row.session_id, i))
     level = [0] * len(rows)
     members: dict[int, list[int]] = {}
     for i, row in enumerate(rows):  # wait_for names earlier rows: their levels are known
@@ -460,6 +465,60 @@ def rows_from_workload(sim: Any, n: int, block_size: int = BLOCK_TOKENS,
                                             conv + blocks.fresh((prompt + output) // blocks.size - len(conv)))
             prev, delay, tool = wave, 0.0, 0.0
     return rows
+
+
+def rows_from_run(sim: Any, block_size: int = BLOCK_TOKENS,
+                  think_backends: Iterable[str] = (WAIT_BACKEND,)) -> list[AgenticRow]:
+    """Agentic rows of a simulation that has run with ``sim.request_log = []``: its completed
+    applications as :func:`rows_from_workload` writes them, with the run's own times: every row's
+    ``timestamp`` is when the simulator issued it, and a row's ``delay`` and ``tool_wait_ms`` are the
+    wall time of the tool stages before it (from their issue to their last copy's end: queueing and cold
+    starts included, as a capture measures them), so they add up to the gap after the previous wave's
+    last completion. ``hash_ids`` are the prompts' blocks of ``block_size`` tokens as the simulator's
+    prefix caches identify them (the segment holding a block's last token and its end,
+    :mod:`hermes_env.cluster.prefix`): rows share ids exactly where the run's prompts share blocks."""
+    require(sim.request_log is not None, "simulation", "kept no requests", "set sim.request_log = [] before run()")
+    think = set(think_backends)
+    by_app: dict[int, dict[int, list[Any]]] = {}
+    for req in sim.request_log:
+        by_app.setdefault(req.app.id, {}).setdefault(req.run_index, []).append(req)
+    ids: dict[tuple[int, int], int] = {}
+    rows: list[AgenticRow] = []
+    for app_id in sorted(by_app):
+        runs = by_app[app_id]
+        app = runs[0][0].app
+        if app.failed or len(runs) < len(app.runs):
+            continue
+        first, prev, delay, tool = len(rows), [], 0.0, 0.0
+        for k, run in enumerate(app.runs):
+            reqs = sorted(runs[k], key=lambda r: r.copy)
+            issued = min(r.first_enqueued for r in reqs) * 1000.0
+            if run.tool_time is not None:
+                span = max(r.finished for r in reqs) * 1000.0 - issued
+                delay, tool = (delay + span, tool) if run.backend in think else (delay, tool + span)
+                continue
+            wave = list(range(len(rows), len(rows) + len(reqs)))
+            if prev and len(wave) > 1:
+                rows[prev[0]] = replace(rows[prev[0]], branches=tuple(wave))
+            for r in reqs:
+                rows.append(AgenticRow(f"s{app_id}-{len(rows) - first}", r.prompt_tokens, r.output_tokens,
+                                       f"s{app_id}", issued, tuple(_chain_ids(r.chain, r.prompt_tokens, block_size,
+                                                                              ids)),
+                                       tuple(prev), (), delay if prev else 0.0, tool if prev else 0.0, not prev))
+            prev, delay, tool = wave, 0.0, 0.0
+    return rows
+
+
+def _chain_ids(chain: Sequence[Any], prompt: int, size: int, ids: dict[tuple[int, int], int]) -> list[int]:
+    """Block ids of a prompt described by a chain of segments (none without one)."""
+    out, j = [], 0
+    if not chain:
+        return out
+    for end in [*range(size, prompt + 1, size), *([prompt] if prompt % size else [])]:
+        while chain[j].start + chain[j].size < end:  # the segment holding the block's last token
+            j += 1
+        out.append(ids.setdefault((chain[j].uid, end), len(ids)))
+    return out
 
 
 def _base(stage: Stage, template: str, history: tuple[int, list[int]] | None, blocks: _Blocks) -> list[int]:

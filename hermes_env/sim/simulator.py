@@ -195,6 +195,7 @@ class Simulation:
         self._shared_blocks: list[int] | None = None
         self._adapter_rng = np.random.default_rng([seed, 5])
         self.recorder = Recorder(keep_applications, rows_to)
+        self.request_log: list[Request] | None = None  # set to [] to keep every finished request (a trace export)
         self.arrived = 0
         self.active: dict[int, Application] = {}  # in the system now, by id, in arrival order
         # an application-level admission gate (a black-box baseline's): at most max_active admitted at once
@@ -486,6 +487,8 @@ class Simulation:
 
     def _done(self, request: Request, now: float) -> None:
         app: Application = request.app
+        if self.request_log is not None:
+            self.request_log.append(request)
         if request.output_tokens:  # an LLM request: time to first token, time per output token
             tpot = ((request.finished - request.first_token) / (request.output_tokens - 1)
                     if request.output_tokens > 1 else None)
