@@ -9,7 +9,7 @@
 3. A simulated run written with its own times (``rows_from_run``: waits as the run measured them, cold
    starts and queues included), replayed and written again: how far each request's issue time moves.
 
-    python scripts/agentic_roundtrip.py [--sessions 600] [--replay 150]
+    python scripts/agentic_roundtrip.py [--sessions 600] [--replay 150] [--run-sessions 60]
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def replay_run(n: int, block_size: int, folder: Path, rate: float = 0.0224) -> N
     (s0, rows0, h0), (s1, rows1, h1) = runs
     a, b = issue_times(rows0), issue_times(rows1)
     diff = np.array([abs(b[k] - a[k]) for k in b]) / 1000.0
-    print(f"\n  the run's rows ({block_size}-token blocks) replayed: {len(rows1)} of {len(rows0)} rows, issue times "
+    print(f"\n  {n} sessions at {rate}/s, the run's rows ({block_size}-token blocks) replayed: {len(rows1)} of "
+          f"{len(rows0)} rows, issue times "
           f"off by {diff.mean():.3f} s on average, {diff.max():.3f} s at most; prefix hit {100 * h1:.1f}% "
           f"against the run's {100 * h0:.1f}%")
 
@@ -106,13 +107,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=600, help="sessions a template for the fit-back")
     parser.add_argument("--replay", type=int, default=150, help="agent sessions simulated and replayed")
+    parser.add_argument("--run-sessions", type=int, default=60, help="agent sessions of the run written and replayed")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         for template in TEMPLATES:
             fit_back(template, args.sessions, Path(folder))
         replay(args.replay, Path(folder))
         for block in (512, 16):
-            replay_run(args.replay, block, Path(folder))
+            replay_run(args.run_sessions, block, Path(folder))
+        replay_run(8, 16, Path(folder), rate=0.001)  # sessions that never overlap
 
 
 if __name__ == "__main__":

@@ -80,8 +80,8 @@ def test_a_replayed_chain_waits_exactly_and_reuses_its_prefix(tmp_path):
     sim = Simulation(agentic(path, ONE_REPLICA, block_size=64), seed=0, check_invariants=True)
     sim.run()
     app = sim.completed[0]
-    assert [r.stage for r in app.runs] == ["start", "wait", "call"] and app.arrival == 0.0
-    assert app.service_times[1] == pytest.approx(1.25) and app.queue_times == [0.0, 0.0, 0.0]
+    assert [r.stage for r in app.runs] == ["start", "tool", "think", "call"] and app.arrival == 0.0
+    assert app.service_times[1:3] == pytest.approx([1.0, 0.25]) and app.queue_times == [0.0] * 4
     assert app.completion == pytest.approx(sum(app.service_times))
     replica = sim.llm_backends["llm:m"].replicas[0]
     assert replica.cached_tokens == 128 and replica.computed_tokens == 128 + 192 - 128
@@ -96,9 +96,9 @@ def test_the_example_replays_every_session_under_every_seed():
         assert sim.run().summary["completed"] == 4
         apps = sorted(sim.completed, key=lambda a: a.id)
         assert [a.arrival for a in apps] == [0.0, 1.0, 2.5, 4.0]
-        b = apps[1]  # the fan-out: both sub-agents wait 0.2 s, then the join 0.53 s after the later one ends
-        assert [r.width for r in b.runs] == [1, 2, 2, 1, 1]
-        assert b.service_times[1] == pytest.approx(0.2) and b.service_times[3] == pytest.approx(0.53)
+        b = apps[1]  # the fan-out: both sub-agents wait 0.2 s, then the join 0.5 + 0.03 s after the later one ends
+        assert [r.width for r in b.runs] == [1, 2, 2, 2, 1, 1, 1]
+        assert b.service_times[1:3] == pytest.approx([0.0, 0.2]) and b.service_times[4:6] == pytest.approx([0.5, 0.03])
         ends.append([a.completion for a in apps])
     assert ends[0] == ends[1]  # a replay is the same under every seed
 
@@ -117,7 +117,7 @@ def test_fit_trace_writes_a_pdgraph_workload_that_runs(tmp_path, capsys):
     assert "13 requests in 4 sessions (1 replayed with added waits)" in printed and "calls a session" in printed
     spec = yaml.safe_load(out.read_text())
     graph = spec["applications"][0]["template"]
-    assert [s["name"] for s in graph["stages"]] == ["start", "wait", "call"]
+    assert [s["name"] for s in graph["stages"]] == ["start", "tool", "think", "call"]
     spec["num_applications"] = 30
     s = Simulation(ExperimentConfig.from_dict({"cluster": "default", "workload": spec}), seed=0).run().summary
     assert s["completed"] == 30
@@ -168,12 +168,12 @@ def test_a_simulated_run_written_with_its_times_replays_to_the_same_times(tmp_pa
         t = load_agentic(tmp_path / f"run{k}.jsonl", 16)
         assert len(t.sessions) == 12 and t.inexact == 0
         for s in t.sessions:  # extract, then queries, then (after the searches: tool time) verify
-            assert [len(w) for w in s.waves] == [1, 1, 1] and t.rows[s.waves[2][0]].tool_wait > 0 or k
+            assert [len(w) for w in s.waves] == [1, 1, 1] and t.rows[s.waves[2][0]].tool_wait > 0
         times.append(np.sort([r.timestamp for r in rows]) - min(r.timestamp for r in rows))
-        waits.append(sorted(r.wait for r in t.rows))  # the replay waits on api:user: written again, as delay
+        waits.append(sorted((r.delay, r.tool_wait) for r in t.rows))  # written again, the same tool and delay
         cfg = agentic(tmp_path / f"run{k}.jsonl", block_size=16)
     assert len(times[0]) == len(times[1]) == 12 * 3
-    assert np.allclose(times[0], times[1], rtol=0, atol=1e-6) and np.allclose(waits[0], waits[1], rtol=0, atol=1e-9)
+    assert np.allclose(times[0], times[1], rtol=0, atol=1e-6) and np.allclose(waits[0], waits[1], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("rows, problem", [

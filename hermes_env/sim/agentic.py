@@ -13,15 +13,15 @@ and do not schedule anything; ``tool_events`` and Dynamo's scheduling hints are 
 
 A **session** (one application of the simulator) is a set of rows linked by ``wait_for`` or sharing a
 ``session_id`` (a sub-agent's trajectory has its own id and joins its parent's session by ``wait_for``;
-parallel first calls share their id). Its rows fall in
-**waves**: a row without dependencies is in wave 0, any other one wave after the latest row it waits
-for. The session replays as the realisation ``start, (wait, call)*``: each wave is one LLM stage whose
-parallel copies are the wave's rows (a fan-out), and before it a ``wait`` stage whose copies are the
-rows' waits (``delay + tool_wait_ms``) on a backend without cold start or capacity limit (``api:user``
+parallel first calls share their id). Its rows fall in **waves**: a row without dependencies is in
+wave 0, any other one wave after the latest row it waits for. The session replays as the realisation
+``start, (tool, think, call)*``: each wave is one LLM stage whose parallel copies are the wave's rows (a
+fan-out), and before it a ``tool`` stage whose copies are the rows' ``tool_wait_ms`` and a ``think``
+stage whose copies are their ``delay``, on a backend without cold start or capacity limit (``api:user``
 by default). A stage starts when the previous one has finished entirely, so the replay is exact when
-every row of a wave waits for the whole previous wave, rows of one wave wait equally long and the roots
-start together (chains, fan-outs and their joins); otherwise a row may start later than in the trace,
-and :attr:`AgenticTrace.inexact` counts those sessions.
+every row of a wave waits for the whole previous wave, rows of one wave wait equally long (tool and
+delay) and the roots start together (chains, fan-outs and their joins); otherwise a row may start
+later than in the trace, and :attr:`AgenticTrace.inexact` counts those sessions.
 
 The PDGraph that the sessions' realisations belong to is fitted to them by :func:`fit_pdgraph`; it is
 the one policies reason with on a replay, and ``hermes-env fit-trace --format dynamo-agentic`` writes it
@@ -46,6 +46,7 @@ import numpy as np
 from scipy import stats
 
 from hermes_env.errors import ConfigError, require
+from hermes_env.pdgraph.distributions import Discrete
 from hermes_env.pdgraph.fit import fit_pdgraph
 from hermes_env.pdgraph.graph import PDGraph, Stage, StateSpace
 from hermes_env.pdgraph.sampling import StageRun, sample_realisation
@@ -120,7 +121,8 @@ class AgenticTrace:
         for k, wave in enumerate(session.waves):
             rows = [self.rows[i] for i in wave]
             if k:
-                out.append({"stage": "wait", "backend": wait, "service_time": [r.wait for r in rows]})
+                out.append({"stage": "tool", "backend": wait, "service_time": [r.tool_wait / 1000.0 for r in rows]})
+                out.append({"stage": "think", "backend": wait, "service_time": [r.delay / 1000.0 for r in rows]})
             out.append({"stage": "call" if k else "start", "backend": llm, "prompt_tokens": [r.prompt for r in rows],
                         "output_tokens": [max(r.output, 1) for r in rows]})
         return out
@@ -285,7 +287,7 @@ def _sessions(rows: Sequence[AgenticRow]) -> tuple[Session, ...]:
         waves = tuple(tuple(i for i in idx if level[i] == k) for k in range(max(level[i] for i in idx) + 1))
         roots = [rows[i].timestamp for i in waves[0]]
         exact = len(set(roots)) == 1 and all(
-            {rows[i].wait for i in wave} == {rows[wave[0]].wait}
+            len({(rows[i].delay, rows[i].tool_wait) for i in wave}) == 1
             and all(set(rows[i].wait_for) == set(prev) for i in wave)
             for prev, wave in zip(waves, waves[1:], strict=False))
         sessions.append(Session(waves, (min(roots) - first) / 1000.0, exact))  # type: ignore[type-var, operator]
@@ -325,11 +327,28 @@ def write_agentic(rows: Sequence[AgenticRow], path: str | Path) -> None:
 
 
 # -- replay -----------------------------------------------------------------------------------------------
+WAIT_POINTS = 256  # equal-mass points of a fitted tool or think stage's time
+
+
 def fitted_graph(trace: AgenticTrace, llm: str, wait: str) -> PDGraph:
-    """The PDGraph ``start, (wait, call)*`` fitted to every session of ``trace``."""
+    """The PDGraph ``start, (tool, think, call)*`` fitted to every session of ``trace`` by
+    :func:`~hermes_env.pdgraph.fit.fit_pdgraph`, but for the times of its ``tool`` and ``think`` stages:
+    those are often exactly 0 (a call without tools, an agent without overhead), which a histogram
+    cannot hold (the Freedman-Diaconis rule then gives one bin over the whole range), so each is the
+    discrete distribution of its quantiles at ``WAIT_POINTS`` equal-mass points (equal ones merged)."""
     name = f"agentic:{Path(trace.path).stem}"
-    return fit_pdgraph([trace.steps(s, llm, wait) for s in trace.sessions], name,
-                       f"fitted to the {len(trace.sessions)} sessions of {Path(trace.path).name}")
+    steps = [trace.steps(s, llm, wait) for s in trace.sessions]
+    graph = fit_pdgraph(steps, name, f"fitted to the {len(trace.sessions)} sessions of {Path(trace.path).name}")
+    stages = []
+    for stage in graph.stages:
+        if stage.name in ("tool", "think"):
+            times = np.concatenate([step["service_time"] for session in steps for step in session
+                                    if step["stage"] == stage.name])
+            values, counts = np.unique(np.quantile(times, (np.arange(WAIT_POINTS) + 0.5) / WAIT_POINTS),
+                                       return_counts=True)
+            stage = replace(stage, service_time=Discrete(values, counts))
+        stages.append(stage)
+    return PDGraph(graph.name, tuple(stages), graph.entry, graph.description)
 
 
 @lru_cache(maxsize=8)
@@ -375,8 +394,8 @@ class AgenticReplay:
         return tuple(out)
 
     def row(self, i: int, run: int, copy: int) -> int:
-        """The row that copy ``copy`` of LLM stage run ``run`` (0, 2, 4, ...) of application ``i`` replays."""
-        return self.trace.sessions[self.sessions[i]].waves[run // 2][copy]
+        """The row that copy ``copy`` of LLM stage run ``run`` (0, 3, 6, ...) of application ``i`` replays."""
+        return self.trace.sessions[self.sessions[i]].waves[run // 3][copy]
 
     def blocks(self, i: int, run: int, copy: int) -> tuple[int, ...]:
         return self.trace.rows[self.row(i, run, copy)].hash_ids
@@ -474,11 +493,13 @@ def rows_from_run(sim: Any, block_size: int = BLOCK_TOKENS,
     ``timestamp`` is when the simulator issued it, and a row's ``delay`` and ``tool_wait_ms`` are the
     wall time of the tool stages before it (from their issue to their last copy's end: queueing and cold
     starts included, as a capture measures them), so they add up to the gap after the previous wave's
-    last completion. ``hash_ids`` are the prompts' blocks of ``block_size`` tokens as the simulator's
+    last completion (a replayed agentic trace's ``think`` stages are ``delay``, its ``tool`` stages
+    ``tool_wait_ms``). ``hash_ids`` are the prompts' blocks of ``block_size`` tokens as the simulator's
     prefix caches identify them (the segment holding a block's last token and its end,
     :mod:`hermes_env.cluster.prefix`): rows share ids exactly where the run's prompts share blocks."""
     require(sim.request_log is not None, "simulation", "kept no requests", "set sim.request_log = [] before run()")
     think = set(think_backends)
+    replayed = sim.config.workload.agentic is not None
     by_app: dict[int, dict[int, list[Any]]] = {}
     for req in sim.request_log:
         by_app.setdefault(req.app.id, {}).setdefault(req.run_index, []).append(req)
@@ -495,7 +516,8 @@ def rows_from_run(sim: Any, block_size: int = BLOCK_TOKENS,
             issued = min(r.first_enqueued for r in reqs) * 1000.0
             if run.tool_time is not None:
                 span = max(r.finished for r in reqs) * 1000.0 - issued
-                delay, tool = (delay + span, tool) if run.backend in think else (delay, tool + span)
+                thinking = run.stage == "think" if replayed else run.backend in think
+                delay, tool = (delay + span, tool) if thinking else (delay, tool + span)
                 continue
             wave = list(range(len(rows), len(rows) + len(reqs)))
             if prev and len(wave) > 1:
@@ -530,7 +552,7 @@ def _base(stage: Stage, template: str, history: tuple[int, list[int]] | None, bl
 
 
 # -- fit ------------------------------------------------------------------------------------------------
-METRICS = ("calls a session", "waves a session", "prompt tokens", "output tokens", "wait s")
+METRICS = ("calls a session", "waves a session", "prompt tokens", "output tokens", "tool wait s", "delay s")
 
 
 def _measures(sessions: Iterable[list[StageRun] | tuple[StageRun, ...]]) -> dict[str, np.ndarray]:
@@ -544,7 +566,7 @@ def _measures(sessions: Iterable[list[StageRun] | tuple[StageRun, ...]]) -> dict
             out["output tokens"] += r.output_tokens.tolist()  # type: ignore[union-attr]
         for r in runs:
             if r.tool_time is not None:
-                out["wait s"] += r.tool_time.tolist()
+                out["tool wait s" if r.stage == "tool" else "delay s"] += r.tool_time.tolist()
     return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 
 
