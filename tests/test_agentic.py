@@ -103,6 +103,16 @@ def test_the_example_replays_every_session_under_every_seed():
     assert ends[0] == ends[1]  # a replay is the same under every seed
 
 
+def test_parallel_first_calls_are_one_session_and_open_loop_turns_are_not(tmp_path):
+    def row(rid, ts=None, **kw):
+        return {"request_id": rid, "session_id": "u", "timestamp": ts, "input_length": 8, "output_length": 2, **kw}
+
+    t = load_agentic(write_rows(tmp_path / "t.jsonl", [row("a", 0), row("b", 0), row("c", wait_for=["a", "b"]),
+                                                          row("d", 900)]))
+    assert [[[t.rows[i].request_id for i in w] for w in s.waves] for s in t.sessions] == [
+        [["a", "b"], ["c"]], [["d"]]] and t.arrivals().tolist() == [0.0, 0.9] and t.inexact == 0
+
+
 def test_a_window_and_a_rate_select_and_rescale_sessions():
     cfg = agentic(EXAMPLE, block_size=64, window=[0.5, 3.0], rate=2.0)
     w = cfg.workload

@@ -11,17 +11,18 @@ completed it waits ``delay`` (milliseconds, not tool time: the agent's own overh
 and do not schedule anything; ``tool_events`` and Dynamo's scheduling hints are read past. The aliases
 ``input_tokens``, ``output_tokens``, ``created_time`` and ``delay_ms`` are accepted.
 
-A **session** (one application of the simulator) is a set of rows linked by ``wait_for`` or sharing a
-``session_id`` (a sub-agent's trajectory has its own id and joins its parent's session by ``wait_for``;
-parallel first calls share their id). Its rows fall in **waves**: a row without dependencies is in
-wave 0, any other one wave after the latest row it waits for. The session replays as the realisation
-``start, (tool, think, call)*``: each wave is one LLM stage whose parallel copies are the wave's rows (a
-fan-out), and before it a ``tool`` stage whose copies are the rows' ``tool_wait_ms`` and a ``think``
-stage whose copies are their ``delay``, on a backend without cold start or capacity limit (``api:user``
-by default). A stage starts when the previous one has finished entirely, so the replay is exact when
-every row of a wave waits for the whole previous wave, rows of one wave wait equally long (tool and
-delay) and the roots start together (chains, fan-outs and their joins); otherwise a row may start
-later than in the trace, and :attr:`AgenticTrace.inexact` counts those sessions.
+A **session** (one application of the simulator) is a set of rows linked by ``wait_for`` (a sub-agent's
+trajectory has its own ``session_id`` and joins its parent's session by ``wait_for``), and by starting
+together under one ``session_id`` (parallel first calls, which wait for nothing). Its rows fall in
+**waves**: a row without dependencies is in wave 0, any other one wave after the latest row it waits
+for. The session replays as the realisation ``start, (tool, think, call)*``: each wave is one LLM stage
+whose parallel copies are the wave's rows (a fan-out), and before it a ``tool`` stage whose copies are
+the rows' ``tool_wait_ms`` and a ``think`` stage whose copies are their ``delay``, on a backend without
+cold start or capacity limit (``api:user`` by default). A stage starts when the previous one has
+finished entirely, so the replay is exact when every row of a wave waits for the whole previous wave,
+rows of one wave wait equally long (tool and delay) and the roots start together (chains, fan-outs and
+their joins); otherwise a row may start later than in the trace, and :attr:`AgenticTrace.inexact`
+counts those sessions.
 
 The PDGraph that the sessions' realisations belong to is fitted to them by :func:`fit_pdgraph`; it is
 the one policies reason with on a replay, and ``hermes-env fit-trace --format dynamo-agentic`` writes it
@@ -87,7 +88,7 @@ class AgenticRow:
 
 @dataclass(frozen=True)
 class Session:
-    """Rows linked by ``wait_for`` or a ``session_id``: ``waves[k]`` are the rows of wave k (in file order),
+    """Rows linked by ``wait_for`` or a common start: ``waves[k]`` are the rows of wave k (in file order),
     ``arrival`` the earliest start of its roots (seconds from the trace's first), ``exact`` whether its
     replay is."""
 
@@ -270,12 +271,12 @@ def _sessions(rows: Sequence[AgenticRow]) -> tuple[Session, ...]:
             i = parent[i]
         return i
 
-    named: dict[str, int] = {}
+    named: dict[tuple[str, float | None], int] = {}
     for i, row in enumerate(rows):
         for j in row.wait_for:
             parent[find(i)] = find(j)
-        if row.session_id is not None:
-            parent[find(i)] = find(named.setdefault(row.session_id, i))
+        if row.session_id is not None and not row.wait_for:  # parallel first calls of one session
+            parent[find(i)] = find(named.setdefault((row.session_id, row.timestamp), i))
     level = [0] * len(rows)
     members: dict[int, list[int]] = {}
     for i, row in enumerate(rows):  # wait_for names earlier rows: their levels are known
