@@ -336,7 +336,8 @@ def fitted_graph(trace: AgenticTrace, llm: str, wait: str) -> PDGraph:
     :func:`~hermes_env.pdgraph.fit.fit_pdgraph`, but for the times of its ``tool`` and ``think`` stages:
     those are often exactly 0 (a call without tools, an agent without overhead), which a histogram
     cannot hold (the Freedman-Diaconis rule then gives one bin over the whole range), so each is the
-    discrete distribution of its quantiles at ``WAIT_POINTS`` equal-mass points (equal ones merged)."""
+    discrete distribution of its observed quantiles at ``WAIT_POINTS`` equal-mass points (equal ones
+    merged): the empirical distribution itself when there are fewer observations."""
     name = f"agentic:{Path(trace.path).stem}"
     steps = [trace.steps(s, llm, wait) for s in trace.sessions]
     graph = fit_pdgraph(steps, name, f"fitted to the {len(trace.sessions)} sessions of {Path(trace.path).name}")
@@ -345,8 +346,8 @@ def fitted_graph(trace: AgenticTrace, llm: str, wait: str) -> PDGraph:
         if stage.name in ("tool", "think"):
             times = np.concatenate([step["service_time"] for session in steps for step in session
                                     if step["stage"] == stage.name])
-            values, counts = np.unique(np.quantile(times, (np.arange(WAIT_POINTS) + 0.5) / WAIT_POINTS),
-                                       return_counts=True)
+            values, counts = np.unique(np.quantile(times, (np.arange(WAIT_POINTS) + 0.5) / WAIT_POINTS,
+                                                   method="inverted_cdf"), return_counts=True)
             stage = replace(stage, service_time=Discrete(values, counts))
         stages.append(stage)
     return PDGraph(graph.name, tuple(stages), graph.entry, graph.description)
