@@ -115,9 +115,10 @@ def workload_yaml(fit: TraceFit, arrivals: str, backend: str, num_applications: 
 
 
 def _plain(value: Any) -> Any:
-    """Floats rounded to 6 significant digits, so the file stays readable (and exact enough)."""
+    """Floats rounded to 6 significant digits, so the file stays readable (and exact enough); a discrete
+    distribution's ``probs`` are kept whole (they must still sum to 1)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: v if k == "probs" else _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, float):
