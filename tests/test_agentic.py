@@ -219,6 +219,11 @@ def test_a_simulated_run_written_with_its_times_replays_to_the_same_times(tmp_pa
      "line 1: has the unknown field 'waitfor'"),
     ([{"request_id": "a", "timestamp": 0, "input_length": 0, "output_length": 1}],
      "line 1: input_length 0 must be an integer >= 1"),
+    ([{"request_id": "a", "timestamp": 0, "input_length": 5, "input_tokens": 6, "output_length": 1}],
+     "line 1: has both 'input_tokens' and 'input_length'"),
+    ([{"request_id": "a", "created_time": 0, "input_tokens": 5, "output_tokens": 1},
+      {"request_id": "b", "input_tokens": 5, "output_tokens": 1, "wait_for": ["a"], "delay_ms": -2}],
+     "line 2: delay -2 must be"),
 ])
 def test_bad_agentic_rows_are_one_clear_error(tmp_path, rows, problem):
     with pytest.raises(ConfigError, match=problem):

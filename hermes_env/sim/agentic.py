@@ -150,6 +150,9 @@ def _load(path: str, mtime: float, block_size: int) -> AgenticTrace:
                 raise ConfigError(f"{path}: line {line}", f"is not JSON ({err.msg})", "write one JSON object a line") \
                     from None
             require(isinstance(row, dict), f"{path}: line {line}", "is not a JSON object")
+            both = [k for k in row if k in ALIASES and ALIASES[k] in row]
+            require(not both, f"{path}: line {line}", f"has both {both[0]!r} and {ALIASES[both[0]]!r}" if both else "",
+                    "give one of the two names")
             raw.append((line, {ALIASES.get(k, k): v for k, v in row.items()}))
     require(bool(raw), path, "has no rows", "give one JSON object a line")
     return from_dicts([r for _, r in raw], path, [line for line, _ in raw], block_size)
