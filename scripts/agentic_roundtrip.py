@@ -6,7 +6,8 @@
 2. Replay: the agent-sessions experiment's first N sessions simulated, then their rows replayed on the same
    cluster (``arrivals: {process: trace, format: dynamo-agentic}``): completion times and prefix-cache reuse.
    The replay's waits are the sampled tool and user times, without the sandboxes' cold starts and queues.
-3. A simulated run written with its own times (``rows_from_run``: waits as the run measured them, cold
+3. The replay under schedulers that read the PDGraph fitted to the rows and ones that do not.
+4. A simulated run written with its own times (``rows_from_run``: waits as the run measured them, cold
    starts and queues included), replayed and written again: how far each request's issue time moves.
 
     python scripts/agentic_roundtrip.py [--sessions 600] [--replay 150] [--run-sessions 60]
@@ -103,6 +104,17 @@ def replay_run(n: int, block_size: int, folder: Path, rate: float = 0.0224) -> N
           f"against the run's {100 * h0:.1f}%")
 
 
+def schedulers(n: int, folder: Path) -> None:
+    """The replayed rows of part 2 under schedulers that read the fitted PDGraph (gittins, llmsched) and
+    ones that do not (fcfs, and sjf on the fitted graph's mean demand)."""
+    cfg = ExperimentConfig.from_dict({"cluster": "default", "workload": {"arrivals": {
+        "process": "trace", "trace": str(folder / "agent-sessions.jsonl"), "format": "dynamo-agentic"}}})
+    print(f"\n  the {n} replayed sessions by scheduler: mean / P95 completion s")
+    for name in ("fcfs", "sjf", "gittins", "llmsched"):
+        s = Simulation(cfg, scheduler=name, seed=0).run().summary
+        print(f"    {name:9s} {s['jct']['mean']:8.1f} {s['jct']['p95']:8.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=600, help="sessions a template for the fit-back")
@@ -113,6 +125,7 @@ def main() -> None:
         for template in TEMPLATES:
             fit_back(template, args.sessions, Path(folder))
         replay(args.replay, Path(folder))
+        schedulers(args.replay, Path(folder))
         for block in (512, 16):
             replay_run(args.run_sessions, block, Path(folder))
         replay_run(8, 16, Path(folder), rate=0.001)  # sessions that never overlap
