@@ -31,6 +31,9 @@ BACKEND_FEATURES = ("deciding", *(f"kind_{k}" for k in BACKEND_KINDS), "queue_le
                     "cold", "time_until_warm", "kv_used", "demand_within_warmup", "demand_within_minute")
 REPLICA_FEATURES = ("candidate", "deciding", "cold", "loading", "warm", "draining", "time_until_warm", "queue_length",
                     "queued_prompt_tokens", "batch", "kv_in_use", "prefix_hit", "adapter_resident")
+# only on a cluster with a backend of several replica kinds (GPU types): per LLM backend and kind, and per replica
+KIND_FEATURES = ("decode_speed", "prefill_speed", "price", "kv_capacity", "serving", "cold")
+REPLICA_KIND_FEATURES = ("decode_speed", "prefill_speed", "price")
 DECISION_KINDS = ("schedule", "prewarm", "route", "scale")
 GLOBAL_FEATURES = ("applications_in_system", "time", "completed_fraction", "failed_fraction",
                    *(f"decision_{k}" for k in DECISION_KINDS))
@@ -167,6 +170,37 @@ class FeatureBuilder:
                             math.log1p(sum(q.context for q in r.queue)) if own else 0.0,
                             r._batch() / r.max_batch, (r.capacity - r.free_tokens()) / r.capacity, hit,
                             float(request is not None and request.adapter in r.resident))
+        return out
+
+    def kind_profile(self, backend: LLMBackend, kind: Any) -> tuple[float, float, float]:
+        """A replica kind against its backend's first: decode throughput of a full batch over 1k-token
+        contexts and prefill throughput of 2k-token prompts (ratios), and log1p of its price per replica-hour."""
+        n = backend.cfg.max_num_seqs
+        decode = lambda k: n / k.latency.iteration_time(n, kv_tokens=n * 1024, max_context=1024)  # noqa: E731
+        prefill = lambda k: 2048 / float(k.latency.prefill_time(2048.0))  # noqa: E731
+        ref = backend.cfg.kinds[0]
+        return (decode(kind) / decode(ref), prefill(kind) / prefill(ref),
+                math.log1p(kind.price_per_gpu_hour * kind.gpus_per_replica))
+
+    def kinds(self, max_kinds: int) -> np.ndarray:
+        """Per LLM backend (rows in order) and replica kind: its speeds and price (:meth:`kind_profile`), KV
+        capacity against the first kind's, and the fractions of its replicas serving (warm or loading) and cold."""
+        backends = list(self.sim.llm_backends.values())
+        out = np.zeros((len(backends), max_kinds, len(KIND_FEATURES)), dtype=np.float32)
+        for i, b in enumerate(backends):
+            for j, kind in enumerate(b.cfg.kinds):
+                own = [r for r in b.replicas if r.kind is kind]
+                out[i, j] = (*self.kind_profile(b, kind), b.cfg.kv_capacity(kind) / b.cfg.kv_capacity(b.cfg.kinds[0]),
+                             sum(r.state in (WARM, LOADING) for r in own) / len(own),
+                             sum(r.state == COLD for r in own) / len(own))
+        return out
+
+    def replica_kinds(self, backend: LLMBackend | None) -> np.ndarray:
+        """Per replica of the decision's LLM backend (zeros otherwise): its kind's :meth:`kind_profile`."""
+        out = np.zeros((self.replica_rows, len(REPLICA_KIND_FEATURES)), dtype=np.float32)
+        if backend is not None:
+            for r in backend.replicas[: self.replica_rows]:
+                out[r.index] = self.kind_profile(backend, r.kind)
         return out
 
     def observation(self, candidates: list[Request], deciding: str, now: float, decision_kind: str | None = None,

@@ -26,7 +26,9 @@ from hermes_env.envs.features import (
     BACKEND_FEATURES,
     DECISION_KINDS,
     GLOBAL_FEATURES,
+    KIND_FEATURES,
     REPLICA_FEATURES,
+    REPLICA_KIND_FEATURES,
     FeatureBuilder,
 )
 from hermes_env.envs.render import render_ansi, render_rgb
@@ -44,6 +46,7 @@ from hermes_env.sim.policies import (
     make_scheduler,
 )
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
+from hermes_env.sim.timeline import TimelineRecorder
 from hermes_env.validation import as_integer, as_number, load_yaml
 
 NOOP, WARM_UP, RELEASE = 0, 1, 2  # the orders of the prewarm and scale parts (load = WARM_UP)
@@ -75,6 +78,17 @@ def load_experiment(config: str | Path | dict | ExperimentConfig, overrides: dic
         require(isinstance(value, dict), f"overrides.{key}", "must be a mapping")
         spec[key] = _merge(spec.get(key, {}), value)
     return ExperimentConfig.from_dict(spec, base=base)
+
+
+def _timeline_path(timeline: Any) -> Path | None:
+    """The ``timeline`` keyword: None, or a .json path in an existing folder."""
+    if timeline is None:
+        return None
+    require(isinstance(timeline, str | Path), "timeline", f"must be a path, got {type(timeline).__name__}")
+    path = Path(timeline)
+    require(path.suffix == ".json", "timeline", f"{str(path)!r} does not end in .json", "name a .json file")
+    require(path.parent.is_dir(), "timeline", f"folder {str(path.parent)!r} does not exist", "create it first")
+    return path
 
 
 def as_action_integer(action: Any) -> int:
@@ -116,7 +130,8 @@ class HermesEnv(gym.Env):
                  max_steps: int | None = None, max_time: float | None = None, reward_scale: float = 1.0,
                  idle_cost_weight: float = 0.0, slo_miss_weight: float = 0.0, gpu_cost_weight: float | None = None,
                  invalid_action: str = "penalty", invalid_action_penalty: float = 1.0,
-                 graph_observation: bool = False, render_mode: str | None = None) -> None:
+                 graph_observation: bool = False, render_mode: str | None = None,
+                 timeline: str | Path | None = None, timeline_window: tuple[float, float] | None = None) -> None:
         self.experiment = load_experiment(self.default_config if config is None else config, overrides)
         as_integer(slots, "slots", low=1, high=100_000)
         require(invalid_action in ("raise", "penalty"), "invalid_action", f"must be 'raise' or 'penalty', got "
@@ -135,6 +150,11 @@ class HermesEnv(gym.Env):
             as_integer(max_steps, "max_steps", low=1)
         if max_time is not None:
             as_number(max_time, "max_time", low=0, low_open=True)
+        self.timeline, self.timeline_window = _timeline_path(timeline), timeline_window
+        if timeline_window is not None:
+            require(timeline is not None, "timeline_window", "applies to a timeline", "give timeline='PATH.json'")
+            TimelineRecorder(timeline_window)  # validates it
+        self.episode = -1  # the index of the episode in progress (reset counts them)
         self.policy_names = {"schedule": scheduler, "prewarm": prewarm, "route": router, "scale": autoscaler}
         # validate the heuristics' names now
         make_scheduler(scheduler), make_prewarm(prewarm), make_autoscaler(autoscaler)
@@ -159,8 +179,11 @@ class HermesEnv(gym.Env):
         self.max_stages = max(len(g.stages) for g in graphs)
         self.features = FeatureBuilder(self.backend_names, slots, self.replica_rows)
         self._graph_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # a backend of several replica kinds has one "load one of this kind" order per kind after the three
+        self.replica_kinds = {b.name: [k.name for k in b.kinds] for b in cluster.llm_backends}
         self._part_sizes = {"schedule": [slots], "prewarm": [3] * len(self.tool_names), "route": [self.replica_rows],
-                            "scale": [3] * len(self.llm_names)}
+                            "scale": [3 + len(k) * (len(k) > 1) for k in self.replica_kinds.values()]}
+        self.heterogeneous = any(len(k) > 1 for k in self.replica_kinds.values())
         self.observation_space = self._observation_space()
         self.action_space = self._action_space()
         self.sim: Simulation | None = None
@@ -178,6 +201,11 @@ class HermesEnv(gym.Env):
             "replicas": spaces.Box(-BOUND, BOUND, (self.replica_rows, len(REPLICA_FEATURES)), np.float32),
             "global": spaces.Box(-BOUND, BOUND, (len(GLOBAL_FEATURES),), np.float32),
         }
+        if self.heterogeneous:
+            n_kinds = max(len(k) for k in self.replica_kinds.values())
+            obs["kinds"] = spaces.Box(-BOUND, BOUND, (len(self.llm_names), n_kinds, len(KIND_FEATURES)), np.float32)
+            obs["replica_kinds"] = spaces.Box(-BOUND, BOUND, (self.replica_rows, len(REPLICA_KIND_FEATURES)),
+                                              np.float32)
         if self.graph_observation:
             m = self.max_stages
             obs["graph_nodes"] = spaces.Box(-BOUND, BOUND, (k, m, len(NODE_FEATURES)), np.float32)
@@ -201,8 +229,10 @@ class HermesEnv(gym.Env):
             sim_seed = as_integer(options["simulation_seed"], "options.simulation_seed", low=0)
         names = self.policy_names
         c = self.controls
+        self.episode += 1
         self.sim = Simulation(
             self.experiment, seed=sim_seed,
+            timeline=None if self.timeline is None else TimelineRecorder(self.timeline_window),
             scheduler=ExternalScheduler() if "schedule" in c else make_scheduler(names["schedule"]),
             prewarm=ExternalPrewarm(self.prewarm_tick) if "prewarm" in c else make_prewarm(names["prewarm"]),
             router=ExternalRouter() if "route" in c else names["route"],
@@ -231,8 +261,15 @@ class HermesEnv(gym.Env):
         self._episode_over = terminated or truncated
         self._refresh()
         reward = self._reward() - penalty
-        return self._observation(), reward, terminated, bool(truncated and not terminated), self._info(
-            self.sim.engine.now - start, invalid=penalty > 0)
+        info = self._info(self.sim.engine.now - start, invalid=penalty > 0)
+        if self._episode_over and self.timeline is not None:
+            info["timeline"] = self.timeline_file(self.episode)
+            self.sim.timeline.write(info["timeline"])
+        return self._observation(), reward, terminated, bool(truncated and not terminated), info
+
+    def timeline_file(self, episode: int) -> Path:
+        """Where episode ``episode``'s timeline goes: ``timeline`` with the index before its suffix."""
+        return self.timeline.with_name(f"{self.timeline.stem}-{episode}{self.timeline.suffix}")
 
     def _require_episode(self, what: str) -> None:
         require(self.sim is not None, what, "called before reset()", "call reset() first")
@@ -260,11 +297,14 @@ class HermesEnv(gym.Env):
         return float(-cost * self.reward_scale)  # scaled as a whole, so the priced terms keep their weights
 
     def _info(self, dt: float, invalid: bool) -> dict:
+        """Every key has one type and shape at every decision and in every id (sentinels: "" and -1), so
+        that a vector environment can stack the infos of copies at different kinds of decision."""
         sim = self.sim
         d = self.decision
+        replica = -1 if d is None or d.queue is None or d.queue.replica is None else d.queue.replica
         return {"dt": dt, "sim_time": sim.engine.now, "action_mask": self.action_masks(), "invalid_action": invalid,
-                "decision": None if d is None else d.kind, "backend": None if d is None else d.backend,
-                "replica": None if d is None or d.queue is None else d.queue.replica,
+                "decision": "" if d is None else d.kind, "backend": "" if d is None else d.backend,
+                "replica": int(replica),
                 "completed": len(sim.recorder.completion_times), "failed": sim.recorder.failed,
                 "in_system": sim.in_system,
                 "gpu_seconds": sum(b.gpu_seconds_until(sim.engine.now) for b in sim.llm_backends.values())}
@@ -292,6 +332,10 @@ class HermesEnv(gym.Env):
                                             request=d.request if d.kind == "route" else None,
                                             replica_candidates=d.candidates,
                                             deciding_replica=d.queue.replica if d.queue is not None else None)
+        if self.heterogeneous:
+            obs["kinds"] = self.features.kinds(self.observation_space["kinds"].shape[1])
+            obs["replica_kinds"] = self.features.replica_kinds(
+                self.sim.llm_backends.get(d.backend) if d is not None else None)
         if self.graph_observation:
             obs.update(self._graphs())
         return obs
@@ -362,6 +406,8 @@ class HermesEnv(gym.Env):
             for name in self.llm_names:
                 b = self.sim.llm_backends[name]
                 out += [True, b.can_scale_up(), b.can_scale_down()]
+                kinds = self.replica_kinds[name]
+                out += [b.can_scale_up(k) for k in kinds] if len(kinds) > 1 else []
         return np.array(out, dtype=bool)
 
     def _invalid(self, message: str) -> float:
@@ -400,21 +446,26 @@ class HermesEnv(gym.Env):
                     orders.append((part, choice))
                 continue
             names = self.tool_names if part == "prewarm" else self.llm_names
-            for name, order, allowed in zip(names, values, mask.reshape(-1, 3), strict=True):
-                if 0 <= order < 3 and allowed[order]:
+            allowed_each = np.split(mask, np.cumsum(self._part_sizes[part])[:-1])
+            for name, order, allowed in zip(names, values, allowed_each, strict=True):
+                if 0 <= order < len(allowed) and allowed[order]:
                     if order != NOOP:
                         orders.append((part, (name, int(order))))
                 else:
+                    kinds = f", 3+k load one of replica kind k {self.replica_kinds[name]}" if len(allowed) > 3 else ""
                     penalty += self._invalid(f"order {order} for {name} is masked out (0 nothing, 1 "
                                              f"{'warm' if part == 'prewarm' else 'load'} one: needs a cold one, 2 "
-                                             "release one: needs one that can go)")
+                                             f"release one: needs one that can go{kinds})")
         now = self.sim.engine.now
         choice = None
         for part, order in orders:
             if part == "prewarm":
                 (self.sim.prewarm if order[1] == WARM_UP else self.sim.release)(order[0], now)
+            elif part == "scale" and order[1] == RELEASE:
+                self.sim.scale_down(order[0], now)
             elif part == "scale":
-                (self.sim.scale_up if order[1] == WARM_UP else self.sim.scale_down)(order[0], now)
+                kind = None if order[1] == WARM_UP else self.replica_kinds[order[0]][order[1] - 3]
+                self.sim.scale_up(order[0], now, kind)
             else:
                 choice = order
         if d.kind == "schedule":
@@ -455,6 +506,10 @@ _OBSERVATION_DOC = """
       request's prompt its prefix cache holds, whether the request's adapter is resident.
     - ``global`` ``(8,)``: applications in the system, time, completed and failed fractions, the kind
       of decision (schedule, prewarm, route, scale).
+    - on a cluster with a backend of several replica kinds (GPU types) only: ``kinds`` ``(L, K, 6)``: per LLM
+      backend and kind, its decode and prefill speed against the backend's first kind, log1p of its price per
+      replica-hour, its KV capacity against the first kind's, the fractions of its replicas serving and cold;
+      ``replica_kinds`` ``(R, 3)``: the speeds and price of each replica of the decision's LLM backend.
     - with ``graph_observation=True``: ``graph_nodes`` ``(K, S, 8)``, ``graph_edges`` ``(K, S, S+1)``
       and ``graph_node_mask`` ``(K, S)``: each candidate's PDGraph, ``S`` the most stages of any template.
 """
@@ -473,6 +528,13 @@ _REWARD_DOC = """
     **Episode end**: ``terminated`` once every application of the workload has ended (completed or
     failed; the last step simulates to the end); ``truncated`` after ``max_steps`` steps or ``max_time``
     simulated seconds. An episode that needs no decision ends on its first step.
+
+    **Timeline**: with ``timeline="runs/tl.json"`` the step that ends an episode (terminated or
+    truncated) writes its Chrome/Perfetto trace-event JSON (docs/timeline.md) to ``runs/tl-<k>.json``,
+    ``k`` the episode's index from 0 (the ``k``-th ``reset``), and puts the path in that step's
+    ``info["timeline"]``. ``timeline_window=(start, end)`` keeps those simulated seconds only. In a
+    truncated episode's timeline the requests still waiting or running have spans up to its end, marked
+    ``open``; an episode left before its end (``reset`` again) writes nothing.
 """
 
 
@@ -532,7 +594,9 @@ class AutoscalingEnv(HermesEnv):
 """ + _OBSERVATION_DOC + """
     **Action**: ``MultiDiscrete([3] * L)`` over the ``L`` LLM backends: 0 nothing, 1 load a replica (a
     cold one, or take back a draining one), 2 release one (the least loaded warm replica drains and goes
-    cold when its work is done). A masked-out order is skipped.
+    cold when its work is done). A backend of ``K > 1`` replica kinds (GPU types) has ``3 + K`` orders: 3 + k
+    loads a replica of kind k (its config's ``replica_kinds`` order); 1 loads the first cold one. A
+    masked-out order is skipped.
 """ + _REWARD_DOC
     controls = ("scale",)
     default_config = "autoscaling"

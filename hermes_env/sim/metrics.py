@@ -193,6 +193,7 @@ def summarise(sim: Any) -> SimulationResult:
         "cold_starts": sum(b["cold_starts"] for b in tools),
         "idle_warm_cost": sum(b["idle_cost"] for b in tools),
         "gpu_seconds": sum(b["gpu_seconds"] for n, b in backends.items() if n in sim.llm_backends),
+        "gpu_cost": sum(b["gpu_cost"] for n, b in backends.items() if n in sim.llm_backends),
         "gpu_seconds_lower_bound": sum(b["gpu_seconds_lower_bound"] for n, b in backends.items()
                                        if n in sim.llm_backends),
         "backends": backends,

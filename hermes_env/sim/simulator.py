@@ -47,6 +47,7 @@ from hermes_env.pdgraph.sampling import StageRun, sample_realisation
 from hermes_env.sim.engine import Engine
 from hermes_env.sim.metrics import Recorder, SimulationResult, summarise
 from hermes_env.sim.policies import make_autoscaler, make_prewarm, make_router, make_scheduler
+from hermes_env.sim.timeline import TimelineRecorder
 from hermes_env.sim.traces import BLOCK_TOKENS, BlockChains
 from hermes_env.sim.workload import ApplicationMix, WorkloadConfig, resolve_path, with_absolute_files
 from hermes_env.validation import check_keys, load_yaml
@@ -156,11 +157,13 @@ class Simulation:
     """One run of an experiment under a scheduler, a prewarm policy, a router and an autoscaler (names
     from the registries, or policy objects). ``keep_applications=False`` keeps memory flat over long runs
     (the summary does not need the applications), and ``rows_to`` streams the per-application rows to a
-    CSV file as applications end."""
+    CSV file as applications end. ``timeline`` records the run's life for a person to look at
+    (:mod:`hermes_env.sim.timeline`; None, the default, costs nothing)."""
 
     def __init__(self, config: ExperimentConfig, scheduler: Any = "fcfs", prewarm: Any = "none", seed: int = 0,
                  router: Any = "shared", autoscaler: Any = "fixed", check_invariants: bool = False,
-                 keep_applications: bool = True, rows_to: str | Path | None = None) -> None:
+                 keep_applications: bool = True, rows_to: str | Path | None = None,
+                 timeline: TimelineRecorder | None = None) -> None:
         self.config, self.seed, self.check = config, seed, check_invariants
         self.engine = Engine()
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
@@ -212,6 +215,9 @@ class Simulation:
         self._last_event = 0.0
         for policy in (self.scheduler, *(b.router for b in self.llm_backends.values() if b.router is not None)):
             policy.bind(self)
+        self.timeline = timeline
+        if timeline is not None:
+            timeline.attach(self)
 
     def _queue(self, backend: str, replica: int | None) -> WaitQueue:
         return WaitQueue(backend, self.scheduler, replica)
@@ -407,8 +413,10 @@ class Simulation:
             app.lower_bound += float(run.tool_time.max())
             for copy in range(run.width):
                 self.stage_requests += 1
-                backend.submit(Request(app, app.cursor, copy, run.backend, service_time=float(run.tool_time[copy])),
-                               now)
+                req = Request(app, app.cursor, copy, run.backend, service_time=float(run.tool_time[copy]))
+                if self.timeline is not None:
+                    self.timeline.issued(req)
+                backend.submit(req, now)
             return
         stage = self._stages[(app.template, run.stage)]
         adapter = app.adapter if stage.adapter == "any" else stage.adapter
@@ -434,9 +442,11 @@ class Simulation:
             else:
                 reusable = self._trace_shared(app.id)
             cached = min(reusable, prompt - 1)
-            slowest = max(slowest, float(backend.cfg.latency.isolated_service_time(prompt, req.output_tokens, cached)))
+            slowest = max(slowest, backend.isolated_service_time(prompt, req.output_tokens, cached))
             backend.gpu_work_bound += backend.min_gpu_seconds(prompt - cached, req.output_tokens)
             self.stage_requests += 1
+            if self.timeline is not None:
+                self.timeline.issued(req)
             backend.submit(req, now)
             if app.failed:
                 return  # refused: the application has ended
@@ -489,6 +499,8 @@ class Simulation:
         app: Application = request.app
         if self.request_log is not None:
             self.request_log.append(request)
+        if self.timeline is not None and request.backend in self.llm_backends:
+            self.timeline.llm_done(request, now)
         if request.output_tokens:  # an LLM request: time to first token, time per output token
             tpot = ((request.finished - request.first_token) / (request.output_tokens - 1)
                     if request.output_tokens > 1 else None)
@@ -512,6 +524,8 @@ class Simulation:
     def _failed(self, request: Request, now: float) -> None:
         """A backend refused ``request``: its application fails now (its other copies finish unheeded)."""
         app: Application = request.app
+        if self.timeline is not None:
+            self.timeline.refused(request, now)
         if app.failed:
             return
         app.failed = f"{request.backend}: {request.failed}"
@@ -524,6 +538,8 @@ class Simulation:
         self.in_system -= 1
         self.slo_missed += bool(app.failed) or now - app.arrival > app.mix.slo
         self.recorder.application(app)
+        if self.timeline is not None:
+            self.timeline.app_ended(app)
         self.admitted -= 1
         if self._gate:
             self.admitted += 1
@@ -550,11 +566,14 @@ class Simulation:
                 f"tool backends: {sorted(self.tool_backends)}")
         return self.tool_backends[backend].release(now)
 
-    def scale_up(self, backend: str, now: float) -> bool:
-        """Load a cold replica of an LLM backend (False if none is cold)."""
+    def scale_up(self, backend: str, now: float, kind: str | None = None) -> bool:
+        """Load a cold replica of an LLM backend, of replica kind ``kind`` if named (False if none is cold)."""
         require(backend in self.llm_backends, "scale.backend", f"{backend!r} is not an LLM backend",
                 f"LLM backends: {sorted(self.llm_backends)}")
-        return self.llm_backends[backend].scale_up(now)
+        kinds = [k.name for k in self.llm_backends[backend].cfg.kinds]
+        require(kind is None or kind in kinds, "scale.kind", f"{backend} has no replica kind {kind!r}",
+                f"its kinds: {kinds}")
+        return self.llm_backends[backend].scale_up(now, kind)
 
     def scale_down(self, backend: str, now: float) -> bool:
         """Drain a warm replica of an LLM backend (False if none can go)."""
