@@ -46,6 +46,7 @@ from typing import Any
 from hermes_env.errors import ConfigError
 
 DEFAULT_COST = "h100-measured"
+POLICY_DEFAULTS = (("scheduler", "fcfs"), ("prewarm", "none"), ("router", "shared"), ("autoscaler", "fixed"))
 
 
 def _templates(args: argparse.Namespace) -> int:
@@ -220,6 +221,9 @@ def _export_trace(args: argparse.Namespace) -> int:
     if args.simulate and n != config.workload.num_applications:
         config = replace(config, workload=replace(config.workload, num_applications=n))
     if not args.simulate:
+        for flag, default in POLICY_DEFAULTS:
+            if getattr(args, flag) != default:
+                raise ConfigError(f"--{flag}", "goes with --simulate", "the sampled workload has no policies")
         rows = rows_from_workload(Simulation(config, seed=args.seed), n, args.block_size)
         write_agentic(rows, args.out)
         print(f"wrote {len(rows)} requests of {n} applications to {args.out}")
@@ -353,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--block-size", type=_positive, default=512, help="tokens per hash id (default: %(default)s)")
     x.add_argument("--simulate", action="store_true", help="run the simulation and write its requests with the "
                    "run's times (waits as measured: tool queueing and cold starts included)")
-    for flag, default in (("scheduler", "fcfs"), ("prewarm", "none"), ("router", "shared"), ("autoscaler", "fixed")):
+    for flag, default in POLICY_DEFAULTS:
         x.add_argument(f"--{flag}", default=default, help=f"with --simulate: the {flag} (default: %(default)s)")
     x.set_defaults(run=_export_trace)
     ts = sub.add_parser("tasks", help="list the task suite (configs/tasks)")

@@ -247,4 +247,5 @@ def test_agentic_files_and_configs_say_what_is_wrong(tmp_path):
         agentic(EXAMPLE, {"llm_backends": ONE_REPLICA["llm_backends"]})
     assert main(["fit-trace", EXAMPLE, "--block-size", "64", "--out", str(tmp_path / "f.yaml")]) == 2
     assert main(["export-trace", "small", "--num-applications", "1000000000", "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert main(["export-trace", "small", "--scheduler", "gittins", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert np.isfinite(load_agentic(EXAMPLE, 64).arrivals()).all()
