@@ -16,8 +16,9 @@ it; docs/timeline.md).
 trace and writes a workload config (see :mod:`hermes_env.sim.trace_fit`); with ``--format dynamo-agentic``,
 to an agentic trace's sessions, fitting a PDGraph to them and reporting how well it reproduces them.
 ``hermes-env export-trace CONFIG --out rows.jsonl`` writes an experiment's workload (its sampled
-applications under ``--seed``) as agentic trace rows (see :mod:`hermes_env.sim.agentic`); with
-``--simulate``, a simulated run of it, with the run's own times.
+applications under ``--seed``; or ``--template T --rate R --num-applications N``: a PDGraph's on the
+default cluster) as agentic trace rows (see :mod:`hermes_env.sim.agentic`); with ``--simulate``, a
+simulated run of it, with the run's own times.
 
 ``hermes-env tasks`` lists the task suite; ``hermes-env evaluate --task NAME --policy SPEC`` scores a policy
 on a task's held-out seeds; ``hermes-env leaderboard`` regenerates docs/tasks.md (:mod:`hermes_env.tasks`).
@@ -213,7 +214,19 @@ def _export_trace(args: argparse.Namespace) -> int:
     from hermes_env.sim.agentic import rows_from_run, rows_from_workload, write_agentic
 
     _check_out(args.out.parent) if args.out.parent != Path(".") else None
-    config = ExperimentConfig.from_yaml(args.config)
+    if (args.config is None) == (args.template is None):
+        raise ConfigError("export-trace", "needs an experiment or --template, not both",
+                          "name an experiment, or a PDGraph with --template (and --num-applications)")
+    if args.template is None:
+        if args.rate is not None:
+            raise ConfigError("--rate", "goes with --template", "an experiment has its own arrivals")
+        config = ExperimentConfig.from_yaml(args.config)
+    else:
+        if args.num_applications is None:
+            raise ConfigError("--num-applications", "is missing", "say how many applications of the template")
+        config = ExperimentConfig.from_dict({"cluster": "default", "workload": {
+            "num_applications": args.num_applications, "arrivals": {"process": "poisson", "rate": args.rate or 1.0},
+            "applications": [{"template": args.template}]}}, base=Path.cwd())
     n = args.num_applications or config.workload.num_applications
     if n > config.workload.num_applications:
         raise ConfigError("--num-applications", f"is {n}, but the workload has {config.workload.num_applications}",
@@ -349,7 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--wait-backend", help="the tool backend of an agentic trace's waits (default: api:user)")
     f.set_defaults(run=_fit_trace)
     x = sub.add_parser("export-trace", help="write a workload's applications as agentic trace rows (NVIDIA Dynamo)")
-    x.add_argument("config", help="experiment: a name (configs/experiments) or a YAML path (cluster + workload)")
+    x.add_argument("config", nargs="?", help="experiment: a name (configs/experiments) or a YAML path")
+    x.add_argument("--template", help="instead of an experiment: a PDGraph (a library name or a YAML path) on the "
+                   "default cluster, arriving as a Poisson process")
+    x.add_argument("--rate", type=float, help="with --template: applications per second (default: 1)")
     x.add_argument("--out", type=Path, required=True, help="the JSONL file to write")
     x.add_argument("--format", default="dynamo-agentic", choices=("dynamo-agentic",), help="the row format")
     x.add_argument("--seed", type=_seed, default=0, help="the workload's seed (the same as a simulation's)")

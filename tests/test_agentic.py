@@ -159,6 +159,11 @@ def test_export_trace_writes_a_workload_as_rows(tmp_path, capsys):
                  str(out)]) == 0
     run = load_agentic(out)  # the same calls, with the run's times
     assert sorted((r.prompt, r.output) for r in run.rows) == sorted((r.prompt, r.output) for r in t.rows)
+    # a library template directly: react_agent's sessions at 2/s
+    assert main(["export-trace", "--template", "react_agent", "--rate", "2", "--num-applications", "50", "--out",
+                 str(out)]) == 0
+    rows = load_agentic(out)
+    assert len(rows.sessions) == 50 and 20 < rows.arrivals()[-1] < 30
 
 
 def test_a_simulated_run_written_with_its_times_replays_to_the_same_times(tmp_path):
@@ -248,4 +253,6 @@ def test_agentic_files_and_configs_say_what_is_wrong(tmp_path):
     assert main(["fit-trace", EXAMPLE, "--block-size", "64", "--out", str(tmp_path / "f.yaml")]) == 2
     assert main(["export-trace", "small", "--num-applications", "1000000000", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert main(["export-trace", "small", "--scheduler", "gittins", "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert main(["export-trace", "small", "--template", "rag", "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert main(["export-trace", "--template", "rag", "--out", str(tmp_path / "x.jsonl")]) == 2  # how many?
     assert np.isfinite(load_agentic(EXAMPLE, 64).arrivals()).all()
