@@ -178,13 +178,13 @@ def measure(model: Model, prefill: int, batch: int, ctx: int, eager_reps: int) -
 
     with torch.inference_mode():
         first = time_fn(step, warmup=1, reps=1)[0]
-        slow = first > SLOW_MS  # a long prefill: launch overhead is nil, and 20 runs would take minutes
-        eager = time_fn(step, warmup=0 if slow else 1, reps=2 if slow else eager_reps)
         if first > SKIP_GRAPH_MS:
             eager = time_fn(step, warmup=0, reps=3)
             med = eager[1]
             return {"prefill_tokens": prefill, "decode_batch": batch, "decode_context": ctx, "graph_ms": med,
                     "graph_p10_ms": eager[0], "graph_p90_ms": eager[2], "eager_ms": med}
+        slow = first > SLOW_MS  # a long prefill: launch overhead is nil, and 20 runs would take minutes
+        eager = time_fn(step, warmup=0 if slow else 1, reps=2 if slow else eager_reps)
         torch.cuda.empty_cache()  # the graph's private pool needs the room the eager runs cached
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())

@@ -50,6 +50,9 @@ MODEL_SHAPES = {
     "llama3.1-8b": ModelShape("llama3.1-8b", 32, 8, 128, weight_bytes=16.06e9, max_context=131072),
     "llama3-70b": ModelShape("llama3-70b", 80, 8, 128, weight_bytes=141.1e9, max_context=8192),
     "llama3.1-70b": ModelShape("llama3.1-70b", 80, 8, 128, weight_bytes=141.1e9, max_context=131072),
+    # Qwen2.5-32B (Qwen, 2024, config.json): 64 layers, 40 query and 8 KV heads of 128, 32.76B parameters in
+    # bf16 (65.5 GB); 32,768 tokens natively, 131,072 with YaRN rope scaling (the model card's long-context setup).
+    "qwen2.5-32b": ModelShape("qwen2.5-32b", 64, 8, 128, weight_bytes=65.53e9, max_context=131072),
 }
 
 # Bandwidth (bytes/s) from where a replica's weights are loaded to its GPUs, by tier. Modelling choices, each
