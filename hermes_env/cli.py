@@ -13,7 +13,12 @@ it; docs/timeline.md).
 [--executor serial|process|ray]`` compares policies on the same workloads (see :mod:`hermes_env.sim.bench`).
 
 ``hermes-env fit-trace TRACE --out workload.yaml`` fits arrival processes and length distributions to a
-trace and writes a workload config (see :mod:`hermes_env.sim.trace_fit`).
+trace and writes a workload config (see :mod:`hermes_env.sim.trace_fit`); with ``--format dynamo-agentic``,
+to an agentic trace's sessions, fitting a PDGraph to them and reporting how well it reproduces them.
+``hermes-env export-trace CONFIG --out rows.jsonl`` writes an experiment's workload (its sampled
+applications under ``--seed``; or ``--template T --rate R --num-applications N``: a PDGraph's on the
+default cluster) as agentic trace rows (see :mod:`hermes_env.sim.agentic`); with ``--simulate``, a
+simulated run of it, with the run's own times.
 
 ``hermes-env tasks`` lists the task suite; ``hermes-env evaluate --task NAME --policy SPEC`` scores a policy
 on a task's held-out seeds; ``hermes-env leaderboard`` regenerates docs/tasks.md (:mod:`hermes_env.tasks`).
@@ -34,6 +39,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,7 @@ from typing import Any
 from hermes_env.errors import ConfigError
 
 DEFAULT_COST = "h100-measured"
+POLICY_DEFAULTS = (("scheduler", "fcfs"), ("prewarm", "none"), ("router", "shared"), ("autoscaler", "fixed"))
 
 
 def _templates(args: argparse.Namespace) -> int:
@@ -164,6 +171,11 @@ def _fit_trace(args: argparse.Namespace) -> int:
     from hermes_env.sim.traces import load_trace, trace_path
 
     _check_out(args.out.parent) if args.out.parent != Path(".") else None
+    if args.format == "dynamo-agentic":
+        return _fit_agentic(args)
+    for flag in ("block_size", "wait_backend"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(f"--{flag.replace('_', '-')}", "goes with --format dynamo-agentic")
     trace = load_trace(args.trace)
     if not trace.has_tokens:
         raise ConfigError("trace", f"{args.trace} has arrival times only", "fit a trace with token counts")
@@ -176,6 +188,70 @@ def _fit_trace(args: argparse.Namespace) -> int:
         print(f"  {key:13s} lognormal KS {f['lognormal']['ks']:.4f}, empirical KS {f['empirical']['ks']:.4f}: "
               f"{f['best']} written")
     print(f"wrote {args.out}")
+    return 0
+
+
+def _fit_agentic(args: argparse.Namespace) -> int:
+    from hermes_env.sim.agentic import BLOCK_TOKENS, WAIT_BACKEND
+    from hermes_env.sim.trace_fit import write_agentic_workload
+
+    replay, fits, report = write_agentic_workload(
+        args.trace, args.out, args.block_size or BLOCK_TOKENS, args.arrivals, args.backend,
+        args.wait_backend or WAIT_BACKEND, args.num_applications, args.bin)
+    trace = replay.trace
+    print(f"{Path(args.trace).name}: {len(trace.rows)} requests in {len(trace.sessions)} sessions "
+          f"({trace.inexact} replayed with added waits); PDGraph {replay.graph.name}: "
+          f"{len(replay.graph.state_space())} states")
+    for key, f in fits.items():
+        print(f"  session arrivals {key:13s} KS {f['ks']:.4f}{'  (written)' if key == args.arrivals else ''}")
+    print(f"  {'measure':16s} {'trace mean':>10s} {'fit mean':>10s} {'KS':>6s} {'p50 err':>8s} {'p90 err':>8s}")
+    for m, r in report.items():
+        print(f"  {m:16s} {r['trace mean']:10.4g} {r['fit mean']:10.4g} {r['ks']:6.3f} {100 * r['p50 error']:7.1f}% "
+              f"{100 * r['p90 error']:7.1f}%")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _export_trace(args: argparse.Namespace) -> int:
+    from hermes_env.sim import ExperimentConfig, Simulation
+    from hermes_env.sim.agentic import rows_from_run, rows_from_workload, write_agentic
+
+    _check_out(args.out.parent) if args.out.parent != Path(".") else None
+    if (args.config is None) == (args.template is None):
+        raise ConfigError("export-trace", "needs an experiment or --template, not both",
+                          "name an experiment, or a PDGraph with --template (and --num-applications)")
+    if args.template is None:
+        if args.rate is not None:
+            raise ConfigError("--rate", "goes with --template", "an experiment has its own arrivals")
+        config = ExperimentConfig.from_yaml(args.config)
+    else:
+        if args.num_applications is None:
+            raise ConfigError("--num-applications", "is missing", "say how many applications of the template")
+        config = ExperimentConfig.from_dict({"cluster": "default", "workload": {
+            "num_applications": args.num_applications, "arrivals": {"process": "poisson", "rate": args.rate or 1.0},
+            "applications": [{"template": args.template}]}}, base=Path.cwd())
+    n = args.num_applications or config.workload.num_applications
+    if n > config.workload.num_applications:
+        raise ConfigError("--num-applications", f"is {n}, but the workload has {config.workload.num_applications}",
+                          "ask for fewer")
+    if args.simulate and n != config.workload.num_applications:
+        config = replace(config, workload=replace(config.workload, num_applications=n))
+    if not args.simulate:
+        for flag, default in POLICY_DEFAULTS:
+            if getattr(args, flag) != default:
+                raise ConfigError(f"--{flag}", "goes with --simulate", "the sampled workload has no policies")
+        rows = rows_from_workload(Simulation(config, seed=args.seed), n, args.block_size)
+        write_agentic(rows, args.out)
+        print(f"wrote {len(rows)} requests of {n} applications to {args.out}")
+        return 0
+    sim = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, router=args.router,
+                     autoscaler=args.autoscaler, seed=args.seed)
+    sim.request_log = []
+    summary = sim.run().summary
+    rows = rows_from_run(sim, args.block_size)
+    write_agentic(rows, args.out)
+    print(f"simulated {summary['applications']} applications ({summary['failed']} failed, left out); wrote the "
+          f"{len(rows)} requests of the others, with the run's times, to {args.out}")
     return 0
 
 
@@ -284,7 +360,27 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--backend", default="llm:llama3-8b", help="the LLM backend of the generated requests")
     f.add_argument("--num-applications", type=_positive, default=100_000, help="length of the generated workload")
     f.add_argument("--bin", type=float, default=60.0, help="seconds per bin of the time-varying rate curve")
+    f.add_argument("--format", default="auto", choices=("auto", "dynamo-agentic"),
+                   help="auto: a request trace (Azure, Mooncake, plain CSV); dynamo-agentic: NVIDIA Dynamo's agentic "
+                   "Mooncake rows, fitted as sessions of a PDGraph (default: %(default)s)")
+    f.add_argument("--block-size", type=_positive, help="tokens per hash id of an agentic trace (default: 512)")
+    f.add_argument("--wait-backend", help="the tool backend of an agentic trace's waits (default: api:user)")
     f.set_defaults(run=_fit_trace)
+    x = sub.add_parser("export-trace", help="write a workload's applications as agentic trace rows (NVIDIA Dynamo)")
+    x.add_argument("config", nargs="?", help="experiment: a name (configs/experiments) or a YAML path")
+    x.add_argument("--template", help="instead of an experiment: a PDGraph (a library name or a YAML path) on the "
+                   "default cluster, arriving as a Poisson process")
+    x.add_argument("--rate", type=float, help="with --template: applications per second (default: 1)")
+    x.add_argument("--out", type=Path, required=True, help="the JSONL file to write")
+    x.add_argument("--format", default="dynamo-agentic", choices=("dynamo-agentic",), help="the row format")
+    x.add_argument("--seed", type=_seed, default=0, help="the workload's seed (the same as a simulation's)")
+    x.add_argument("--num-applications", type=_positive, help="the first N applications (default: all)")
+    x.add_argument("--block-size", type=_positive, default=512, help="tokens per hash id (default: %(default)s)")
+    x.add_argument("--simulate", action="store_true", help="run the simulation and write its requests with the "
+                   "run's times (waits as measured: tool queueing and cold starts included)")
+    for flag, default in POLICY_DEFAULTS:
+        x.add_argument(f"--{flag}", default=default, help=f"with --simulate: the {flag} (default: %(default)s)")
+    x.set_defaults(run=_export_trace)
     ts = sub.add_parser("tasks", help="list the task suite (configs/tasks)")
     ts.set_defaults(run=_tasks)
     e = sub.add_parser("evaluate", help="score a policy on a task's held-out seeds (normalised score with a CI)")

@@ -225,10 +225,12 @@ class Simulation:
         self._drawn: dict[int, tuple[StageRun, ...]] = {}  # realisations drawn ahead by peek_realisation
         self.forecasts: dict[Any, Any] = {}  # tables of hermes_env.sim.forecast, kept for the run
         self._trace = workload.trace
-        self._blocks = BlockChains()
+        self._agentic = workload.agentic
+        self._blocks = BlockChains(self._agentic.trace.block_size if self._agentic is not None else BLOCK_TOKENS)
         self._shared_blocks: list[int] | None = None
         self._adapter_rng = np.random.default_rng([seed, 5])
         self.recorder = Recorder(keep_applications, rows_to)
+        self.request_log: list[Request] | None = None  # set to [] to keep every finished request (a trace export)
         self.arrived = 0
         self.active: dict[int, Application] = {}  # in the system now, by id, in arrival order
         # an application-level admission gate (a black-box baseline's): at most max_active admitted at once
@@ -421,6 +423,8 @@ class Simulation:
         """Application ``i``'s stages: a draw from its PDGraph, its first LLM call taking trace request ``i``'s
         tokens when the workload replays a trace."""
         mix = self.config.workload.applications[self.app_mix[i]]
+        if self._agentic is not None:  # the session itself, as a realisation of the PDGraph fitted to the trace
+            return self._agentic.runs(i, self._spaces[mix.template])
         runs = sample_realisation(self._spaces[mix.template], self._realisation_rng).runs
         if self._trace is None:
             return runs
@@ -539,15 +543,22 @@ class Simulation:
         for copy in range(run.width):
             prompt = int(run.prompt_tokens[copy])
             prefix = int(prompt * stage.prefix_reuse)
-            if copy == 0 and app.cursor == app.trace_run and self._trace.block_ids is not None:
+            if self._agentic is not None:  # the trace row's blocks
+                ids = self._agentic.blocks(app.id, app.cursor, copy)
+                chain = self._blocks.chain(ids, prompt) if backend.cfg.enable_prefix_caching else ()
+            elif copy == 0 and app.cursor == app.trace_run and self._trace.block_ids is not None:
                 chain = self._blocks.chain(self._trace.block_ids[app.id], prompt) if backend.cfg.enable_prefix_caching \
                     else ()
             else:
                 prompt, chain = self._prompt(app, stage, backend, prompt, prefix)
             req = Request(app, app.cursor, copy, run.backend, prompt, int(run.output_tokens[copy]),
                           prefix_tokens=prefix, chain=chain, adapter=adapter)
-            reusable = self._reusable(app, stage, history, prefix, copy) if copy or app.cursor != app.trace_run \
-                else self._trace_shared(app.id)
+            if self._agentic is not None:
+                reusable = self._agentic.shared_tokens(app.id, app.cursor, copy)
+            elif copy or app.cursor != app.trace_run:
+                reusable = self._reusable(app, stage, history, prefix, copy)
+            else:
+                reusable = self._trace_shared(app.id)
             cached = min(reusable, prompt - 1)
             slowest = max(slowest, backend.isolated_service_time(prompt, req.output_tokens, cached))
             backend.gpu_work_bound += backend.min_gpu_seconds(prompt - cached, req.output_tokens)
@@ -604,6 +615,8 @@ class Simulation:
 
     def _done(self, request: Request, now: float) -> None:
         app: Application = request.app
+        if self.request_log is not None:
+            self.request_log.append(request)
         if self.timeline is not None and request.backend in self.llm_backends:
             self.timeline.llm_done(request, now)
         if request.output_tokens:  # an LLM request: time to first token, time per output token
