@@ -16,7 +16,6 @@ names, and when the scheduler has no request the step count jumps to the next ar
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 import json
 import os
@@ -25,7 +24,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")  # nothing here needs a GPU
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 sys.path.insert(0, str(Path(__file__).parent))
@@ -50,8 +48,7 @@ TINY_LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hid
 
 def _kwargs(cls: Any, **candidates: Any) -> dict[str, Any]:
     """The arguments ``cls`` accepts among ``candidates`` (field names move between vLLM releases)."""
-    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else \
-        set(inspect.signature(cls).parameters)
+    names = set(inspect.signature(cls).parameters)
     return {k: v for k, v in candidates.items() if k in names}
 
 
@@ -100,7 +97,8 @@ def record(stream: dict[str, Any], model_dir: str) -> list[dict[str, Any]]:
     """vLLM's schedule of ``stream``: per step, the tokens scheduled per request and the requests preempted."""
     engine = stream["engine"]
     scheduler = make_scheduler(engine, model_dir)
-    hasher = get_request_block_hasher(engine["block_size"], _hash_fn())
+    hasher = get_request_block_hasher(engine["block_size"],
+                                      _hash_fn(scheduler.cache_config.prefix_caching_hash_algo))
     pending = sorted(stream["requests"], key=lambda s: s["arrive"])
     total, finished, step, steps = len(pending), set(), 0, []
     while len(finished) < total:
@@ -124,11 +122,15 @@ def record(stream: dict[str, Any], model_dir: str) -> list[dict[str, Any]]:
     return steps
 
 
-def _hash_fn() -> Any:
-    """vLLM's default prefix-cache hash (sha256 over CBOR in 0.11 and later), initialised as the engine does."""
-    from vllm.utils import sha256_cbor  # noqa: PLC0415
-    init_none_hash(sha256_cbor)
-    return sha256_cbor
+def _hash_fn(algo: str) -> Any:
+    """The prefix-cache hash the engine core uses (the cache config's algorithm), initialised as it does."""
+    try:
+        from vllm.utils.hashing import get_hash_fn_by_name  # noqa: PLC0415 (later releases)
+    except ImportError:
+        from vllm.utils import get_hash_fn_by_name  # noqa: PLC0415 (0.11)
+    fn = get_hash_fn_by_name(algo)
+    init_none_hash(fn)
+    return fn
 
 
 def main() -> None:

@@ -1,0 +1,76 @@
+"""Decision-level conformance with vLLM's own V1 scheduler (issue 23, item 1): the schedules vLLM ran over the
+golden streams (recorded by scripts/conformance/record_vllm.py, committed under tests/conformance/) replayed
+through hermes_env's replica one step at a time. Every step must schedule the same tokens for the same
+requests and preempt the same ones, or lie in a run of steps that tests/conformance/differences.json lists with
+its cause (a deliberate simplification, docs/fidelity.md). No vLLM is needed."""
+
+import copy
+import json
+
+import pytest
+
+from tests.conformance.replay import HERE, RECORDINGS, compare, hermes_steps, load, report
+
+DIFFERENCES = json.loads((HERE / "differences.json").read_text())
+
+
+def test_recordings_are_present_and_name_their_source():
+    versions = {load(p)["vllm_version"] for p in RECORDINGS}
+    assert "0.11.0" in versions and len(versions) >= 2, versions
+    for path in RECORDINGS:
+        data = load(path)
+        assert data["made_by"] == "scripts/conformance/record_vllm.py"
+        assert path.name == f"vllm-{data['vllm_version']}.json"
+
+
+@pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)
+def test_every_differing_step_is_listed_with_its_cause(path):
+    data = load(path)
+    listed = DIFFERENCES["recordings"][data["vllm_version"]]
+    causes = DIFFERENCES["causes"]
+    unexplained, stale = [], []
+    for name, stream in data["streams"].items():
+        runs = listed.get(name, [])
+        assert all(cause in causes for _, _, cause in runs), f"{name}: a run names an unknown cause"
+        differing = {d["step"] for d in compare(stream["steps"], hermes_steps(stream))}
+        unexplained += [(name, k) for k in sorted(differing) if not any(a <= k <= b for a, b, _ in runs)]
+        stale += [(name, a) for a, _, _ in runs if a not in differing]  # a run starts where a step differs
+    assert not unexplained, f"steps that differ from vLLM {data['vllm_version']} and are not listed: {unexplained}"
+    assert not stale, f"listed runs whose first step no longer differs (update differences.json): {stale}"
+
+
+@pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)
+def test_identical_fraction_is_the_documented_one(path):
+    rep = report(path)
+    documented = DIFFERENCES["recordings"][rep["vllm"]]["_identical"]
+    assert [rep["identical"], rep["steps"]] == documented, "docs/fidelity.md quotes these counts: update both"
+
+
+def test_streams_without_memory_pressure_or_shared_prompts_in_flight_match_every_step():
+    data = load(HERE / "vllm-0.11.0.json")
+    for name in ("short_prompts", "long_prompts_chunked", "max_num_seqs", "prefix_hits", "prefix_evictions",
+                 "random_arrivals"):
+        stream = data["streams"][name]
+        assert not compare(stream["steps"], hermes_steps(stream)), name
+
+
+def test_the_comparison_catches_a_changed_step():
+    stream = copy.deepcopy(load(HERE / "vllm-0.11.0.json")["streams"]["long_prompts_chunked"])
+    replayed = hermes_steps(stream)
+    chunked = next(s for s in stream["steps"] if any(n > 1 for n in s["scheduled"].values()) and s["step"] > 0)
+    rid = next(r for r, n in chunked["scheduled"].items() if n > 1)
+    chunked["scheduled"][rid] -= 1
+    stream["steps"][-1]["preempted"] = ["r0"]
+    assert [d["step"] for d in compare(stream["steps"], replayed)] == [chunked["step"], stream["steps"][-1]["step"]]
+
+
+def test_replay_is_deterministic_and_admits_arrivals_before_their_step():
+    stream = load(HERE / "vllm-0.11.0.json")["streams"]["random_arrivals"]
+    first, second = hermes_steps(stream), hermes_steps(stream)
+    assert first == second
+    arrive = {r["id"]: r["arrive"] for r in stream["requests"]}
+    seen = {}
+    for s in first:
+        for rid in s["scheduled"]:
+            seen.setdefault(rid, s["step"])
+    assert set(seen) == set(arrive) and all(seen[r] >= arrive[r] for r in arrive)
