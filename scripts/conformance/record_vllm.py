@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from streams import output_token, prompt_tokens, streams  # noqa: E402
 from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig  # noqa: E402
 from vllm.sampling_params import SamplingParams  # noqa: E402
 from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash  # noqa: E402
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler  # noqa: E402
 from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec  # noqa: E402
 from vllm.v1.outputs import ModelRunnerOutput  # noqa: E402
@@ -52,14 +54,14 @@ def _kwargs(cls: Any, **candidates: Any) -> dict[str, Any]:
     return {k: v for k, v in candidates.items() if k in names}
 
 
-def make_scheduler(engine: dict[str, Any], model_dir: str) -> Scheduler:
+def make_scheduler(engine: dict[str, Any], model_dir: str, async_scheduling: bool = False) -> Scheduler:
     block = engine["block_size"]
     model_config = ModelConfig(model=model_dir, tokenizer=model_dir, skip_tokenizer_init=True, dtype="float16",
                                seed=0, max_model_len=engine["max_model_len"])
     scheduler_config = SchedulerConfig(**_kwargs(
         SchedulerConfig, max_num_seqs=engine["max_num_seqs"], max_num_batched_tokens=engine["max_num_batched_tokens"],
         max_model_len=engine["max_model_len"], enable_chunked_prefill=engine["enable_chunked_prefill"],
-        is_encoder_decoder=False))
+        is_encoder_decoder=False, async_scheduling=async_scheduling))
     cache_config = CacheConfig(**_kwargs(CacheConfig, block_size=block, gpu_memory_utilization=0.9, swap_space=0,
                                          cache_dtype="auto", enable_prefix_caching=engine["enable_prefix_caching"]))
     vllm_config = VllmConfig(scheduler_config=scheduler_config, model_config=model_config, cache_config=cache_config,
@@ -69,7 +71,8 @@ def make_scheduler(engine: dict[str, Any], model_dir: str) -> Scheduler:
     kv_cache_config = KVCacheConfig(num_blocks=engine["num_gpu_blocks"], kv_cache_tensors=[],
                                     kv_cache_groups=[KVCacheGroupSpec(["layer"], spec)])
     cache_config.num_gpu_blocks = engine["num_gpu_blocks"]
-    return Scheduler(**_kwargs(Scheduler, vllm_config=vllm_config, kv_cache_config=kv_cache_config, log_stats=False,
+    cls = AsyncScheduler if async_scheduling else Scheduler
+    return cls(**_kwargs(Scheduler, vllm_config=vllm_config, kv_cache_config=kv_cache_config, log_stats=False,
                                structured_output_manager=StructuredOutputManager(vllm_config),
                                block_size=block))
 
@@ -87,22 +90,26 @@ def _output(scheduler: Scheduler, scheduled: dict[str, int]) -> ModelRunnerOutpu
     sampled = []
     for rid in ids:
         r = scheduler.requests[rid]
-        sampled.append([output_token(rid, r.num_output_tokens)] if r.num_computed_tokens >= r.num_tokens else [])
+        index = r.num_output_tokens + max(getattr(r, "num_output_placeholders", 0) - 1, 0)  # async: in flight
+        sampled.append([output_token(rid, index)] if r.num_computed_tokens >= r.num_tokens else [])
     index = {rid: i for i, rid in enumerate(ids)}
     return ModelRunnerOutput(**_kwargs(ModelRunnerOutput, req_ids=ids, req_id_to_index=index, sampled_token_ids=sampled,
                                        logprobs=None, prompt_logprobs_dict={}, pooler_output=[]))
 
 
-def record(stream: dict[str, Any], model_dir: str) -> list[dict[str, Any]]:
-    """vLLM's schedule of ``stream``: per step, the tokens scheduled per request and the requests preempted."""
+def record(stream: dict[str, Any], model_dir: str, async_scheduling: bool = False) -> list[dict[str, Any]]:
+    """vLLM's schedule of ``stream``: per step, the tokens scheduled per request and the requests preempted.
+    With ``async_scheduling`` (the engine's default on a GPU in vLLM 0.34, off in 0.11) step ``k + 1`` is scheduled
+    before the output of step ``k`` is applied, as the engine core's batch queue of two runs it."""
     engine = stream["engine"]
-    scheduler = make_scheduler(engine, model_dir)
+    scheduler = make_scheduler(engine, model_dir, async_scheduling)
     hasher = get_request_block_hasher(engine["block_size"],
                                       _hash_fn(scheduler.cache_config.prefix_caching_hash_algo))
     pending = sorted(stream["requests"], key=lambda s: s["arrive"])
     total, finished, step, steps = len(pending), set(), 0, []
+    in_flight: deque = deque()  # scheduled steps whose output is not applied yet
     while len(finished) < total:
-        if not scheduler.running and not scheduler.waiting and pending:
+        if not scheduler.running and not scheduler.waiting and not in_flight and pending:
             step = max(step, pending[0]["arrive"])  # nothing to do: jump to the next arrival
         while pending and pending[0]["arrive"] <= step:
             scheduler.add_request(_request(pending.pop(0), hasher))
@@ -110,15 +117,16 @@ def record(stream: dict[str, Any], model_dir: str) -> list[dict[str, Any]]:
         out = scheduler.schedule()
         scheduled = dict(out.num_scheduled_tokens)
         preempted = sorted(rid for rid in before if scheduler.requests[rid].status == RequestStatus.PREEMPTED)
-        if not scheduled and not preempted:
+        if scheduled or preempted:
+            steps.append({"step": step, "scheduled": dict(sorted(scheduled.items())), "preempted": preempted})
+            in_flight.append((out, _output(scheduler, scheduled)))
+            step += 1
+        elif not in_flight:
             raise RuntimeError(f"vLLM scheduled nothing at step {step} with work left")
-        steps.append({"step": step, "scheduled": dict(sorted(scheduled.items())), "preempted": preempted})
-        engine_outputs = scheduler.update_from_output(out, _output(scheduler, scheduled))
-        for outputs in engine_outputs.values():
-            for o in outputs.outputs:
-                if o.finish_reason is not None:
-                    finished.add(o.request_id)
-        step += 1
+        if len(in_flight) > async_scheduling or (in_flight and not scheduled):
+            engine_outputs = scheduler.update_from_output(*in_flight.popleft())
+            for outputs in engine_outputs.values():
+                finished.update(o.request_id for o in outputs.outputs if o.finish_reason is not None)
     return steps
 
 
@@ -136,15 +144,17 @@ def _hash_fn(algo: str) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--async-scheduling", action="store_true", help="record the AsyncScheduler instead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as model_dir:
         Path(model_dir, "config.json").write_text(json.dumps(TINY_LLAMA))
-        recorded = {name: {**stream, "steps": record(stream, model_dir)} for name, stream in streams().items()}
+        recorded = {name: {**stream, "steps": record(stream, model_dir, args.async_scheduling)}
+                    for name, stream in streams().items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "vllm_version": vllm.__version__, "torch_version": torch.__version__,
-        "python": sys.version.split()[0], "made_by": "scripts/conformance/record_vllm.py",
-        "streams": recorded}, indent=1) + "\n")
+        "vllm_version": vllm.__version__, "scheduler": "async" if args.async_scheduling else "sync",
+        "torch_version": torch.__version__, "python": sys.version.split()[0],
+        "made_by": "scripts/conformance/record_vllm.py", "streams": recorded}, indent=1) + "\n")
     for name, stream in recorded.items():
         print(f"{name}: {len(stream['steps'])} steps, "
               f"{sum(len(s['preempted']) for s in stream['steps'])} preemptions")

@@ -138,32 +138,48 @@ def compare(recorded: list[dict[str, Any]], replayed: list[dict[str, Any]]) -> l
     return diffs
 
 
+def decisions(steps: list[dict[str, Any]]) -> set[int]:
+    """Steps where vLLM decided something beyond decoding the same batch again: a prefill chunk, a preemption,
+    or a batch other than the previous step's (an admission, a finish)."""
+    out, previous = set(), None
+    for s in steps:
+        if s["preempted"] or any(n > 1 for n in s["scheduled"].values()) or set(s["scheduled"]) != previous:
+            out.add(s["step"])
+        previous = set(s["scheduled"])
+    return out
+
+
 def report(path: Path, verbose: bool = False) -> dict[str, Any]:
-    """Per stream of a recording: steps, identical steps, the first differing step."""
+    """Per stream of a recording: steps, identical steps (all, and those where vLLM decided something), the
+    steps that differ."""
     data = load(path)
-    out: dict[str, Any] = {"vllm": data["vllm_version"], "streams": {}}
+    out: dict[str, Any] = {"recording": path.stem, "vllm": data["vllm_version"],
+                           "scheduler": data.get("scheduler", "sync"), "streams": {}}
     for name, stream in data["streams"].items():
         diffs = compare(stream["steps"], hermes_steps(stream))
-        steps = len({s["step"] for s in stream["steps"]} | {d["step"] for d in diffs})
-        out["streams"][name] = {"steps": steps, "identical": steps - len(diffs),
-                                "differing": [d["step"] for d in diffs]}
+        differing = [d["step"] for d in diffs]
+        steps = len({s["step"] for s in stream["steps"]} | set(differing))
+        decided = decisions(stream["steps"])
+        out["streams"][name] = {"steps": steps, "identical": steps - len(diffs), "differing": differing,
+                                "decisions": len(decided), "identical_decisions": len(decided - set(differing))}
         if verbose:
             for d in diffs[:3]:
                 print(name, json.dumps(d))
-    total = sum(s["steps"] for s in out["streams"].values())
-    same = sum(s["identical"] for s in out["streams"].values())
-    out["steps"], out["identical"] = total, same
+    for key in ("steps", "identical", "decisions", "identical_decisions"):
+        out[key] = sum(s[key] for s in out["streams"].values())
     return out
 
 
 def main() -> None:
     for path in RECORDINGS:
         rep = report(path, verbose="-v" in sys.argv)
-        print(f"vLLM {rep['vllm']}: {rep['identical']}/{rep['steps']} steps identical "
-              f"({100 * rep['identical'] / max(rep['steps'], 1):.1f}%)")
+        print(f"vLLM {rep['vllm']} ({rep['scheduler']} scheduler): {rep['identical']}/{rep['steps']} steps identical "
+              f"({100 * rep['identical'] / rep['steps']:.1f}%), {rep['identical_decisions']}/{rep['decisions']} "
+              f"decision steps ({100 * rep['identical_decisions'] / rep['decisions']:.1f}%)")
         for name, s in rep["streams"].items():
             first = s["differing"][0] if s["differing"] else "-"
-            print(f"  {name:26s} {s['identical']:4d}/{s['steps']:4d}  first differing step: {first}")
+            print(f"  {name:26s} {s['identical']:4d}/{s['steps']:4d}  decisions {s['identical_decisions']:3d}/"
+                  f"{s['decisions']:3d}  first differing step: {first}")
 
 
 if __name__ == "__main__":
