@@ -6,6 +6,7 @@ its cause (a deliberate simplification, docs/fidelity.md). No vLLM is needed."""
 
 import copy
 import functools
+import importlib.util
 import json
 from pathlib import Path
 
@@ -63,6 +64,18 @@ def test_streams_without_memory_pressure_or_shared_prompts_in_flight_match_every
         for name in ("short_prompts", "long_prompts_chunked", "max_num_seqs", "prefix_hits", "prefix_evictions",
                      "random_arrivals"):
             assert not differing_steps(path)[name], (path.name, name)
+
+
+def test_recordings_hold_the_streams_the_script_defines():
+    spec = importlib.util.spec_from_file_location("streams", HERE.parents[1] / "scripts" / "conformance" / "streams.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    defined = module.streams()
+    for path in RECORDINGS:
+        recorded = load(path)["streams"]
+        assert set(recorded) == set(defined), path.name
+        for name, stream in defined.items():
+            assert {k: recorded[name][k] for k in ("engine", "requests")} == json.loads(json.dumps(stream)), name
 
 
 def test_the_comparison_catches_a_changed_step():
