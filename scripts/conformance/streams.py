@@ -67,8 +67,8 @@ def _max_num_seqs() -> dict:
 
 def _prefix_hits() -> dict:
     """A 160-token system prompt shared by later requests (cache hits of whole blocks), a prompt repeated
-    whole (hit capped below the prompt, its last block recomputed), and a conversation's second turn reusing
-    the first turn's prompt and answer."""
+    whole, a prompt of exactly the ten cached blocks (the hit capped below the prompt: its last block is
+    recomputed), and conversations whose second turn reuses the first turn's prompt and answer."""
     sys = ["sys", 160]
     reqs = [_request("r0", 0, [sys, ["u0", 30]], 10),
             _request("r1", 4, [sys, ["u1", 45]], 8),
