@@ -78,6 +78,20 @@ def test_recordings_hold_the_streams_the_script_defines():
             assert {k: recorded[name][k] for k in ("engine", "requests")} == json.loads(json.dumps(stream)), name
 
 
+def test_each_request_is_scheduled_its_prompt_and_all_but_its_first_output_token():
+    """Without a prefix cache and without preemption a request's prefill is its prompt and each later step
+    decodes one token, in vLLM's recording and in hermes_env's replay alike (the hook plans every iteration)."""
+    stream = load(HERE / "vllm-0.11.0.json")["streams"]["random_arrivals_no_cache"]
+    expected = {r["id"]: sum(n for _, n in r["prompt"]) + r["max_tokens"] - 1 for r in stream["requests"]}
+    for steps in (stream["steps"], hermes_steps(stream)):
+        total: dict[str, int] = {}
+        for s in steps:
+            assert not s["preempted"]
+            for rid, n in s["scheduled"].items():
+                total[rid] = total.get(rid, 0) + n
+        assert total == expected
+
+
 def test_the_comparison_catches_a_changed_step():
     stream = copy.deepcopy(load(HERE / "vllm-0.11.0.json")["streams"]["long_prompts_chunked"])
     replayed = hermes_steps(stream)
