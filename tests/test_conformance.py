@@ -18,9 +18,15 @@ DIFFERENCES = json.loads((HERE / "differences.json").read_text())
 
 
 @functools.cache
+def replayed(path: Path) -> dict[str, list[dict]]:
+    """hermes_env's schedule of each stream of a recording (replayed once per session)."""
+    return {name: hermes_steps(stream) for name, stream in load(path)["streams"].items()}
+
+
+@functools.cache
 def differing_steps(path: Path) -> dict[str, set[int]]:
-    """Per stream of a recording, the steps where hermes_env's replay differs (replayed once per session)."""
-    return {name: {d["step"] for d in compare(stream["steps"], hermes_steps(stream))}
+    """Per stream of a recording, the steps where hermes_env's replay differs."""
+    return {name: {d["step"] for d in compare(stream["steps"], replayed(path)[name])}
             for name, stream in load(path)["streams"].items()}
 
 
@@ -47,6 +53,25 @@ def test_every_differing_step_is_listed_with_its_cause(path):
         stale += [(name, a) for a, _, _ in runs if a not in differing]  # a run starts where a step differs
     assert not unexplained, f"steps that differ from {path.stem} and are not listed: {unexplained}"
     assert not stale, f"listed runs whose first step no longer differs (update differences.json): {stale}"
+
+
+@pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)
+def test_block_runs_start_where_vllm_has_no_block_left_but_hermes_env_has_tokens(path):
+    """The evidence for the ``blocks`` cause: where vLLM preempts and hermes_env does not, vLLM had fewer free
+    blocks after the step before than requests to grow by one token, and hermes_env at least one token each."""
+    checked = 0
+    for name, runs in DIFFERENCES["recordings"][path.stem].items():
+        if name == "_identical":
+            continue
+        vllm = {s["step"]: s for s in load(path)["streams"][name]["steps"]}
+        ours = {s["step"]: s for s in replayed(path)[name]}
+        for first, _, cause in runs:
+            if cause != "blocks" or not vllm[first]["preempted"] or ours[first]["preempted"]:
+                continue  # an admission vLLM refused, not a preemption
+            growing = len(vllm[first]["scheduled"]) + len(vllm[first]["preempted"])
+            assert vllm[first - 1]["free_blocks"] < growing <= ours[first - 1]["free_tokens"], (name, first)
+            checked += 1
+    assert checked >= 4
 
 
 @pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)

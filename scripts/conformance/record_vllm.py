@@ -7,7 +7,8 @@ replaced by a fake one (:func:`streams.output_token` for each request whose pref
 nothing for a partial chunk). The model config is a tiny Llama ``config.json`` written to a temporary
 directory (the scheduler reads only its shape flags) and the KV cache is one full-attention group of
 ``num_gpu_blocks`` blocks, as vLLM's own tests build it. Per step the recording holds the tokens scheduled
-for each request and the requests preempted while scheduling it; requests arrive before the step the stream
+for each request, the requests preempted while scheduling it and the blocks left free (cached blocks no request
+uses count as free, as vLLM counts them); requests arrive before the step the stream
 names, and when the scheduler has no request the step count jumps to the next arrival.
 
     python scripts/conformance/record_vllm.py --out tests/conformance/vllm-0.11.0.json
@@ -118,7 +119,8 @@ def record(stream: dict[str, Any], model_dir: str, async_scheduling: bool = Fals
         scheduled = dict(out.num_scheduled_tokens)
         preempted = sorted(rid for rid in before if scheduler.requests[rid].status == RequestStatus.PREEMPTED)
         if scheduled or preempted:
-            steps.append({"step": step, "scheduled": dict(sorted(scheduled.items())), "preempted": preempted})
+            steps.append({"step": step, "scheduled": dict(sorted(scheduled.items())), "preempted": preempted,
+                          "free_blocks": scheduler.kv_cache_manager.block_pool.get_num_free_blocks()})
             in_flight.append((out, _output(scheduler, scheduled)))
             step += 1
         elif not in_flight:

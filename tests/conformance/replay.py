@@ -77,7 +77,8 @@ class _Chains:
 
 def hermes_steps(stream: dict[str, Any]) -> list[dict[str, Any]]:
     """The schedule hermes_env's replica runs for ``stream``: per step its index, the tokens scheduled per
-    request (one per decode, the chunk per prefill) and the requests preempted while planning it."""
+    request (one per decode, the chunk per prefill), the requests preempted while planning it and the KV tokens
+    left free (unreferenced prefix-cache blocks count as free)."""
     engine, done = Engine(), []
     backend = _backend(stream["engine"], engine, done)
     replica = backend.replicas[0]
@@ -93,7 +94,8 @@ def hermes_steps(stream: dict[str, Any]) -> list[dict[str, Any]]:
         scheduled.update({requests[r]: chunk for r, chunk in rep._chunks.items()})
         preempted = sorted(requests[r] for r in requests if r.preemptions > preemptions[r])
         preemptions.update((r, r.preemptions) for r in requests)
-        steps.append({"step": step, "scheduled": dict(sorted(scheduled.items())), "preempted": preempted})
+        steps.append({"step": step, "scheduled": dict(sorted(scheduled.items())), "preempted": preempted,
+                      "free_tokens": rep.free_tokens()})
 
     replica.on_iteration = observe
     pending = sorted(stream["requests"], key=lambda s: s["arrive"])
