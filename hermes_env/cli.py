@@ -5,6 +5,10 @@ simulation and writes ``applications.csv`` (one row per application: template, c
 completion, per-stage queueing and service times) and ``summary.json``. ``CONFIG`` is a packaged
 experiment's name (``contended``) or a YAML path.
 
+``--timeline PATH.json`` also writes the run's timeline as Chrome/Perfetto trace-event JSON, and
+``--timeline-png PATH.png`` draws it (``--timeline-window START:END``, ``--timeline-max-events N`` bound
+it; docs/timeline.md).
+
 ``hermes-env bench --config NAME_OR_PATH --schedulers a,b --prewarm x,y --seeds N --out DIR [--resume]
 [--executor serial|process|ray]`` compares policies on the same workloads (see :mod:`hermes_env.sim.bench`).
 
@@ -32,6 +36,7 @@ import time
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from hermes_env.errors import ConfigError
 
@@ -70,17 +75,48 @@ def _templates(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timeline(args: argparse.Namespace) -> Any:
+    """The recorder the --timeline flags ask for (None without them), checked before the run starts."""
+    from hermes_env.sim.timeline import TimelineRecorder, matplotlib_pyplot, parse_window
+
+    if args.timeline is None and args.timeline_png is None:
+        for flag, value in (("--timeline-window", args.timeline_window), ("--timeline-max-events",
+                                                                         args.timeline_max_events)):
+            if value is not None:
+                raise ConfigError(flag, "applies to a timeline", "add --timeline PATH.json or --timeline-png PATH.png")
+        return None
+    for flag, path, suffix in (("--timeline", args.timeline, ".json"), ("--timeline-png", args.timeline_png, ".png")):
+        if path is not None:
+            if path.suffix != suffix:
+                raise ConfigError(flag, f"{str(path)!r} does not end in {suffix}", f"name a {suffix} file")
+            if not path.parent.is_dir():
+                raise ConfigError(flag, f"folder {str(path.parent)!r} does not exist", "create it first")
+    if args.timeline_png is not None:
+        matplotlib_pyplot("--timeline-png")
+    window = parse_window(args.timeline_window) if args.timeline_window is not None else None
+    cap = {} if args.timeline_max_events is None else {"max_events": args.timeline_max_events}
+    return TimelineRecorder(window, **cap)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from hermes_env.sim import ExperimentConfig, Simulation
 
     _check_out(args.out)
+    timeline = _timeline(args)
     config = ExperimentConfig.from_yaml(args.config)
     t0 = time.perf_counter()
     result = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, router=args.router,
-                        autoscaler=args.autoscaler, seed=args.seed, keep_applications=False,
-                        rows_to=args.out / "applications.csv").run()
+                        autoscaler=args.autoscaler, admission=args.admission, seed=args.seed, keep_applications=False,
+                        rows_to=args.out / "applications.csv", timeline=timeline).run()
     wall = time.perf_counter() - t0
     result.write(args.out)
+    if timeline is not None:
+        from hermes_env.sim.timeline import draw_timeline
+
+        trace = timeline.write(args.timeline) if args.timeline is not None else timeline.trace()
+        if args.timeline_png is not None:
+            draw_timeline(trace, args.timeline_png, timeline.window,
+                          f"{args.config}, {args.scheduler}, router {args.router}, seed {args.seed}")
     s = result.summary
     jct = s["jct"]
     print(f"{s['applications']} applications ({s['stage_requests']} requests, {s['events']} events) in "
@@ -88,7 +124,16 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"completion time: mean {jct['mean']:.3f} s, P50 {jct['p50']:.3f}, P95 {jct['p95']:.3f}, "
           f"P99 {jct['p99']:.3f}; SLO attainment {s['slo_attainment']}; cold starts {s['cold_starts']}; "
           f"idle warm cost {s['idle_warm_cost']:.1f}; GPU-seconds {s['gpu_seconds']:.0f}; failed {s['failed']}")
+    print("goodput (applications meeting their SLO per second): " + ", ".join(
+        f"{t} {g:.3f}" for t, g in s["goodput"].items()) + f"; admission {s['admission']} rejected "
+        + ", ".join(f"{t} {c['rejected']}" for t, c in s["tiers"].items()))
     print(f"wrote {args.out / 'applications.csv'} and {args.out / 'summary.json'}")
+    if timeline is not None:
+        written = " and ".join(str(p) for p in (args.timeline, args.timeline_png) if p is not None)
+        print(f"timeline: {timeline.note()}; wrote {written}")
+        if timeline.dropped:
+            print(f"hermes-env simulate: the timeline is incomplete: {timeline.dropped} events dropped over "
+                  f"--timeline-max-events", file=sys.stderr)
     return 0
 
 
@@ -98,7 +143,7 @@ def _bench(args: argparse.Namespace) -> int:
     _check_out(args.out)
     split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
     cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds,
-                                split(args.routers), split(args.autoscalers))
+                                split(args.routers), split(args.autoscalers), split(args.admissions))
     summary = run_bench(cfg, args.out, progress=not args.quiet, resume=args.resume, executor=args.executor,
                         workers=args.workers, address=args.address)
     print(format_table(summary), end="")
@@ -201,8 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--prewarm", default="none", help="a prewarm policy name")
     m.add_argument("--router", default="shared", help="a router name (shared: one queue per backend)")
     m.add_argument("--autoscaler", default="fixed", help="an autoscaler name")
+    m.add_argument("--admission", default="none", help="an admission policy name (none: admit every application)")
     m.add_argument("--seed", type=_seed, default=0)
     m.add_argument("--out", type=Path, required=True, help="output directory")
+    m.add_argument("--timeline", type=Path, metavar="PATH.json",
+                   help="write the run's timeline as Chrome/Perfetto trace-event JSON (docs/timeline.md)")
+    m.add_argument("--timeline-png", type=Path, metavar="PATH.png",
+                   help="draw the timeline as a PNG (needs matplotlib); with or without --timeline")
+    m.add_argument("--timeline-window", metavar="START:END",
+                   help="simulated seconds the timeline keeps, e.g. 0:120 or 600: (default: the whole run)")
+    m.add_argument("--timeline-max-events", type=_positive, metavar="N",
+                   help="at most N spans, instants and counter values kept; the rest counted, reported "
+                        "(default: a million)")
     m.set_defaults(run=_simulate)
 
     b = sub.add_parser("bench", help="compare schedulers and prewarm policies on the same workloads over seeds")
@@ -211,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prewarm", help="comma-separated prewarm policy names (default: the config's)")
     b.add_argument("--routers", help="comma-separated router names (default: the config's, or shared)")
     b.add_argument("--autoscalers", help="comma-separated autoscaler names (default: the config's, or fixed)")
+    b.add_argument("--admissions", help="comma-separated admission policy names (default: the config's, or none)")
     b.add_argument("--seeds", type=_positive, help="number of seeds (default: the config's)")
     b.add_argument("--out", type=Path, required=True, help="output directory")
     b.add_argument("--resume", action="store_true", help="run only the cells missing from --out")

@@ -22,11 +22,50 @@ from hermes_env.pdgraph.distributions import Histogram
 from hermes_env.pdgraph.graph import PDGraph
 from hermes_env.pdgraph.library import TEMPLATE_NAMES, load_template
 from hermes_env.sim.traces import TRACE_NAMES, Trace, load_trace, trace_path
-from hermes_env.validation import as_number, check_keys, choice, integer, number
+from hermes_env.validation import as_number, check_keys, choice, flag, integer, number
 
 PROCESSES = ("poisson", "bursty", "time_varying", "trace")
 MAX_RATE = 1e9  # arrivals per second: beyond any cluster, and far from float overflow in cumulative sums
 CLASSES = ("real_time", "best_effort")
+TIERS = ("critical", "standard", "sheddable")  # SLO tiers, most protected first
+CLASS_TIER = {"real_time": "critical", "best_effort": "standard"}  # an entry's tier when it names none
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    """What an SLO tier allows an admission policy and the SLO its applications get when their entry gives
+    none: ``reject`` (may the application be refused: default false for ``critical``, true otherwise) and
+    ``max_defer`` (seconds after its arrival during which it may be deferred; once they are over, a deferred
+    application is rejected: default 0 for ``critical``, 60 otherwise)."""
+
+    name: str
+    slo: float = math.inf
+    reject: bool = True
+    max_defer: float = 60.0
+
+    @classmethod
+    def default(cls, name: str) -> TierConfig:
+        return cls(name, reject=False, max_defer=0.0) if name == "critical" else cls(name)
+
+    @classmethod
+    def from_dict(cls, name: str, spec: Any, where: str) -> TierConfig:
+        check_keys(spec, ("slo", "reject", "max_defer"), where)
+        base = cls.default(name)
+        return cls(name, number(spec, "slo", where, math.inf, low=0, low_open=True, allow_inf=True),
+                   flag(spec, "reject", where, base.reject),
+                   number(spec, "max_defer", where, base.max_defer, low=0, high=1e9))
+
+
+def tier_configs(spec: Any, where: str) -> dict[str, TierConfig]:
+    """The workload's ``tiers`` section (every tier, defaults where not given); a name outside
+    :data:`TIERS` is an error."""
+    spec = {} if spec is None else spec
+    require(isinstance(spec, Mapping), where, "must map tier names to {slo, reject, max_defer}",
+            f"tiers: {list(TIERS)}")
+    for name in spec:
+        require(name in TIERS, f"{where}.{name}", "is not an SLO tier", f"use one of {list(TIERS)}")
+    return {name: TierConfig.from_dict(name, spec[name], f"{where}.{name}") if name in spec
+            else TierConfig.default(name) for name in TIERS}
 
 
 def resolve_path(value: str, base: Path | None) -> Path:
@@ -167,6 +206,7 @@ class ApplicationMix:
     believed: PDGraph | None = None  # the PDGraph schedulers are given, when it is not the true one
     adapters: tuple[str, ...] = ()  # the LoRA adapters an application's ``adapter: any`` stages draw from
     adapter_probs: tuple[float, ...] = ()
+    tier: str = "standard"  # its SLO tier (TIERS): what admission policies may do to it
 
     def draw_adapter(self, rng: np.random.Generator) -> str | None:
         """The adapter of one application (None when its stages name none as ``any``)."""
@@ -192,11 +232,16 @@ class WorkloadConfig:
     applications: tuple[ApplicationMix, ...]
     num_applications: int
     trace: Trace | None = None  # the requests whose tokens the applications take
+    tiers: Mapping[str, TierConfig] | None = None  # every SLO tier's rules (tier_configs); None: the defaults
+
+    def tier(self, name: str) -> TierConfig:
+        return self.tiers[name] if self.tiers is not None else TierConfig.default(name)
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], cluster: ClusterConfig, where: str = "workload",
                   base: Path | None = None) -> WorkloadConfig:
-        check_keys(spec, ("arrivals", "applications", "num_applications", "description"), where)
+        check_keys(spec, ("arrivals", "applications", "num_applications", "tiers", "description"), where)
+        tiers = tier_configs(spec.get("tiers"), f"{where}.tiers")
         arrivals = ArrivalConfig.from_dict(spec.get("arrivals"), f"{where}.arrivals", base)
         trace = arrivals.trace_data() if arrivals.process == "trace" else None
         if trace is not None and "num_applications" not in spec:
@@ -209,14 +254,15 @@ class WorkloadConfig:
         else:
             require(isinstance(apps, Sequence) and apps, f"{where}.applications", "must be a non-empty list",
                     "list the applications (a trace with token counts may leave them out)")
-            mix = tuple(_mix_entry(a, f"{where}.applications[{i}]", cluster, base) for i, a in enumerate(apps))
+            mix = tuple(_mix_entry(a, f"{where}.applications[{i}]", cluster, base, tiers)
+                        for i, a in enumerate(apps))
         require(math.isfinite(sum(m.weight for m in mix)), f"{where}.applications", "weights sum past float range",
                 "give weights of a sensible scale (they are relative)")
         if trace is not None and trace.has_tokens:
             for m in mix:
                 require(any(s.is_llm for s in m.graph.stages), f"{where}.applications",
                         f"{m.template!r} has no LLM stage to take the trace's tokens")
-        return cls(arrivals, mix, n, trace if trace is not None and trace.has_tokens else None)
+        return cls(arrivals, mix, n, trace if trace is not None and trace.has_tokens else None, tiers)
 
 
 def _trace_mix(trace: Trace, backend: str, cluster: ClusterConfig, where: str) -> ApplicationMix:
@@ -270,8 +316,9 @@ def _same_structure(true: PDGraph, believed: PDGraph, where: str) -> None:
             f"{true.name!r}", "give a PDGraph that differs from the template only in probabilities and demands")
 
 
-def _mix_entry(spec: Any, where: str, cluster: ClusterConfig, base: Path | None) -> ApplicationMix:
-    check_keys(spec, ("template", "weight", "class", "slo", "believed", "adapters"), where)
+def _mix_entry(spec: Any, where: str, cluster: ClusterConfig, base: Path | None,
+               tiers: Mapping[str, TierConfig]) -> ApplicationMix:
+    check_keys(spec, ("template", "weight", "class", "tier", "slo", "believed", "adapters"), where)
     name, graph = _load_graph(spec.get("template"), f"{where}.template", base)
     missing = [b for b in graph.backends if b not in cluster.backend_names]
     require(not missing, f"{where}.template", f"{name!r} needs backends the cluster lacks: {missing}",
@@ -283,9 +330,10 @@ def _mix_entry(spec: Any, where: str, cluster: ClusterConfig, base: Path | None)
         _same_structure(graph, believed, f"{where}.believed")
     weight = number(spec, "weight", where, 1.0, low=0, low_open=True, high=1e12)
     app_class = choice(spec, "class", where, CLASSES, "best_effort")
-    slo = number(spec, "slo", where, math.inf, low=0, low_open=True, allow_inf=True)
+    tier = choice(spec, "tier", where, TIERS, CLASS_TIER[app_class])
+    slo = number(spec, "slo", where, tiers[tier].slo, low=0, low_open=True, allow_inf=True)
     adapters, probs = _adapters(graph, cluster, spec.get("adapters"), f"{where}.adapters")
-    return ApplicationMix(name, graph, weight, app_class, slo, believed, adapters, probs)
+    return ApplicationMix(name, graph, weight, app_class, slo, believed, adapters, probs, tier)
 
 
 def _check_requests_fit(graph: PDGraph, cluster: ClusterConfig, where: str) -> None:
