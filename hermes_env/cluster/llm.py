@@ -76,6 +76,10 @@ class Replica:
     and ``y`` tokens left holds ``x + (clock - c)`` tokens and finishes at clock ``c + y``. A heap on the
     finishing clock and the running sums make every event O(log batch) with no per-request updates."""
 
+    # Conformance hook (tests/test_conformance.py): when set, decode segments are one iteration long and it is
+    # called with every iteration as planned, so that the schedule can be compared step by step with vLLM's.
+    on_iteration: Callable[[Replica, float], None] | None = None
+
     def __init__(self, backend: LLMBackend, index: int, queue: WaitQueue, kind: ReplicaKind, warm: bool) -> None:
         self.backend, self.index, self.queue, self.kind = backend, index, queue, kind
         cfg = backend.cfg
@@ -272,6 +276,8 @@ class Replica:
             self.deciding = True
             self.backend.on_decision(self.queue, now, self._resume)  # type: ignore[misc]
             return
+        if self.on_iteration is not None:
+            self.on_iteration(self, now)
         self.busy = True
         self.version += 1
         end = self.t0 + (self.mixed_time if self.planned == 0 else self._segment_time(self.planned))
@@ -502,7 +508,7 @@ class Replica:
         heap = self._finish
         while self.running.get(heap[0][2], (0, 0, -1))[2] != heap[0][1]:
             heapq.heappop(heap)
-        m = min(heap[0][0] - self.clock, self.free_tokens() // n)
+        m = 1 if self.on_iteration is not None else min(heap[0][0] - self.clock, self.free_tokens() // n)
         lat = self.latency
         # Decode attention is the larger of a term in all cached tokens (growing n per iteration) and one
         # in the longest context (growing 1): iteration k takes base + k * step while the larger stays the
