@@ -10,6 +10,8 @@ from hermes_env.pdgraph import DemandModel, PDGraph, StateSpace, sample_remainin
 from hermes_env.pdgraph.library import TEMPLATE_NAMES, load_template
 from hermes_env.pdgraph.sampling import sample_stage_run
 
+pytestmark = pytest.mark.xdist_group("demand")  # its module-scoped set-up runs once, on one worker
+
 N = 10_000
 KS_CRITICAL = 1.63 / np.sqrt(N)  # one-sample Kolmogorov-Smirnov, 1% level
 
