@@ -33,5 +33,6 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/gittins_lookup.py
 	$(PY) benchmarks/simulator_speed.py
 	$(PY) benchmarks/env_speed.py
+	$(PY) benchmarks/construction.py
 	$(PY) benchmarks/engine_mechanisms.py
 	$(PY) benchmarks/ray_scaling.py

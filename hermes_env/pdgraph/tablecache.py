@@ -48,8 +48,12 @@ def cache_dir() -> Path | None:
     value = os.environ.get(ENV_VAR)
     if value is not None:
         return None if value.strip().lower() in ("", "off", "0", "false", "no") else Path(value).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "hermes_env"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "hermes_env"
+    try:
+        return Path.home() / ".cache" / "hermes_env"
+    except RuntimeError:  # no home directory (a bare container): nowhere to keep them
+        return None
 
 
 @cache
