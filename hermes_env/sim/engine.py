@@ -16,10 +16,22 @@ from __future__ import annotations
 import gc
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 GC_THRESHOLD = (50_000, 10, 10)  # generation 0, 1 and 2 thresholds while events run (CPython's: 700, 10, 10)
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Raise the garbage collector's thresholds to at least :data:`GC_THRESHOLD` inside the block."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*(max(a, b) for a, b in zip(thresholds, GC_THRESHOLD, strict=True)))
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
 
 
 class Engine:
@@ -55,9 +67,7 @@ class Engine:
     def run(self, until: float = math.inf, stop: Callable[[], bool] | None = None) -> None:
         """Process events in time order until none is left, the next is after ``until``, or ``stop()``."""
         heap, pop = self._heap, heapq.heappop
-        thresholds = gc.get_threshold()
-        gc.set_threshold(*(max(a, b) for a, b in zip(thresholds, GC_THRESHOLD, strict=True)))
-        try:
+        with fewer_collections():
             while heap and heap[0][0] <= until:
                 time, _, fn, args = pop(heap)
                 self.now = time
@@ -65,5 +75,3 @@ class Engine:
                 fn(time, *args)
                 if stop is not None and stop():
                     return
-        finally:
-            gc.set_threshold(*thresholds)
