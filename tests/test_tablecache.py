@@ -67,6 +67,10 @@ def test_corrupt_truncated_or_foreign_files_are_rebuilt(cache, cost, uncached):
     assert tablecache.load(horizon.name.split("-")[1].removesuffix(".npz"), "horizon") is None
     same_tables(build(cost), uncached)
     assert other.lattice.dt != uncached.lattice.dt
+    key = tablecache.table_key(load_template(TEMPLATE), cost, bins=8192, attained_grid=32)
+    tablecache.store(key, "horizon", {"dt": np.array("soon")})  # whole, under its key, but not a horizon
+    tablecache.store(key, "gittins", {"grid_sizes": np.array([1.5]), "rows": np.zeros(3)})
+    same_tables(build(cost), uncached)
 
 
 def test_the_key_is_the_content(cost):

@@ -116,7 +116,7 @@ class DemandModel:
         self._table_key = tablecache.table_key(graph, cost, bins=bins, attained_grid=attained_grid)
         stored = tablecache.load(self._table_key, "horizon") or {}
         dt = stored.get("dt")
-        dt = float(dt) if dt is not None and dt.shape == () and 0 < dt < np.inf else None
+        dt = float(dt) if dt is not None and dt.shape == () and dt.dtype.kind == "f" and 0 < dt < np.inf else None
         if dt is None:
             dt = self._tight_horizon() / (bins - 1)
             tablecache.store(self._table_key, "horizon", {"dt": np.float64(dt)})
@@ -375,11 +375,10 @@ class GittinsTable:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], states: int) -> GittinsTable | None:
         """The table :meth:`to_arrays` gave, or None when the arrays do not describe ``states`` states."""
-        try:
-            sizes, counts = arrays["grid_sizes"].tolist(), arrays["row_counts"].tolist()
-            grids, rows = arrays["grids"].tolist(), arrays["rows"].tolist()
-        except (KeyError, AttributeError):
+        names = ("grid_sizes", "row_counts", "grids", "rows")
+        if [arrays[n].dtype.kind if n in arrays else "" for n in names] != ["i", "i", "f", "f"]:
             return None
+        sizes, counts, grids, rows = (arrays[n].ravel().tolist() for n in names)
         if not (len(sizes) == len(counts) == states and min(sizes + counts, default=1) >= 1 and
                 sum(sizes) == len(grids) and sum(g * c for g, c in zip(sizes, counts, strict=True)) == len(rows)):
             return None
