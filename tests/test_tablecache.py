@@ -71,6 +71,7 @@ def test_corrupt_truncated_or_foreign_files_are_rebuilt(cache, cost, uncached):
     tablecache.store(key, "horizon", {"dt": np.array("soon")})  # whole, under its key, but not a horizon
     tablecache.store(key, "gittins", {"grid_sizes": np.array([1.5]), "rows": np.zeros(3)})
     same_tables(build(cost), uncached)
+    assert tablecache.load(key, "horizon")["dt"] == uncached.lattice.dt  # the model's own key, rewritten
 
 
 def test_the_key_is_the_content(cost):
