@@ -22,15 +22,18 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# The suite, then the wheel a `pip install` user gets, installed without torch and used from elsewhere.
+# The suite on two workers (pytest-xdist), then the wheel a `pip install` user gets, installed without torch
+# and used from elsewhere. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 	bash scripts/check_wheel.sh
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/gittins_lookup.py
 	$(PY) benchmarks/simulator_speed.py
 	$(PY) benchmarks/env_speed.py
+	$(PY) benchmarks/construction.py
 	$(PY) benchmarks/engine_mechanisms.py
 	$(PY) benchmarks/ray_scaling.py
 

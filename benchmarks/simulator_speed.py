@@ -4,7 +4,7 @@
    (ShareGPT-like single requests at about the cluster's capacity) and on the Hermes-like mix; the
    issue's target is one million LLM requests per CPU-minute.
 2. Scaling: the cost per event with 10 to 10,000 applications in the system at once (all arriving in a
-   burst), as a ratio to the cost with 10 (the target is to stay within 2x).
+   burst), as a ratio to the cost with 10 (issue 24 asks for at most 1.3x).
 3. Memory of a long run (``keep_applications=False``, as ``hermes-env simulate`` streams): peak resident
    memory of fresh processes simulating 50,000 and 200,000 applications, and the growth per application.
 
@@ -93,15 +93,22 @@ def main() -> None:
     memory()
 
 
+# The child's own peak: VmHWM, the high-water mark of its address space. Not ru_maxrss: on Linux a child started
+# by vfork + exec inherits its parent's peak there (exec folds the old address space's peak into it), so a
+# child of this benchmark reported the parent's peak after the throughput runs (551 MB at 50,000 and 200,000
+# applications on the lent machine) rather than its own.
 MEMORY_RUN = """
-import resource, sys, yaml
+import re, resource, sys, yaml
 from pathlib import Path
 from hermes_env.sim import ExperimentConfig, Simulation
 cluster = yaml.safe_load(Path(sys.argv[2]).read_text())
 cfg = ExperimentConfig.from_dict({"cluster": cluster, "workload": {"num_applications": int(sys.argv[1]),
     "arrivals": {"process": "poisson", "rate": 16.0}, "applications": [{"template": "single_request"}]}})
 Simulation(cfg, seed=0, keep_applications=False).run()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+try:
+    print(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+except OSError:  # not Linux: ru_maxrss (kB on Linux, bytes on macOS) is then the child's own
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1))
 """
 
 

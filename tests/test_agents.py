@@ -10,6 +10,8 @@ from agents.train import evaluate, train  # noqa: E402
 from hermes_env.envs.hermes import load_experiment  # noqa: E402
 from hermes_env.sim import Simulation  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("agents")  # its module-scoped set-up runs once, on one worker
+
 
 # A small config where the admission order matters and the signal is in the features: one server, short
 # and long jobs (exponential, means 0.3 s and 3 s) at 99% load; the better policy serves short jobs first.

@@ -10,6 +10,8 @@ from hermes_env.pdgraph import DemandModel, PDGraph, StateSpace, sample_remainin
 from hermes_env.pdgraph.library import TEMPLATE_NAMES, load_template
 from hermes_env.pdgraph.sampling import sample_stage_run
 
+pytestmark = pytest.mark.xdist_group("demand")  # its module-scoped set-up runs once, on one worker
+
 N = 10_000
 KS_CRITICAL = 1.63 / np.sqrt(N)  # one-sample Kolmogorov-Smirnov, 1% level
 
@@ -181,3 +183,12 @@ def test_a_cost_model_is_required_for_llm_stages():
         {"name": "a", "backend": "tool:x", "service_time": {"dist": "exponential", "mean": 1.0}}]})
     assert DemandModel(tool_only).remaining_demand(DemandModel(tool_only).progress("a")).mean == pytest.approx(
         1.0, rel=0.01)
+
+
+def test_a_backend_the_graph_never_uses_is_never_next(cost):
+    model = DemandModel(load_template("rag"), cost)
+    p = model.progress(model.graph.entry)
+    use = model.next_use(p, "tool:python-sandbox")
+    assert use.probability == 0.0 and use.time is None and use.within(100.0) == 0.0
+    full = model.lattice.convolve(model.duration_pmf[p.state], model._first_use_after("tool:python-sandbox")[p.state])
+    assert full.sum() == 0.0  # what the backward pass it skips gives

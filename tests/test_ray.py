@@ -11,6 +11,8 @@ from hermes_env.sim import ExperimentConfig, Simulation  # noqa: E402
 from hermes_env.sim.bench import BenchConfig, run_bench  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("ray")  # its module-scoped set-up runs once, on one worker
+
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():

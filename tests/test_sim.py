@@ -1,4 +1,5 @@
 import copy
+import gc
 import math
 
 import numpy as np
@@ -7,7 +8,8 @@ import yaml
 
 from hermes_env.cluster.latency import load_profile
 from hermes_env.errors import ConfigError
-from hermes_env.sim import ExperimentConfig, Simulation
+from hermes_env.sim import Engine, ExperimentConfig, Simulation
+from hermes_env.sim.engine import GC_THRESHOLD
 from tests.conftest import ROOT
 
 SMALL = ROOT / "configs" / "experiments" / "small.yaml"
@@ -341,3 +343,14 @@ def test_files_a_workload_names_are_relative_to_the_workload_file(tmp_path):
         "workload": "../workloads/w.yaml"}))
     experiment = ExperimentConfig.from_yaml(tmp_path / "experiments" / "e.yaml")
     assert experiment.workload.applications[0].graph.name == "job"
+
+
+def test_the_event_loop_collects_garbage_less_often_and_restores_the_thresholds():
+    engine, seen = Engine(), []
+    engine.at(1.0, lambda now: seen.append(gc.get_threshold()))
+    engine.at(2.0, lambda now: 1 / 0)  # a failing callback leaves the thresholds as they were, too
+    before = gc.get_threshold()
+    with pytest.raises(ZeroDivisionError):
+        engine.run()
+    assert seen == [tuple(max(a, b) for a, b in zip(before, GC_THRESHOLD, strict=True))] and seen[0][0] >= 50_000
+    assert gc.get_threshold() == before

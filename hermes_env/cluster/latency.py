@@ -188,6 +188,10 @@ class ProfileCost:
                 f"profiles are given for {sorted(self.per_backend)}")
         return self.per_backend[backend].isolated_service_time(prompt_tokens, output_tokens)
 
+    def fingerprint(self) -> dict[str, list[float]]:
+        """What the service times depend on (the table cache's key: :mod:`hermes_env.pdgraph.tablecache`)."""
+        return {name: [getattr(p, k) for k in PARAMETERS] for name, p in self.per_backend.items()}
+
 
 def load_cost_model(path: str | Path) -> LinearTokenCost | ProfileCost:
     """A cost model YAML by path, or a packaged one by name (``h100-measured``): ``profiles:`` maps LLM

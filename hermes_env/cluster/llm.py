@@ -364,19 +364,17 @@ class Replica:
         if not self._accepting():
             return
         queue = self.queue
-        skipped: list[Request] = []
+        # vLLM V1 skips a request whose adapter cannot be loaded now (the queue indexes them by adapter)
+        admissible = self._adapter_slot if self.lora is not None and queue.ordered_by_key else None
         try:
             while len(queue) and self._batch() < self.max_batch and (self._left > 0 or not self.chunked):
-                r = queue.peek(now)
-                if r.adapter is not None and not self._adapter_slot(r.adapter):
-                    if queue.ordered_by_key:  # vLLM V1 skips a request whose adapter cannot be loaded now
-                        skipped.append(queue.pop(now))
-                        continue
-                    break
+                r = queue.peek(now, admissible)
+                if r is None or r.adapter is not None and not self._adapter_slot(r.adapter):
+                    break  # every request left is skipped, or a select policy's choice waits at the head
                 if not self._try_admit(r, now):
                     break
         finally:
-            queue.restore(skipped)
+            queue.end_pass()
 
     def _accepting(self) -> bool:
         """A warm replica admits; a draining one finishes only the requests routed to it."""

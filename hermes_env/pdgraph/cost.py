@@ -52,6 +52,10 @@ class LinearTokenCost:
         return c.overhead + c.prefill_per_token * np.asarray(prompt_tokens) + c.decode_per_token * np.asarray(
             output_tokens)
 
+    def fingerprint(self) -> dict[str, list[float]]:
+        """What the service times depend on (the table cache's key: :mod:`hermes_env.pdgraph.tablecache`)."""
+        return {name: [c.overhead, c.prefill_per_token, c.decode_per_token] for name, c in self.per_backend.items()}
+
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> LinearTokenCost:
         require(isinstance(spec, Mapping) and isinstance(spec.get("backends"), Mapping), "cost.backends",

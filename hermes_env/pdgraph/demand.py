@@ -26,7 +26,7 @@ from functools import cached_property
 import numpy as np
 
 from hermes_env.errors import require
-from hermes_env.pdgraph import entropy
+from hermes_env.pdgraph import entropy, tablecache
 from hermes_env.pdgraph.cost import CostModel
 from hermes_env.pdgraph.distributions import Distribution
 from hermes_env.pdgraph.gittins import gittins_index_batch
@@ -112,7 +112,15 @@ class DemandModel:
         self._copy_points = {}  # (stage index, iteration) -> (values, probs) in seconds
         for s in range(len(self.space)):
             self._copy_points_of(s)
-        self.lattice = Lattice(self._tight_horizon() / (bins - 1), bins)
+        # the horizon and the Gittins table depend on the graph and the cost model alone: kept on disk
+        self._table_key = tablecache.table_key(graph, cost, bins=bins, attained_grid=attained_grid)
+        stored = tablecache.load(self._table_key, "horizon") or {}
+        dt = stored.get("dt")
+        dt = float(dt) if dt is not None and dt.shape == () and dt.dtype.kind == "f" and 0 < dt < np.inf else None
+        if dt is None:
+            dt = self._tight_horizon() / (bins - 1)
+            tablecache.store(self._table_key, "horizon", {"dt": np.float64(dt)})
+        self.lattice = Lattice(dt, bins)
         self._build()
 
     # -- construction -----------------------------------------------------------------------
@@ -261,7 +269,13 @@ class DemandModel:
 
     @cached_property
     def gittins_table(self) -> GittinsTable:
-        return GittinsTable(self)
+        """Built on first use, or read from the table cache (:mod:`~hermes_env.pdgraph.tablecache`)."""
+        stored = tablecache.load(self._table_key, "gittins")
+        table = None if stored is None else GittinsTable.from_arrays(stored, len(self.space))
+        if table is None:
+            table = GittinsTable(self)
+            tablecache.store(self._table_key, "gittins", table.to_arrays())
+        return table
 
     # -- next use (prewarm signal) ----------------------------------------------------------
     def next_use(self, p: Progress, backend: str) -> NextUse:
@@ -280,6 +294,8 @@ class DemandModel:
         stage = self.space.stage(p.state)
         if p.copies_pending is None and stage.backend == backend:
             return NextUse(backend, 1.0, self.lattice.distribution(self.lattice.delta(0.0)))
+        if backend not in self.graph.backends:  # never used: what the convolutions below give, without them
+            return NextUse(backend, 0.0, None)
         lat = self.lattice
         if p.copies_pending is None:
             head = self.duration_pmf[p.state]
@@ -347,6 +363,33 @@ class GittinsTable:
                 tail = lat.convolve(tail, copy)
             self.grids.append(grid.tolist())
             self.rows.append(rows)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The table as flat arrays (for the table cache): per state its grid size and row count, then every
+        grid and every row, concatenated."""
+        return {"grid_sizes": np.array([len(g) for g in self.grids], dtype=np.int64),
+                "row_counts": np.array([len(r) for r in self.rows], dtype=np.int64),
+                "grids": np.array([x for g in self.grids for x in g], dtype=float),
+                "rows": np.array([x for rows in self.rows for row in rows for x in row], dtype=float)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], states: int) -> GittinsTable | None:
+        """The table :meth:`to_arrays` gave, or None when the arrays do not describe ``states`` states."""
+        names = ("grid_sizes", "row_counts", "grids", "rows")
+        if [arrays[n].dtype.kind if n in arrays else "" for n in names] != ["i", "i", "f", "f"]:
+            return None
+        sizes, counts, grids, rows = (arrays[n].ravel().tolist() for n in names)
+        if not (len(sizes) == len(counts) == states and min(sizes + counts, default=1) >= 1 and
+                sum(sizes) == len(grids) and sum(g * c for g, c in zip(sizes, counts, strict=True)) == len(rows)):
+            return None
+        table = cls.__new__(cls)
+        table.grids, table.rows = [], []
+        i = j = 0
+        for g, c in zip(sizes, counts, strict=True):
+            table.grids.append(grids[i:i + g])
+            table.rows.append([rows[j + k * g:j + (k + 1) * g] for k in range(c)])
+            i, j = i + g, j + g * c
+        return table
 
     def lookup(self, state: int, attained: float = 0.0, copies_pending: int | None = None) -> float:
         rows = self.rows[state]

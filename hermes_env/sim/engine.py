@@ -3,14 +3,35 @@
 Events at equal times run in the order they were scheduled (a sequence number breaks ties), so a run
 is a deterministic function of its inputs. A callback is called as ``fn(now, *args)``; stale events are
 made harmless by their owners (a version number checked on entry) rather than removed from the heap.
+
+While events run, the cyclic garbage collector's youngest generation is collected every 50,000 allocations
+instead of CPython's 700 (:data:`GC_THRESHOLD`; the previous thresholds come back when the loop returns). A
+simulation allocates many short-lived objects and keeps many long-lived ones (applications, requests,
+cache blocks), so the default thresholds spent 9 to 17% of a run with 10,000 applications in the system in
+collections that freed little; results do not depend on when garbage is collected.
 """
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+GC_THRESHOLD = (50_000, 10, 10)  # generation 0, 1 and 2 thresholds while events run (CPython's: 700, 10, 10)
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Raise the garbage collector's thresholds to at least :data:`GC_THRESHOLD` inside the block."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*(max(a, b) for a, b in zip(thresholds, GC_THRESHOLD, strict=True)))
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
 
 
 class Engine:
@@ -46,10 +67,11 @@ class Engine:
     def run(self, until: float = math.inf, stop: Callable[[], bool] | None = None) -> None:
         """Process events in time order until none is left, the next is after ``until``, or ``stop()``."""
         heap, pop = self._heap, heapq.heappop
-        while heap and heap[0][0] <= until:
-            time, _, fn, args = pop(heap)
-            self.now = time
-            self.events += 1
-            fn(time, *args)
-            if stop is not None and stop():
-                return
+        with fewer_collections():
+            while heap and heap[0][0] <= until:
+                time, _, fn, args = pop(heap)
+                self.now = time
+                self.events += 1
+                fn(time, *args)
+                if stop is not None and stop():
+                    return

@@ -50,7 +50,7 @@ from hermes_env.errors import require
 from hermes_env.pdgraph.demand import DemandModel, Progress
 from hermes_env.pdgraph.graph import PDGraph, Stage
 from hermes_env.pdgraph.sampling import StageRun, sample_realisation
-from hermes_env.sim.engine import Engine
+from hermes_env.sim.engine import Engine, fewer_collections
 from hermes_env.sim.metrics import Recorder, SimulationResult, summarise
 from hermes_env.sim.policies import (
     ADMISSION_ORDERS,
@@ -294,7 +294,8 @@ class Simulation:
         if until == math.inf:
             self._check_not_stalled()
             self.recorder.close()
-        return summarise(self)
+        with fewer_collections():  # a row per kept application: thousands of survivors, as for the events
+            return summarise(self)
 
     def _check_not_stalled(self) -> None:
         """Every application ends unless events run out first, which would be a simulator bug: say where
