@@ -204,6 +204,13 @@ class PrefixCache(_Tier):
         self.evicted_blocks += freed
         return freed
 
+    def compact(self) -> None:
+        """Drop the LRU heap's stale entries (a segment touched again since, or evicted), which eviction
+        would skip: the order of the others, and so every eviction, is unchanged."""
+        last = self.last_used
+        self._lru[:] = [e for e in self._lru if last.get(e[3]) == e[0]]
+        heapq.heapify(self._lru)
+
     def _touch(self, seg: Segment) -> None:
         self.last_used[seg] = self._clock
         heapq.heappush(self._lru, (self._clock, -seg.depth, seg.uid, seg))

@@ -185,6 +185,11 @@ class ToolBackend:
             inst.state = COLD
             inst.version += 1
 
+    def resample_future(self, rng: np.random.Generator) -> None:
+        """Redraw what a non-clairvoyant policy cannot know: the cold starts still to come (a stream of
+        their own from ``rng``). Warm-ups under way keep their end."""
+        self.rng = np.random.default_rng(rng.integers(2**63))
+
     # -- prewarm orders -----------------------------------------------------------------------
     def prewarm(self, now: float) -> bool:
         """Start warming one cold instance; False if none is cold (or the backend is pinned warm)."""
