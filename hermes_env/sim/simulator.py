@@ -221,17 +221,20 @@ def _shared(state: dict[str, Any]) -> dict[int, Any]:
     return memo
 
 
-def copy_state(src: Any, dst: Any, sim_state: dict[str, Any], shared: tuple[Any, ...] = ()) -> None:
-    """Make ``dst`` a deep copy of ``src`` (a simulation, or an object holding one, whose state is
-    ``sim_state``) sharing what :func:`_shared` and ``shared`` name; references to ``src`` inside become
-    references to ``dst`` (a policy bound to the simulation is bound to the copy)."""
+def copy_state(pairs: list[tuple[Any, Any]], sim_state: dict[str, Any], shared: tuple[Any, ...] = ()) -> None:
+    """Make each ``dst`` a deep copy of its ``src``, in order and with one memo, so that references between
+    them (an environment's decision into its simulation) stay consistent; the copies share what
+    :func:`_shared` names for the simulation whose state is ``sim_state``, and ``shared``. References to a
+    ``src`` inside become references to its ``dst`` (a policy bound to the simulation is bound to the copy)."""
     memo = _shared(sim_state)
     for obj in shared:
         memo[id(obj)] = obj
-    memo[id(src)] = dst
-    state = copy.deepcopy(src.__dict__, memo)
-    dst.__dict__.clear()
-    dst.__dict__.update(state)
+    for src, dst in pairs:
+        memo[id(src)] = dst
+    for src, dst in pairs:
+        state = copy.deepcopy(src.__dict__, memo)
+        dst.__dict__.clear()
+        dst.__dict__.update(state)
 
 
 class Simulation:
@@ -395,7 +398,7 @@ class Simulation:
         (``rows_to``) keeps streaming only in the original."""
         self.compact()
         snap = object.__new__(Simulation)
-        copy_state(self, snap, self.__dict__)
+        copy_state([(self, snap)], self.__dict__)
         return Snapshot(snap)
 
     def restore(self, snap: Snapshot) -> None:
@@ -403,7 +406,7 @@ class Simulation:
         experiment); the snapshot stays usable, so one snapshot may be restored any number of times."""
         require(isinstance(snap, Snapshot) and isinstance(snap.copy, Simulation), "restore",
                 f"takes a Simulation's Snapshot, got {snap!r}", "pass what snapshot() returned")
-        copy_state(snap.copy, self, snap.copy.__dict__)
+        copy_state([(snap.copy, self)], snap.copy.__dict__)
 
     def branch(self) -> Simulation:
         """An independent copy that runs on from here (one copy: a snapshot that is run rather than kept)."""
