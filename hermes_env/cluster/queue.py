@@ -49,6 +49,8 @@ class WaitQueue:
         if self._select:
             self._list.append(request)
             self._choice = None
+            if self.external and hasattr(self.policy, "key"):  # a planner: its base's key, fixed now as a heap's
+                request.key = self.policy.key(request, now)
         else:
             request.key = self.policy.key(request, now)
             heapq.heappush(self._heap, (request.key, self._seq, request))

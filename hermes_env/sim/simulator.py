@@ -328,10 +328,19 @@ class Simulation:
         :meth:`run_until_decision` and :meth:`resolve` instead."""
         for name, policy in (("scheduler", self.scheduler), ("router", self.router_name),
                              ("autoscaler", self.autoscaler)):
-            require(not getattr(policy, "external", False) and policy != "external", name,
+            require(not getattr(policy, "external", False) or hasattr(policy, "act"), name,
                     "is external: drive the simulation with run_until_decision() and resolve()")
+            require(policy != "external", name, "is external: drive the simulation with run_until_decision() and "
+                    "resolve()")
         self._start()
-        if self.check:
+        if self._drivers():  # planners settle their own decisions between events
+            while True:
+                if not self.pending:  # (the engine runs an event before it checks stop)
+                    self.engine.run(until, stop=lambda: bool(self.pending) or self._finished())
+                if not self.pending:
+                    break
+                self._settle(self.pending[0])
+        elif self.check:
             while len(self.engine) and self.engine.next_time() <= until and not self._finished():
                 self.engine.step()
                 self._check_invariants()
@@ -477,12 +486,34 @@ class Simulation:
         self.pending.append(Decision("scale", now, ""))
 
     def run_until_decision(self) -> Decision | None:
-        """Run until an external policy owes a choice (returned) or every application has ended (None)."""
+        """Run until an external policy owes a choice (returned) or every application has ended (None);
+        a planner's decisions (a policy with ``act``) are settled on the way."""
         self._start()
-        if not self.pending and not self._finished():
-            self.engine.run(stop=lambda: bool(self.pending) or self._finished())
-            self._check_not_stalled()
-        return self.pending[0] if self.pending else None
+        while True:
+            if not self.pending and not self._finished():
+                self.engine.run(stop=lambda: bool(self.pending) or self._finished())
+                self._check_not_stalled()
+            if not self.pending or self.owner(self.pending[0]) is None:
+                return self.pending[0] if self.pending else None
+            self._settle(self.pending[0])
+
+    def owner(self, decision: Decision) -> Any:
+        """The policy that settles ``decision`` itself (a planner: it has ``act``), or None (an agent)."""
+        policy = {"schedule": self.scheduler, "prewarm": self.prewarm_policy, "scale": self.autoscaler}.get(
+            decision.kind) or self.llm_backends[decision.backend].router
+        return policy if hasattr(policy, "act") else None
+
+    def _settle(self, decision: Decision) -> None:
+        owner = self.owner(decision)
+        require(owner is not None, "run", f"a {decision.kind} decision is owed to an agent",
+                "drive the simulation with run_until_decision() and resolve()")
+        owner.act(self, decision)
+        require(not self.pending or self.pending[0] is not decision, type(owner).__name__,
+                "act() left its decision unresolved", "end act() with sim.resolve(...)")
+
+    def _drivers(self) -> bool:
+        routers = [b.router for b in self.llm_backends.values()]
+        return any(hasattr(p, "act") for p in (self.scheduler, self.prewarm_policy, self.autoscaler, *routers))
 
     def resolve(self, choice: int | None = None) -> None:
         """Settle the oldest pending decision: for a scheduling decision, admit the waiting request at
