@@ -14,6 +14,7 @@ CASES = {  # an experiment, its external part, and a short workload
     "contended": ({"scheduler": ExternalScheduler}, 60),
     "routing": ({"router": ExternalRouter}, 60),
     "autoscaling": ({"autoscaler": lambda: ExternalAutoscaler(5.0)}, 60),
+    "mooncake-conv": ({"scheduler": ExternalScheduler}, 30),  # trace blocks: segments that grow
 }
 
 

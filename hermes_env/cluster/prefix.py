@@ -46,6 +46,27 @@ class Segment:
     def __repr__(self) -> str:
         return f"Segment(#{self.uid}, start={self.start}, size={self.size})"
 
+    def __deepcopy__(self, memo: dict) -> Segment:
+        """A segment is an identity that never changes once made: copies of a simulation share it (so a
+        snapshot does not copy every prefix its caches know)."""
+        return self
+
+
+class GrowingSegment(Segment):
+    """A segment whose ``size`` may still grow (a trace block first seen as a prompt's partial tail): copied
+    with the simulation like any state."""
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo: dict) -> GrowingSegment:
+        import copy
+
+        new = object.__new__(GrowingSegment)
+        memo[id(self)] = new
+        new.parent, new.start, new.size = copy.deepcopy(self.parent, memo), self.start, self.size
+        new.depth, new.uid = self.depth, self.uid
+        return new
+
 
 def extend(chain: Sequence[Segment], tokens: int) -> tuple[Segment, ...]:
     """``chain`` followed by a new segment of ``tokens`` fresh tokens (``chain`` unchanged when 0)."""
