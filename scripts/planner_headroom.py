@@ -13,7 +13,8 @@ decisions. ``--fraction`` shortens every episode to that fraction of the task's 
 30; heuristics and planner alike: the figures are for that size, not the task's), so that the whole fits
 a small machine; ``--options`` sets the planner's
 futures, horizon, width and cadence (baselines/planners.py). Runs (task, policy, seed) are spread over
-``--workers`` processes; each result is a function of its inputs alone, whatever the split.
+``--workers`` processes; each result is a function of its inputs alone, whatever the split, so a sweep
+stopped midway resumes from ``OUT/runs.jsonl``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def one_run(job: tuple[str, float, str, int]) -> dict[str, Any]:
     task = shortened(name, fraction)
     start = time.perf_counter()
     objective, _ = run_policy(task, spec, seed)
-    return {"task": name, "policy": spec, "seed": seed, "objective": objective,
+    return {"task": name, "fraction": fraction, "policy": spec, "seed": seed, "objective": objective,
             "seconds": time.perf_counter() - start}
 
 
@@ -67,11 +68,14 @@ def main() -> None:
     tasks = {n: shortened(n, args.fraction) for n in names}
     seeds = {n: t.train_seeds[:args.seeds] for n, t in tasks.items()}
     args.out.mkdir(parents=True, exist_ok=True)
-    log = (args.out / "runs.jsonl").open("a")
+    path = args.out / "runs.jsonl"
+    done = {(r["task"], r["fraction"], r["policy"], r["seed"]): r for r in map(json.loads, path.open())} \
+        if path.is_file() else {}  # a sweep resumes: its runs are functions of their inputs
+    log = path.open("a")
 
     def run_all(jobs: list[tuple]) -> list[dict]:  # each run is logged as it ends (a long sweep can be read live)
-        out = []
-        for result in pool.map(one_run, jobs):
+        out = [done[job] for job in jobs if job in done]
+        for result in pool.map(one_run, [job for job in jobs if job not in done]):
             log.write(json.dumps(result) + "\n")
             log.flush()
             out.append(result)
