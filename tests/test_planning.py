@@ -97,6 +97,12 @@ def test_resample_future_leaves_the_original_and_the_past_alone():
     assert not np.array_equal(branch.arrival_times[arrived:], sim.arrival_times[arrived:])
     assert np.all(branch.arrival_times[arrived:] >= now)
     assert any(branch.active[k].runs != a.runs for k, a in sim.active.items())
+    waiting = [(r, b) for q, bq in ((sim.tool_backends[n].queue, branch.tool_backends[n].queue)
+                                    for n in sim.tool_backends) for r, b in zip(q, bq, strict=True)]
+    waiting += [(r, b) for r, b in zip(sim.llm_backends["llm:llama3-8b"].queue,
+                                        branch.llm_backends["llm:llama3-8b"].queue, strict=True)]
+    assert waiting and any((r.service_time, r.output_tokens) != (b.service_time, b.output_tokens) for r, b in waiting)
+    assert all(r.prompt_tokens == b.prompt_tokens and r.seq == b.seq for r, b in waiting)  # prompts are known
     _drive(branch, start=i)  # the redrawn future runs to its end
     assert branch.ended == branch.config.workload.num_applications
     _drive(sim, start=i)  # and the original's true future is untouched

@@ -738,6 +738,15 @@ class LLMBackend:
             self._set_state(replica, COLD, now)
             replica.version += 1
 
+    def resample_future(self, rng: Any, redraw: Callable[[Request, Any], None]) -> None:
+        """Redraw what a non-clairvoyant policy cannot know of the requests still waiting (not admitted, in
+        the shared queue or a replica's): their output lengths (``redraw``, from their stage's believed
+        distribution; a preempted one's beyond what it has generated). Admitted requests keep theirs."""
+        queues = {id(q): q for q in (self.queue, *(r.queue for r in self.replicas))}
+        for queue in queues.values():
+            for request in queue:
+                redraw(request, rng)
+
     def compact(self) -> None:
         """Drop stale bookkeeping of the replicas (see :meth:`Replica.compact`)."""
         for replica in self.replicas:

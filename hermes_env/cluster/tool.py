@@ -185,10 +185,13 @@ class ToolBackend:
             inst.state = COLD
             inst.version += 1
 
-    def resample_future(self, rng: np.random.Generator) -> None:
+    def resample_future(self, rng: np.random.Generator, redraw: Callable[[Request, np.random.Generator], None]) -> None:
         """Redraw what a non-clairvoyant policy cannot know: the cold starts still to come (a stream of
-        their own from ``rng``). Warm-ups under way keep their end."""
+        their own from ``rng``) and the service time of every request still waiting (``redraw``, from its
+        stage's believed distribution). Warm-ups and services under way keep their end."""
         self.rng = np.random.default_rng(rng.integers(2**63))
+        for request in self.queue:
+            redraw(request, rng)
 
     # -- prewarm orders -----------------------------------------------------------------------
     def prewarm(self, now: float) -> bool:

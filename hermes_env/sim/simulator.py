@@ -46,7 +46,7 @@ from hermes_env.cluster.tool import WARM, ToolBackend
 from hermes_env.errors import require
 from hermes_env.pdgraph.demand import DemandModel, Progress
 from hermes_env.pdgraph.graph import PDGraph, Stage, StateSpace
-from hermes_env.pdgraph.sampling import StageRun, sample_realisation
+from hermes_env.pdgraph.sampling import StageRun, sample_realisation, sample_tokens
 from hermes_env.sim.engine import Engine
 from hermes_env.sim.metrics import Recorder, SimulationResult, summarise
 from hermes_env.sim.policies import make_autoscaler, make_prewarm, make_router, make_scheduler
@@ -440,9 +440,10 @@ class Simulation:
         (each template's ``believed`` graph where the workload gives one): the arrival times of applications
         yet to come (given the time of the last arrival and none since) and their templates, their
         realisations and adapters; the unissued stages of applications in the system
-        (:meth:`Application.resample_future`); what each backend draws later (tool cold starts: its
-        ``resample_future``); a trace's tokens for applications yet to come. What has happened, the stages
-        issued and the requests in flight are kept. Call it on a copy (:meth:`branch`, or a restored
+        (:meth:`Application.resample_future`); what each backend draws later and the demands of the
+        requests waiting at it (tool cold starts, service times, output lengths: its ``resample_future``);
+        a trace's tokens for applications yet to come. What has happened, the stages
+        issued, prompts, and the requests in service are kept. Call it on a copy (:meth:`branch`, or a restored
         snapshot) to plan over a future the policy could not know; the original's future is untouched."""
         workload, i = self.config.workload, self.arrived
         spaces = {m.template: m.known_graph.state_space() for m in workload.applications}
@@ -466,7 +467,23 @@ class Simulation:
             app.resample_future(spaces[app.template], rng)
         for backend in self.backends.values():
             if hasattr(backend, "resample_future"):
-                backend.resample_future(rng)
+                backend.resample_future(rng, self._redraw_request)
+        for decision in self.pending:  # a request being placed by a router waits in no queue yet
+            if decision.request is not None:
+                self._redraw_request(decision.request, rng)
+
+    def _redraw_request(self, request: Request, rng: np.random.Generator) -> None:
+        """A waiting request's demand as its believed stage would draw it: a tool request's service time, an
+        LLM request's output (the prompt is known once issued; a preempted request keeps what it has
+        generated and draws beyond it)."""
+        app: Application = request.app
+        space = self._spaces[app.template]
+        run = app.runs[request.run_index]
+        if request.output_tokens:
+            _, output = sample_tokens(space.stage(run.state), run.iteration, 1, rng)
+            request.output_tokens = max(int(output[0]), request.generated + 1)
+        else:
+            request.service_time = float(space.stage(run.state).service_time.sample(rng, 1)[0])
 
     # -- external decisions (the Gymnasium environments) ------------------------------------------
     def _decision_needed(self, queue: WaitQueue, now: float, resume: Callable[[float], None]) -> None:
