@@ -22,6 +22,8 @@ seconds between planning decisions (the others are BASE's), so that frequent dec
 and autoscalers that react to every arrival) cost a bounded number of plans. The rollout cost is the
 environments' reward: applications in the system integrated over time, plus ``price``'s weights times
 the idle warm tool cost, the SLO misses and the GPU-seconds (``hermes_env.tasks`` sets them from a task).
+A planner may take the heuristic part of an environment: inside its rollouts the agent's own decisions
+take the environment's fallback (the oldest request, the first replica, no order).
 """
 
 from __future__ import annotations
@@ -182,8 +184,9 @@ class Planner:
                 return self._price(sim, until)
             d = sim.pending[0]
             owner = sim.owner(d)
-            require(owner is not None, self.name, f"cannot roll out past an agent's {d.kind} decision",
-                    "let heuristics or planners take every other decision")
+            if owner is None:  # an agent's decision (the planner is a heuristic part of an environment)
+                sim.resolve(0 if d.kind in ("schedule", "route") else None)  # the oldest, the first, no order
+                continue
             if depth > 1 and isinstance(owner, Planner) and owner.decision == self.decision and \
                     sim.engine.now >= owner._next_plan:
                 owner._next_plan = sim.engine.now + self.every

@@ -207,3 +207,14 @@ def test_planner_weights_follow_the_task_objective():
     task = Task.from_yaml("autoscaling-bursty-cost")
     assert planner_weights(task, task.env()) == {"area": 1.0, "gpu": 10.0, "idle": 0.0}
     assert planner_weights(Task.from_yaml("sched-contended-slo"), None)["slo_miss"] == 1.0
+
+
+def test_a_planner_takes_the_heuristic_part_of_an_environment():
+    env = gym.make("hermes_env/Scheduling-v0", prewarm="rollout:on_demand@futures=1,horizon=5",
+                   overrides={"workload": {"num_applications": 15}}).unwrapped
+    _, info = env.reset(seed=0)
+    done = False
+    while not done:  # the agent's decisions come back; the planner's are settled inside
+        assert info["decision"] in (None, "schedule")
+        _, _, done, _, info = env.step(int(np.flatnonzero(info["action_mask"])[0]))
+    assert env.sim.prewarm_policy.plans > 0 and env.sim.ended == 15
