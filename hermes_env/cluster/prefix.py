@@ -27,6 +27,7 @@ local cache lacks: local hit, else remote load, else compute.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 from collections.abc import Sequence
@@ -59,8 +60,6 @@ class GrowingSegment(Segment):
     __slots__ = ()
 
     def __deepcopy__(self, memo: dict) -> GrowingSegment:
-        import copy
-
         new = object.__new__(GrowingSegment)
         memo[id(self)] = new
         new.parent, new.start, new.size = copy.deepcopy(self.parent, memo), self.start, self.size
@@ -103,6 +102,21 @@ class _Tier:
     def __init__(self, block_size: int) -> None:
         self.block = block_size
         self.cached_end: dict[Segment, int] = {}
+
+    def __deepcopy__(self, memo: dict) -> _Tier:
+        """Its entries are segments (shared by copies) and numbers, so a copy copies the containers alone, at
+        C speed (a simulation's snapshot copies every cache); with a trace's growing segments among them it
+        is copied like any state."""
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        plain = all(type(seg) is Segment for seg in (*self.cached_end, *getattr(self, "refs", ())))
+        for name, value in self.__dict__.items():
+            if plain and type(value) in (dict, list):
+                value = type(value)(value)
+            elif not isinstance(value, int):
+                value = copy.deepcopy(value, memo)
+            new.__dict__[name] = value
+        return new
 
     def lookup(self, chain: Sequence[Segment], limit: int) -> int:
         """Tokens of the longest run of cached blocks from the start of ``chain``, at most ``limit``."""
@@ -229,8 +243,9 @@ class PrefixCache(_Tier):
         """Drop the LRU heap's stale entries (a segment touched again since, or evicted), which eviction
         would skip: the order of the others, and so every eviction, is unchanged."""
         last = self.last_used
-        self._lru[:] = [e for e in self._lru if last.get(e[3]) == e[0]]
-        heapq.heapify(self._lru)
+        if len(self._lru) > 2 * len(last) + 16:  # amortised: only once stale entries outnumber the live ones
+            self._lru[:] = [e for e in self._lru if last.get(e[3]) == e[0]]
+            heapq.heapify(self._lru)
 
     def _touch(self, seg: Segment) -> None:
         self.last_used[seg] = self._clock
