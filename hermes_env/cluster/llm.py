@@ -546,7 +546,7 @@ class Replica:
         unchanged. Called before a snapshot, so that copies carry no finished requests."""
         running = self.running
         for heap in (self._finish, self._longest):
-            if len(heap) > 2 * len(running) + 16:  # amortised: only once stale entries outnumber the live ones
+            if len(heap) > len(running):  # a stale entry holds a request that left, and its application
                 heap[:] = [e for e in heap if running.get(e[2], (0, 0, -1))[2] == e[1]]
                 heapq.heapify(heap)
         if self.cache is not None:

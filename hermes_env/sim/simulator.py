@@ -41,7 +41,7 @@ from hermes_env.cluster.llm import WARM as REPLICA_WARM
 from hermes_env.cluster.llm import LLMBackend, Replica
 from hermes_env.cluster.prefix import Segment, chain_end, extend, truncate
 from hermes_env.cluster.queue import WaitQueue
-from hermes_env.cluster.request import Request
+from hermes_env.cluster.request import Request, copy_slots
 from hermes_env.cluster.tool import WARM, ToolBackend
 from hermes_env.errors import require
 from hermes_env.pdgraph.demand import DemandModel, Progress
@@ -147,6 +147,9 @@ class Application:
     @property
     def current(self) -> StageRun:
         return self.runs[self.cursor]
+
+    def __deepcopy__(self, memo: dict) -> Application:
+        return copy_slots(self, memo)
 
     def resample_future(self, space: StateSpace, rng: np.random.Generator) -> None:
         """Redraw what a non-clairvoyant policy cannot know of this application: the stages after the one in
