@@ -277,7 +277,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _leaderboard(args: argparse.Namespace) -> int:
     from hermes_env.tasks import leaderboard
 
-    leaderboard(args.out, args.tasks.split(",") if args.tasks else None, workers=args.workers)
+    leaderboard(args.out, args.tasks.split(",") if args.tasks else None, workers=args.workers, planner=args.planner)
     print(f"wrote {args.out}")
     return 0
 
@@ -393,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--out", type=Path, default=Path("docs/tasks.md"))
     lb.add_argument("--tasks", help="comma-separated task names (default: all)")
     lb.add_argument("--workers", type=_positive, default=1, help="tasks evaluated in parallel processes")
+    lb.add_argument("--planner", default="", help="fill the planner column with this spec, {best} standing for "
+                    "the task's best heuristic (e.g. 'rollout:{best}'; slow)")
     lb.set_defaults(run=_leaderboard)
     for entry_point in entry_points(group="hermes_env.commands"):  # e.g. `train`, from agents (no torch import)
         entry_point.load()(sub)

@@ -150,7 +150,28 @@ def run_policy(task: Task, spec: str, seed: int, heldout: bool = False) -> tuple
         policies[POLICY_ARGS[task.part]] = spec
     sim = Simulation(env.experiment, seed=seed, keep_applications=False, admission=env.policy_names["admit"],
                      **policies)
+    price_planners(task, env, sim)
     return episode_objective(task, env, sim.run().summary)
+
+
+def planner_weights(task: Task, env: Any) -> dict[str, float]:
+    """The rollout cost a planner minimises for ``task`` (``rollout:BASE``, :mod:`baselines.planners`): the
+    environment's reward (applications in the system over time, priced idle cost and GPU-seconds); for
+    ``slo_miss``, the misses, with the time in the system only to break ties. ``mean`` and ``p95`` both
+    get the time in the system (the sum of completion times: the tail has no additive form)."""
+    if task.objective == "slo_miss":
+        return {"area": 1e-3, "slo_miss": 1.0}
+    if task.objective == "cost":
+        return {"area": 1.0, "gpu": env.gpu_cost_weight, "idle": env.idle_cost_weight}
+    return {"area": 1.0}
+
+
+def price_planners(task: Task, env: Any, sim: Any) -> None:
+    """Give every planner among ``sim``'s policies (those with ``price``) the task's rollout cost."""
+    routers = [b.router for b in sim.llm_backends.values()]
+    for policy in {id(p): p for p in (sim.scheduler, sim.prewarm_policy, sim.autoscaler, *routers)}.values():
+        if hasattr(policy, "price"):
+            policy.price(**planner_weights(task, env))
 
 
 def _stepped(env: Any, spec: str, seed: int) -> dict[str, Any]:
@@ -216,18 +237,23 @@ def format_score(result: dict[str, Any]) -> str:
             f"{n[0]:.3f} +- {n[1]:.3f} over {len(result['seeds'])} held-out seeds")
 
 
-def leaderboard(out: Path, tasks: list[str] | None = None, progress: bool = True, workers: int = 1) -> str:
+def leaderboard(out: Path, tasks: list[str] | None = None, progress: bool = True, workers: int = 1,
+                planner: str = "") -> str:
     """Evaluate every task's references and learned policies and write the table (docs/tasks.md); tasks
-    run in ``workers`` processes (each task's runs stay in one, so results do not depend on it)."""
+    run in ``workers`` processes (each task's runs stay in one, so results do not depend on it). With
+    ``planner`` (a spec where ``{best}`` stands for the task's best heuristic: ``rollout:{best}``), the
+    planner column holds that achievable reference (slow: it copies the simulation at its decisions)."""
     import subprocess
     from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
 
     names = tasks or task_names()
+    row = partial(_task_row, planner=planner)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            rows = list(pool.map(_task_row, names))
+            rows = list(pool.map(row, names))
     else:
-        rows = [_task_row(name) for name in names]
+        rows = [row(name) for name in names]
     if progress:
         for task, best, scores, learned, _ in rows:
             print(f"{task.name}: best heuristic {best}; " + "; ".join(
@@ -239,14 +265,16 @@ def leaderboard(out: Path, tasks: list[str] | None = None, progress: bool = True
     return text
 
 
-def _task_row(name: str) -> tuple:
+def _task_row(name: str, planner: str = "") -> tuple:
     """One task's references (the best heuristic chosen on the training seeds, scored on the held-out
-    ones), learned policies and held-out workload."""
+    ones; the planner on it, when asked), learned policies and held-out workload."""
     task = Task.from_yaml(name)
     train = {h: np.mean([run_policy(task, h, s)[0] for s in task.train_seeds]) for h in task.heuristics}
     best = min(train, key=train.get)
     simplest = evaluate(task, task.simplest)
     references = [("random", "random"), ("best heuristic", best)]
+    if planner and task.part != "joint":
+        references.append(("planner", planner.format(best=best)))
     scores = {label: evaluate(task, spec, simplest=simplest["runs"]) for label, spec in
               references + ([("clairvoyant", task.clairvoyant)] if task.clairvoyant else [])}
     scores["simplest"] = simplest
@@ -279,14 +307,20 @@ def _markdown(rows: list, commit: str) -> str:
              "and the normalised score `(policy - simplest) / (bound - simplest)` (0 = the simplest heuristic, "
              "1 = the bound). The bound is the relaxation of `hermes_env.tasks` (every application alone, warm, "
              "its reusable prefixes cached): a bound, not a target. The best heuristic is chosen on the "
-             "training seeds.", "",
-             "| task | objective | random | simplest | best heuristic | learned | clairvoyant heuristic | bound | "
-             "best heuristic normalised | learned normalised | seeds (train / held-out) |", "| --- " * 11 + "|"]
+             "training seeds. The planner is the achievable reference (`hermes-env leaderboard --planner "
+             "'rollout:{best}'`): one-step rollout of the best heuristic over futures it samples, never the "
+             "true one (baselines/planners.py); '-' where it was not run.", "",
+             "| task | objective | random | simplest | best heuristic | learned | planner (achievable) | "
+             "clairvoyant heuristic | bound | best heuristic normalised | learned normalised | "
+             "seeds (train / held-out) |", "| --- " * 12 + "|"]
     for task, best, scores, learned, _ in rows:
         spec, lr = next(iter(learned.items())) if learned else ("", None)
+        pl = scores.get("planner")
+        planned = f"{cell(pl)} (`{pl['policy']}`)" if pl else "-"
         lines.append(f"| `{task.name}` | {task.objective} | {cell(scores['random'])} | {cell(scores['simplest'])} "
                      f"(`{task.simplest}`) | {cell(scores['best heuristic'])} (`{best}`) | "
                      f"{cell(lr) + f' (`{spec}`)' if lr else '-'} | "
+                     f"{planned} | "
                      f"{cell(scores['clairvoyant']) if 'clairvoyant' in scores else '-'} | "
                      f"{scores['simplest']['bound'][0]:.4g} | "
                      f"{norm(scores['best heuristic'])} | {norm(lr) if lr else '-'} | "

@@ -554,6 +554,18 @@ class Replica:
         self.preemptions += 1
         self.queue.push(victim, now)
 
+    def compact(self) -> None:
+        """Drop the stale entries of the lazy heaps (requests that left or were preempted since), which
+        would be skipped when they reach the top: the order of the others, and so every later event, is
+        unchanged. Called before a snapshot, so that copies carry no finished requests."""
+        running = self.running
+        for heap in (self._finish, self._longest):
+            if len(heap) > len(running):  # a stale entry holds a request that left, and its application
+                heap[:] = [e for e in heap if running.get(e[2], (0, 0, -1))[2] == e[1]]
+                heapq.heapify(heap)
+        if self.cache is not None:
+            self.cache.compact()
+
     def check_invariants(self) -> None:
         name = f"{self.backend.name}[{self.index}]"
         assert self.kv_used <= self.capacity, f"{name}: KV {self.kv_used} > capacity {self.capacity}"
@@ -761,6 +773,20 @@ class LLMBackend:
         if replica.state == DRAINING and replica.idle and (replica.queue is self.queue or not len(replica.queue)):
             self._set_state(replica, COLD, now)
             replica.version += 1
+
+    def resample_future(self, rng: Any, redraw: Callable[[Request, Any], None]) -> None:
+        """Redraw what a non-clairvoyant policy cannot know of the requests still waiting (not admitted, in
+        the shared queue or a replica's): their output lengths (``redraw``, from their stage's believed
+        distribution; a preempted one's beyond what it has generated). Admitted requests keep theirs."""
+        queues = {id(q): q for q in (self.queue, *(r.queue for r in self.replicas))}
+        for queue in queues.values():
+            for request in queue:
+                redraw(request, rng)
+
+    def compact(self) -> None:
+        """Drop stale bookkeeping of the replicas (see :meth:`Replica.compact`)."""
+        for replica in self.replicas:
+            replica.compact()
 
     def summary(self, now: float) -> dict[str, Any]:
         """The backend's figures up to ``now``, for the simulation summary."""

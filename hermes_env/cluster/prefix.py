@@ -27,6 +27,7 @@ local cache lacks: local hit, else remote load, else compute.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 from collections.abc import Sequence
@@ -45,6 +46,25 @@ class Segment:
 
     def __repr__(self) -> str:
         return f"Segment(#{self.uid}, start={self.start}, size={self.size})"
+
+    def __deepcopy__(self, memo: dict) -> Segment:
+        """A segment is an identity that never changes once made: copies of a simulation share it (so a
+        snapshot does not copy every prefix its caches know)."""
+        return self
+
+
+class GrowingSegment(Segment):
+    """A segment whose ``size`` may still grow (a trace block first seen as a prompt's partial tail): copied
+    with the simulation like any state."""
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo: dict) -> GrowingSegment:
+        new = object.__new__(GrowingSegment)
+        memo[id(self)] = new
+        new.parent, new.start, new.size = copy.deepcopy(self.parent, memo), self.start, self.size
+        new.depth, new.uid = self.depth, self.uid
+        return new
 
 
 def extend(chain: Sequence[Segment], tokens: int) -> tuple[Segment, ...]:
@@ -82,6 +102,21 @@ class _Tier:
     def __init__(self, block_size: int) -> None:
         self.block = block_size
         self.cached_end: dict[Segment, int] = {}
+
+    def __deepcopy__(self, memo: dict) -> _Tier:
+        """Its entries are segments (shared by copies) and numbers, so a copy copies the containers alone, at
+        C speed (a simulation's snapshot copies every cache); with a trace's growing segments among them it
+        is copied like any state."""
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        plain = all(type(seg) is Segment for seg in (*self.cached_end, *getattr(self, "refs", ())))
+        for name, value in self.__dict__.items():
+            if plain and type(value) in (dict, list):
+                value = type(value)(value)
+            elif not isinstance(value, int):
+                value = copy.deepcopy(value, memo)
+            new.__dict__[name] = value
+        return new
 
     def lookup(self, chain: Sequence[Segment], limit: int) -> int:
         """Tokens of the longest run of cached blocks from the start of ``chain``, at most ``limit``."""
@@ -203,6 +238,14 @@ class PrefixCache(_Tier):
         self.blocks -= freed
         self.evicted_blocks += freed
         return freed
+
+    def compact(self) -> None:
+        """Drop the LRU heap's stale entries (a segment touched again since, or evicted), which eviction
+        would skip: the order of the others, and so every eviction, is unchanged."""
+        last = self.last_used
+        if len(self._lru) > 2 * len(last) + 16:  # amortised: only once stale entries outnumber the live ones
+            self._lru[:] = [e for e in self._lru if last.get(e[3]) == e[0]]
+            heapq.heapify(self._lru)
 
     def _touch(self, seg: Segment) -> None:
         self.last_used[seg] = self._clock

@@ -66,6 +66,8 @@ class WaitQueue:
         if self._select:
             self._list.append(request)
             self._choice = None
+            if self.external and hasattr(self.policy, "key"):  # a planner: its base's key, fixed now as a heap's
+                request.key = self.policy.key(request, now)
             return
         request.key = self.policy.key(request, now)
         if request.adapter in self._passed:  # pushed back during a pass (a preemption): not among the skipped

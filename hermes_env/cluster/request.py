@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
+
+_ATOMIC = frozenset((int, float, str, bool, type(None)))
+
+
+def copy_slots(obj: Any, memo: dict) -> Any:
+    """A deep copy of an object with ``__slots__`` that copies numbers and strings by reference and the rest
+    through ``memo`` (a simulation's snapshot copies every request and application in the system: this
+    skips the generic reduce path, a few times faster). Slots added later are copied the same way."""
+    new = object.__new__(type(obj))
+    memo[id(obj)] = new
+    for name in type(obj).__slots__:
+        value = getattr(obj, name)
+        object.__setattr__(new, name, value if type(value) in _ATOMIC else copy.deepcopy(value, memo))
+    return new
 
 
 class Request:
@@ -46,6 +61,9 @@ class Request:
         self.preemptions = 0
         self.seq = 0
         self.failed = ""
+
+    def __deepcopy__(self, memo: dict) -> Request:
+        return copy_slots(self, memo)
 
     @property
     def context(self) -> int:

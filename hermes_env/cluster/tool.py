@@ -194,6 +194,14 @@ class ToolBackend:
             self._account(now)
             self._set_state(inst, COLD, now)
 
+    def resample_future(self, rng: np.random.Generator, redraw: Callable[[Request, np.random.Generator], None]) -> None:
+        """Redraw what a non-clairvoyant policy cannot know: the cold starts still to come (a stream of
+        their own from ``rng``) and the service time of every request still waiting (``redraw``, from its
+        stage's believed distribution). Warm-ups and services under way keep their end."""
+        self.rng = np.random.default_rng(rng.integers(2**63))
+        for request in self.queue:
+            redraw(request, rng)
+
     # -- prewarm orders -----------------------------------------------------------------------
     def prewarm(self, now: float) -> bool:
         """Start warming one cold instance; False if none is cold (or the backend is pinned warm)."""

@@ -50,7 +50,7 @@ from hermes_env.sim.policies import (
     make_router,
     make_scheduler,
 )
-from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
+from hermes_env.sim.simulator import ExperimentConfig, Simulation, Snapshot, copy_state, inline_parts
 from hermes_env.sim.timeline import TimelineRecorder
 from hermes_env.sim.workload import TIERS
 from hermes_env.validation import as_integer, as_number, load_yaml
@@ -265,7 +265,7 @@ class HermesEnv(gym.Env):
             admission=ExternalAdmission() if ADMIT_PART in c else names[ADMIT_PART])
         self.features.bind(self.sim)
         self.steps = 0
-        self._last = (0.0, 0.0, 0, 0.0)  # area, idle cost, SLO misses, GPU-seconds at the last step
+        self._last = (0.0, 0.0, 0, 0.0)  # Simulation.totals at the last step
         self._episode_over = False
         # When no decision is ever needed (a light load), reset simulates the whole episode: the first
         # step then only reports its end, with the reward of everything simulated so far.
@@ -300,6 +300,31 @@ class HermesEnv(gym.Env):
     def _require_episode(self, what: str) -> None:
         require(self.sim is not None, what, "called before reset()", "call reset() first")
 
+    # -- planning: snapshots of the episode ---------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """The episode's state (the simulation's and the environment's own: the pending decision, the step
+        count, the reward's last totals), for :meth:`restore`; cheap enough to take at every decision (see
+        :meth:`Simulation.snapshot`). Wrappers' own state (``TimeLimit``'s count) is not in it: call it on
+        ``env.unwrapped``."""
+        self._require_episode("snapshot")
+        self.sim.compact()
+        snap = object.__new__(type(self))
+        copy_state([(self.sim, object.__new__(Simulation)), (self, snap)], self.sim.__dict__, self._static())
+        return Snapshot(snap)
+
+    def restore(self, snap: Snapshot) -> None:
+        """Bring the episode back to ``snap``: stepping on with the same actions gives, bit for bit, what
+        stepping on from the snapshot's moment gave (observations, rewards, the end)."""
+        require(isinstance(snap, Snapshot) and isinstance(snap.copy, HermesEnv), "restore",
+                f"takes an environment's Snapshot, got {snap!r}", "pass what env.unwrapped.snapshot() returned")
+        source = snap.copy
+        target = self.sim if self.sim is not None else object.__new__(Simulation)
+        copy_state([(source.sim, target), (source, self)], source.sim.__dict__, self._static())
+
+    def _static(self) -> tuple[Any, ...]:
+        """What snapshots share rather than copy: the spaces and the graph cache (no step changes them)."""
+        return (self.observation_space, self.action_space, self._graph_cache, self.metadata)
+
     # -- pickling: caches that can be rebuilt stay out -----------------------------------------------
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -310,12 +335,7 @@ class HermesEnv(gym.Env):
         """Minus the applications in the system integrated over the step (so the undiscounted return is
         minus the sum of completion times, failed applications counted until they failed), minus the
         priced terms: idle warm tool cost, SLO misses (a failure is one) and GPU-seconds held."""
-        sim = self.sim
-        now = sim.engine.now
-        area = sim.system_area()
-        idle = sum(b.idle_cost_until(now) for b in sim.tool_backends.values())
-        gpu = sum(b.gpu_seconds_until(now) for b in sim.llm_backends.values())
-        missed = sim.slo_missed
+        area, idle, missed, gpu = self.sim.totals()
         last_area, last_idle, last_missed, last_gpu = self._last
         cost = (area - last_area + self.idle_cost_weight * (idle - last_idle)
                 + self.slo_miss_weight * (missed - last_missed) + self.gpu_cost_weight * (gpu - last_gpu))

@@ -52,6 +52,16 @@ class Engine:
         self._seq += 1
         heapq.heappush(self._heap, (time, self._seq, fn, args))
 
+    def cancel(self, fn: Callable[..., Any]) -> int:
+        """Remove the events that would call ``fn`` (the simulation moving its next arrival when it redraws
+        the future); returns how many. The others keep their order."""
+        kept = [e for e in self._heap if e[2] != fn]
+        removed = len(self._heap) - len(kept)
+        if removed:
+            self._heap[:] = kept  # in place: a running loop holds the list
+            heapq.heapify(self._heap)
+        return removed
+
     def __len__(self) -> int:
         return len(self._heap)
 

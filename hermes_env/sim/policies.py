@@ -33,6 +33,11 @@ rejected) or ``REJECT`` (it fails now, counted per tier); None when an external 
 enforced. The application is the unit: its LLM and tool requests are never refused one by one. Names
 may carry parameters after a colon (``token_bucket:1.6:10``), parsed by the class's ``from_arg``.
 
+**Planners.** A policy marked ``external`` that defines ``act(sim, decision)`` settles its own decisions:
+the simulation pauses for it as for an agent (between events, so it may copy the state and try each
+option: ``Simulation.snapshot``) and calls ``act``, which must resolve the decision. Such policies run
+headless and inside the environments like any other (``rollout:BASE`` in baselines).
+
 Policies register by name (``@register_scheduler("fcfs")``); ``make_scheduler("fcfs")`` builds one.
 Packages announce more through entry points, loaded only when needed: the ``hermes_env.policies`` group
 (``baselines``, light) on the first lookup of a name, and the ``hermes_env.scheduler_families`` group
@@ -50,7 +55,9 @@ from hermes_env.cluster.request import Request
 from hermes_env.errors import ConfigError, require
 
 _PLUGINS_LOADED = False
-_FAMILIES: dict[str, Callable[..., Any]] = {}
+_FAMILIES: dict[str, Callable[..., Any]] = {}  # scheduler families; other kinds' in _KIND_FAMILIES
+_KIND_FAMILIES: dict[str, dict[str, Callable[..., Any]]] = {"scheduler": _FAMILIES, "prewarm": {}, "router": {},
+                                                            "autoscaler": {}}
 _SCHEDULERS: dict[str, Callable[..., Any]] = {}
 _PREWARMERS: dict[str, Callable[..., Any]] = {}
 _ROUTERS: dict[str, Callable[..., Any]] = {}
@@ -92,6 +99,25 @@ def register_scheduler_family(prefix: str) -> Callable[[Callable[[str], Any]], C
     return add
 
 
+def register_family(kind: str, prefix: str) -> Callable[[Callable[[str], Any]], Callable[[str], Any]]:
+    """Register a factory for ``kind`` names ``prefix:ARG`` (``kind`` one of scheduler, prewarm, router,
+    autoscaler): ``rollout:queue_threshold`` is an autoscaler, ``rollout:prefix_affinity`` a router."""
+    require(kind in _KIND_FAMILIES, "kind", f"unknown policy kind {kind!r}", f"use one of {sorted(_KIND_FAMILIES)}")
+
+    def add(factory: Callable[[str], Any]) -> Callable[[str], Any]:
+        _KIND_FAMILIES[kind][prefix] = factory
+        return factory
+    return add
+
+
+def families(kind: str) -> list[str]:
+    """Prefixes of the ``kind``'s families (``rollout`` for ``rollout:BASE``)."""
+    if kind == "scheduler":
+        return scheduler_families()
+    load_plugins()
+    return sorted(_KIND_FAMILIES[kind])
+
+
 def scheduler_families() -> list[str]:
     """Prefixes of scheduler families (``ppo`` for ``ppo:PATH``), registered or announced, none loaded."""
     load_plugins()  # baselines registers its families (blackbox:N) when it loads
@@ -115,12 +141,13 @@ def _maker(registry: dict[str, Callable[..., Any]], kind: str) -> Callable[..., 
         require(isinstance(name, str), kind, f"must be a policy name, got {name!r}")
         load_plugins()  # light: baselines may register families (blackbox:N) as well as names
         prefix, _, arg = name.partition(":")
-        if kind == "scheduler" and arg and (family := _family(prefix)) is not None:
+        family = (_family(prefix) if kind == "scheduler" else _KIND_FAMILIES[kind].get(prefix)) if arg else None
+        if family is not None:
             return family(arg, **kwargs)
-        families = scheduler_families() if kind == "scheduler" else []
+        prefixes = families(kind)
         require(name in registry, kind, f"unknown {kind} {name!r}",
-                f"use one of {sorted(registry)}" + (f" or {', '.join(p + ':ARG' for p in families)}"
-                                                    if families else ""))
+                f"use one of {sorted(registry)}" + (f" or {', '.join(p + ':ARG' for p in prefixes)}"
+                                                    if prefixes else ""))
         return registry[name](**kwargs)
     return make
 

@@ -27,7 +27,10 @@ prefix computed before the run (``prefix_reuse``), and fresh tokens.
 
 from __future__ import annotations
 
+import copy
+import gc
 import math
+import types
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -44,12 +47,12 @@ from hermes_env.cluster.llm import WARM as REPLICA_WARM
 from hermes_env.cluster.llm import LLMBackend, Replica
 from hermes_env.cluster.prefix import Segment, chain_end, extend, truncate
 from hermes_env.cluster.queue import WaitQueue
-from hermes_env.cluster.request import Request
+from hermes_env.cluster.request import Request, copy_slots
 from hermes_env.cluster.tool import WARM, ToolBackend
 from hermes_env.errors import require
 from hermes_env.pdgraph.demand import DemandModel, Progress
-from hermes_env.pdgraph.graph import PDGraph, Stage
-from hermes_env.pdgraph.sampling import StageRun, sample_realisation
+from hermes_env.pdgraph.graph import PDGraph, Stage, StateSpace
+from hermes_env.pdgraph.sampling import StageRun, sample_realisation, sample_tokens
 from hermes_env.sim.engine import Engine, fewer_collections
 from hermes_env.sim.metrics import Recorder, SimulationResult, summarise
 from hermes_env.sim.policies import (
@@ -174,11 +177,98 @@ class Application:
     def current(self) -> StageRun:
         return self.runs[self.cursor]
 
+    def __deepcopy__(self, memo: dict) -> Application:
+        return copy_slots(self, memo)
+
+    def resample_future(self, space: StateSpace, rng: np.random.Generator) -> None:
+        """Redraw what a non-clairvoyant policy cannot know of this application: the stages after the one in
+        progress and their demands, from ``space`` (its believed PDGraph's), continuing from the current
+        stage; all of it when no stage has been issued yet (it waits at the admission gate). The stages
+        issued so far, and the copies in flight, are kept."""
+        issued = self.cursor + 1 if self.pending or self.queue_times else 0
+        if issued == 0:
+            self.runs = sample_realisation(space, rng).runs
+            self.trace_run = -1  # its trace tokens are unknowable too
+            return
+        state = space.next_state(self.runs[self.cursor].state, rng)
+        future = () if state == StateSpace.END else sample_realisation(space, rng, start=state).runs
+        self.runs = (*self.runs[:issued], *future)
+        if self.trace_run >= issued:
+            self.trace_run = -1
+
     @property
     def progress(self) -> Progress:
         """Its progress as policies read it: the current stage's state and unfinished copies, with the
         stage's attained service taken as 0 (decisions are made when a stage is issued)."""
         return Progress(self.current.state, 0.0, self.pending)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A simulation's (or an environment's) state as ``snapshot()`` took it: a copy never run, for
+    ``restore`` (running it would spend it)."""
+
+    copy: Any
+
+
+_LEAVES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, str, bytes, int, float)
+
+
+def _reachable(root: Any) -> dict[int, Any]:
+    """Every object reachable from ``root`` (an immutable experiment), by id: a deep copy's memo that
+    shares them."""
+    seen: dict[int, Any] = {}
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, _LEAVES):
+            continue
+        seen[id(obj)] = obj
+        stack.extend(gc.get_referents(obj))
+    return seen
+
+
+def _shared(state: dict[str, Any]) -> dict[int, Any]:
+    """The memo that makes a deep copy of a simulation's ``state`` share what no event changes: every
+    object of the experiment (walked once per simulation), the applications' realisations (frozen, replaced
+    rather than changed), the arrival arrays (replaced by ``resample_future``, never written), the PDGraph
+    analyses and forecast caches; the history of ended applications is copied as a list of references; a
+    rows file is not carried over. Everything else is deep-copied."""
+    if state["_shared_ids"] is None:
+        state["_shared_ids"] = _reachable(state["config"])
+    memo = dict(state["_shared_ids"])
+    memo[id(state["_shared_ids"])] = state["_shared_ids"]
+    for key in ("arrival_times", "app_mix", "_spaces", "_stages", "forecasts", "_demand_models"):
+        memo[id(state[key])] = state[key]
+    for app in (*state["active"].values(), *state["_gate"]):
+        memo[id(app.runs)] = app.runs
+        for run in app.runs:
+            memo[id(run)] = run
+    for runs in state["_drawn"].values():
+        memo[id(runs)] = runs
+    rec = state["recorder"]
+    memo[id(rec.completed)] = list(rec.completed)
+    if state.get("request_log") is not None:  # finished requests kept for a trace export: references too
+        memo[id(state["request_log"])] = list(state["request_log"])
+    if rec._file is not None:
+        memo[id(rec._file)] = memo[id(rec._rows)] = None
+    return memo
+
+
+def copy_state(pairs: list[tuple[Any, Any]], sim_state: dict[str, Any], shared: tuple[Any, ...] = ()) -> None:
+    """Make each ``dst`` a deep copy of its ``src``, in order and with one memo, so that references between
+    them (an environment's decision into its simulation) stay consistent; the copies share what
+    :func:`_shared` names for the simulation whose state is ``sim_state``, and ``shared``. References to a
+    ``src`` inside become references to its ``dst`` (a policy bound to the simulation is bound to the copy)."""
+    memo = _shared(sim_state)
+    for obj in shared:
+        memo[id(obj)] = obj
+    for src, dst in pairs:
+        memo[id(src)] = dst
+    for src, dst in pairs:
+        state = copy.deepcopy(src.__dict__, memo)
+        dst.__dict__.clear()
+        dst.__dict__.update(state)
 
 
 class Simulation:
@@ -245,6 +335,7 @@ class Simulation:
         self._area, self._area_since = 0.0, 0.0  # integral of applications in the system over time
         self._demand_models: dict[str, DemandModel] = {}
         self._last_event = 0.0
+        self._shared_ids: dict[int, Any] | None = None  # objects of the experiment, shared by snapshots
         for policy in (self.scheduler, *(b.router for b in self.llm_backends.values() if b.router is not None),
                        self.admission):
             policy.bind(self)
@@ -263,8 +354,9 @@ class Simulation:
         return None if router == "shared" else make_router(router)
 
     def __getstate__(self) -> dict:
-        # PDGraph analyses are shared across simulations and rebuilt on demand: keep them out of pickles
-        return {**self.__dict__, "_demand_models": {}}
+        # PDGraph analyses are shared across simulations and rebuilt on demand, and the snapshots' memo of
+        # the experiment's objects is walked again on demand: keep them out of pickles
+        return {**self.__dict__, "_demand_models": {}, "_shared_ids": None}
 
     @property
     def completed(self) -> list[Application]:
@@ -282,10 +374,19 @@ class Simulation:
         :meth:`run_until_decision` and :meth:`resolve` instead."""
         for name, policy in (("scheduler", self.scheduler), ("router", self.router_name),
                              ("autoscaler", self.autoscaler), ("admission", self.admission.name)):
-            require(not getattr(policy, "external", False) and policy != "external", name,
+            require(not getattr(policy, "external", False) or hasattr(policy, "act"), name,
                     "is external: drive the simulation with run_until_decision() and resolve()")
+            require(policy != "external", name, "is external: drive the simulation with run_until_decision() and "
+                    "resolve()")
         self._start()
-        if self.check:
+        if self._drivers():  # planners settle their own decisions between events
+            while True:
+                if not self.pending:  # (the engine runs an event before it checks stop)
+                    self.engine.run(until, stop=lambda: bool(self.pending) or self._finished())
+                if not self.pending:
+                    break
+                self._settle_owned(self.pending[0])
+        elif self.check:
             while len(self.engine) and self.engine.next_time() <= until and not self._finished():
                 self.engine.step()
                 self._check_invariants()
@@ -322,6 +423,15 @@ class Simulation:
         sum of their completion times once all have ended."""
         return self._area + self.in_system * (self.engine.now - self._area_since)
 
+    def totals(self, now: float | None = None) -> tuple[float, float, int, float]:
+        """What the environments' reward prices, accrued up to ``now`` (default: the current time): the
+        applications in the system integrated over time, the idle warm tool cost, the SLO misses (a
+        failure is one) and the GPU-seconds held by LLM replicas."""
+        now = self.engine.now if now is None else now
+        area = self._area + self.in_system * (now - self._area_since)
+        return (area, sum(b.idle_cost_until(now) for b in self.tool_backends.values()), self.slo_missed,
+                sum(b.gpu_seconds_until(now) for b in self.llm_backends.values()))
+
     @property
     def cost(self) -> ProfileCost:
         """LLM stages priced at their isolated service time under this cluster's latency profiles."""
@@ -336,6 +446,95 @@ class Simulation:
             profiles = tuple((b.name, b.latency) for b in self.config.cluster.llm_backends)
             self._demand_models[template] = shared_demand_model(mix.known_graph, profiles)
         return self._demand_models[template]
+
+    # -- planning: snapshots and sampled futures ----------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """A copy of the simulation's state that :meth:`restore` brings back, bit for bit: running on from a
+        restored state gives exactly what running on from here would have. Taken between events (after
+        :meth:`run_until_decision`, as the environments pause). The copy shares what never changes (the
+        experiment, realisations, the workload's arrival arrays, forecast caches) and keeps the ended
+        applications' history as a list of references, not copies (see :meth:`_shared`); everything else,
+        including state a mechanism adds later, is deep-copied. A simulation streaming its rows to a file
+        (``rows_to``) keeps streaming only in the original."""
+        self.compact()
+        snap = object.__new__(Simulation)
+        copy_state([(self, snap)], self.__dict__)
+        return Snapshot(snap)
+
+    def restore(self, snap: Snapshot) -> None:
+        """Bring this simulation back to ``snap`` (a snapshot of this or another simulation of the same
+        experiment); the snapshot stays usable, so one snapshot may be restored any number of times."""
+        require(isinstance(snap, Snapshot) and isinstance(snap.copy, Simulation), "restore",
+                f"takes a Simulation's Snapshot, got {snap!r}", "pass what snapshot() returned")
+        copy_state([(snap.copy, self)], snap.copy.__dict__)
+
+    def branch(self) -> Simulation:
+        """An independent copy that runs on from here (one copy: a snapshot that is run rather than kept)."""
+        return self.snapshot().copy
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> Simulation:
+        """A new simulation restored from ``snap`` (a planner's branch: one per candidate action)."""
+        sim = object.__new__(cls)
+        sim.restore(snap)
+        return sim
+
+    def compact(self) -> None:
+        """Let the backends drop stale entries of their lazy structures (a ``compact`` method: no later
+        event changes), so that copies carry no finished requests."""
+        for backend in self.backends.values():
+            if hasattr(backend, "compact"):
+                backend.compact()
+
+    def resample_future(self, rng: np.random.Generator) -> None:
+        """Redraw everything a non-clairvoyant policy cannot know, from the PDGraphs the schedulers believe
+        (each template's ``believed`` graph where the workload gives one): the arrival times of applications
+        yet to come (given the time of the last arrival and none since) and their templates, their
+        realisations and adapters; the unissued stages of applications in the system
+        (:meth:`Application.resample_future`); what each backend draws later and the demands of the
+        requests waiting at it (tool cold starts, service times, output lengths: its ``resample_future``);
+        a trace's tokens for applications yet to come. What has happened, the stages
+        issued, prompts, and the requests in service are kept. Call it on a copy (:meth:`branch`, or a restored
+        snapshot) to plan over a future the policy could not know; the original's future is untouched."""
+        workload, i = self.config.workload, self.arrived
+        spaces = {m.template: m.known_graph.state_space() for m in workload.applications}
+        n = workload.num_applications
+        if i < n:
+            last = float(self.arrival_times[i - 1]) if i else 0.0
+            times = self.arrival_times.copy()
+            times[i:] = workload.arrivals.resample(n - i, last, self.engine.now, rng)
+            weights = np.array([m.weight for m in workload.applications])
+            mix = self.app_mix.copy()
+            mix[i:] = rng.choice(len(weights), size=n - i, p=weights / weights.sum())
+            self.arrival_times, self.app_mix = times, mix
+            if self._started:  # the next arrival is on the calendar: move it
+                self.engine.cancel(self._arrive)
+                self.engine.at(float(times[i]), self._arrive, i)
+        self._spaces = spaces
+        self._drawn = {}
+        self._trace = None  # applications to come draw their tokens from the template, not the trace
+        self._realisation_rng, self._adapter_rng = (np.random.default_rng(rng.integers(2**63)) for _ in range(2))
+        for app in (*self.active.values(), *self._gate):
+            app.resample_future(spaces[app.template], rng)
+        for backend in self.backends.values():
+            if hasattr(backend, "resample_future"):
+                backend.resample_future(rng, self._redraw_request)
+        for decision in self.pending:  # a request being placed by a router waits in no queue yet
+            if decision.request is not None:
+                self._redraw_request(decision.request, rng)
+
+    def _redraw_request(self, request: Request, rng: np.random.Generator) -> None:
+        """A waiting request's demand as its believed stage would draw it: a tool request's service time, an
+        LLM request's output (the prompt is known once issued; a preempted request keeps what it has
+        generated and draws beyond it)."""
+        app: Application = request.app
+        space = self._spaces[app.template]
+        run = app.runs[request.run_index]
+        if request.output_tokens:
+            _, output = sample_tokens(space.stage(run.state), run.iteration, 1, rng)
+            request.output_tokens = max(int(output[0]), request.generated + 1)
+        else:
+            request.service_time = float(space.stage(run.state).service_time.sample(rng, 1)[0])
 
     # -- external decisions (the Gymnasium environments) ------------------------------------------
     def _decision_needed(self, queue: WaitQueue, now: float, resume: Callable[[float], None]) -> None:
@@ -361,12 +560,35 @@ class Simulation:
             self.pending.append(Decision("admit", now, "", app=app))
 
     def run_until_decision(self) -> Decision | None:
-        """Run until an external policy owes a choice (returned) or every application has ended (None)."""
+        """Run until an external policy owes a choice (returned) or every application has ended (None);
+        a planner's decisions (a policy with ``act``) are settled on the way."""
         self._start()
-        if not self.pending and not self._finished():
-            self.engine.run(stop=lambda: bool(self.pending) or self._finished())
-            self._check_not_stalled()
-        return self.pending[0] if self.pending else None
+        while True:
+            if not self.pending and not self._finished():
+                self.engine.run(stop=lambda: bool(self.pending) or self._finished())
+                self._check_not_stalled()
+            if not self.pending or self.owner(self.pending[0]) is None:
+                return self.pending[0] if self.pending else None
+            self._settle_owned(self.pending[0])
+
+    def owner(self, decision: Decision) -> Any:
+        """The policy that settles ``decision`` itself (a planner: it has ``act``), or None (an agent)."""
+        policy = {"schedule": self.scheduler, "prewarm": self.prewarm_policy, "scale": self.autoscaler,
+                  "admit": self.admission}.get(decision.kind) or self.llm_backends[decision.backend].router
+        return policy if hasattr(policy, "act") else None
+
+    def _settle_owned(self, decision: Decision) -> None:
+        owner = self.owner(decision)
+        require(owner is not None, "run", f"a {decision.kind} decision is owed to an agent",
+                "drive the simulation with run_until_decision() and resolve()")
+        owner.act(self, decision)
+        require(not self.pending or self.pending[0] is not decision, type(owner).__name__,
+                "act() left its decision unresolved", "end act() with sim.resolve(...)")
+
+    def _drivers(self) -> bool:
+        routers = [b.router for b in self.llm_backends.values()]
+        return any(hasattr(p, "act") for p in (self.scheduler, self.prewarm_policy, self.autoscaler, self.admission,
+                                                *routers))
 
     def resolve(self, choice: int | None = None) -> None:
         """Settle the oldest pending decision: for a scheduling decision, admit the waiting request at

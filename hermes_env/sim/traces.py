@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hermes_env.cluster.prefix import Segment
+from hermes_env.cluster.prefix import GrowingSegment, Segment
 from hermes_env.errors import ConfigError, require
 
 BLOCK_TOKENS = 512  # the block size of Mooncake's hash ids
@@ -218,7 +218,7 @@ class BlockChains:
             key = (parent, block)
             seg = self._segments.get(key)
             if seg is None:
-                seg = self._segments[key] = Segment(parent, start, min(size, prompt - start))
+                seg = self._segments[key] = GrowingSegment(parent, start, min(size, prompt - start))
             elif seg.size < min(size, prompt - start):  # a block seen before as a prompt's partial tail
                 seg.size = min(size, prompt - start)
             out.append(seg)

@@ -205,12 +205,29 @@ class ArrivalConfig:
             return self._thinned(n, rng)
         return self._trace(n)
 
-    def _thinned(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def resample(self, n: int, last: float, now: float, rng: np.random.Generator) -> np.ndarray:
+        """``n`` arrival times after ``now`` as a policy that has seen the arrivals so far could believe
+        them: the process continued given its last arrival at ``last`` and none since (Poisson: memoryless;
+        bursty: the gamma gap in progress drawn beyond the time already elapsed; time-varying: thinning from
+        ``now``). A trace's future is unknowable: Poisson at the trace's mean rate stands for it."""
+        if self.process == "bursty":
+            from scipy import stats  # imported when first needed: keeps `import hermes_env` light
+
+            gap = stats.gamma(1.0 / self.cv**2, scale=self.cv**2 / self.rate)
+            # the gap in progress, by inversion of its tail beyond the time elapsed since the last arrival
+            first = last + float(gap.isf(rng.random() * gap.sf(now - last)))
+            return max(first, now) + np.concatenate(([0.0], np.cumsum(gap.rvs(n - 1, random_state=rng))))
+        if self.process == "time_varying":
+            return self._thinned(n, rng, now)
+        rate = self.rate if self.process == "poisson" else self.trace_data().rate
+        return now + np.cumsum(rng.exponential(1.0 / rate, n))
+
+    def _thinned(self, n: int, rng: np.random.Generator, start: float = 0.0) -> np.ndarray:
         ends = np.cumsum([d for d, _ in self.schedule])
         rates = np.array([r for _, r in self.schedule])
         peak, period = rates.max(), ends[-1]
         out: list[float] = []
-        t = 0.0
+        t = start
         while len(out) < n:
             t += rng.exponential(1.0 / peak)
             rate = rates[np.searchsorted(ends, t % period, side="right") % len(rates)]

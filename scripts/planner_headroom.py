@@ -1,0 +1,124 @@
+"""Achievable headroom: each task's non-clairvoyant planner (``rollout:BEST``) against its best heuristic on
+the task's training seeds, paired, with a 95% interval.
+
+    python scripts/planner_headroom.py --seeds 3 --fraction 0.2 --workers 2 --out runs/planner_headroom
+    python scripts/planner_headroom.py --tasks sched-bursty-mean --seeds 10 --workers 16   # a bigger machine
+
+For every task (Joint-v0 ones are skipped: a planner takes one decision kind), every heuristic the task
+lists runs on the first ``--seeds`` training seeds and the best (lowest mean objective) is the planner's
+base; ``rollout:BEST@OPTIONS`` then runs on the same seeds and workloads, with the task's rollout cost
+(``hermes_env.tasks.planner_weights``). The margin of a seed is ``(best - planner) / best`` (positive: the
+planner is better); the table gives its mean +- the 95% half-width over the seeds, and the planner's
+decisions. ``--fraction`` shortens every episode to that fraction of the task's applications (at least
+30; heuristics and planner alike: the figures are for that size, not the task's), so that the whole fits
+a small machine; ``--options`` sets the planner's
+futures, horizon, width and cadence (baselines/planners.py). Runs (task, policy, seed) are spread over
+``--workers`` processes; each result is a function of its inputs alone, whatever the split, so a sweep
+stopped midway resumes from ``OUT/runs.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hermes_env.sim.metrics import mean_ci
+from hermes_env.tasks import Task, _merge, run_policy, task_names
+
+
+def shortened(name: str, fraction: float) -> Task:
+    """The task with ``fraction`` of its applications per episode (at least 30)."""
+    task = Task.from_yaml(name)
+    if fraction >= 1.0:
+        return task
+    n = max(30, round(fraction * task.env().experiment.workload.num_applications))
+    overrides = _merge(task.env_kwargs.get("overrides") or {}, {"workload": {"num_applications": n}})
+    return replace(task, env_kwargs={**task.env_kwargs, "overrides": overrides})
+
+
+def one_run(job: tuple[str, float, str, int]) -> dict[str, Any]:
+    """One episode: (task, fraction, policy, seed) -> its objective and wall time."""
+    name, fraction, spec, seed = job
+    task = shortened(name, fraction)
+    start = time.perf_counter()
+    objective, _ = run_policy(task, spec, seed)
+    return {"task": name, "fraction": fraction, "policy": spec, "seed": seed, "objective": objective,
+            "seconds": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", help="comma-separated task names (default: every task but Joint-v0 ones)")
+    parser.add_argument("--seeds", type=int, default=3, help="the first N training seeds of each task")
+    parser.add_argument("--fraction", type=float, default=1.0, help="of each task's applications per episode")
+    parser.add_argument("--options", default="futures=2,horizon=30", help="the planner's options")
+    parser.add_argument("--planner", default="rollout", help="rollout, search, oracle-rollout or oracle-search")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("runs/planner_headroom"))
+    args = parser.parse_args()
+    names = args.tasks.split(",") if args.tasks else [n for n in task_names()
+                                                      if Task.from_yaml(n).part != "joint"]
+    tasks = {n: shortened(n, args.fraction) for n in names}
+    seeds = {n: t.train_seeds[:args.seeds] for n, t in tasks.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "runs.jsonl"
+    done = {(r["task"], r["fraction"], r["policy"], r["seed"]): r for r in map(json.loads, path.open())} \
+        if path.is_file() else {}  # a sweep resumes: its runs are functions of their inputs
+    log = path.open("a")
+
+    def run_all(jobs: list[tuple]) -> list[dict]:  # each run is logged as it ends (a long sweep can be read live)
+        out = [done[job] for job in jobs if job in done]
+        for result in pool.map(one_run, [job for job in jobs if job not in done]):
+            log.write(json.dumps(result) + "\n")
+            log.flush()
+            out.append(result)
+        return out
+
+    with ProcessPoolExecutor(args.workers) as pool:
+        heuristics = [(n, args.fraction, h, s) for n, t in tasks.items() for h in t.heuristics for s in seeds[n]]
+        runs = run_all(heuristics)
+        best = {}
+        for n, t in tasks.items():
+            means = {h: np.mean([r["objective"] for r in runs if r["task"] == n and r["policy"] == h])
+                     for h in t.heuristics}
+            best[n] = min(means, key=means.get)
+        planners = [(n, args.fraction, f"{args.planner}:{best[n]}@{args.options}", s)
+                    for n in tasks for s in seeds[n]]
+        runs += run_all(planners)
+    (args.out / "runs.json").write_text(json.dumps(runs, indent=1) + "\n")
+    text = table(tasks, seeds, best, runs, args)
+    (args.out / "headroom.md").write_text(text + "\n")
+    print(text)
+
+
+def table(tasks: dict[str, Task], seeds: dict[str, tuple[int, ...]], best: dict[str, str], runs: list[dict],
+          args: argparse.Namespace) -> str:
+    size = (f"{args.fraction:g} of each task's applications per episode, at least 30" if args.fraction < 1
+            else "the tasks' own episodes")
+    lines = [f"Planner `{args.planner}:BEST@{args.options}` against each task's best heuristic on its first "
+             f"{args.seeds} training seeds ({size}); margin = (best - planner) / best per seed, mean +- 95% "
+             "half-width (positive: the planner is better). Wall seconds per planner episode on this machine "
+             "(indicative).", "",
+             "| task | objective | best heuristic | best | planner | margin | planner s/episode |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for n, task in tasks.items():
+        def of(spec: str, name: str = n) -> list[dict]:
+            return sorted((r for r in runs if r["task"] == name and r["policy"] == spec), key=lambda r: r["seed"])
+        spec = f"{args.planner}:{best[n]}@{args.options}"
+        b, p = np.array([r["objective"] for r in of(best[n])]), np.array([r["objective"] for r in of(spec)])
+        margin = mean_ci(np.where(b != 0, (b - p) / np.where(b != 0, b, 1), 0.0))
+        seconds = np.mean([r["seconds"] for r in of(spec)])
+        lines.append(f"| `{n}` | {task.objective} | `{best[n]}` | {b.mean():.4g} | {p.mean():.4g} | "
+                     f"{margin[0]:+.1%} +- {margin[1]:.1%} | {seconds:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
