@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from hermes_env.errors import ConfigError, require
 from hermes_env.pdgraph.distributions import Discrete
@@ -578,6 +577,8 @@ def _measures(sessions: Iterable[list[StageRun] | tuple[StageRun, ...]]) -> dict
 def fit_report(replay: AgenticReplay, samples: int = 4000, seed: int = 0) -> dict[str, dict[str, float]]:
     """How samples of the fitted PDGraph compare with the trace, per measure: means, the two-sample
     Kolmogorov-Smirnov distance and the relative errors of the median and the 90th percentile."""
+    from scipy.stats import ks_2samp  # fitting only: keeps `import hermes_env` light
+
     space = replay.graph.state_space()
     trace = _measures(replay.runs(i, space) for i in range(len(replay.sessions)))
     rng = np.random.default_rng(seed)
@@ -589,6 +590,6 @@ def fit_report(replay: AgenticReplay, samples: int = 4000, seed: int = 0) -> dic
             continue
         q = {p: (float(np.quantile(a, p)), float(np.quantile(b, p))) for p in (0.5, 0.9)}
         report[m] = {"trace mean": float(a.mean()), "fit mean": float(b.mean()),
-                     "ks": float(stats.ks_2samp(a, b).statistic),
+                     "ks": float(ks_2samp(a, b).statistic),
                      **{f"p{round(100 * p)} error": abs(f - t) / t if t else abs(f - t) for p, (t, f) in q.items()}}
     return report
