@@ -18,8 +18,11 @@ on a task's held-out seeds; ``hermes-env leaderboard`` regenerates docs/tasks.md
 per application, its demand at arrival (mean and quantiles of total service), its Gittins index, its
 structural entropy and, per backend, the probability and expected time of first use.
 
-Bad input (a malformed config, an unknown policy, a bad argument) prints one line naming the field and
-the fix and exits with status 2; an interrupted bench exits with 130 after writing what it finished.
+Bad input (a malformed config, an unknown policy, a bad argument, an output path that cannot be written)
+prints one line, ``hermes-env: FIELD: PROBLEM (FIX)``, and exits with status 2: every command checks
+everything it will use (configs, tasks, seeds, policy names, paths) before it starts any work, and every
+command ends through :func:`main`'s one error path. An interrupted bench exits with 130 after writing what
+it finished.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from hermes_env.errors import ConfigError
+from hermes_env.errors import ConfigError, require
+from hermes_env.validation import check_output
 
 DEFAULT_COST = "h100-measured"
 
@@ -73,7 +77,7 @@ def _templates(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from hermes_env.sim import ExperimentConfig, Simulation
 
-    _check_out(args.out)
+    check_output(args.out, "--out", folder=True)
     config = ExperimentConfig.from_yaml(args.config)
     t0 = time.perf_counter()
     result = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, router=args.router,
@@ -95,7 +99,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from hermes_env.sim.bench import BenchConfig, format_table, run_bench
 
-    _check_out(args.out)
+    check_output(args.out, "--out", folder=True)
     split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
     cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds,
                                 split(args.routers), split(args.autoscalers))
@@ -118,10 +122,8 @@ def _fit_trace(args: argparse.Namespace) -> int:
     from hermes_env.sim.trace_fit import write_fitted_workload
     from hermes_env.sim.traces import load_trace, trace_path
 
-    _check_out(args.out.parent) if args.out.parent != Path(".") else None
+    check_output(args.out, "--out", folder=False)
     trace = load_trace(args.trace)
-    if not trace.has_tokens:
-        raise ConfigError("trace", f"{args.trace} has arrival times only", "fit a trace with token counts")
     fit = write_fitted_workload(trace, trace_path(args.trace).name, args.out, args.arrivals, args.backend,
                                 args.num_applications, args.bin)
     print(f"{fit.name}: {fit.requests} requests over {fit.duration:.0f} s")
@@ -148,7 +150,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from hermes_env.tasks import Task, evaluate, format_score
 
     task = Task.from_yaml(args.task)
-    seeds = tuple(range(task.eval_seeds[0], task.eval_seeds[0] + args.seeds)) if args.seeds else None
+    held = len(task.eval_seeds)
+    require(not args.seeds or args.seeds <= held, "--seeds", f"is {args.seeds}, but task {task.name} has {held} "
+            f"held-out seeds ({task.eval_seeds[0]}-{task.eval_seeds[-1]})", f"give at most {held}")
+    seeds = task.eval_seeds[: args.seeds] if args.seeds else None
     print(format_score(evaluate(task, args.policy, seeds, heldout=args.heldout)))
     return 0
 
@@ -156,14 +161,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _leaderboard(args: argparse.Namespace) -> int:
     from hermes_env.tasks import leaderboard
 
+    check_output(args.out, "--out", folder=False)
     leaderboard(args.out, args.tasks.split(",") if args.tasks else None, workers=args.workers)
     print(f"wrote {args.out}")
     return 0
-
-
-def _check_out(out: Path) -> None:
-    if out.is_file():
-        raise ConfigError("--out", f"{str(out)!r} is a file", "name a folder for the results")
 
 
 def _seed(text: str) -> int:
@@ -183,6 +184,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -227,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which fitted arrival process to write (all are reported; default: %(default)s)")
     f.add_argument("--backend", default="llm:llama3-8b", help="the LLM backend of the generated requests")
     f.add_argument("--num-applications", type=_positive, default=100_000, help="length of the generated workload")
-    f.add_argument("--bin", type=float, default=60.0, help="seconds per bin of the time-varying rate curve")
+    f.add_argument("--bin", type=_positive_number, default=60.0, help="seconds per bin of the time-varying rate curve")
     f.set_defaults(run=_fit_trace)
     ts = sub.add_parser("tasks", help="list the task suite (configs/tasks)")
     ts.set_defaults(run=_tasks)
@@ -262,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # interpreter's final flush does not raise again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except OSError as err:  # a file that passed the checks failed anyway (unreadable, a full disk): one line too
+        print(f"hermes-env: {err.filename or 'file'}: {err.strerror or err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ log-spaced bins). The better (smaller distance) is written; both distances go in
 
 A fitted workload is unbounded (any ``num_applications``) and seedable; replaying the trace itself is
 exact (``arrivals: {process: trace}``).
+
+Everything is checked before the fit: the trace must have token counts and at least three requests whose
+inter-arrival times vary (a trace whose requests all arrive at once, or at a fixed period, has no arrival
+process to fit), ``bin_seconds`` must cut the trace into at most :data:`MAX_BINS` bins, the backend must be
+an LLM backend; and the workload is read back by the workload loader before it is written.
 """
 
 from __future__ import annotations
@@ -26,11 +31,15 @@ import numpy as np
 import yaml
 from scipy import stats
 
+from hermes_env.errors import require
 from hermes_env.pdgraph.distributions import LogNormal
+from hermes_env.pdgraph.graph import PDGraph, backend_kind
 from hermes_env.sim.traces import Trace
-from hermes_env.sim.workload import ArrivalConfig, empirical
+from hermes_env.sim.workload import MAX_APPLICATIONS, ArrivalConfig, empirical
+from hermes_env.validation import as_integer, as_number, parse_yaml
 
 ARRIVAL_FITS = ("poisson", "gamma", "time_varying")
+MAX_BINS = 100_000  # pieces of a fitted time-varying schedule: a week in 6-second bins
 
 
 @dataclass
@@ -52,6 +61,7 @@ def _ks_two(a: np.ndarray, b: np.ndarray) -> float:
 
 def fit_trace(trace: Trace, name: str, bin_seconds: float = 60.0, seed: int = 0) -> TraceFit:
     """Fit every arrival process and both length models to ``trace`` (which must have token counts)."""
+    check_trace(trace, bin_seconds)
     gaps = np.diff(trace.arrival)
     rate = 1.0 / float(gaps.mean())
     cv = float(gaps.std() / gaps.mean())
@@ -78,6 +88,22 @@ def fit_trace(trace: Trace, name: str, bin_seconds: float = 60.0, seed: int = 0)
         fits["best"] = min(("lognormal", "empirical"), key=lambda k: fits[k]["ks"])
         lengths[key] = fits
     return TraceFit(name, len(trace), float(trace.arrival[-1]), arrivals, lengths)
+
+
+def check_trace(trace: Trace, bin_seconds: float) -> None:
+    """``trace`` has what a fit needs, and ``bin_seconds`` cuts it into a bounded number of bins."""
+    span = float(trace.arrival[-1])
+    require(trace.has_tokens, "trace", f"{trace.path} has arrival times only", "fit a trace with token counts")
+    require(len(trace) >= 3, "trace", f"{trace.path} has {len(trace)} request(s)",
+            "fit a trace of at least 3 requests")
+    require(span > 0, "trace", f"all {len(trace)} requests of {trace.path} arrive at the same time",
+            "fit a trace whose arrivals spread over time, or replay it (arrivals: {process: trace})")
+    require(float(np.diff(trace.arrival).std()) > 0, "trace", f"the requests of {trace.path} arrive at a fixed "
+            "period: no spread to fit", "replay it (arrivals: {process: trace}) or write poisson arrivals by hand")
+    as_number(bin_seconds, "--bin", low=0, low_open=True)
+    bins = span / bin_seconds + 1
+    require(bins <= MAX_BINS, "--bin", f"{bin_seconds:g} s cuts the trace's {span:.6g} s into {bins:.3g} bins "
+            f"(at most {MAX_BINS:,})", f"give --bin {span / (MAX_BINS - 1):.3g} or more")
 
 
 def workload_yaml(fit: TraceFit, arrivals: str, backend: str, num_applications: int) -> str:
@@ -113,7 +139,18 @@ def _plain(value: Any) -> Any:
 
 def write_fitted_workload(trace: Trace, name: str, out: Path, arrivals: str = "gamma", backend: str = "llm:llama3-8b",
                           num_applications: int = 100_000, bin_seconds: float = 60.0) -> TraceFit:
+    """Fit ``trace`` and write the workload to ``out``; every argument is checked before the fit, and the
+    workload is read back by the loader before it is written, so that a file written can be run."""
+    require(arrivals in ARRIVAL_FITS, "--arrivals", f"unknown fit {arrivals!r}", f"use one of {ARRIVAL_FITS}")
+    require(isinstance(backend, str) and backend_kind(backend) == "llm" and len(backend) > 4, "--backend",
+            f"{backend!r} is not an LLM backend (the trace's requests are LLM calls)",
+            "name an LLM backend of the cluster, such as llm:llama3-8b")
+    as_integer(num_applications, "--num-applications", low=1, high=MAX_APPLICATIONS)
     fit = fit_trace(trace, name, bin_seconds)
+    text = workload_yaml(fit, arrivals, backend, num_applications)
+    spec = parse_yaml(text, str(out))
+    ArrivalConfig.from_dict(spec["arrivals"], f"the fitted {arrivals} arrivals")
+    PDGraph.from_dict(spec["applications"][0]["template"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(workload_yaml(fit, arrivals, backend, num_applications))
+    out.write_text(text)
     return fit

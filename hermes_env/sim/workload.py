@@ -27,6 +27,7 @@ from hermes_env.validation import as_number, check_keys, choice, integer, number
 PROCESSES = ("poisson", "bursty", "time_varying", "trace")
 MAX_RATE = 1e9  # arrivals per second: beyond any cluster, and far from float overflow in cumulative sums
 CLASSES = ("real_time", "best_effort")
+MAX_APPLICATIONS = 10**10  # applications in a workload: beyond any simulation, far below int64's range
 
 
 def resolve_path(value: str, base: Path | None) -> Path:
@@ -138,17 +139,20 @@ class ArrivalConfig:
         return self._trace(n)
 
     def _thinned(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        ends = np.cumsum([d for d, _ in self.schedule])
+        """Arrivals of the cycling schedule by inverting its cumulative rate: unit-rate Poisson arrivals
+        ``E_k`` (cumulative sums of exponentials) map to the time at which the schedule's expected count
+        reaches ``E_k``. Work is proportional to the arrivals (times the log of the pieces), whatever the
+        idle time between them: thinning at the peak rate drew candidates through every idle gap, and a
+        long gap after a busy piece hung."""
+        durations = np.array([d for d, _ in self.schedule])
         rates = np.array([r for _, r in self.schedule])
-        peak, period = rates.max(), ends[-1]
-        out: list[float] = []
-        t = 0.0
-        while len(out) < n:
-            t += rng.exponential(1.0 / peak)
-            rate = rates[np.searchsorted(ends, t % period, side="right") % len(rates)]
-            if rng.random() * peak < rate:
-                out.append(t)
-        return np.array(out)
+        starts = np.concatenate(([0.0], np.cumsum(durations)[:-1]))
+        expected = np.cumsum(durations * rates)  # the schedule's expected count at each piece's end
+        cycles, within = np.divmod(np.cumsum(rng.exponential(1.0, n)), expected[-1])
+        piece = np.minimum(np.searchsorted(expected, within, side="right"), len(rates) - 1)  # never a rate-0 piece
+        before = expected[piece] - durations[piece] * rates[piece]
+        times = cycles * (starts[-1] + durations[-1]) + starts[piece] + (within - before) / rates[piece]
+        return np.maximum.accumulate(times)  # rounding at a piece's edge must not reorder two arrivals
 
     def _trace(self, n: int) -> np.ndarray:
         times = self.trace_data().arrival
@@ -202,7 +206,7 @@ class WorkloadConfig:
         if trace is not None and "num_applications" not in spec:
             n = len(trace)
         else:
-            n = integer(spec, "num_applications", where, low=1, high=10**10)
+            n = integer(spec, "num_applications", where, low=1, high=MAX_APPLICATIONS)
         apps = spec.get("applications")
         if apps is None and trace is not None and trace.has_tokens:
             mix: tuple[ApplicationMix, ...] = (_trace_mix(trace, arrivals.backend, cluster, f"{where}.arrivals"),)
