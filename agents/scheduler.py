@@ -101,5 +101,5 @@ def agent_policy(path: str, env: Any) -> Callable[[Any, np.ndarray], Any]:
     for kind in ("observation_space", "action_space"):
         require(getattr(model, kind) == getattr(env, kind), "policy", f"agent:{path} was trained with another "
                 f"{kind.replace('_', ' ')} than this task's environment has",
-                "evaluate it on the task it was trained for, or retrain it (hermes-env train)")
+                "evaluate it on the task it was trained for, or retrain it with hermes-env train")
     return lambda obs, mask: model.predict(obs, action_masks=mask, deterministic=True)[0]

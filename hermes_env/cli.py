@@ -123,7 +123,7 @@ def _fit_trace(args: argparse.Namespace) -> int:
     from hermes_env.sim.traces import load_trace, trace_path
 
     check_output(args.out, "--out", folder=False)
-    trace = load_trace(args.trace)
+    trace = load_trace(args.trace, "trace")
     fit = write_fitted_workload(trace, trace_path(args.trace).name, args.out, args.arrivals, args.backend,
                                 args.num_applications, args.bin)
     print(f"{fit.name}: {fit.requests} requests over {fit.duration:.0f} s")

@@ -122,9 +122,15 @@ class Task:
 
         kwargs = dict(self.env_kwargs)
         if heldout:
-            require(bool(self.heldout), f"task {self.name}.heldout", "is not given")
+            require(bool(self.heldout), f"task {self.name}.heldout", "is not given",
+                    "give the task a held-out workload, or evaluate without --heldout")
             kwargs["overrides"] = _merge(kwargs.get("overrides") or {}, self.heldout)
-        return gym.make(self.env_id, **kwargs).unwrapped
+        try:
+            return gym.make(self.env_id, **kwargs).unwrapped
+        except ConfigError as err:  # a bad keyword's value: name it in the task file
+            if err.field.split(".")[0] not in kwargs:
+                raise
+            raise ConfigError(f"task {self.name}.env_kwargs.{err.field}", err.problem, err.fix) from None
 
 
 def task_names() -> list[str]:

@@ -169,7 +169,7 @@ def check_output(path: Path, field: str, folder: bool) -> None:
             f"name a {kind} to write")
     existing = next(p for p in (path, *path.parents) if p.exists())
     if existing != path or folder:
-        require(existing.is_dir(), field, f"{str(existing)!r} is a file, so nothing can be written under it",
-                f"name a {kind} under a folder")
+        require(existing.is_dir(), field, f"{str(existing)!r} is a file, so no {kind} can be made under it",
+                "choose another path")
     require(os.access(existing, os.W_OK), field, f"{str(existing)!r} is not writable",
             f"name a {kind} you can write")

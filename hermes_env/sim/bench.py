@@ -111,13 +111,18 @@ class BenchConfig:
             base = exp_path.parent
         require(isinstance(experiment, Mapping), "bench.experiment", "must be a mapping with cluster and workload")
         experiment = inline_parts(experiment, base)  # so that loads can scale the arrival rate
-        scheds = tuple(schedulers or spec.get("schedulers", ["fcfs"]))
-        warms = tuple(prewarm or spec.get("prewarm", ["none"]))
-        routes = tuple(routers or spec.get("routers", ["shared"]))
-        scales = tuple(autoscalers or spec.get("autoscalers", ["fixed"]))
-        ref = {**DEFAULT_POLICIES, **(spec.get("reference") or {})}
+        lists = {}
+        for key, given, default in (("schedulers", schedulers, "fcfs"), ("prewarm", prewarm, "none"),
+                                    ("routers", routers, "shared"), ("autoscalers", autoscalers, "fixed")):
+            names = given or spec.get(key, [default])
+            require(isinstance(names, list | tuple) and len(names) > 0, f"bench.{key}", f"must be a non-empty list "
+                    f"of names, got {names!r}", f"write [{default}] for one policy")
+            lists[key] = tuple(names)
+        scheds, warms, routes, scales = lists.values()
+        ref = spec.get("reference") or {}
         check_keys(ref, POLICY_KEYS, "bench.reference")
-        for key, names in zip(POLICY_KEYS, (scheds, warms, routes, scales), strict=True):
+        ref = {**DEFAULT_POLICIES, **ref}
+        for key, names in zip(POLICY_KEYS, lists.values(), strict=True):
             for name in names:
                 _check_name(key, name, f"bench.{'prewarm' if key == 'prewarm' else key + 's'}")
             _check_name(key, ref[key], f"bench.reference.{key}")
@@ -152,7 +157,7 @@ class BenchConfig:
         spec = json.loads(json.dumps(self.experiment))
         arrivals = spec["workload"]["arrivals"]
         require(arrivals.get("process") in ("poisson", "bursty") or load == 1.0, "bench.loads",
-                "scale only poisson or bursty arrival rates")
+                "scale only poisson or bursty arrival rates", "leave loads out, or use poisson or bursty arrivals")
         if load != 1.0:
             arrivals["rate"] = arrivals["rate"] * load
         return ExperimentConfig.from_dict(spec, base=self.base)

@@ -16,7 +16,7 @@ exact (``arrivals: {process: trace}``).
 
 Everything is checked before the fit: the trace must have token counts and at least three requests whose
 inter-arrival times vary (a trace whose requests all arrive at once, or at a fixed period, has no arrival
-process to fit), ``bin_seconds`` must cut the trace into at most :data:`MAX_BINS` bins, the backend must be
+process to fit), ``bin_seconds`` must cut the trace into at least one and at most :data:`MAX_BINS` bins, the backend must be
 an LLM backend; and the workload is read back by the workload loader before it is written.
 """
 
@@ -97,10 +97,10 @@ def check_trace(trace: Trace, bin_seconds: float) -> None:
     require(len(trace) >= 3, "trace", f"{trace.path} has {len(trace)} request(s)",
             "fit a trace of at least 3 requests")
     require(span > 0, "trace", f"all {len(trace)} requests of {trace.path} arrive at the same time",
-            "fit a trace whose arrivals spread over time, or replay it (arrivals: {process: trace})")
+            "fit a trace whose arrivals spread over time, or replay it with arrivals: {process: trace}")
     require(float(np.diff(trace.arrival).std()) > 0, "trace", f"the requests of {trace.path} arrive at a fixed "
-            "period: no spread to fit", "replay it (arrivals: {process: trace}) or write poisson arrivals by hand")
-    as_number(bin_seconds, "--bin", low=0, low_open=True)
+            "period: no spread to fit", "replay it with arrivals: {process: trace}, or write poisson arrivals by hand")
+    as_number(bin_seconds, "--bin", low=0, low_open=True, high=span)
     bins = span / bin_seconds + 1
     require(bins <= MAX_BINS, "--bin", f"{bin_seconds:g} s cuts the trace's {span:.6g} s into {bins:.3g} bins "
             f"(at most {MAX_BINS:,})", f"give --bin {span / (MAX_BINS - 1):.3g} or more")
