@@ -299,6 +299,10 @@ def leaderboard(out: Path, tasks: list[str] | None = None, progress: bool = True
     from concurrent.futures import ProcessPoolExecutor
 
     names = tasks or task_names()
+    for name in names:  # every task and learned policy is built once before the first episode runs
+        task = Task.from_yaml(name)
+        for spec in task.learned:
+            _prepare(task, spec, task.eval_seeds[0])
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             rows = list(pool.map(_task_row, names))

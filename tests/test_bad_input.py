@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import signal
+import sys
 import tomllib
 from importlib.metadata import EntryPoint
 
@@ -125,7 +126,8 @@ ROWS = [
     ("simulate --out a file", lambda t: ["simulate", "small", "--out", _file(t, "f", "")], "--out: "),
     ("simulate unknown router", lambda t: ["simulate", "small", "--router", "lifo", "--out", str(t / "s")],
      "router: unknown router 'lifo'"),
-    ("leaderboard unknown task", lambda t: ["leaderboard", "--tasks", "none", "--out", str(t / "lb.md")],
+    ("leaderboard unknown task", lambda t: ["leaderboard", "--tasks", "sched-contended-mean,none", "--out",
+                                            str(t / "lb.md")],
      "task: no task config named 'none'"),
     ("leaderboard --out a folder", lambda t: ["leaderboard", "--tasks", "sched-contended-mean", "--out", str(t)],
      "--out: "),
@@ -158,6 +160,13 @@ def test_bad_input_is_one_line_naming_the_field(row, tmp_path, capsys, monkeypat
     assert field in lines[-1], lines
     assert lines[-1].startswith(("hermes-env: ", "hermes-env ")) and (len(lines) == 1 or lines[0].startswith("usage:"))
     assert not (tmp_path / "b").exists() and not (tmp_path / "out.yaml").exists()  # no work began
+
+
+def test_training_without_its_extra_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "agents.train", None)  # import agents.train raises ImportError
+    code, err, _ = _run(["train", "--config", "sched-bursty-mean", "--out", str(tmp_path / "t")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("hermes-env: algorithm: ") and "pip install 'hermes_env[rl]'" in err
 
 
 def _entry_points_with(group, entry):

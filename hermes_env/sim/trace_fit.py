@@ -16,8 +16,9 @@ exact (``arrivals: {process: trace}``).
 
 Everything is checked before the fit: the trace must have token counts and at least three requests whose
 inter-arrival times vary (a trace whose requests all arrive at once, or at a fixed period, has no arrival
-process to fit), ``bin_seconds`` must cut the trace into at least one and at most :data:`MAX_BINS` bins, the backend must be
-an LLM backend; and the workload is read back by the workload loader before it is written.
+process to fit), ``bin_seconds`` must cut the trace into at least one and at most :data:`MAX_BINS` bins,
+the backend must be an LLM backend; and the workload is read back by the workload loader before it is
+written.
 """
 
 from __future__ import annotations
