@@ -127,10 +127,12 @@ class Task:
             kwargs["overrides"] = _merge(kwargs.get("overrides") or {}, self.heldout)
         try:
             return gym.make(self.env_id, **kwargs).unwrapped
-        except ConfigError as err:  # a bad keyword's value: name it in the task file
-            if err.field.split(".")[0] not in kwargs:
+        except ConfigError as err:  # a bad keyword's value or held-out override: name it in the task file
+            head = err.field.split(".")[0].split("[")[0]
+            part = "env_kwargs" if head in self.env_kwargs else "heldout" if heldout and head in self.heldout else None
+            if part is None:
                 raise
-            raise ConfigError(f"task {self.name}.env_kwargs.{err.field}", err.problem, err.fix) from None
+            raise ConfigError(f"task {self.name}.{part}.{err.field}", err.problem, err.fix) from None
 
 
 def task_names() -> list[str]:
@@ -303,6 +305,8 @@ def leaderboard(out: Path, tasks: list[str] | None = None, progress: bool = True
         task = Task.from_yaml(name)
         for spec in task.learned:
             _prepare(task, spec, task.eval_seeds[0])
+        if task.heldout:
+            task.env(heldout=True)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             rows = list(pool.map(_task_row, names))

@@ -103,6 +103,10 @@ ROWS = [
                                                "fcfs+none+shared"], "policy: 'fcfs+none+shared' names 3"),
     ("missing checkpoint", lambda t: ["evaluate", "--task", "sched-contended-mean", "--policy", "ppo:none.zip"],
      "policy: no checkpoint"),
+    ("task with a bad held-out override", lambda t: ["evaluate", "--task", _task(
+        t, "heldout: {workload: {arrivals: {process: poisson, rate: 1.7",
+        "heldout: {workload: {arrivals: {process: poisson, rate: -1"), "--policy", "fcfs", "--heldout"],
+     "task task.heldout.workload.arrivals.rate"),
     ("--heldout without a held-out workload", lambda t: ["evaluate", "--task", _file(t, "t.yaml", "\n".join(
         line for line in TASK.splitlines() if not line.startswith("heldout"))), "--policy", "fcfs", "--heldout"],
      "task t.heldout: is not given"),
@@ -135,7 +139,12 @@ ROWS = [
 ]
 
 
+def _hang(signum, frame):
+    raise TimeoutError("the command hung")
+
+
 def _run(argv, capsys):
+    previous = signal.signal(signal.SIGALRM, _hang)
     signal.alarm(60)  # a hang fails the row instead of the suite
     try:
         code = main(argv)
@@ -143,6 +152,7 @@ def _run(argv, capsys):
         code = exit_.code
     finally:
         signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     captured = capsys.readouterr()
     return code, captured.err, captured.out
 
@@ -222,11 +232,13 @@ def test_a_long_idle_gap_in_a_time_varying_schedule_costs_nothing():
     period = 1.0 + 1e12
     arrivals = ArrivalConfig.from_dict({"process": "time_varying", "schedule": [
         {"duration": 1.0, "rate": 1000.0}, {"duration": 1e12, "rate": 0.0}]}, "a")
+    previous = signal.signal(signal.SIGALRM, _hang)
     signal.alarm(10)
     try:
         t = arrivals.times(3000, np.random.default_rng(0))
     finally:
         signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     assert np.all(np.diff(t) >= 0) and np.all(np.mod(t, period) < 1.0)  # only ever in the busy second
     cycles = np.bincount((t // period).astype(int))
     assert len(cycles) in (3, 4) and abs(cycles[0] - 1000) < 4 * 1000**0.5  # Poisson(1000) a busy second
