@@ -289,9 +289,11 @@ def paired(policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, tuple
 
 def format_score(result: dict[str, Any]) -> str:
     o, s, b, n = result["objective"], result["simplest"], result["bound"], result["normalised"]
+    half = (lambda x, f: f" +- {x:{f}}" if math.isfinite(x) else "")  # noqa: E731 (one seed: no interval)
+    count = len(result["seeds"])
     return (f"{result['task']}{' (held-out workload)' if result['heldout'] else ''}: {result['policy']} "
-            f"{o[0]:.4g} +- {o[1]:.2g} (simplest {s[0]:.4g}, bound {b[0]:.4g}); normalised score "
-            f"{n[0]:.3f} +- {n[1]:.3f} over {len(result['seeds'])} held-out seeds")
+            f"{o[0]:.4g}{half(o[1], '.2g')} (simplest {s[0]:.4g}, bound {b[0]:.4g}); normalised score "
+            f"{n[0]:.3f}{half(n[1], '.3f')} over {count} held-out seed{'s' if count > 1 else ' (no interval)'}")
 
 
 def leaderboard(out: Path, tasks: list[str] | None = None, progress: bool = True, workers: int = 1) -> str:
