@@ -276,6 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # a file that passed the checks failed anyway (unreadable, a full disk): one line too
         print(f"hermes-env: {err.filename or 'file'}: {err.strerror or err}", file=sys.stderr)
         return 2
+    except MemoryError as err:  # input within every bound that still does not fit this machine
+        print(f"hermes-env: out of memory ({err}); make the run smaller (fewer applications, seeds or cells)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

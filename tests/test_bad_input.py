@@ -127,6 +127,11 @@ ROWS = [
     ("bench --out under a file", lambda t: ["bench", "--config", _bench(t), "--out", str(t / "bench.yaml" / "b")],
      "--out: "),
     # simulate, leaderboard, train
+    ("simulate a workload past the memory bound", lambda t: ["simulate", _file(t, "e.yaml", yaml.safe_dump({
+        "cluster": str(CLUSTER), "workload": {"num_applications": 5 * 10**9, "applications": [{"template": "rag"}],
+                                              "arrivals": {"process": "poisson", "rate": 1.0}}})),
+                                                             "--out", str(t / "s")],
+     "workload.num_applications: must be <= 100000000"),
     ("simulate --out a file", lambda t: ["simulate", "small", "--out", _file(t, "f", "")], "--out: "),
     ("simulate unknown router", lambda t: ["simulate", "small", "--router", "lifo", "--out", str(t / "s")],
      "router: unknown router 'lifo'"),
