@@ -23,6 +23,8 @@ SMALL = ROOT / "configs" / "experiments" / "small.yaml"
 CLUSTER = ROOT / "configs" / "clusters" / "small.yaml"
 TASK = (ROOT / "configs" / "tasks" / "sched-contended-mean.yaml").read_text()
 PLAIN = "arrival,prompt_tokens,output_tokens\n"
+LLM_STAGE = {"backend": "llm:llama3-8b", "prompt_tokens": {"dist": "deterministic", "value": 10},
+             "output_tokens": {"dist": "deterministic", "value": 5}}
 
 
 def _trace(tmp, name, times):
@@ -133,6 +135,14 @@ ROWS = [
                                                              "--out", str(t / "s")],
      "workload.num_applications: must be <= 100000000"),
     ("simulate --out a file", lambda t: ["simulate", "small", "--out", _file(t, "f", "")], "--out: "),
+    ("simulate a PDGraph of unbounded states", lambda t: ["simulate", _file(t, "e.yaml", yaml.safe_dump({
+        "cluster": str(CLUSTER), "workload": {"num_applications": 5, "arrivals": {"process": "poisson", "rate": 1.0},
+                                              "applications": [{"template": {"name": "loopy", "stages": [
+                                                  {**LLM_STAGE, "name": "a", "next": [{"to": "b", "p": 1.0}]},
+                                                  {**LLM_STAGE, "name": "b", "next": [
+                                                      {"to": "a", "p": 0.5, "max_iterations": 10**8},
+                                                      {"to": "end", "p": 0.5}]}]}}]}})), "--out", str(t / "s")],
+     "pdgraph 'loopy': has more than 100,000 states"),
     ("simulate unknown router", lambda t: ["simulate", "small", "--router", "lifo", "--out", str(t / "s")],
      "router: unknown router 'lifo'"),
     ("leaderboard unknown task", lambda t: ["leaderboard", "--tasks", "sched-contended-mean,none", "--out",
