@@ -6,7 +6,8 @@ completion, per-stage queueing and service times) and ``summary.json``. ``CONFIG
 experiment's name (``contended``) or a YAML path.
 
 ``hermes-env bench --config NAME_OR_PATH --schedulers a,b --prewarm x,y --seeds N --out DIR [--resume]
-[--executor serial|process|ray]`` compares policies on the same workloads (see :mod:`hermes_env.sim.bench`).
+[--executor serial|process|ray]`` compares policies on the same workloads (see :mod:`hermes_env.sim.bench`); run
+again into the same ``--out``, it moves the earlier results to ``previous-<time>/`` there and says so.
 
 ``hermes-env fit-trace TRACE --out workload.yaml`` fits arrival processes and length distributions to a
 trace and writes a workload config (see :mod:`hermes_env.sim.trace_fit`).
@@ -224,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--autoscalers", help="comma-separated autoscaler names (default: the config's, or fixed)")
     b.add_argument("--seeds", type=_positive, help="number of seeds (default: the config's)")
     b.add_argument("--out", type=Path, required=True, help="output directory")
-    b.add_argument("--resume", action="store_true", help="run only the cells missing from --out")
+    b.add_argument("--resume", action="store_true", help="run only the cells missing from --out (without it, earlier "
+                   "results there move to --out/previous-<time>/)")
     b.add_argument("--executor", default="serial", choices=("serial", "process", "ray"),
                    help="where cells run: this process, a local process pool, or Ray tasks (default: serial)")
     b.add_argument("--workers", type=_positive, help="processes (process) or CPUs of a local Ray (ray)")
