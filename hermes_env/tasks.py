@@ -224,7 +224,8 @@ def _prepare(task: Task, spec: str, seed: int, heldout: bool = False) -> tuple[A
 
     policies = {arg: env.policy_names[part] for part, arg in POLICY_ARGS.items()}
     policies.update(_heuristic(task.part, spec, "policy"))
-    sim = Simulation(env.experiment, seed=seed, keep_applications=False, **policies)
+    sim = Simulation(env.experiment, seed=seed, keep_applications=False, admission=env.policy_names["admit"],
+                     **policies)
     return env, lambda: sim.run().summary
 
 

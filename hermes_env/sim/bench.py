@@ -1,13 +1,13 @@
 """The benchmark: every (scheduler, prewarm) combination on the same workloads, over several seeds.
 
 A bench config (``configs/bench/*.yaml``) names an experiment (cluster and workload), the schedulers,
-prewarm policies, routers and autoscalers to compare (every combination of them), the number of seeds,
-the reference combination the ratios are taken against, and optionally ``loads``: multipliers of the
+prewarm policies, routers, autoscalers and admission policies to compare (every combination of them), the
+number of seeds, the reference combination the ratios are taken against, and optionally ``loads``: multipliers of the
 workload's arrival rate for a sweep. Every combination runs on the same arrivals and realised demands
 under a seed (common random numbers), so differences are the policies'. Figures are means over seeds with
 95% confidence half-widths (Student t).
 
-One *cell* is one simulation: (load, scheduler, prewarm, router, autoscaler, seed). Cells are independent, so
+One *cell* is one simulation: (load, scheduler, prewarm, router, autoscaler, admission, seed). Cells are independent, so
 an executor may run them in any order and anywhere: ``serial`` (this process), ``process`` (a local process pool) or
 ``ray`` (Ray tasks, on a local or remote cluster; the ``[ray]`` extra). Each finished cell is appended to
 ``runs.csv`` at once; on Ctrl-C or SIGTERM the tables and plots are written from the cells finished, and
@@ -42,25 +42,28 @@ from hermes_env.errors import ConfigError, require
 from hermes_env.sim.metrics import mean_ci
 from hermes_env.sim.policies import (
     autoscaler_names,
+    make_admission,
     prewarm_names,
     router_names,
     scheduler_families,
     scheduler_names,
 )
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
-from hermes_env.sim.workload import resolve_path
+from hermes_env.sim.workload import TIERS, resolve_path
 from hermes_env.validation import as_integer, as_number, check_keys, check_output, load_yaml
 
 METRICS = ("mean", "p50", "p95", "p99")
-COUNTS = ("cold_starts", "idle_warm_cost", "gpu_seconds", "failed")
+COUNTS = ("cold_starts", "idle_warm_cost", "gpu_seconds", "gpu_cost", "failed")
 EXECUTORS = ("serial", "process", "ray")
-POLICY_KEYS = ("scheduler", "prewarm", "router", "autoscaler")
+POLICY_KEYS = ("scheduler", "prewarm", "router", "autoscaler", "admission")
 CELL_KEYS = ("load", *POLICY_KEYS, "seed")
 CDF_KEYS = ["load", *POLICY_KEYS, "completion_time"]
-DEFAULT_POLICIES = {"scheduler": "fcfs", "prewarm": "none", "router": "shared", "autoscaler": "fixed"}
+DEFAULT_POLICIES = {"scheduler": "fcfs", "prewarm": "none", "router": "shared", "autoscaler": "fixed",
+                    "admission": "none"}
+PER_TIER = ("goodput", "rejected")  # per SLO tier columns (goodput_critical, rejected_sheddable, ...)
 RESULT_FILES = ("runs.csv", "completion_times.csv", "bench.json", "summary.json", "table.txt", "cdf.png",
                 "load_sweep.png")
-Combo = tuple[str, str, str, str]  # scheduler, prewarm, router, autoscaler
+Combo = tuple[str, str, str, str, str]  # scheduler, prewarm, router, autoscaler, admission
 
 
 @dataclass(frozen=True)
@@ -70,11 +73,12 @@ class Cell:
     prewarm: str
     router: str
     autoscaler: str
+    admission: str
     seed: int
 
     @property
     def combo(self) -> Combo:
-        return (self.scheduler, self.prewarm, self.router, self.autoscaler)
+        return (self.scheduler, self.prewarm, self.router, self.autoscaler, self.admission)
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -92,16 +96,18 @@ class BenchConfig:
     loads: tuple[float, ...] = (1.0,)
     routers: tuple[str, ...] = ("shared",)
     autoscalers: tuple[str, ...] = ("fixed",)
+    admissions: tuple[str, ...] = ("none",)
 
     @classmethod
     def from_yaml(cls, path: str | Path, schedulers: Sequence[str] | None = None,
                   prewarm: Sequence[str] | None = None, seeds: int | None = None,
-                  routers: Sequence[str] | None = None, autoscalers: Sequence[str] | None = None) -> BenchConfig:
+                  routers: Sequence[str] | None = None, autoscalers: Sequence[str] | None = None,
+                  admissions: Sequence[str] | None = None) -> BenchConfig:
         """A bench YAML by path, or a packaged one by name (``default``, ``hermes``)."""
         path = config_path("bench", path, "bench")
         spec = load_yaml(path, "bench")
-        check_keys(spec, ("experiment", "schedulers", "prewarm", "routers", "autoscalers", "seeds", "reference",
-                          "loads", "description"), "bench")
+        check_keys(spec, ("experiment", "schedulers", "prewarm", "routers", "autoscalers", "admissions", "seeds",
+                          "reference", "loads", "description"), "bench")
         experiment = spec.get("experiment")
         require(isinstance(experiment, str | Mapping), "bench.experiment", "must be a YAML path or a mapping")
         base = path.parent
@@ -113,12 +119,13 @@ class BenchConfig:
         experiment = inline_parts(experiment, base)  # so that loads can scale the arrival rate
         lists = {}
         for key, given, default in (("schedulers", schedulers, "fcfs"), ("prewarm", prewarm, "none"),
-                                    ("routers", routers, "shared"), ("autoscalers", autoscalers, "fixed")):
+                                    ("routers", routers, "shared"), ("autoscalers", autoscalers, "fixed"),
+                                    ("admissions", admissions, "none")):
             names = given or spec.get(key, [default])
             require(isinstance(names, list | tuple) and len(names) > 0, f"bench.{key}", f"must be a non-empty list "
                     f"of names, got {names!r}", f"write [{default}] for one policy")
             lists[key] = tuple(names)
-        scheds, warms, routes, scales = lists.values()
+        scheds, warms, routes, scales, admits = lists.values()
         ref = spec.get("reference") or {}
         check_keys(ref, POLICY_KEYS, "bench.reference")
         ref = {**DEFAULT_POLICIES, **ref}
@@ -133,7 +140,8 @@ class BenchConfig:
                       for i, x in enumerate(raw_loads))
         require(len(set(loads)) == len(loads), "bench.loads", "lists a load twice")
         reference = tuple(str(ref[k]) for k in POLICY_KEYS)
-        return cls(experiment, base, scheds, warms, n, reference, loads, routes, scales)  # type: ignore[arg-type]
+        return cls(experiment, base, scheds, warms, n, reference, loads, routes, scales,  # type: ignore[arg-type]
+                   admits)
 
     def check(self) -> None:
         """Build every load's experiment, and every combination's policies on the first, once: bad input
@@ -145,8 +153,8 @@ class BenchConfig:
 
     @property
     def combos(self) -> list[Combo]:
-        combos = [(s, p, r, a) for s in self.schedulers for p in self.prewarm for r in self.routers
-                  for a in self.autoscalers]
+        combos = [(s, p, r, a, d) for s in self.schedulers for p in self.prewarm for r in self.routers
+                  for a in self.autoscalers for d in self.admissions]
         return combos if self.reference in combos else [self.reference, *combos]
 
     def cells(self) -> list[Cell]:
@@ -166,19 +174,32 @@ class BenchConfig:
         experiment = self.experiment_at(self.loads[0])
         return sorted({m.app_class for m in experiment.workload.applications if math.isfinite(m.slo)})
 
+    def tiers(self) -> list[str]:
+        experiment = self.experiment_at(self.loads[0])
+        present = {m.tier for m in experiment.workload.applications}
+        return [t for t in TIERS if t in present]
+
     def columns(self) -> list[str]:
         return [*CELL_KEYS, *(f"jct_{m}" for m in METRICS), *(f"slo_{c}" for c in self.slo_classes()),
-                *COUNTS]
+                *COUNTS, "goodput", *(f"{k}_{t}" for k in PER_TIER for t in self.tiers())]
 
     def identity(self) -> dict[str, Any]:
         """What a results folder belongs to (``--resume`` refuses a folder of another bench)."""
         return {"experiment": self.experiment, "schedulers": list(self.schedulers), "prewarm": list(self.prewarm),
-                "routers": list(self.routers), "autoscalers": list(self.autoscalers), "seeds": self.seeds,
+                "routers": list(self.routers), "autoscalers": list(self.autoscalers),
+                "admissions": list(self.admissions), "seeds": self.seeds,
                 "reference": list(self.reference), "loads": list(self.loads)}
 
 
 def _check_name(kind: str, name: Any, field: str) -> None:
-    """``name`` is a registered policy of ``kind`` (or, for a scheduler, ``FAMILY:ARG``)."""
+    """``name`` is a registered policy of ``kind`` (or, for a scheduler, ``FAMILY:ARG``; an admission policy is
+    built, its parameters checked)."""
+    if kind == "admission":
+        try:
+            make_admission(name)
+        except ConfigError as err:
+            raise ConfigError(field, err.problem, err.fix) from None
+        return
     known = {"scheduler": scheduler_names, "prewarm": prewarm_names, "router": router_names,
              "autoscaler": autoscaler_names}[kind]()
     families = scheduler_families() if kind == "scheduler" else []
@@ -199,14 +220,17 @@ def run_cell(cfg: BenchConfig, cell: Cell) -> CellResult:
     other cells finish and are written."""
     try:
         result = Simulation(cfg.experiment_at(cell.load), scheduler=cell.scheduler, prewarm=cell.prewarm,
-                            router=cell.router, autoscaler=cell.autoscaler, seed=cell.seed).run()
+                            router=cell.router, autoscaler=cell.autoscaler, admission=cell.admission,
+                            seed=cell.seed).run()
     except Exception:  # reported per cell by the caller
         return CellResult(cell, None, [], traceback.format_exc())
     s = result.summary
     row: dict[str, Any] = {"load": cell.load, **dict(zip(POLICY_KEYS, cell.combo, strict=True)), "seed": cell.seed,
                            **{f"jct_{m}": s["jct"][m] for m in METRICS},
                            **{f"slo_{c}": v for c, v in s["slo_attainment"].items()},
-                           **{k: float(s[k]) for k in COUNTS}}
+                           **{k: float(s[k]) for k in COUNTS}, "goodput": s["goodput"]["all"],
+                           **{f"goodput_{t}": c["goodput"] for t, c in s["tiers"].items()},
+                           **{f"rejected_{t}": float(c["rejected"]) for t, c in s["tiers"].items()}}
     times = [r["completion_time"] for r in result.rows] if cell.seed == 0 else []
     return CellResult(cell, row, times)
 
@@ -419,15 +443,21 @@ def _summarise(cfg: BenchConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
                 row[f"jct_{m}"], row[f"jct_{m}_ci95"] = mean_ci([r[f"jct_{m}"] for r in mine])
                 row[f"jct_{m}_ratio"] = float(np.mean([a[f"jct_{m}"] / b[f"jct_{m}"] for a, b in paired])) \
                     if paired else math.nan
-            for key in sorted({k for r in mine for k in r if k.startswith("slo_")}):
+            for key in sorted({k for r in mine for k in r if k.startswith(("slo_", "rejected_"))}):
                 row[key] = float(np.mean([r[key] for r in mine if key in r]))
+            for key in sorted({k for r in mine for k in r if k.startswith("goodput")}):  # paired, as jct
+                row[key], row[f"{key}_ci95"] = mean_ci([r[key] for r in mine if key in r])
+                base = float(np.mean([b[key] for _, b in paired if key in b])) if paired else math.nan
+                row[f"{key}_ratio"] = float(np.mean([a[key] for a, _ in paired if key in a])) / base \
+                    if paired and base else math.nan
             for key in COUNTS:
                 row[key] = float(np.mean([r[key] for r in mine]))
                 base = float(np.mean([b[key] for _, b in paired])) if paired else math.nan
                 row[f"{key}_ratio"] = row[key] / base if base else math.nan
             rows.append(row)
-    varying = [k for k, names in zip(POLICY_KEYS, (cfg.schedulers, cfg.prewarm, cfg.routers, cfg.autoscalers),
-                                     strict=True) if len({*names, cfg.reference[POLICY_KEYS.index(k)]}) > 1]
+    varying = [k for k, names in zip(POLICY_KEYS, (cfg.schedulers, cfg.prewarm, cfg.routers, cfg.autoscalers,
+                                                   cfg.admissions), strict=True)
+               if len({*names, cfg.reference[POLICY_KEYS.index(k)]}) > 1]
     return {"reference": list(cfg.reference), "seeds": cfg.seeds, "loads": list(cfg.loads), "rows": rows,
             "varying": varying or ["scheduler"]}
 
@@ -458,6 +488,18 @@ def format_table(summary: Mapping[str, Any]) -> str:
                      f"{cells[2]:>16s} {cells[3]:>16s} {slo:6.3f} {r['cold_starts']:5.0f} "
                      f"{r['cold_starts_ratio']:4.2f}x {r['idle_warm_cost']:7.0f} {r['idle_warm_cost_ratio']:4.2f}x "
                      f"{r['gpu_seconds']:6.0f} {r['gpu_seconds_ratio']:4.2f}x {r['failed']:6.1f}")
+    tiers = [t for t in TIERS if any(f"goodput_{t}" in r for r in summary["rows"])]
+    if len(tiers) > 1:
+        lines += ["", f"goodput (applications meeting their SLO per second of arrivals) per tier, +- 95% CI, x = ratio "
+                  f"to {ref}; rejected = applications refused by admission (mean per run)"]
+        head = f"{'load':>4s} {'+'.join(keys):{w}s} " + " ".join(f"{t:>20s}" for t in (*tiers, "all")) + \
+            " " + " ".join(f"{'rej ' + t:>14s}" for t in tiers)
+        lines += [head, "-" * len(head)]
+        for r in summary["rows"]:
+            good = [f"{r[k]:5.3f}+-{r[f'{k}_ci95']:5.3f} {r[f'{k}_ratio']:4.2f}x"
+                    for k in (*(f"goodput_{t}" for t in tiers), "goodput")]
+            lines.append(f"{r['load']:4.2g} {label(r, keys):{w}s} " + " ".join(f"{g:>20s}" for g in good) + " "
+                         + " ".join(f"{r.get(f'rejected_{t}', math.nan):14.1f}" for t in tiers))
     missing = summary.get("missing_cells", 0)
     if missing:
         why = "interrupted" if summary.get("interrupted") else "failed"

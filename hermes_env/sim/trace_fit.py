@@ -14,11 +14,13 @@ log-spaced bins). The better (smaller distance) is written; both distances go in
 A fitted workload is unbounded (any ``num_applications``) and seedable; replaying the trace itself is
 exact (``arrivals: {process: trace}``).
 
-Everything is checked before the fit: the trace must have token counts and at least three requests whose
-inter-arrival times vary (a trace whose requests all arrive at once, or at a fixed period, has no arrival
-process to fit), ``bin_seconds`` must cut the trace into at least one and at most :data:`MAX_BINS` bins,
-the backend must be an LLM backend; and the workload is read back by the workload loader before it is
-written.
+An agentic trace (NVIDIA Dynamo's agentic Mooncake rows) fits differently: the arrival processes to its
+sessions' arrivals, and a PDGraph to its sessions (:func:`write_agentic_workload`).
+
+Everything is checked before the fit: a trace must have token counts (an agentic one, sessions), and the
+arrivals fitted at least three times that vary (arrivals all at once, or at a fixed period, have no arrival
+process to fit); ``bin_seconds`` must cut them into at least one and at most :data:`MAX_BINS` bins, the backend
+must be an LLM backend; and the workload's arrival process is read back by the loader before it is written.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from scipy import stats
 from hermes_env.errors import require
 from hermes_env.pdgraph.distributions import LogNormal
 from hermes_env.pdgraph.graph import PDGraph, backend_kind
-from hermes_env.sim.traces import Trace
+from hermes_env.sim.agentic import FORMAT as AGENTIC
+from hermes_env.sim.agentic import WAIT_BACKEND, AgenticReplay, fit_report, load_agentic
+from hermes_env.sim.traces import BLOCK_TOKENS, Trace
 from hermes_env.sim.workload import MAX_APPLICATIONS, ArrivalConfig, empirical
 from hermes_env.validation import as_integer, as_number, parse_yaml
 
@@ -62,22 +66,8 @@ def _ks_two(a: np.ndarray, b: np.ndarray) -> float:
 
 def fit_trace(trace: Trace, name: str, bin_seconds: float = 60.0, seed: int = 0) -> TraceFit:
     """Fit every arrival process and both length models to ``trace`` (which must have token counts)."""
-    check_trace(trace, bin_seconds)
-    gaps = np.diff(trace.arrival)
-    rate = 1.0 / float(gaps.mean())
-    cv = float(gaps.std() / gaps.mean())
-    arrivals: dict[str, dict[str, Any]] = {
-        "poisson": {"spec": {"process": "poisson", "rate": rate}, "ks": _ks(gaps, stats.expon(scale=1 / rate).cdf)},
-        "gamma": {"spec": {"process": "bursty", "rate": rate, "cv": cv},
-                  "ks": _ks(gaps, stats.gamma(1 / cv**2, scale=cv**2 / rate).cdf)},
-    }
-    edges = np.arange(0.0, trace.arrival[-1] + bin_seconds, bin_seconds)
-    counts, _ = np.histogram(trace.arrival, edges)
-    schedule = [{"duration": bin_seconds, "rate": float(c) / bin_seconds} for c in counts]
-    generated = ArrivalConfig.from_dict({"process": "time_varying", "schedule": schedule}, "fit").times(
-        len(trace), np.random.default_rng(seed))
-    arrivals["time_varying"] = {"spec": {"process": "time_varying", "schedule": schedule},
-                                "ks": _ks_two(np.diff(generated), gaps)}
+    require(trace.has_tokens, "trace", f"{trace.path} has arrival times only", "fit a trace with token counts")
+    arrivals = fit_arrivals(trace.arrival, bin_seconds, seed, trace.path)
     lengths = {}
     for key, values in (("prompt_tokens", trace.prompt), ("output_tokens", trace.output)):
         x = np.maximum(values.astype(float), 1.0)
@@ -91,20 +81,49 @@ def fit_trace(trace: Trace, name: str, bin_seconds: float = 60.0, seed: int = 0)
     return TraceFit(name, len(trace), float(trace.arrival[-1]), arrivals, lengths)
 
 
-def check_trace(trace: Trace, bin_seconds: float) -> None:
-    """``trace`` has what a fit needs, and ``bin_seconds`` cuts it into a bounded number of bins."""
-    span = float(trace.arrival[-1])
-    require(trace.has_tokens, "trace", f"{trace.path} has arrival times only", "fit a trace with token counts")
-    require(len(trace) >= 3, "trace", f"{trace.path} has {len(trace)} request(s)",
-            "fit a trace of at least 3 requests")
-    require(span > 0, "trace", f"all {len(trace)} requests of {trace.path} arrive at the same time",
+def check_arrivals(times: np.ndarray, bin_seconds: float, what: str = "the trace") -> None:
+    """Arrival ``times`` (sorted, from 0) have a process to fit, and ``bin_seconds`` cuts them into a bounded
+    number of bins."""
+    span = float(times[-1])
+    require(len(times) >= 3, "trace", f"{what} has {len(times)} arrival(s)", "fit a trace of at least 3 arrivals")
+    require(span > 0, "trace", f"all {len(times)} arrivals of {what} are at the same time",
             "fit a trace whose arrivals spread over time, or replay it with arrivals: {process: trace}")
-    require(float(np.diff(trace.arrival).std()) > 0, "trace", f"the requests of {trace.path} arrive at a fixed "
-            "period: no spread to fit", "replay it with arrivals: {process: trace}, or write poisson arrivals by hand")
+    require(float(np.diff(times).std()) > 0, "trace", f"the arrivals of {what} come at a fixed period: no spread "
+            "to fit", "replay it with arrivals: {process: trace}, or write poisson arrivals by hand")
     as_number(bin_seconds, "--bin", low=0, low_open=True, high=span)
     bins = span / bin_seconds + 1
-    require(bins <= MAX_BINS, "--bin", f"{bin_seconds:g} s cuts the trace's {span:.6g} s into {bins:.3g} bins "
+    require(bins <= MAX_BINS, "--bin", f"{bin_seconds:g} s cuts {what}'s {span:.6g} s into {bins:.3g} bins "
             f"(at most {MAX_BINS:,})", f"give --bin {span / (MAX_BINS - 1):.3g} or more")
+
+
+def _check_args(arrivals: str, backend: str, num_applications: int) -> None:
+    require(arrivals in ARRIVAL_FITS, "--arrivals", f"unknown fit {arrivals!r}", f"use one of {ARRIVAL_FITS}")
+    require(isinstance(backend, str) and backend_kind(backend) == "llm" and len(backend) > 4, "--backend",
+            f"{backend!r} is not an LLM backend (the trace's requests are LLM calls)",
+            "name an LLM backend of the cluster, such as llm:llama3-8b")
+    as_integer(num_applications, "--num-applications", low=1, high=MAX_APPLICATIONS)
+
+
+def fit_arrivals(times: np.ndarray, bin_seconds: float = 60.0, seed: int = 0,
+                 what: str = "the trace") -> dict[str, dict[str, Any]]:
+    """The three arrival fits to arrival ``times`` (sorted, from 0): fit name -> {"spec", "ks"}."""
+    check_arrivals(times, bin_seconds, what)
+    gaps = np.diff(times)
+    rate = 1.0 / float(gaps.mean())
+    cv = float(gaps.std() / gaps.mean())
+    arrivals: dict[str, dict[str, Any]] = {
+        "poisson": {"spec": {"process": "poisson", "rate": rate}, "ks": _ks(gaps, stats.expon(scale=1 / rate).cdf)},
+        "gamma": {"spec": {"process": "bursty", "rate": rate, "cv": cv},
+                  "ks": _ks(gaps, stats.gamma(1 / cv**2, scale=cv**2 / rate).cdf)},
+    }
+    edges = np.arange(0.0, times[-1] + bin_seconds, bin_seconds)
+    counts, _ = np.histogram(times, edges)
+    schedule = [{"duration": bin_seconds, "rate": float(c) / bin_seconds} for c in counts]
+    generated = ArrivalConfig.from_dict({"process": "time_varying", "schedule": schedule}, "fit").times(
+        len(times), np.random.default_rng(seed))
+    arrivals["time_varying"] = {"spec": {"process": "time_varying", "schedule": schedule},
+                                "ks": _ks_two(np.diff(generated), gaps)}
+    return arrivals
 
 
 def workload_yaml(fit: TraceFit, arrivals: str, backend: str, num_applications: int) -> str:
@@ -128,9 +147,10 @@ def workload_yaml(fit: TraceFit, arrivals: str, backend: str, num_applications: 
 
 
 def _plain(value: Any) -> Any:
-    """Floats rounded to 6 significant digits, so the file stays readable (and exact enough)."""
+    """Floats rounded to 6 significant digits, so the file stays readable (and exact enough); a discrete
+    distribution's ``probs`` are kept whole (they must still sum to 1)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: v if k == "probs" else _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, float):
@@ -142,11 +162,7 @@ def write_fitted_workload(trace: Trace, name: str, out: Path, arrivals: str = "g
                           num_applications: int = 100_000, bin_seconds: float = 60.0) -> TraceFit:
     """Fit ``trace`` and write the workload to ``out``; every argument is checked before the fit, and the
     workload is read back by the loader before it is written, so that a file written can be run."""
-    require(arrivals in ARRIVAL_FITS, "--arrivals", f"unknown fit {arrivals!r}", f"use one of {ARRIVAL_FITS}")
-    require(isinstance(backend, str) and backend_kind(backend) == "llm" and len(backend) > 4, "--backend",
-            f"{backend!r} is not an LLM backend (the trace's requests are LLM calls)",
-            "name an LLM backend of the cluster, such as llm:llama3-8b")
-    as_integer(num_applications, "--num-applications", low=1, high=MAX_APPLICATIONS)
+    _check_args(arrivals, backend, num_applications)
     fit = fit_trace(trace, name, bin_seconds)
     text = workload_yaml(fit, arrivals, backend, num_applications)
     spec = parse_yaml(text, str(out))
@@ -155,3 +171,32 @@ def write_fitted_workload(trace: Trace, name: str, out: Path, arrivals: str = "g
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return fit
+
+
+def write_agentic_workload(path: str, out: Path, block_size: int = BLOCK_TOKENS, arrivals: str = "gamma",
+                           backend: str = "llm:llama3-8b", wait_backend: str = WAIT_BACKEND,
+                           num_applications: int = 100_000, bin_seconds: float = 60.0,
+                           ) -> tuple[AgenticReplay, dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
+    """A generator fitted to an agentic trace (:mod:`hermes_env.sim.agentic`): an arrival process fitted to
+    its sessions' arrivals and the PDGraph fitted to the sessions, written as a workload config with every
+    arrival fit's distance and :func:`~hermes_env.sim.agentic.fit_report` in its comments."""
+    _check_args(arrivals, backend, num_applications)
+    trace = load_agentic(path, block_size)
+    fits = fit_arrivals(trace.arrivals(), bin_seconds, what=f"the sessions of {path}")
+    ArrivalConfig.from_dict(_plain(fits[arrivals]["spec"]), f"the fitted {arrivals} arrivals")
+    replay = AgenticReplay.build(str(Path(path)), block_size, range(len(trace.sessions)), backend, wait_backend)
+    report = fit_report(replay)
+    name = Path(path).name
+    lines = [f"# Fitted by `hermes-env fit-trace --format {AGENTIC}` to {name}: {len(trace.rows)} requests in "
+             f"{len(trace.sessions)} sessions ({trace.inexact} replayed with added waits).",
+             "# Session arrivals, Kolmogorov-Smirnov distances (smaller fits better):",
+             *(f"#   {k}: {v['ks']:.4f}" + ("  <- written" if k == arrivals else "") for k, v in fits.items()),
+             "# The PDGraph against the trace (4,000 sampled sessions): mean trace / fit, KS, median and P90 errors:",
+             *(f"#   {m}: {r['trace mean']:.4g} / {r['fit mean']:.4g}, KS {r['ks']:.3f}, "
+               f"p50 {100 * r['p50 error']:.1f}%, p90 {100 * r['p90 error']:.1f}%" for m, r in report.items())]
+    spec = {"description": f"generator fitted to the agentic trace {name} ({arrivals} session arrivals)",
+            "num_applications": num_applications, "arrivals": _plain(fits[arrivals]["spec"]),
+            "applications": [{"template": _plain(replay.graph.to_dict())}]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n" + yaml.safe_dump(spec, sort_keys=False, width=120))
+    return replay, fits, report
