@@ -57,7 +57,7 @@ GOOD_TRACE = [0.0, 0.5, 0.6, 2.0, 2.2, 5.0]
 ROWS = [
     # fit-trace: degenerate traces, bad --bin / --out / --backend / --num-applications
     ("trace arrivals with no spread", lambda t: ["fit-trace", _trace(t, "a.csv", [3.0] * 5), "--out", _out(t)],
-     "trace: all 5 requests"),
+     "trace: all 5 arrivals"),
     ("trace too short", lambda t: ["fit-trace", _trace(t, "a.csv", [0.0, 1.0]), "--out", _out(t)], "trace: "),
     ("trace at a fixed period", lambda t: ["fit-trace", _trace(t, "a.csv", [0, 1, 2, 3]), "--out", _out(t)],
      "fixed period"),
