@@ -70,7 +70,7 @@ ROWS = [
     ("--bin too many bins", lambda t: ["fit-trace", _trace(t, "a.csv", GOOD_TRACE), "--bin", "1e-9", "--out", _out(t)],
      "--bin: 1e-09 s cuts"),
     ("--bin past the trace", lambda t: ["fit-trace", _trace(t, "a.csv", GOOD_TRACE), "--bin", "1e300",
-                                        "--out", _out(t)], "--bin: must be <= 5"),
+                                        "--out", _out(t)], "--bin: must be <= 1e+12"),
     ("--out a folder", lambda t: ["fit-trace", _trace(t, "a.csv", GOOD_TRACE), "--out", str(t)], "--out: "),
     ("--out under a file", lambda t: ["fit-trace", _trace(t, "a.csv", GOOD_TRACE), "--out", str(t / "a.csv" / "w")],
      "--out: "),

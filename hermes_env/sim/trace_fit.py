@@ -19,8 +19,9 @@ sessions' arrivals, and a PDGraph to its sessions (:func:`write_agentic_workload
 
 Everything is checked before the fit: a trace must have token counts (an agentic one, sessions), and the
 arrivals fitted at least three times that vary (arrivals all at once, or at a fixed period, have no arrival
-process to fit); ``bin_seconds`` must cut them into at least one and at most :data:`MAX_BINS` bins, the backend
-must be an LLM backend; and the workload's arrival process is read back by the loader before it is written.
+process to fit); ``bin_seconds`` must be at most 10^12 s and cut them into at most :data:`MAX_BINS` bins; the
+backend must be an LLM backend; and the workload's arrival process is read back by the loader before it is
+written.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def check_arrivals(times: np.ndarray, bin_seconds: float, what: str = "the trace
             "fit a trace whose arrivals spread over time, or replay it with arrivals: {process: trace}")
     require(float(np.diff(times).std()) > 0, "trace", f"the arrivals of {what} come at a fixed period: no spread "
             "to fit", "replay it with arrivals: {process: trace}, or write poisson arrivals by hand")
-    as_number(bin_seconds, "--bin", low=0, low_open=True, high=span)
+    as_number(bin_seconds, "--bin", low=0, low_open=True, high=1e12)  # a time-varying piece's longest duration
     bins = span / bin_seconds + 1
     require(bins <= MAX_BINS, "--bin", f"{bin_seconds:g} s cuts {what}'s {span:.6g} s into {bins:.3g} bins "
             f"(at most {MAX_BINS:,})", f"give --bin {span / (MAX_BINS - 1):.3g} or more")
