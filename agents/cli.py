@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hermes_env.errors import ConfigError
+from hermes_env.validation import as_integer, check_output
+
 
 def add_train_command(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train MaskablePPO on a hermes_env environment (needs the [rl] extra)")
@@ -20,18 +23,19 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from agents.config import TrainConfig
 
+    check_output(args.out, "--out", folder=True)
     cfg = TrainConfig.from_yaml(args.config)
-    if args.timesteps:
-        cfg.total_timesteps = args.timesteps
-    extra = "[ray] extra" if cfg.algorithm == "rllib-ppo" else "[rl] extra, torch first"
+    if args.timesteps is not None:
+        cfg.total_timesteps = as_integer(args.timesteps, "--timesteps", low=1)
+    extra = "ray" if cfg.algorithm == "rllib-ppo" else "rl"
     try:
         if cfg.algorithm == "rllib-ppo":
             from agents.rllib import train_rllib as trainer
         else:
             from agents.train import train as trainer
-    except ImportError as err:
-        print(f"hermes-env train: unavailable ({err}); install the {extra} (see README)")
-        return 2
+    except ImportError as err:  # through hermes-env's one error path, as every command's bad input
+        raise ConfigError("algorithm", f"{cfg.algorithm} training is unavailable ({err})",
+                          f"pip install 'hermes_env[{extra}]', torch first (see README)") from None
     path = trainer(cfg, args.out, progress_bar=not args.quiet)
     family = "rllib" if cfg.algorithm == "rllib-ppo" else "ppo"
     if cfg.task and family == "ppo":  # a scheduler runs headless (any number of waiting requests)

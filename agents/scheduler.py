@@ -1,9 +1,12 @@
-"""A trained checkpoint as a scheduler of the simulator: ``ppo:PATH`` in ``hermes-env simulate`` and
-``hermes-env bench``, like any reference policy."""
+"""Trained checkpoints as policies: ``ppo:PATH`` a scheduler of the simulator (``hermes-env simulate`` and
+``hermes-env bench``, like any reference policy), ``agent:PATH`` a policy acting in an environment
+(``hermes-env evaluate``). Both are announced to the core by entry points (pyproject.toml), so the core never
+imports this module unless a name with one of these prefixes is used."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +33,7 @@ class LearnedScheduler(SchedulingPolicy):
         # Inference inside the simulator is small and frequent: torch's default thread pool only fights
         # the simulator for the cores (a bench ran 6x slower). HERMES_ENV_TORCH_THREADS overrides.
         torch.set_num_threads(int(os.environ.get("HERMES_ENV_TORCH_THREADS", "1")))
-        try:
-            self.model = MaskablePPO.load(path, device="cpu")
-        except Exception as err:  # a corrupt or foreign file fails in many ways inside sb3 and zipfile
-            raise ConfigError("scheduler", f"{path} is not a readable MaskablePPO checkpoint ({type(err).__name__}: "
-                              f"{err})", "give a model.zip written by hermes-env train") from None
+        self.model = load_checkpoint(path, "scheduler")
         space = self.model.observation_space
         self.slots = space["requests"].shape[0]
         extractor = self.model.policy.features_extractor
@@ -72,6 +71,14 @@ class LearnedScheduler(SchedulingPolicy):
 SHIPPED = Path(__file__).resolve().parent / "checkpoints"
 
 
+def load_checkpoint(path: str, field: str) -> MaskablePPO:
+    try:
+        return MaskablePPO.load(path, device="cpu")
+    except Exception as err:  # a corrupt or foreign file fails in many ways inside sb3 and zipfile
+        raise ConfigError(field, f"{path} is not a readable MaskablePPO checkpoint ({type(err).__name__}: "
+                          f"{err})", "give a model.zip written by hermes-env train") from None
+
+
 def checkpoint_path(path: str, field: str = "scheduler") -> str:
     """A checkpoint file's path, or the shipped checkpoint of that name (agents/checkpoints/NAME.zip)."""
     if not Path(path).exists() and (SHIPPED / f"{path}.zip").is_file():
@@ -85,3 +92,14 @@ def checkpoint_path(path: str, field: str = "scheduler") -> str:
 def learned_scheduler(path: str) -> LearnedScheduler:
     """``ppo:PATH`` loads a checkpoint file; ``ppo:NAME`` a checkpoint shipped in agents/checkpoints."""
     return LearnedScheduler(checkpoint_path(path))
+
+
+def agent_policy(path: str, env: Any) -> Callable[[Any, np.ndarray], Any]:
+    """``agent:PATH`` loads a checkpoint file, ``agent:NAME`` a checkpoint shipped in agents/checkpoints: the
+    deterministic action of the checkpoint in ``env``, whose spaces must be those it was trained in."""
+    model = load_checkpoint(checkpoint_path(path, "policy"), "policy")
+    for kind in ("observation_space", "action_space"):
+        require(getattr(model, kind) == getattr(env, kind), "policy", f"agent:{path} was trained with another "
+                f"{kind.replace('_', ' ')} than this task's environment has",
+                "evaluate it on the task it was trained for, or retrain it with hermes-env train")
+    return lambda obs, mask: model.predict(obs, action_masks=mask, deterministic=True)[0]

@@ -10,7 +10,8 @@ experiment's name (``contended``) or a YAML path.
 it; docs/timeline.md).
 
 ``hermes-env bench --config NAME_OR_PATH --schedulers a,b --prewarm x,y --seeds N --out DIR [--resume]
-[--executor serial|process|ray]`` compares policies on the same workloads (see :mod:`hermes_env.sim.bench`).
+[--executor serial|process|ray]`` compares policies on the same workloads (see :mod:`hermes_env.sim.bench`); run
+again into the same ``--out``, it moves the earlier results to ``previous-<time>/`` there and says so.
 
 ``hermes-env fit-trace TRACE --out workload.yaml`` fits arrival processes and length distributions to a
 trace and writes a workload config (see :mod:`hermes_env.sim.trace_fit`); with ``--format dynamo-agentic``,
@@ -27,8 +28,11 @@ on a task's held-out seeds; ``hermes-env leaderboard`` regenerates docs/tasks.md
 per application, its demand at arrival (mean and quantiles of total service), its Gittins index, its
 structural entropy and, per backend, the probability and expected time of first use.
 
-Bad input (a malformed config, an unknown policy, a bad argument) prints one line naming the field and
-the fix and exits with status 2; an interrupted bench exits with 130 after writing what it finished.
+Bad input (a malformed config, an unknown policy, a bad argument, an output path that cannot be written)
+prints one line, ``hermes-env: FIELD: PROBLEM (FIX)``, and exits with status 2: every command checks
+everything it will use (configs, tasks, seeds, policy names, paths) before it starts any work, and every
+command ends through :func:`main`'s one error path. An interrupted bench exits with 130 after writing what
+it finished.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from hermes_env.errors import ConfigError
+from hermes_env.errors import ConfigError, require
+from hermes_env.validation import check_output
 
 DEFAULT_COST = "h100-measured"
 POLICY_DEFAULTS = (("scheduler", "fcfs"), ("prewarm", "none"), ("router", "shared"), ("autoscaler", "fixed"))
@@ -98,6 +103,7 @@ def _timeline(args: argparse.Namespace) -> Any:
                 raise ConfigError(flag, f"{str(path)!r} does not end in {suffix}", f"name a {suffix} file")
             if not path.parent.is_dir():
                 raise ConfigError(flag, f"folder {str(path.parent)!r} does not exist", "create it first")
+            check_output(path, flag, folder=False)
     if args.timeline_png is not None:
         matplotlib_pyplot("--timeline-png")
     window = parse_window(args.timeline_window) if args.timeline_window is not None else None
@@ -108,7 +114,7 @@ def _timeline(args: argparse.Namespace) -> Any:
 def _simulate(args: argparse.Namespace) -> int:
     from hermes_env.sim import ExperimentConfig, Simulation
 
-    _check_out(args.out)
+    check_output(args.out, "--out", folder=True)
     timeline = _timeline(args)
     config = ExperimentConfig.from_yaml(args.config)
     t0 = time.perf_counter()
@@ -147,7 +153,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from hermes_env.sim.bench import BenchConfig, format_table, run_bench
 
-    _check_out(args.out)
+    check_output(args.out, "--out", folder=True)
     split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
     cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds,
                                 split(args.routers), split(args.autoscalers), split(args.admissions))
@@ -170,15 +176,13 @@ def _fit_trace(args: argparse.Namespace) -> int:
     from hermes_env.sim.trace_fit import write_fitted_workload
     from hermes_env.sim.traces import load_trace, trace_path
 
-    _check_out(args.out.parent) if args.out.parent != Path(".") else None
+    check_output(args.out, "--out", folder=False)
     if args.format == "dynamo-agentic":
         return _fit_agentic(args)
     for flag in ("block_size", "wait_backend"):
         if getattr(args, flag) is not None:
             raise ConfigError(f"--{flag.replace('_', '-')}", "goes with --format dynamo-agentic")
-    trace = load_trace(args.trace)
-    if not trace.has_tokens:
-        raise ConfigError("trace", f"{args.trace} has arrival times only", "fit a trace with token counts")
+    trace = load_trace(args.trace, "trace")
     fit = write_fitted_workload(trace, trace_path(args.trace).name, args.out, args.arrivals, args.backend,
                                 args.num_applications, args.bin)
     print(f"{fit.name}: {fit.requests} requests over {fit.duration:.0f} s")
@@ -216,7 +220,7 @@ def _export_trace(args: argparse.Namespace) -> int:
     from hermes_env.sim import ExperimentConfig, Simulation
     from hermes_env.sim.agentic import rows_from_run, rows_from_workload, write_agentic
 
-    _check_out(args.out.parent) if args.out.parent != Path(".") else None
+    check_output(args.out, "--out", folder=False)
     if (args.config is None) == (args.template is None):
         raise ConfigError("export-trace", "needs an experiment or --template, not both",
                           "name an experiment, or a PDGraph with --template (and --num-applications)")
@@ -269,7 +273,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from hermes_env.tasks import Task, evaluate, format_score
 
     task = Task.from_yaml(args.task)
-    seeds = tuple(range(task.eval_seeds[0], task.eval_seeds[0] + args.seeds)) if args.seeds else None
+    held = len(task.eval_seeds)
+    require(not args.seeds or args.seeds <= held, "--seeds", f"is {args.seeds}, but task {task.name} has {held} "
+            f"held-out seeds ({task.eval_seeds[0]}-{task.eval_seeds[-1]})", f"give at most {held}")
+    seeds = task.eval_seeds[: args.seeds] if args.seeds else None
     print(format_score(evaluate(task, args.policy, seeds, heldout=args.heldout)))
     return 0
 
@@ -277,14 +284,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _leaderboard(args: argparse.Namespace) -> int:
     from hermes_env.tasks import leaderboard
 
+    check_output(args.out, "--out", folder=False)
     leaderboard(args.out, args.tasks.split(",") if args.tasks else None, workers=args.workers, planner=args.planner)
     print(f"wrote {args.out}")
     return 0
-
-
-def _check_out(out: Path) -> None:
-    if out.is_file():
-        raise ConfigError("--out", f"{str(out)!r} is a file", "name a folder for the results")
 
 
 def _seed(text: str) -> int:
@@ -304,6 +307,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -345,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--admissions", help="comma-separated admission policy names (default: the config's, or none)")
     b.add_argument("--seeds", type=_positive, help="number of seeds (default: the config's)")
     b.add_argument("--out", type=Path, required=True, help="output directory")
-    b.add_argument("--resume", action="store_true", help="run only the cells missing from --out")
+    b.add_argument("--resume", action="store_true", help="run only the cells missing from --out (without it, earlier "
+                   "results there move to --out/previous-<time>/)")
     b.add_argument("--executor", default="serial", choices=("serial", "process", "ray"),
                    help="where cells run: this process, a local process pool, or Ray tasks (default: serial)")
     b.add_argument("--workers", type=_positive, help="processes (process) or CPUs of a local Ray (ray)")
@@ -359,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which fitted arrival process to write (all are reported; default: %(default)s)")
     f.add_argument("--backend", default="llm:llama3-8b", help="the LLM backend of the generated requests")
     f.add_argument("--num-applications", type=_positive, default=100_000, help="length of the generated workload")
-    f.add_argument("--bin", type=float, default=60.0, help="seconds per bin of the time-varying rate curve")
+    f.add_argument("--bin", type=_positive_number, default=60.0, help="seconds per bin of the time-varying rate curve")
     f.add_argument("--format", default="auto", choices=("auto", "dynamo-agentic"),
                    help="auto: a request trace (Azure, Mooncake, plain CSV); dynamo-agentic: NVIDIA Dynamo's agentic "
                    "Mooncake rows, fitted as sessions of a PDGraph (default: %(default)s)")
@@ -416,6 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # interpreter's final flush does not raise again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except OSError as err:  # a file that passed the checks failed anyway (unreadable, a full disk): one line too
+        print(f"hermes-env: {err.filename or 'file'}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    except MemoryError as err:  # input within every bound that still does not fit this machine
+        print(f"hermes-env: out of memory ({err}); make the run smaller (fewer applications, seeds or cells)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -27,7 +27,13 @@ Policies (:func:`run_policy`): a registered heuristic for the part the task's en
 (``gittins``, ``prefix_affinity``, ``queue_threshold``, ...; for ``Joint-v0`` four names joined by ``+``:
 ``gittins+pdgraph+shared+fixed``), ``random`` (uniform over the valid actions), ``ppo:PATH`` / ``rllib:PATH``
 (checkpoints run as schedulers), or ``agent:PATH`` (a MaskablePPO checkpoint acting in the environment;
-``agent:NAME`` a checkpoint shipped in agents/checkpoints).
+``agent:NAME`` a checkpoint shipped in agents/checkpoints). Families of policies acting in the environment
+(``agent``) are announced by the ``hermes_env.env_policy_families`` entry-point group: ``agents`` registers
+itself, the core never imports it, and without the ``[rl]`` extra an ``agent:`` policy is one error naming it.
+
+A task file is checked whole when it loads (its fields, its environment's keyword arguments, its heuristics'
+names, its seed ranges); :func:`evaluate` then builds the environment and both policies before any episode
+runs, so bad input fails before any work.
 """
 
 from __future__ import annotations
@@ -40,14 +46,18 @@ from typing import Any
 import numpy as np
 
 from hermes_env.catalog import config_path, names
-from hermes_env.errors import require
+from hermes_env.errors import ConfigError, require
 from hermes_env.sim.metrics import mean_ci
+from hermes_env.sim.policies import load_family, make_autoscaler, make_prewarm, make_router, make_scheduler
 from hermes_env.validation import as_integer, check_keys, choice, load_yaml
 
 OBJECTIVES = ("mean", "p95", "slo_miss", "cost")
 PARTS = {"hermes_env/Scheduling-v0": "schedule", "hermes_env/Prewarm-v0": "prewarm",
          "hermes_env/Routing-v0": "route", "hermes_env/Autoscaling-v0": "scale", "hermes_env/Joint-v0": "joint"}
 POLICY_ARGS = {"schedule": "scheduler", "prewarm": "prewarm", "route": "router", "scale": "autoscaler"}
+MAKERS = {"scheduler": make_scheduler, "prewarm": make_prewarm, "router": make_router, "autoscaler": make_autoscaler}
+ENV_POLICY_FAMILIES = "hermes_env.env_policy_families"
+MAX_SEED = 2**32 - 1  # as hermes-env simulate --seed
 
 
 @dataclass(frozen=True)
@@ -81,16 +91,29 @@ class Task:
         seeds = {}
         for key in ("train_seeds", "eval_seeds"):
             raw = spec.get(key)
-            require(isinstance(raw, list) and len(raw) == 2, f"{where}.{key}", "must be [first, count]")
-            first, count = (as_integer(x, f"{where}.{key}", low=0) for x in raw)
+            require(isinstance(raw, list) and len(raw) == 2, f"{where}.{key}", "must be [first, count]",
+                    "give the first seed and how many, such as [1000, 10]")
+            first = as_integer(raw[0], f"{where}.{key}[0]", low=0, high=MAX_SEED)
+            count = as_integer(raw[1], f"{where}.{key}[1]", low=1, high=MAX_SEED + 1 - first)
             seeds[key] = tuple(range(first, first + count))
         require(not set(seeds["train_seeds"]) & set(seeds["eval_seeds"]), f"{where}.eval_seeds",
                 "overlap the training seeds", "held-out seeds must be new")
-        return cls(path.stem, str(spec.get("description", "")), env_id, dict(spec.get("env_kwargs") or {}),
-                   choice(spec, "objective", where, OBJECTIVES), str(spec["simplest"]),
-                   tuple(spec.get("heuristics", [])), seeds["train_seeds"], seeds["eval_seeds"],
-                   str(spec.get("found", "")), str(spec.get("clairvoyant", "")), dict(spec.get("heldout") or {}),
-                   tuple(spec.get("learned", [])))
+        part = PARTS[env_id]
+        kwargs = spec.get("env_kwargs") or {}
+        check_keys(kwargs, _env_keywords(), f"{where}.env_kwargs")
+        heuristics = _texts(spec, "heuristics", where)
+        require(bool(heuristics), f"{where}.heuristics", "is empty", "list the heuristics the best one is chosen from")
+        simplest, clairvoyant = _text(spec, "simplest", where), _text(spec, "clairvoyant", where, "")
+        for at, name in ((f"{where}.simplest", simplest), (f"{where}.clairvoyant", clairvoyant),
+                         *((f"{where}.heuristics[{i}]", h) for i, h in enumerate(heuristics))):
+            if name and name != "random":
+                _heuristic(part, name, at)
+        heldout = spec.get("heldout") or {}
+        require(isinstance(heldout, dict), f"{where}.heldout", "must be a mapping of experiment overrides")
+        return cls(path.stem, _text(spec, "description", where, ""), env_id, dict(kwargs),
+                   choice(spec, "objective", where, OBJECTIVES), simplest, tuple(heuristics), seeds["train_seeds"],
+                   seeds["eval_seeds"], _text(spec, "found", where, ""), clairvoyant, dict(heldout),
+                   tuple(_texts(spec, "learned", where)))
 
     def env(self, heldout: bool = False) -> Any:
         import gymnasium as gym
@@ -99,13 +122,63 @@ class Task:
 
         kwargs = dict(self.env_kwargs)
         if heldout:
-            require(bool(self.heldout), f"task {self.name}.heldout", "is not given")
+            require(bool(self.heldout), f"task {self.name}.heldout", "is not given",
+                    "give the task a held-out workload, or evaluate without --heldout")
             kwargs["overrides"] = _merge(kwargs.get("overrides") or {}, self.heldout)
-        return gym.make(self.env_id, **kwargs).unwrapped
+        try:
+            return gym.make(self.env_id, **kwargs).unwrapped
+        except ConfigError as err:  # a bad keyword's value or held-out override: name it in the task file
+            head = err.field.split(".")[0].split("[")[0]
+            part = "env_kwargs" if head in self.env_kwargs else "heldout" if heldout and head in self.heldout else None
+            if part is None:
+                raise
+            raise ConfigError(f"task {self.name}.{part}.{err.field}", err.problem, err.fix) from None
 
 
 def task_names() -> list[str]:
     return names("tasks")
+
+
+def _env_keywords() -> list[str]:
+    """The keyword arguments every environment takes (they share :class:`HermesEnv`'s)."""
+    import inspect
+
+    from hermes_env.envs.hermes import HermesEnv
+
+    return [k for k in inspect.signature(HermesEnv.__init__).parameters if k != "self"]
+
+
+def _text(spec: dict, key: str, where: str, default: str | None = None) -> str:
+    require(key in spec or default is not None, f"{where}.{key}", "is missing", "give a policy name")
+    value = spec.get(key, default)
+    require(isinstance(value, str), f"{where}.{key}", f"must be a text, got {value!r}")
+    return value
+
+
+def _texts(spec: dict, key: str, where: str) -> list[str]:
+    value = spec.get(key, [])
+    require(isinstance(value, list) and all(isinstance(v, str) for v in value), f"{where}.{key}",
+            f"must be a list of names, got {value!r}")
+    return value
+
+
+def _heuristic(part: str, spec: str, field: str) -> dict[str, str]:
+    """The policy names of a headless run of heuristic ``spec`` (only the task's part; the environment's
+    defaults fill the others), each built once so that an unknown name fails here, naming ``field``."""
+    if part == "joint":
+        names = spec.split("+")
+        require(len(names) == 4, field, f"{spec!r} names {len(names)} policies",
+                "name a Joint-v0 heuristic as scheduler+prewarm+router+autoscaler")
+        policies = dict(zip(POLICY_ARGS.values(), names, strict=True))
+    else:
+        policies = {POLICY_ARGS[part]: spec}
+    for arg, name in policies.items():
+        if name != "shared" or arg != "router":
+            try:
+                MAKERS[arg](name)
+            except ConfigError as err:
+                raise ConfigError(field, err.problem, err.fix) from None
+    return policies
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -135,23 +208,26 @@ def episode_objective(task: Task, env: Any, summary: dict[str, Any]) -> tuple[fl
 
 def run_policy(task: Task, spec: str, seed: int, heldout: bool = False) -> tuple[float, float]:
     """The objective and bound of one episode of ``spec`` on the workload of simulation seed ``seed``."""
+    env, run = _prepare(task, spec, seed, heldout)
+    return episode_objective(task, env, run())
+
+
+def _prepare(task: Task, spec: str, seed: int, heldout: bool = False) -> tuple[Any, Any]:
+    """The environment of one episode of ``spec`` and a function that runs it and returns its summary, every
+    part built: bad input (the environment's arguments, the policy) fails here, before the episode runs.
+    ``random`` and the announced families (``agent:PATH``) act in the environment; a heuristic runs headless."""
+    env = task.env(heldout)
+    act = _actor(env, spec, seed)
+    if act is not None:
+        return env, lambda: episode(env, act, seed)
     from hermes_env.sim import Simulation
 
-    env = task.env(heldout)
-    if spec == "random" or spec.startswith("agent:"):
-        return episode_objective(task, env, _stepped(env, spec, seed))
     policies = {arg: env.policy_names[part] for part, arg in POLICY_ARGS.items()}
-    if task.part == "joint":
-        parts = spec.split("+")
-        require(len(parts) == 4, "policy", f"{spec!r} names {len(parts)} policies",
-                "name a Joint-v0 heuristic as scheduler+prewarm+router+autoscaler")
-        policies = dict(zip(POLICY_ARGS.values(), parts, strict=True))
-    else:
-        policies[POLICY_ARGS[task.part]] = spec
+    policies.update(_heuristic(task.part, spec, "policy"))
     sim = Simulation(env.experiment, seed=seed, keep_applications=False, admission=env.policy_names["admit"],
                      **policies)
     price_planners(task, env, sim)
-    return episode_objective(task, env, sim.run().summary)
+    return env, lambda: sim.run().summary
 
 
 def planner_weights(task: Task, env: Any) -> dict[str, float]:
@@ -174,21 +250,21 @@ def price_planners(task: Task, env: Any, sim: Any) -> None:
             policy.price(**planner_weights(task, env))
 
 
-def _stepped(env: Any, spec: str, seed: int) -> dict[str, Any]:
-    """An episode stepped through the environment: uniform random valid actions, or a checkpoint's."""
-    if spec.startswith("agent:"):
-        from sb3_contrib import MaskablePPO
-
-        from agents.scheduler import checkpoint_path
-
-        model = MaskablePPO.load(checkpoint_path(spec.removeprefix("agent:"), "policy"), device="cpu")
-        return episode(env, lambda obs, mask: model.predict(obs, action_masks=mask, deterministic=True)[0], seed)
+def _actor(env: Any, spec: str, seed: int) -> Any:
+    """``act(observation, action_mask)`` of a policy acting in ``env``: uniform random valid actions, or a
+    family's (``agent:PATH``, announced by the ``hermes_env.env_policy_families`` entry points); None for a
+    heuristic."""
+    prefix, _, arg = spec.partition(":")
+    factory = load_family(ENV_POLICY_FAMILIES, prefix, "policy") if arg else None
+    if factory is not None:
+        return factory(arg, env)
+    if spec != "random":
+        return None
     rng = np.random.default_rng(seed)
     if hasattr(env.action_space, "n"):
-        return episode(env, lambda obs, mask: int(rng.choice(np.flatnonzero(mask))), seed)
+        return lambda obs, mask: int(rng.choice(np.flatnonzero(mask)))
     splits = np.cumsum(env.action_space.nvec)[:-1]
-    return episode(env, lambda obs, mask: np.array([rng.choice(np.flatnonzero(p)) for p in np.split(mask, splits)]),
-                   seed)
+    return lambda obs, mask: np.array([rng.choice(np.flatnonzero(p)) for p in np.split(mask, splits)])
 
 
 def episode(env: Any, act: Any, seed: int) -> dict[str, Any]:
@@ -210,6 +286,9 @@ def evaluate(task: Task, spec: str, seeds: tuple[int, ...] | None = None, heldou
     """``spec``'s objective and normalised score on the held-out seeds (default), with the simplest
     heuristic's and the bound on the same seeds (``simplest``: those runs, if already made)."""
     seeds = task.eval_seeds if seeds is None else seeds
+    require(len(seeds) > 0, "seeds", "is empty", "evaluate on at least one seed")
+    for name in {spec, task.simplest}:  # both built before any episode runs
+        _prepare(task, name, seeds[0], heldout)
     simplest = simplest or [run_policy(task, task.simplest, s, heldout) for s in seeds]
     mine = simplest if spec == task.simplest else [run_policy(task, spec, s, heldout) for s in seeds]
     bounds = [b for _, b in simplest]
@@ -232,9 +311,11 @@ def paired(policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, tuple
 
 def format_score(result: dict[str, Any]) -> str:
     o, s, b, n = result["objective"], result["simplest"], result["bound"], result["normalised"]
+    half = (lambda x, f: f" +- {x:{f}}" if math.isfinite(x) else "")  # noqa: E731 (one seed: no interval)
+    count = len(result["seeds"])
     return (f"{result['task']}{' (held-out workload)' if result['heldout'] else ''}: {result['policy']} "
-            f"{o[0]:.4g} +- {o[1]:.2g} (simplest {s[0]:.4g}, bound {b[0]:.4g}); normalised score "
-            f"{n[0]:.3f} +- {n[1]:.3f} over {len(result['seeds'])} held-out seeds")
+            f"{o[0]:.4g}{half(o[1], '.2g')} (simplest {s[0]:.4g}, bound {b[0]:.4g}); normalised score "
+            f"{n[0]:.3f}{half(n[1], '.3f')} over {count} held-out seed{'s' if count > 1 else ' (no interval)'}")
 
 
 def leaderboard(out: Path, tasks: list[str] | None = None, progress: bool = True, workers: int = 1,
@@ -248,6 +329,12 @@ def leaderboard(out: Path, tasks: list[str] | None = None, progress: bool = True
     from functools import partial
 
     names = tasks or task_names()
+    for name in names:  # every task and learned policy is built once before the first episode runs
+        task = Task.from_yaml(name)
+        for spec in task.learned:
+            _prepare(task, spec, task.eval_seeds[0])
+        if task.heldout:
+            task.env(heldout=True)
     row = partial(_task_row, planner=planner)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:

@@ -13,6 +13,7 @@ loader with three changes that a user of a config file expects:
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -158,3 +159,17 @@ def flag(spec: Mapping[str, Any], key: str, where: str, default: Any = _MISSING)
     value = spec[key]
     require(isinstance(value, bool), f"{where}.{key}", f"must be true or false, got {_describe(value)}")
     return value
+
+
+def check_output(path: Path, field: str, folder: bool) -> None:
+    """``path`` can be written before any work starts: a folder (``folder``) or a file, not the other kind,
+    under a writable folder (the nearest one that exists: missing folders are created)."""
+    kind, other = ("folder", "file") if folder else ("file", "folder")
+    require(not (path.is_file() if folder else path.is_dir()), field, f"{str(path)!r} is a {other}",
+            f"name a {kind} to write")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing != path or folder:
+        require(existing.is_dir(), field, f"{str(existing)!r} is a file, so no {kind} can be made under it",
+                "choose another path")
+    require(os.access(existing, os.W_OK), field, f"{str(existing)!r} is not writable",
+            f"name a {kind} you can write")

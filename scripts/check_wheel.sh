@@ -37,4 +37,12 @@ test -s run/applications.csv
 if "$tmp/venv/bin/hermes-env" train --config scheduling-contended --out t > /dev/null 2>&1; then
     echo "train ran without the [rl] extra" >&2; exit 1
 fi
+# a learned policy without the [rl] extra: one line naming the extra and exit 2, not a traceback (issue 19)
+status=0
+err=$("$tmp/venv/bin/hermes-env" evaluate --task routing-mix-mean --policy agent:routing-mix-mean --seeds 1 2>&1 \
+      > /dev/null) || status=$?
+if [ "$status" != 2 ] || [ "$(printf '%s\n' "$err" | wc -l)" != 1 ] || ! grep -qF "pip install 'hermes_env[rl]'" <<<"$err"
+then
+    echo "agent: without the [rl] extra: status $status, $err" >&2; exit 1
+fi
 echo "wheel: hermes-env simulate, templates, tasks, evaluate and --help work without torch"

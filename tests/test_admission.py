@@ -165,7 +165,7 @@ def test_the_bench_compares_admission_policies_on_goodput_per_tier(tmp_path):
     assert "goodput" in format_table(summary) and "token_bucket:1.6:10" in format_table(summary)
     with pytest.raises(ConfigError) as err:
         BenchConfig.from_yaml(path, admissions=["lottery"])
-    assert err.value.field == "admission"
+    assert err.value.field == "bench.admissions"
 
 
 def test_the_overload_experiment_loads():

@@ -383,10 +383,18 @@ def test_an_interrupted_bench_keeps_its_runs_and_resumes_to_the_same_files(tmp_p
     assert (part / "runs.csv").read_text().count("\n") == 1 + 2
     assert "incomplete: 6 runs missing" in (part / "table.txt").read_text()
     monkeypatch.setattr(bench, "run_cell", real)
-    assert main(["bench", "--config", str(config), "--out", str(part), "--quiet"]) == 2  # results there: say so
     assert main(["bench", "--config", str(config), "--out", str(part), "--quiet", "--resume"]) == 0
     for name in ("runs.csv", "summary.json", "table.txt"):
         assert (part / name).read_text() == (full / name).read_text()
+    # the main job runs again (issue 19): the finished results move aside, saying so, and the new ones replace them
+    capsys.readouterr()
+    assert main(["bench", "--config", str(config), "--out", str(full), "--quiet"]) == 0
+    (previous,) = full.glob("previous-*")
+    assert f"moved them to {previous}" in capsys.readouterr().err
+    for name in ("runs.csv", "summary.json", "table.txt", "bench.json"):
+        assert (previous / name).read_text() == (part / name).read_text()
+    assert (previous / "cdf.png").is_file() and (full / "cdf.png").is_file()
+    assert (full / "runs.csv").read_text() == (part / "runs.csv").read_text()  # the same cells, run again
 
 
 def test_sigterm_during_a_bench_writes_the_finished_runs(tmp_path):

@@ -49,6 +49,9 @@ from hermes_env.validation import choice, integer, load_yaml
 END = "end"
 BACKEND_KINDS = ("llm", "tool", "dnn", "api")
 _PROB_TOL = 1e-6
+# States of a PDGraph's chain (stage, loop counters): far beyond the library's (264 at most), and enumerated
+# in seconds; a loop bound of 10^8 made the enumeration run for hours.
+MAX_STATES = 100_000
 
 
 def backend_kind(backend: str) -> str:
@@ -454,6 +457,10 @@ class StateSpace:
         raw: list[dict[tuple[int, tuple[int, ...]] | None, float]] = []
         i = 0
         while i < len(keys):
+            if len(keys) > MAX_STATES:
+                loops = ", ".join(f"{lp.name} up to {lp.max_iterations}" for lp in self.loops)
+                raise ConfigError(f"pdgraph {self.graph.name!r}", f"has more than {MAX_STATES:,} states (stages x "
+                                  f"loop counters; loops {loops})", "lower the loops' max_iterations")
             moves = self._moves(*keys[i])
             raw.append(moves)
             for key in moves:

@@ -13,6 +13,11 @@ an executor may run them in any order and anywhere: ``serial`` (this process), `
 ``runs.csv`` at once; on Ctrl-C or SIGTERM the tables and plots are written from the cells finished, and
 ``--resume`` runs only the missing ones. Once every cell is done, ``runs.csv`` is rewritten in the
 canonical cell order, so the files do not depend on the executor or on interruptions.
+
+Before any cell runs, everything the cells will use is built once (every load's experiment, every
+combination's policies, the reference's included, the executor), so bad input is one error, not a failure
+per cell. Without ``--resume`` a folder that holds an earlier bench's results is re-run: those results
+move to ``previous-<time they were written>/`` inside it, and a line says so.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import signal
 import sys
 import time
@@ -44,7 +50,7 @@ from hermes_env.sim.policies import (
 )
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
 from hermes_env.sim.workload import TIERS, resolve_path
-from hermes_env.validation import as_integer, as_number, check_keys, load_yaml
+from hermes_env.validation import as_integer, as_number, check_keys, check_output, load_yaml
 
 METRICS = ("mean", "p50", "p95", "p99")
 COUNTS = ("cold_starts", "idle_warm_cost", "gpu_seconds", "gpu_cost", "failed")
@@ -55,6 +61,8 @@ CDF_KEYS = ["load", *POLICY_KEYS, "completion_time"]
 DEFAULT_POLICIES = {"scheduler": "fcfs", "prewarm": "none", "router": "shared", "autoscaler": "fixed",
                     "admission": "none"}
 PER_TIER = ("goodput", "rejected")  # per SLO tier columns (goodput_critical, rejected_sheddable, ...)
+RESULT_FILES = ("runs.csv", "completion_times.csv", "bench.json", "summary.json", "table.txt", "cdf.png",
+                "load_sweep.png")
 Combo = tuple[str, str, str, str, str]  # scheduler, prewarm, router, autoscaler, admission
 
 
@@ -109,27 +117,23 @@ class BenchConfig:
             base = exp_path.parent
         require(isinstance(experiment, Mapping), "bench.experiment", "must be a mapping with cluster and workload")
         experiment = inline_parts(experiment, base)  # so that loads can scale the arrival rate
-        scheds = tuple(schedulers or spec.get("schedulers", ["fcfs"]))
-        warms = tuple(prewarm or spec.get("prewarm", ["none"]))
-        families = scheduler_families()
-        for name in scheds:
-            known = name in scheduler_names() or name.partition(":")[0] in families and ":" in name
-            require(known, "bench.schedulers", f"unknown policy {name!r}",
-                    f"use some of {scheduler_names()}" + "".join(f", or {p}:ARG" for p in families))
-        for name in warms:
-            require(name in prewarm_names(), "bench.prewarm", f"unknown policy {name!r}",
-                    f"use some of {prewarm_names()}")
-        routes = tuple(routers or spec.get("routers", ["shared"]))
-        scales = tuple(autoscalers or spec.get("autoscalers", ["fixed"]))
-        for key, names, known in (("routers", routes, router_names()), ("autoscalers", scales, autoscaler_names())):
-            for name in names:
-                require(name in known, f"bench.{key}", f"unknown policy {name!r}", f"use some of {known}")
-        admits = tuple(admissions or spec.get("admissions", ["none"]))
-        for name in admits:
-            make_admission(name)  # an unknown name or bad parameters: one error naming the fix
-        n = as_integer(seeds if seeds is not None else spec.get("seeds", 3), "bench.seeds", low=1, high=100_000)
-        ref = {**DEFAULT_POLICIES, **(spec.get("reference") or {})}
+        lists = {}
+        for key, given, default in (("schedulers", schedulers, "fcfs"), ("prewarm", prewarm, "none"),
+                                    ("routers", routers, "shared"), ("autoscalers", autoscalers, "fixed"),
+                                    ("admissions", admissions, "none")):
+            names = given or spec.get(key, [default])
+            require(isinstance(names, list | tuple) and len(names) > 0, f"bench.{key}", f"must be a non-empty list "
+                    f"of names, got {names!r}", f"write [{default}] for one policy")
+            lists[key] = tuple(names)
+        scheds, warms, routes, scales, admits = lists.values()
+        ref = spec.get("reference") or {}
         check_keys(ref, POLICY_KEYS, "bench.reference")
+        ref = {**DEFAULT_POLICIES, **ref}
+        for key, names in zip(POLICY_KEYS, lists.values(), strict=True):
+            for name in names:
+                _check_name(key, name, f"bench.{'prewarm' if key == 'prewarm' else key + 's'}")
+            _check_name(key, ref[key], f"bench.reference.{key}")
+        n = as_integer(seeds if seeds is not None else spec.get("seeds", 3), "bench.seeds", low=1, high=100_000)
         raw_loads = spec.get("loads", [1.0])
         require(isinstance(raw_loads, list) and raw_loads, "bench.loads", "must be a non-empty list of multipliers")
         loads = tuple(as_number(x, f"bench.loads[{i}]", low=0, low_open=True, high=1e6)
@@ -138,6 +142,14 @@ class BenchConfig:
         reference = tuple(str(ref[k]) for k in POLICY_KEYS)
         return cls(experiment, base, scheds, warms, n, reference, loads, routes, scales,  # type: ignore[arg-type]
                    admits)
+
+    def check(self) -> None:
+        """Build every load's experiment, and every combination's policies on the first, once: bad input
+        (a load the arrival process cannot scale, a checkpoint that does not load or does not fit the
+        cluster) fails here, before any cell runs, instead of in every cell."""
+        experiments = [self.experiment_at(load) for load in self.loads]
+        for combo in self.combos:
+            Simulation(experiments[0], seed=0, keep_applications=False, **dict(zip(POLICY_KEYS, combo, strict=True)))
 
     @property
     def combos(self) -> list[Combo]:
@@ -153,7 +165,7 @@ class BenchConfig:
         spec = json.loads(json.dumps(self.experiment))
         arrivals = spec["workload"]["arrivals"]
         require(arrivals.get("process") in ("poisson", "bursty") or load == 1.0, "bench.loads",
-                "scale only poisson or bursty arrival rates")
+                "scale only poisson or bursty arrival rates", "leave loads out, or use poisson or bursty arrivals")
         if load != 1.0:
             arrivals["rate"] = arrivals["rate"] * load
         return ExperimentConfig.from_dict(spec, base=self.base)
@@ -177,6 +189,22 @@ class BenchConfig:
                 "routers": list(self.routers), "autoscalers": list(self.autoscalers),
                 "admissions": list(self.admissions), "seeds": self.seeds,
                 "reference": list(self.reference), "loads": list(self.loads)}
+
+
+def _check_name(kind: str, name: Any, field: str) -> None:
+    """``name`` is a registered policy of ``kind`` (or, for a scheduler, ``FAMILY:ARG``; an admission policy is
+    built, its parameters checked)."""
+    if kind == "admission":
+        try:
+            make_admission(name)
+        except ConfigError as err:
+            raise ConfigError(field, err.problem, err.fix) from None
+        return
+    known = {"scheduler": scheduler_names, "prewarm": prewarm_names, "router": router_names,
+             "autoscaler": autoscaler_names}[kind]()
+    families = scheduler_families() if kind == "scheduler" else []
+    ok = isinstance(name, str) and (name in known or (":" in name and name.partition(":")[0] in families))
+    require(ok, field, f"unknown {kind} {name!r}", f"use some of {known}" + "".join(f", or {p}:ARG" for p in families))
 
 
 @dataclass
@@ -227,11 +255,16 @@ def _process(cfg: BenchConfig, cells: list[Cell], workers: int | None, address: 
                 future.cancel()
 
 
-def _ray(cfg: BenchConfig, cells: list[Cell], workers: int | None, address: str | None) -> Iterator[CellResult]:
+def _import_ray() -> Any:
     try:
         import ray
     except ImportError as err:
         raise ConfigError("executor", f"ray is not installed ({err})", "pip install 'hermes_env[ray]'") from None
+    return ray
+
+
+def _ray(cfg: BenchConfig, cells: list[Cell], workers: int | None, address: str | None) -> Iterator[CellResult]:
+    ray = _import_ray()
     if not ray.is_initialized():
         ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
@@ -263,17 +296,19 @@ def run_bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool =
     """Run the bench's missing cells, write ``runs.csv`` as they finish, then the summary, table and plots.
     Returns the summary; its ``interrupted`` and ``failed`` entries say what is missing."""
     require(executor in EXECUTORS, "executor", f"unknown executor {executor!r}", f"use one of {EXECUTORS}")
-    require(not out.is_file(), "--out", f"{str(out)!r} is a file", "name a folder for the results")
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, "--out", folder=True)
+    if executor == "ray":
+        _import_ray()
+    cfg.check()
     runs_path, cdf_path, identity_path = out / "runs.csv", out / "completion_times.csv", out / "bench.json"
     columns = cfg.columns()
-    done = _read_runs(runs_path, columns) if resume else {}
     if resume and identity_path.is_file():
         require(json.loads(identity_path.read_text()) == json.loads(json.dumps(cfg.identity())), "--resume",
                 f"{out} holds the results of another bench", "resume with the same config, or choose another --out")
+    done = _read_runs(runs_path, columns) if resume else {}
+    out.mkdir(parents=True, exist_ok=True)
     if not resume:
-        require(not runs_path.exists(), "--out", f"{out} already holds bench results",
-                "pass --resume to finish them, or choose another folder")
+        _move_aside(out)
         _write_csv(runs_path, columns, [])
         _write_csv(cdf_path, CDF_KEYS, [])
     identity_path.write_text(json.dumps(cfg.identity(), indent=1) + "\n")
@@ -313,6 +348,24 @@ def run_bench(cfg: BenchConfig, out: Path, progress: bool = True, resume: bool =
     (out / "table.txt").write_text(format_table(summary))
     _plots(cfg, summary, _read_completion_times(cdf_path), out)
     return summary
+
+
+def _move_aside(out: Path) -> None:
+    """An earlier bench's results in ``out`` move to ``out/previous-<UTC time they were written>/``, so that
+    the main job can run again (after a config change, a new version) and the old results stay beside it."""
+    found = [out / name for name in RESULT_FILES if (out / name).is_file()]
+    if not found:
+        return
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(max(p.stat().st_mtime for p in found)))
+    target, k = out / f"previous-{stamp}", 1
+    while target.exists():
+        k += 1
+        target = out / f"previous-{stamp}-{k}"
+    target.mkdir()
+    for path in found:
+        shutil.move(path, target / path.name)
+    print(f"hermes-env bench: {out} held an earlier bench's results: moved them to {target} (--resume continues "
+          "an interrupted bench in place instead)", file=sys.stderr)
 
 
 def _main_thread() -> bool:

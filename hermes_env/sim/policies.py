@@ -41,7 +41,9 @@ headless and inside the environments like any other (``rollout:BASE`` in baselin
 Policies register by name (``@register_scheduler("fcfs")``); ``make_scheduler("fcfs")`` builds one.
 Packages announce more through entry points, loaded only when needed: the ``hermes_env.policies`` group
 (``baselines``, light) on the first lookup of a name, and the ``hermes_env.scheduler_families`` group
-(``ppo`` from ``agents``, which imports torch) only when a name with that prefix (``ppo:PATH``) is asked for.
+(``ppo`` from ``agents``, which imports torch) only when a name with that prefix (``ppo:PATH``) is asked for;
+the ``hermes_env.env_policy_families`` group likewise announces policies that act through an environment's
+observations (``agent:PATH``, :mod:`hermes_env.tasks`). The core never imports ``agents``.
 """
 
 from __future__ import annotations
@@ -124,15 +126,26 @@ def scheduler_families() -> list[str]:
     return sorted({*_FAMILIES, *(ep.name for ep in entry_points(group="hermes_env.scheduler_families"))})
 
 
+def load_family(group: str, prefix: str, field: str) -> Callable[..., Any] | None:
+    """The factory a package announces for names ``prefix:ARG`` in the entry-point ``group``, importing the
+    package only now (``agents`` needs torch); ``None`` when no package announces ``prefix``. A package
+    whose dependencies are missing is one error naming the extra its entry point declares
+    (``ppo = "agents.scheduler:learned_scheduler [rl]"``)."""
+    for entry_point in entry_points(group=group, name=prefix):
+        try:
+            return entry_point.load()
+        except ImportError as err:
+            extras = ",".join(entry_point.extras)
+            raise ConfigError(field, f"'{prefix}:' policies are unavailable ({err})",
+                              f"pip install 'hermes_env[{extras}]', torch first (see README)" if extras else
+                              f"install what {entry_point.value.split(':')[0]!r} needs") from None
+    return None
+
+
 def _family(prefix: str) -> Callable[..., Any] | None:
     """The factory of a scheduler family, importing its package only now (the ``ppo`` family needs torch)."""
-    if prefix not in _FAMILIES:
-        for entry_point in entry_points(group="hermes_env.scheduler_families", name=prefix):
-            try:
-                _FAMILIES[prefix] = entry_point.load()
-            except ImportError as err:
-                raise ConfigError("scheduler", f"'{prefix}:' schedulers are unavailable: {err}",
-                                  "install the [rl] extra, torch first (see README)") from None
+    if prefix not in _FAMILIES and (factory := load_family("hermes_env.scheduler_families", prefix, "scheduler")):
+        _FAMILIES[prefix] = factory
     return _FAMILIES.get(prefix)
 
 

@@ -16,6 +16,12 @@ exact (``arrivals: {process: trace}``).
 
 An agentic trace (NVIDIA Dynamo's agentic Mooncake rows) fits differently: the arrival processes to its
 sessions' arrivals, and a PDGraph to its sessions (:func:`write_agentic_workload`).
+
+Everything is checked before the fit: a trace must have token counts (an agentic one, sessions), and the
+arrivals fitted at least three times that vary (arrivals all at once, or at a fixed period, have no arrival
+process to fit); ``bin_seconds`` must be at most 10^12 s and cut them into at most :data:`MAX_BINS` bins; the
+backend must be an LLM backend; and the workload's arrival process is read back by the loader before it is
+written.
 """
 
 from __future__ import annotations
@@ -31,12 +37,15 @@ from scipy import stats
 
 from hermes_env.errors import require
 from hermes_env.pdgraph.distributions import LogNormal
+from hermes_env.pdgraph.graph import PDGraph, backend_kind
 from hermes_env.sim.agentic import FORMAT as AGENTIC
 from hermes_env.sim.agentic import WAIT_BACKEND, AgenticReplay, fit_report, load_agentic
 from hermes_env.sim.traces import BLOCK_TOKENS, Trace
-from hermes_env.sim.workload import ArrivalConfig, empirical
+from hermes_env.sim.workload import MAX_APPLICATIONS, ArrivalConfig, empirical
+from hermes_env.validation import as_integer, as_number, parse_yaml
 
 ARRIVAL_FITS = ("poisson", "gamma", "time_varying")
+MAX_BINS = 100_000  # pieces of a fitted time-varying schedule: a week in 6-second bins
 
 
 @dataclass
@@ -58,7 +67,8 @@ def _ks_two(a: np.ndarray, b: np.ndarray) -> float:
 
 def fit_trace(trace: Trace, name: str, bin_seconds: float = 60.0, seed: int = 0) -> TraceFit:
     """Fit every arrival process and both length models to ``trace`` (which must have token counts)."""
-    arrivals = fit_arrivals(trace.arrival, bin_seconds, seed)
+    require(trace.has_tokens, "trace", f"{trace.path} has arrival times only", "fit a trace with token counts")
+    arrivals = fit_arrivals(trace.arrival, bin_seconds, seed, trace.path)
     lengths = {}
     for key, values in (("prompt_tokens", trace.prompt), ("output_tokens", trace.output)):
         x = np.maximum(values.astype(float), 1.0)
@@ -72,11 +82,34 @@ def fit_trace(trace: Trace, name: str, bin_seconds: float = 60.0, seed: int = 0)
     return TraceFit(name, len(trace), float(trace.arrival[-1]), arrivals, lengths)
 
 
-def fit_arrivals(times: np.ndarray, bin_seconds: float = 60.0, seed: int = 0) -> dict[str, dict[str, Any]]:
+def check_arrivals(times: np.ndarray, bin_seconds: float, what: str = "the trace") -> None:
+    """Arrival ``times`` (sorted, from 0) have a process to fit, and ``bin_seconds`` cuts them into a bounded
+    number of bins."""
+    span = float(times[-1])
+    require(len(times) >= 3, "trace", f"{what} has {len(times)} arrival(s)", "fit a trace of at least 3 arrivals")
+    require(span > 0, "trace", f"all {len(times)} arrivals of {what} are at the same time",
+            "fit a trace whose arrivals spread over time, or replay it with arrivals: {process: trace}")
+    require(float(np.diff(times).std()) > 0, "trace", f"the arrivals of {what} come at a fixed period: no spread "
+            "to fit", "replay it with arrivals: {process: trace}, or write poisson arrivals by hand")
+    as_number(bin_seconds, "--bin", low=0, low_open=True, high=1e12)  # a time-varying piece's longest duration
+    bins = span / bin_seconds + 1
+    require(bins <= MAX_BINS, "--bin", f"{bin_seconds:g} s cuts {what}'s {span:.6g} s into {bins:.3g} bins "
+            f"(at most {MAX_BINS:,})", f"give --bin {span / (MAX_BINS - 1):.3g} or more")
+
+
+def _check_args(arrivals: str, backend: str, num_applications: int) -> None:
+    require(arrivals in ARRIVAL_FITS, "--arrivals", f"unknown fit {arrivals!r}", f"use one of {ARRIVAL_FITS}")
+    require(isinstance(backend, str) and backend_kind(backend) == "llm" and len(backend) > 4, "--backend",
+            f"{backend!r} is not an LLM backend (the trace's requests are LLM calls)",
+            "name an LLM backend of the cluster, such as llm:llama3-8b")
+    as_integer(num_applications, "--num-applications", low=1, high=MAX_APPLICATIONS)
+
+
+def fit_arrivals(times: np.ndarray, bin_seconds: float = 60.0, seed: int = 0,
+                 what: str = "the trace") -> dict[str, dict[str, Any]]:
     """The three arrival fits to arrival ``times`` (sorted, from 0): fit name -> {"spec", "ks"}."""
+    check_arrivals(times, bin_seconds, what)
     gaps = np.diff(times)
-    require(len(gaps) > 0 and gaps.mean() > 0, "trace", f"has {len(times)} arrivals at {len(set(times))} distinct "
-            "times: no arrival process fits", "fit a trace with arrivals at two times at least")
     rate = 1.0 / float(gaps.mean())
     cv = float(gaps.std() / gaps.mean())
     arrivals: dict[str, dict[str, Any]] = {
@@ -128,9 +161,16 @@ def _plain(value: Any) -> Any:
 
 def write_fitted_workload(trace: Trace, name: str, out: Path, arrivals: str = "gamma", backend: str = "llm:llama3-8b",
                           num_applications: int = 100_000, bin_seconds: float = 60.0) -> TraceFit:
+    """Fit ``trace`` and write the workload to ``out``; every argument is checked before the fit, and the
+    workload is read back by the loader before it is written, so that a file written can be run."""
+    _check_args(arrivals, backend, num_applications)
     fit = fit_trace(trace, name, bin_seconds)
+    text = workload_yaml(fit, arrivals, backend, num_applications)
+    spec = parse_yaml(text, str(out))
+    ArrivalConfig.from_dict(spec["arrivals"], f"the fitted {arrivals} arrivals")
+    PDGraph.from_dict(spec["applications"][0]["template"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(workload_yaml(fit, arrivals, backend, num_applications))
+    out.write_text(text)
     return fit
 
 
@@ -141,9 +181,11 @@ def write_agentic_workload(path: str, out: Path, block_size: int = BLOCK_TOKENS,
     """A generator fitted to an agentic trace (:mod:`hermes_env.sim.agentic`): an arrival process fitted to
     its sessions' arrivals and the PDGraph fitted to the sessions, written as a workload config with every
     arrival fit's distance and :func:`~hermes_env.sim.agentic.fit_report` in its comments."""
+    _check_args(arrivals, backend, num_applications)
     trace = load_agentic(path, block_size)
+    fits = fit_arrivals(trace.arrivals(), bin_seconds, what=f"the sessions of {path}")
+    ArrivalConfig.from_dict(_plain(fits[arrivals]["spec"]), f"the fitted {arrivals} arrivals")
     replay = AgenticReplay.build(str(Path(path)), block_size, range(len(trace.sessions)), backend, wait_backend)
-    fits = fit_arrivals(trace.arrivals(), bin_seconds)
     report = fit_report(replay)
     name = Path(path).name
     lines = [f"# Fitted by `hermes-env fit-trace --format {AGENTIC}` to {name}: {len(trace.rows)} requests in "

@@ -71,19 +71,19 @@ class Trace:
         return (len(self) - 1) / span if span > 0 else float("inf")
 
 
-def trace_path(name_or_path: str | Path) -> Path:
-    """A shipped trace by name, or a file by path."""
+def trace_path(name_or_path: str | Path, field: str = "workload.arrivals.trace") -> Path:
+    """A shipped trace by name, or a file by path (``field`` names it in the error when there is none)."""
     if str(name_or_path) in TRACE_NAMES:
         folder = Path(str(resources.files("hermes_env.data.traces")))
         return next(folder / f for f in (f"{name_or_path}.csv", f"{name_or_path}.jsonl") if (folder / f).is_file())
     path = Path(name_or_path)
-    require(path.is_file(), "workload.arrivals.trace", f"no file {str(path)!r}",
+    require(path.is_file(), field, f"no file {str(path)!r}",
             f"give a path, or one of the shipped traces {list(TRACE_NAMES)}")
     return path
 
 
-def load_trace(name_or_path: str | Path) -> Trace:
-    path = trace_path(name_or_path)
+def load_trace(name_or_path: str | Path, field: str = "workload.arrivals.trace") -> Trace:
+    path = trace_path(name_or_path, field)
     return _load(str(path), os.path.getmtime(path))
 
 

@@ -29,6 +29,9 @@ from hermes_env.validation import as_number, check_keys, choice, flag, integer, 
 PROCESSES = ("poisson", "bursty", "time_varying", "trace")
 MAX_RATE = 1e9  # arrivals per second: beyond any cluster, and far from float overflow in cumulative sums
 CLASSES = ("real_time", "best_effort")
+# Applications in a workload. A simulation draws 16 bytes per application up front (arrival time, template):
+# 1.6 GB at the bound, which is also days of CPU at the engine's speed; 10**10 asked for 160 GB and crashed.
+MAX_APPLICATIONS = 10**8
 TIERS = ("critical", "standard", "sheddable")  # SLO tiers, most protected first
 CLASS_TIER = {"real_time": "critical", "best_effort": "standard"}  # an entry's tier when it names none
 
@@ -202,14 +205,14 @@ class ArrivalConfig:
             shape = 1.0 / self.cv**2
             return np.cumsum(rng.gamma(shape, 1.0 / (self.rate * shape), n))
         if self.process == "time_varying":
-            return self._thinned(n, rng)
+            return self._time_varying(n, rng)
         return self._trace(n)
 
     def resample(self, n: int, last: float, now: float, rng: np.random.Generator) -> np.ndarray:
         """``n`` arrival times after ``now`` as a policy that has seen the arrivals so far could believe
         them: the process continued given its last arrival at ``last`` and none since (Poisson: memoryless;
-        bursty: the gamma gap in progress drawn beyond the time already elapsed; time-varying: thinning from
-        ``now``). A trace's future is unknowable: Poisson at the trace's mean rate stands for it."""
+        bursty: the gamma gap in progress drawn beyond the time already elapsed; time-varying: the schedule
+        continued from ``now``). A trace's future is unknowable: Poisson at the trace's mean rate stands for it."""
         if self.process == "bursty":
             from scipy import stats  # imported when first needed: keeps `import hermes_env` light
 
@@ -218,22 +221,33 @@ class ArrivalConfig:
             first = last + float(gap.isf(rng.random() * gap.sf(now - last)))
             return max(first, now) + np.concatenate(([0.0], np.cumsum(gap.rvs(n - 1, random_state=rng))))
         if self.process == "time_varying":
-            return self._thinned(n, rng, now)
+            return self._time_varying(n, rng, now)
         rate = self.rate if self.process == "poisson" else self.trace_data().rate
         return now + np.cumsum(rng.exponential(1.0 / rate, n))
 
-    def _thinned(self, n: int, rng: np.random.Generator, start: float = 0.0) -> np.ndarray:
-        ends = np.cumsum([d for d, _ in self.schedule])
+    def _time_varying(self, n: int, rng: np.random.Generator, start: float = 0.0) -> np.ndarray:
+        """``n`` arrivals of the cycling schedule after ``start``, by inverting its cumulative rate: unit-rate
+        Poisson arrivals ``E_k`` (cumulative sums of exponentials) beyond the expected count at ``start`` map
+        to the times at which the schedule's expected count reaches them. Work is proportional to the arrivals
+        (times the log of the pieces), whatever the idle time between them: thinning at the peak rate drew
+        candidates through every idle gap, and a long gap after a busy piece hung."""
+        durations = np.array([d for d, _ in self.schedule])
         rates = np.array([r for _, r in self.schedule])
-        peak, period = rates.max(), ends[-1]
-        out: list[float] = []
-        t = start
-        while len(out) < n:
-            t += rng.exponential(1.0 / peak)
-            rate = rates[np.searchsorted(ends, t % period, side="right") % len(rates)]
-            if rng.random() * peak < rate:
-                out.append(t)
-        return np.array(out)
+        starts = np.concatenate(([0.0], np.cumsum(durations)[:-1]))
+        period = starts[-1] + durations[-1]
+        expected = np.cumsum(durations * rates)  # the schedule's expected count at each piece's end
+
+        def count(t: float) -> float:  # the expected count from 0 to t
+            c, within = divmod(t, period)
+            i = min(int(np.searchsorted(starts, within, side="right")) - 1, len(rates) - 1)
+            return c * expected[-1] + (expected[i] - durations[i] * rates[i]) + rates[i] * (within - starts[i])
+
+        offset = count(start) if start > 0 else 0.0
+        cycles, within = np.divmod(offset + np.cumsum(rng.exponential(1.0, n)), expected[-1])
+        piece = np.minimum(np.searchsorted(expected, within, side="right"), len(rates) - 1)  # never a rate-0 piece
+        before = expected[piece] - durations[piece] * rates[piece]
+        times = cycles * period + starts[piece] + (within - before) / rates[piece]
+        return np.maximum.accumulate(np.maximum(times, start))  # rounding at a piece's edge must not reorder
 
     def _trace(self, n: int) -> np.ndarray:
         times = self.trace_data().arrival
@@ -295,7 +309,7 @@ class WorkloadConfig:
         if trace is not None and "num_applications" not in spec:
             n = len(trace)
         else:
-            n = integer(spec, "num_applications", where, low=1, high=10**10)
+            n = integer(spec, "num_applications", where, low=1, high=MAX_APPLICATIONS)
         if arrivals.format == AGENTIC:
             require("applications" not in spec, f"{where}.applications", "goes with no agentic trace",
                     "an agentic trace's sessions are the applications: leave applications out")
