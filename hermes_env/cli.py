@@ -77,7 +77,7 @@ def _simulate(args: argparse.Namespace) -> int:
     config = ExperimentConfig.from_yaml(args.config)
     t0 = time.perf_counter()
     result = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, router=args.router,
-                        autoscaler=args.autoscaler, seed=args.seed, keep_applications=False,
+                        autoscaler=args.autoscaler, retention=args.retention, seed=args.seed, keep_applications=False,
                         rows_to=args.out / "applications.csv").run()
     wall = time.perf_counter() - t0
     result.write(args.out)
@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--prewarm", default="none", help="a prewarm policy name")
     m.add_argument("--router", default="shared", help="a router name (shared: one queue per backend)")
     m.add_argument("--autoscaler", default="fixed", help="an autoscaler name")
+    m.add_argument("--retention", default="lru", help="a KV retention policy (lru: vLLM's LRU release; ttl, kvflow, "
+                   "infercept, pdgraph, oracle)")
     m.add_argument("--seed", type=_seed, default=0)
     m.add_argument("--out", type=Path, required=True, help="output directory")
     m.set_defaults(run=_simulate)

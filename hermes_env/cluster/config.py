@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hermes_env.cluster.kvtier import HostTierConfig
 from hermes_env.cluster.latency import IterationLatency, load_profile
 from hermes_env.errors import require
 from hermes_env.pdgraph.distributions import Distribution, distribution_from_spec
@@ -50,6 +51,9 @@ MODEL_SHAPES = {
     "llama3.1-8b": ModelShape("llama3.1-8b", 32, 8, 128, weight_bytes=16.06e9, max_context=131072),
     "llama3-70b": ModelShape("llama3-70b", 80, 8, 128, weight_bytes=141.1e9, max_context=8192),
     "llama3.1-70b": ModelShape("llama3.1-70b", 80, 8, 128, weight_bytes=141.1e9, max_context=131072),
+    # Qwen2.5-32B (Qwen, 2024, config.json): 64 layers, 40 query and 8 KV heads of 128, 32.76B parameters in
+    # bf16 (65.5 GB); 32,768 tokens natively, 131,072 with YaRN rope scaling (the model card's long-context setup).
+    "qwen2.5-32b": ModelShape("qwen2.5-32b", 64, 8, 128, weight_bytes=65.53e9, max_context=131072),
 }
 
 # Bandwidth (bytes/s) from where a replica's weights are loaded to its GPUs, by tier. Modelling choices, each
@@ -151,7 +155,8 @@ class LLMBackendConfig:
     ``enable_prefix_caching`` (--enable-prefix-caching), ``block_size`` (--block-size),
     ``gpu_memory_utilization`` (--gpu-memory-utilization), ``max_model_len`` (--max-model-len). A cold replica
     loads in ``weight_bytes`` over the ``load_from`` tier (``network``, ``nvme`` or ``host_memory``; its
-    bandwidth ``load_bandwidth_gbps`` if given, else :data:`LOAD_BANDWIDTH`) plus ``engine_start`` seconds."""
+    bandwidth ``load_bandwidth_gbps`` if given, else :data:`LOAD_BANDWIDTH`) plus ``engine_start`` seconds.
+    ``host_kv_tier`` gives each replica a host-memory KV tier (:mod:`hermes_env.cluster.kvtier`)."""
 
     name: str
     latency: IterationLatency
@@ -173,6 +178,7 @@ class LLMBackendConfig:
     load_bandwidth: float = LOAD_BANDWIDTH["nvme"]
     engine_start: float = 5.0
     lora: LoRAConfig | None = None
+    host_kv_tier: HostTierConfig | None = None
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -197,7 +203,7 @@ class LLMBackendConfig:
                           "gpu_memory_utilization", "engine", "chunked_prefill", "enable_prefix_caching",
                           "max_num_seqs", "max_num_batched_tokens", "block_size", "max_model_len",
                           "remote_prefix_store", "load_from", "load_bandwidth_gbps", "engine_start_s", "lora",
-                          "source"}, where)
+                          "host_kv_tier", "source"}, where)
         name = spec.get("name")
         require(isinstance(name, str) and backend_kind(name) == "llm", f"{where}.name",
                 f"must be an 'llm:<model>' backend name, got {name!r}")
@@ -240,6 +246,8 @@ class LLMBackendConfig:
             load_bandwidth=load_bandwidth(spec, where, tier),
             engine_start=number(spec, "engine_start_s", where, 5.0, low=0, high=86400),
             lora=None if spec.get("lora") is None else LoRAConfig.from_dict(spec["lora"], f"{where}.lora", model),
+            host_kv_tier=None if spec.get("host_kv_tier") is None else HostTierConfig.from_dict(
+                spec["host_kv_tier"], f"{where}.host_kv_tier", gpus),
         )
         require(cfg.kv_capacity_tokens >= cfg.block_size, f"{where}.gpu_memory_gb",
                 f"leaves no KV cache per replica after {model_name}'s weights ({cfg.kv_capacity_tokens} tokens)",

@@ -44,9 +44,10 @@ from hermes_env.errors import require
 from hermes_env.pdgraph.demand import DemandModel, Progress
 from hermes_env.pdgraph.graph import PDGraph, Stage
 from hermes_env.pdgraph.sampling import StageRun, sample_realisation
+from hermes_env.sim import retention as _retention  # noqa: F401 (registers the retention policies)
 from hermes_env.sim.engine import Engine
 from hermes_env.sim.metrics import Recorder, SimulationResult, summarise
-from hermes_env.sim.policies import make_autoscaler, make_prewarm, make_router, make_scheduler
+from hermes_env.sim.policies import make_autoscaler, make_prewarm, make_retention, make_router, make_scheduler
 from hermes_env.sim.traces import BLOCK_TOKENS, BlockChains
 from hermes_env.sim.workload import ApplicationMix, WorkloadConfig, resolve_path, with_absolute_files
 from hermes_env.validation import check_keys, load_yaml
@@ -160,7 +161,7 @@ class Simulation:
 
     def __init__(self, config: ExperimentConfig, scheduler: Any = "fcfs", prewarm: Any = "none", seed: int = 0,
                  router: Any = "shared", autoscaler: Any = "fixed", check_invariants: bool = False,
-                 keep_applications: bool = True, rows_to: str | Path | None = None) -> None:
+                 keep_applications: bool = True, rows_to: str | Path | None = None, retention: Any = "lru") -> None:
         self.config, self.seed, self.check = config, seed, check_invariants
         self.engine = Engine()
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
@@ -168,8 +169,11 @@ class Simulation:
         self.autoscaler = make_autoscaler(autoscaler) if isinstance(autoscaler, str) else autoscaler
         self.router_name = router if isinstance(router, str) else router.name
         cluster_rng = np.random.default_rng([seed, 4])
+        self.retention = make_retention(retention) if isinstance(retention, str) else retention
+        self.retention.bind(self)
+        held = None if self.retention.name == "lru" else self.retention  # lru: the engine's own behaviour
         self.llm_backends = {c.name: LLMBackend(c, self.engine, self._queue, self._done, self._failed,
-                                                self._decision_needed, self._router(router))
+                                                self._decision_needed, self._router(router), held)
                              for c in config.cluster.llm_backends}
         self.tool_backends = {c.name: ToolBackend(c, self.engine, WaitQueue(c.name, self.scheduler), cluster_rng,
                                                   self._done, self._decision_needed)
@@ -416,10 +420,15 @@ class Simulation:
             if copy == 0 and app.cursor == app.trace_run and self._trace.block_ids is not None:
                 chain = self._blocks.chain(self._trace.block_ids[app.id], prompt) if backend.cfg.enable_prefix_caching \
                     else ()
+                own = len(chain)  # a trace's blocks are shared by every request that has them
             else:
                 prompt, chain = self._prompt(app, stage, backend, prompt, prefix)
+                own = 1 if chain and chain[0].shared else 0
             req = Request(app, app.cursor, copy, run.backend, prompt, int(run.output_tokens[copy]),
                           prefix_tokens=prefix, chain=chain, adapter=adapter)
+            req.own = own
+            if stage.context != "fresh":
+                req.resumed = min(history, prompt)
             reusable = self._reusable(app, stage, history, prefix, copy) if copy or app.cursor != app.trace_run \
                 else self._trace_shared(app.id)
             cached = min(reusable, prompt - 1)
@@ -463,10 +472,10 @@ class Simulation:
         elif stage.system_prompt_tokens:
             key = (app.template, stage.name)
             if key not in self._system_prompts:
-                self._system_prompts[key] = Segment(None, 0, stage.system_prompt_tokens)
+                self._system_prompts[key] = Segment(None, 0, stage.system_prompt_tokens, shared=True)
             base = (self._system_prompts[key],)
         elif prefix:  # computed before the run: in the remote store from the start
-            base = (Segment(None, 0, prefix),)
+            base = (Segment(None, 0, prefix, shared=True),)
             if backend.remote is not None:
                 backend.remote.publish(base, prefix)
         else:
@@ -479,7 +488,10 @@ class Simulation:
         if request.output_tokens:  # an LLM request: time to first token, time per output token
             tpot = ((request.finished - request.first_token) / (request.output_tokens - 1)
                     if request.output_tokens > 1 else None)
-            self.recorder.request(request.backend, app.app_class, request.first_token - request.first_enqueued, tpot)
+            ttft = request.first_token - request.first_enqueued
+            self.recorder.request(request.backend, app.app_class, ttft, tpot)
+            if request.resumed:
+                self.recorder.resumed(request.backend, ttft)
             if request.copy == 0:  # the conversation goes on from the first copy's prompt and answer
                 app.context[request.backend] = (request.prompt_tokens + request.output_tokens, request.chain)
             if request.replica is not None:
@@ -506,6 +518,9 @@ class Simulation:
 
     def _end(self, app: Application, now: float) -> None:
         app.completion = now
+        for backend in self.llm_backends.values():
+            if backend.retention is not None:
+                backend.forget(app, now)
         del self.active[app.id]
         self._count_area(now)
         self.in_system -= 1
@@ -562,5 +577,6 @@ class Simulation:
             b.check_invariants()
             for r in b.replicas:
                 waiting = len(r.queue) and (r.queue is not b.queue or r.state == REPLICA_WARM)
-                assert not (waiting and r.state == REPLICA_WARM and r.idle and not r.deciding), \
+                held = r.kvmem is not None and r.kvmem.pinned_blocks > 0  # TTL pins may hold admission back
+                assert not (waiting and r.state == REPLICA_WARM and r.idle and not r.deciding and not held), \
                     f"{b.name}[{r.index}]: an idle warm replica while work waits"
