@@ -232,6 +232,7 @@ class KVMemory:
         self.offloads = self.prefetches = self.discards = self.reclaims = 0
         self.host_loaded_tokens = 0  # loaded on demand by the next request
         self.host_lost_blocks = 0  # dropped from host memory (full, or no longer a prefix)
+        self.offloaded_blocks = self.prefetched_blocks = 0
 
     @property
     def cache(self) -> PrefixCache:
@@ -355,6 +356,7 @@ class KVMemory:
         self.d2h_free_at = max(now, self.d2h_free_at) + self.cfg.transfer_time(tokens, self.bytes_per_token, False)
         self.bytes_d2h += tokens * self.bytes_per_token
         self.offloads += 1
+        self.offloaded_blocks += blocks
         del self.contexts[ctx.app]  # re-inserted last: the dict's order is the host tier's FIFO
         self.contexts[ctx.app] = ctx
         ctx.state, ctx.blocks, ctx.ready_at = HOST, blocks, self.d2h_free_at
@@ -376,6 +378,7 @@ class KVMemory:
         self.h2d_free_at = start + self.cfg.transfer_time(tokens, self.bytes_per_token, True)
         self.bytes_h2d += tokens * self.bytes_per_token
         self.prefetches += 1
+        self.prefetched_blocks += ctx.blocks
         ctx.state, ctx.ready_at = PREFETCHED, self.h2d_free_at
         self._count(now, ctx.blocks)
         return True
@@ -437,7 +440,8 @@ class KVMemory:
         return {"pinned_block_seconds": self.pinned_block_seconds_until(now), "bytes_h2d": self.bytes_h2d,
                 "bytes_d2h": self.bytes_d2h, "offloads": self.offloads, "prefetches": self.prefetches,
                 "discards": self.discards, "reclaims": self.reclaims, "host_loaded_tokens": self.host_loaded_tokens,
-                "host_lost_blocks": self.host_lost_blocks}
+                "host_lost_blocks": self.host_lost_blocks, "offloaded_blocks": self.offloaded_blocks,
+                "prefetched_blocks": self.prefetched_blocks}
 
     def check_invariants(self, name: str) -> None:
         cache = self.cache
@@ -462,3 +466,6 @@ class KVMemory:
             owned = sum(c.blocks for c in self.contexts.values() if c.state == HOST)
             assert owned == total, f"{name}: host blocks {total} not all owned by offloaded contexts ({owned})"
             assert not set(self.host.cached_end) & set(cache.cached_end), f"{name}: a block in two tiers"
+            moved = self.prefetched_blocks + self.host_loaded_tokens // self.block + self.host_lost_blocks + total
+            assert moved == self.offloaded_blocks, f"{name}: {self.offloaded_blocks} blocks offloaded, {moved} " \
+                                                   "accounted (prefetched, loaded, lost, still on the host)"

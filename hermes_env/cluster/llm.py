@@ -492,7 +492,7 @@ class Replica:
     def _plan_mixed(self, now: float) -> None:
         pairs = tokens = finishing = 0
         for r, chunk in self._chunks.items():
-            done = r.cached + r.loaded + r.computed  # context already in KV: causal attention over it
+            done = r.cached + r.host + r.loaded + r.computed  # context already in KV: causal attention over it
             pairs += (done + chunk) ** 2 - done**2
             tokens += chunk
             finishing += chunk == self._prefill_left(r)
@@ -819,7 +819,7 @@ class LLMBackend:
                                "resumed_gpu_hit_rate": sum(r.resumed_gpu for r in reps) / resumed if resumed else 0.0,
                                "resumed_host_hit_rate": sum(r.resumed_host for r in reps) / resumed if resumed else 0.0}
         keys = ("pinned_block_seconds", "bytes_h2d", "bytes_d2h", "offloads", "prefetches", "discards", "reclaims",
-                "host_loaded_tokens", "host_lost_blocks")
+                "host_loaded_tokens", "host_lost_blocks", "offloaded_blocks", "prefetched_blocks")
         parts = [r.kvmem.summary(now) for r in reps if r.kvmem is not None]
         out.update({k: sum(p[k] for p in parts) for k in keys})
         return out
