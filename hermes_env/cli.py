@@ -98,7 +98,7 @@ def _bench(args: argparse.Namespace) -> int:
     _check_out(args.out)
     split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
     cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds,
-                                split(args.routers), split(args.autoscalers))
+                                split(args.routers), split(args.autoscalers), split(args.retentions))
     summary = run_bench(cfg, args.out, progress=not args.quiet, resume=args.resume, executor=args.executor,
                         workers=args.workers, address=args.address)
     print(format_table(summary), end="")
@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prewarm", help="comma-separated prewarm policy names (default: the config's)")
     b.add_argument("--routers", help="comma-separated router names (default: the config's, or shared)")
     b.add_argument("--autoscalers", help="comma-separated autoscaler names (default: the config's, or fixed)")
+    b.add_argument("--retentions", help="comma-separated KV retention policies (default: the config's, or lru)")
     b.add_argument("--seeds", type=_positive, help="number of seeds (default: the config's)")
     b.add_argument("--out", type=Path, required=True, help="output directory")
     b.add_argument("--resume", action="store_true", help="run only the cells missing from --out")

@@ -1,13 +1,13 @@
 """The benchmark: every (scheduler, prewarm) combination on the same workloads, over several seeds.
 
 A bench config (``configs/bench/*.yaml``) names an experiment (cluster and workload), the schedulers,
-prewarm policies, routers and autoscalers to compare (every combination of them), the number of seeds,
-the reference combination the ratios are taken against, and optionally ``loads``: multipliers of the
+prewarm policies, routers, autoscalers and KV retention policies to compare (every combination of them),
+the number of seeds, the reference combination the ratios are taken against, and optionally ``loads``: multipliers of the
 workload's arrival rate for a sweep. Every combination runs on the same arrivals and realised demands
 under a seed (common random numbers), so differences are the policies'. Figures are means over seeds with
 95% confidence half-widths (Student t).
 
-One *cell* is one simulation: (load, scheduler, prewarm, router, autoscaler, seed). Cells are independent, so
+One *cell* is one simulation: (load, scheduler, prewarm, router, autoscaler, retention, seed). Cells are independent, so
 an executor may run them in any order and anywhere: ``serial`` (this process), ``process`` (a local process pool) or
 ``ray`` (Ray tasks, on a local or remote cluster; the ``[ray]`` extra). Each finished cell is appended to
 ``runs.csv`` at once; on Ctrl-C or SIGTERM the tables and plots are written from the cells finished, and
@@ -37,6 +37,7 @@ from hermes_env.sim.metrics import mean_ci
 from hermes_env.sim.policies import (
     autoscaler_names,
     prewarm_names,
+    retention_names,
     router_names,
     scheduler_families,
     scheduler_names,
@@ -48,11 +49,12 @@ from hermes_env.validation import as_integer, as_number, check_keys, load_yaml
 METRICS = ("mean", "p50", "p95", "p99")
 COUNTS = ("cold_starts", "idle_warm_cost", "gpu_seconds", "failed")
 EXECUTORS = ("serial", "process", "ray")
-POLICY_KEYS = ("scheduler", "prewarm", "router", "autoscaler")
+POLICY_KEYS = ("scheduler", "prewarm", "router", "autoscaler", "retention")
 CELL_KEYS = ("load", *POLICY_KEYS, "seed")
 CDF_KEYS = ["load", *POLICY_KEYS, "completion_time"]
-DEFAULT_POLICIES = {"scheduler": "fcfs", "prewarm": "none", "router": "shared", "autoscaler": "fixed"}
-Combo = tuple[str, str, str, str]  # scheduler, prewarm, router, autoscaler
+DEFAULT_POLICIES = {"scheduler": "fcfs", "prewarm": "none", "router": "shared", "autoscaler": "fixed",
+                    "retention": "lru"}
+Combo = tuple[str, str, str, str, str]  # scheduler, prewarm, router, autoscaler, retention
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,12 @@ class Cell:
     prewarm: str
     router: str
     autoscaler: str
+    retention: str
     seed: int
 
     @property
     def combo(self) -> Combo:
-        return (self.scheduler, self.prewarm, self.router, self.autoscaler)
+        return (self.scheduler, self.prewarm, self.router, self.autoscaler, self.retention)
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -84,16 +87,18 @@ class BenchConfig:
     loads: tuple[float, ...] = (1.0,)
     routers: tuple[str, ...] = ("shared",)
     autoscalers: tuple[str, ...] = ("fixed",)
+    retentions: tuple[str, ...] = ("lru",)
 
     @classmethod
     def from_yaml(cls, path: str | Path, schedulers: Sequence[str] | None = None,
                   prewarm: Sequence[str] | None = None, seeds: int | None = None,
-                  routers: Sequence[str] | None = None, autoscalers: Sequence[str] | None = None) -> BenchConfig:
+                  routers: Sequence[str] | None = None, autoscalers: Sequence[str] | None = None,
+                  retentions: Sequence[str] | None = None) -> BenchConfig:
         """A bench YAML by path, or a packaged one by name (``default``, ``hermes``)."""
         path = config_path("bench", path, "bench")
         spec = load_yaml(path, "bench")
-        check_keys(spec, ("experiment", "schedulers", "prewarm", "routers", "autoscalers", "seeds", "reference",
-                          "loads", "description"), "bench")
+        check_keys(spec, ("experiment", "schedulers", "prewarm", "routers", "autoscalers", "retentions", "seeds",
+                          "reference", "loads", "description"), "bench")
         experiment = spec.get("experiment")
         require(isinstance(experiment, str | Mapping), "bench.experiment", "must be a YAML path or a mapping")
         base = path.parent
@@ -115,7 +120,9 @@ class BenchConfig:
                     f"use some of {prewarm_names()}")
         routes = tuple(routers or spec.get("routers", ["shared"]))
         scales = tuple(autoscalers or spec.get("autoscalers", ["fixed"]))
-        for key, names, known in (("routers", routes, router_names()), ("autoscalers", scales, autoscaler_names())):
+        keeps = tuple(retentions or spec.get("retentions", ["lru"]))
+        for key, names, known in (("routers", routes, router_names()), ("autoscalers", scales, autoscaler_names()),
+                                  ("retentions", keeps, retention_names())):
             for name in names:
                 require(name in known, f"bench.{key}", f"unknown policy {name!r}", f"use some of {known}")
         n = as_integer(seeds if seeds is not None else spec.get("seeds", 3), "bench.seeds", low=1, high=100_000)
@@ -127,12 +134,12 @@ class BenchConfig:
                       for i, x in enumerate(raw_loads))
         require(len(set(loads)) == len(loads), "bench.loads", "lists a load twice")
         reference = tuple(str(ref[k]) for k in POLICY_KEYS)
-        return cls(experiment, base, scheds, warms, n, reference, loads, routes, scales)  # type: ignore[arg-type]
+        return cls(experiment, base, scheds, warms, n, reference, loads, routes, scales, keeps)  # type: ignore[arg-type]
 
     @property
     def combos(self) -> list[Combo]:
-        combos = [(s, p, r, a) for s in self.schedulers for p in self.prewarm for r in self.routers
-                  for a in self.autoscalers]
+        combos = [(s, p, r, a, k) for s in self.schedulers for p in self.prewarm for r in self.routers
+                  for a in self.autoscalers for k in self.retentions]
         return combos if self.reference in combos else [self.reference, *combos]
 
     def cells(self) -> list[Cell]:
@@ -159,7 +166,8 @@ class BenchConfig:
     def identity(self) -> dict[str, Any]:
         """What a results folder belongs to (``--resume`` refuses a folder of another bench)."""
         return {"experiment": self.experiment, "schedulers": list(self.schedulers), "prewarm": list(self.prewarm),
-                "routers": list(self.routers), "autoscalers": list(self.autoscalers), "seeds": self.seeds,
+                "routers": list(self.routers), "autoscalers": list(self.autoscalers),
+                "retentions": list(self.retentions), "seeds": self.seeds,
                 "reference": list(self.reference), "loads": list(self.loads)}
 
 
@@ -176,7 +184,8 @@ def run_cell(cfg: BenchConfig, cell: Cell) -> CellResult:
     other cells finish and are written."""
     try:
         result = Simulation(cfg.experiment_at(cell.load), scheduler=cell.scheduler, prewarm=cell.prewarm,
-                            router=cell.router, autoscaler=cell.autoscaler, seed=cell.seed).run()
+                            router=cell.router, autoscaler=cell.autoscaler, retention=cell.retention,
+                            seed=cell.seed).run()
     except Exception:  # reported per cell by the caller
         return CellResult(cell, None, [], traceback.format_exc())
     s = result.summary
@@ -328,7 +337,7 @@ def _exact(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: repr(v) if isinstance(v, float) else v for k, v in row.items()}
 
 
-def _read_runs(path: Path, columns: list[str]) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+def _read_runs(path: Path, columns: list[str]) -> dict[tuple[str, ...], dict[str, Any]]:
     if not path.is_file():
         return {}
     with open(path, newline="") as fh:
@@ -378,8 +387,9 @@ def _summarise(cfg: BenchConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
                 base = float(np.mean([b[key] for _, b in paired])) if paired else math.nan
                 row[f"{key}_ratio"] = row[key] / base if base else math.nan
             rows.append(row)
-    varying = [k for k, names in zip(POLICY_KEYS, (cfg.schedulers, cfg.prewarm, cfg.routers, cfg.autoscalers),
-                                     strict=True) if len({*names, cfg.reference[POLICY_KEYS.index(k)]}) > 1]
+    dimensions = (cfg.schedulers, cfg.prewarm, cfg.routers, cfg.autoscalers, cfg.retentions)
+    varying = [k for k, names in zip(POLICY_KEYS, dimensions, strict=True)
+               if len({*names, cfg.reference[POLICY_KEYS.index(k)]}) > 1]
     return {"reference": list(cfg.reference), "seeds": cfg.seeds, "loads": list(cfg.loads), "rows": rows,
             "varying": varying or ["scheduler"]}
 
