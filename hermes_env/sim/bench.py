@@ -2,8 +2,8 @@
 
 A bench config (``configs/bench/*.yaml``) names an experiment (cluster and workload), the schedulers,
 prewarm policies, routers, autoscalers and KV retention policies to compare (every combination of them),
-the number of seeds, the reference combination the ratios are taken against, and optionally ``loads``: multipliers of the
-workload's arrival rate for a sweep. Every combination runs on the same arrivals and realised demands
+the number of seeds, the reference combination the ratios are taken against, and optionally ``loads``:
+multipliers of the workload's arrival rate for a sweep. Every combination runs on the same arrivals and realised demands
 under a seed (common random numbers), so differences are the policies'. Figures are means over seeds with
 95% confidence half-widths (Student t).
 
