@@ -1,4 +1,4 @@
-"""Measure the iteration latency of a Llama-3-8B-architecture model on a real GPU.
+"""Measure the iteration latency of a dense transformer (Llama-3-8B's or Qwen2.5-32B's shape) on a real GPU.
 
 Builds the model in plain torch, bf16, with random weights (nothing is downloaded), and times what a
 continuous-batching engine runs each iteration:
@@ -17,6 +17,12 @@ memory floor (all weights read once per step).
 
     python scripts/profile_gpu.py --out DIR          # writes DIR/profile.csv and DIR/environment.json
     python scripts/profile_gpu.py --long --out DIR   # and prompts and contexts of 12k to 131k tokens
+    python scripts/profile_gpu.py --model qwen2.5-32b --long --skip-graph-above-ms 2000 --out DIR
+
+``--model`` picks the architecture (:data:`MODELS`: layer count, widths, heads, vocabulary; Qwen2's q/k/v
+biases are left out: an element-wise add per token, nil against the products). ``--skip-graph-above-ms``
+times shapes slower than that per run in eager mode only (3 runs): CUDA graphs remove launch overhead,
+which is nil there, and a 32B model's 98k-token prefill would otherwise take two minutes a shape.
 """
 
 from __future__ import annotations
@@ -33,16 +39,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-# Llama-3-8B (Meta, config.json of Meta-Llama-3-8B)
-HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 4096, 32, 32, 8, 128
-INTERMEDIATE, VOCAB, ROPE_THETA, EPS = 14336, 128256, 500000.0, 1e-5
+# hidden, layers, heads, KV heads, head dim, intermediate, vocabulary, RoPE theta, RMSNorm eps, and the bound on
+# B * C cached tokens of the decode shapes (the K/V they allocate must fit beside the weights)
+MODELS = {
+    # Meta, config.json of Meta-Llama-3-8B: 16 GB of weights, 128 KiB of K/V per token
+    "llama3-8b": (4096, 32, 32, 8, 128, 14336, 128256, 500000.0, 1e-5, 262_144),
+    # Qwen, config.json of Qwen2.5-32B: 65.5 GB of weights, 256 KiB of K/V per token (48 GiB at the bound)
+    "qwen2.5-32b": (5120, 64, 40, 8, 128, 27648, 152064, 1000000.0, 1e-6, 196_608),
+}
+HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, INTERMEDIATE, VOCAB, ROPE_THETA, EPS, MAX_CACHED_TOKENS = MODELS["llama3-8b"]
 DTYPE = torch.bfloat16
 DEV = "cuda"
 
 PREFILL_TOKENS = [16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192]
 DECODE_BATCH = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
 DECODE_CONTEXT = [128, 512, 1024, 2048, 4096, 8192]
-MAX_CACHED_TOKENS = 262_144  # B * C bound: 34 GB of K/V over 32 layers, with the 16 GB of weights
 MIXED = [(256, 8, 1024), (256, 32, 1024), (1024, 16, 2048), (512, 64, 512), (2048, 32, 1024), (128, 128, 2048)]
 # Long contexts (--long): the same method beyond the first profile's 8,192 tokens, up to Llama-3.1's
 # 131,072-token context. They are measured after all the shapes above, so that a run cut short keeps those.
@@ -51,6 +62,7 @@ LONG_DECODE_CONTEXT = [16384, 32768, 65536, 131072]
 LONG_MIXED = [(2048, 4, 32768), (8192, 8, 16384), (16384, 16, 4096), (4096, 2, 65536)]
 MAX_POSITION = 131_072 + 1
 SLOW_MS = 500.0  # shapes slower than this per run are timed 5 times (1 warm-up) instead of 20 (3 warm-ups)
+SKIP_GRAPH_MS = float("inf")  # shapes slower than this are timed in eager mode only (--skip-graph-above-ms)
 
 
 def randn(*shape: int, scale: float = 0.02) -> torch.Tensor:
@@ -168,6 +180,11 @@ def measure(model: Model, prefill: int, batch: int, ctx: int, eager_reps: int) -
         first = time_fn(step, warmup=1, reps=1)[0]
         slow = first > SLOW_MS  # a long prefill: launch overhead is nil, and 20 runs would take minutes
         eager = time_fn(step, warmup=0 if slow else 1, reps=2 if slow else eager_reps)
+        if first > SKIP_GRAPH_MS:
+            eager = time_fn(step, warmup=0, reps=3)
+            med = eager[1]
+            return {"prefill_tokens": prefill, "decode_batch": batch, "decode_context": ctx, "graph_ms": med,
+                    "graph_p10_ms": eager[0], "graph_p90_ms": eager[2], "eager_ms": med}
         torch.cuda.empty_cache()  # the graph's private pool needs the room the eager runs cached
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -215,16 +232,27 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="a few shapes only, to check the script")
     parser.add_argument("--long", action="store_true", help="add prompts and contexts of 12k to 131k tokens")
+    parser.add_argument("--model", choices=sorted(MODELS), default="llama3-8b")
+    parser.add_argument("--skip-graph-above-ms", type=float, default=float("inf"))
+    parser.add_argument("--max-prefill", type=int, default=131_072, help="leave out longer prefills")
+    parser.add_argument("--max-context", type=int, default=131_072, help="leave out longer decode contexts")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    global HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, INTERMEDIATE, VOCAB, ROPE_THETA, EPS, MAX_CACHED_TOKENS
+    global SKIP_GRAPH_MS
+    HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, INTERMEDIATE, VOCAB, ROPE_THETA, EPS, MAX_CACHED_TOKENS = \
+        MODELS[args.model]
+    SKIP_GRAPH_MS = args.skip_graph_above_ms
     torch.manual_seed(0)
     env = environment()
+    env.update(model=args.model, skip_graph_above_ms=SKIP_GRAPH_MS)
     env.update(ceilings())
     model = Model()
     env["weight_bytes"] = model.weight_bytes()
     # HBM moves read and written bytes at one shared rate, so weights are read at the copy's total rate
     env["decode_floor_ms"] = env["weight_bytes"] / env["copy_GBps_read_plus_write"] / 1e6
     print(json.dumps(env, indent=1), flush=True)
+    (args.out / "environment.json").write_text(json.dumps(env, indent=1) + "\n")  # again at the end, with the count
     shapes = [(t, 0, 0, "prefill") for t in PREFILL_TOKENS]
     shapes += [(0, b, c, "decode") for b in DECODE_BATCH for c in DECODE_CONTEXT if b * c <= MAX_CACHED_TOKENS]
     shapes += [(p, b, c, "mixed") for p, b, c in MIXED]
@@ -232,6 +260,7 @@ def main() -> None:
         shapes += [(t, 0, 0, "prefill") for t in LONG_PREFILL_TOKENS]
         shapes += [(0, b, c, "decode") for c in LONG_DECODE_CONTEXT for b in DECODE_BATCH if b * c <= MAX_CACHED_TOKENS]
         shapes += [(p, b, c, "mixed") for p, b, c in LONG_MIXED]
+    shapes = [s for s in shapes if s[0] <= args.max_prefill and s[2] <= args.max_context]
     if args.quick:
         shapes = [shapes[0], shapes[len(PREFILL_TOKENS)], shapes[-1]]
     rows = []

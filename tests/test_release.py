@@ -146,7 +146,7 @@ def test_an_episode_without_decisions_ends_on_its_first_step(mode):
     """repro_zero_decision_episode.py: reset simulated the whole episode and step crashed."""
     env = gym.make("hermes_env/Scheduling-v0", overrides={"workload": {"num_applications": 1}}, invalid_action=mode)
     obs, info = env.reset(seed=0)
-    assert info["decision"] is None and info["completed"] == 1
+    assert info["decision"] == "" and info["replica"] == -1 and info["completed"] == 1
     obs, reward, terminated, truncated, info = env.step(0)
     app = env.unwrapped.sim.completed[0]
     assert terminated and not truncated and reward == pytest.approx(-(app.completion - app.arrival))

@@ -260,11 +260,14 @@ class HermesEnv(gym.Env):
         return float(-cost * self.reward_scale)  # scaled as a whole, so the priced terms keep their weights
 
     def _info(self, dt: float, invalid: bool) -> dict:
+        """Every key has one type and shape at every decision and in every id (sentinels: "" and -1), so
+        that a vector environment can stack the infos of copies at different kinds of decision."""
         sim = self.sim
         d = self.decision
+        replica = -1 if d is None or d.queue is None or d.queue.replica is None else d.queue.replica
         return {"dt": dt, "sim_time": sim.engine.now, "action_mask": self.action_masks(), "invalid_action": invalid,
-                "decision": None if d is None else d.kind, "backend": None if d is None else d.backend,
-                "replica": None if d is None or d.queue is None else d.queue.replica,
+                "decision": "" if d is None else d.kind, "backend": "" if d is None else d.backend,
+                "replica": int(replica),
                 "completed": len(sim.recorder.completion_times), "failed": sim.recorder.failed,
                 "in_system": sim.in_system,
                 "gpu_seconds": sum(b.gpu_seconds_until(sim.engine.now) for b in sim.llm_backends.values())}
