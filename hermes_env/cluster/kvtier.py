@@ -152,11 +152,12 @@ class Context:
     """An application's conversation held for its next request on one replica."""
 
     __slots__ = ("app", "chain", "private", "tokens", "replica", "state", "plan", "ready_at", "version",
-                 "blocks", "since", "priority", "memo")
+                 "blocks", "since", "priority", "memo", "request")
 
     def __init__(self, app: Any, chain: tuple[Segment, ...], private: tuple[Segment, ...], replica: Any,
-                 now: float) -> None:
+                 now: float, request: Any = None) -> None:
         self.app, self.chain, self.private, self.replica = app, chain, private, replica
+        self.request = request  # the call that just ended (what an agent observes of the application)
         self.tokens = chain[-1].start + chain[-1].size if chain else 0
         self.state = ""
         self.plan = RELEASE
@@ -248,13 +249,14 @@ class KVMemory:
         return self.pinned_block_seconds
 
     # -- boundaries ---------------------------------------------------------------------------------
-    def boundary(self, policy: Any, app: Any, chain: tuple[Segment, ...], own: int, now: float) -> None:
-        """A request continuing ``app``'s conversation finished with ``chain`` cached: apply the policy's plan."""
-        private = chain[own:]
+    def boundary(self, policy: Any, request: Any, now: float) -> None:
+        """``request``, continuing its application's conversation, finished with its chain cached: apply the
+        policy's plan."""
+        private = request.chain[request.own:]
         if not private or self.cache is None:
             return
-        ctx = Context(app, chain, private, self.replica, now)
-        self.contexts[app] = ctx
+        ctx = Context(request.app, request.chain, private, self.replica, now, request)
+        self.contexts[ctx.app] = ctx
         self.apply(policy, ctx, policy.at_boundary(self.replica, ctx, now), now, poke=False)
 
     def apply(self, policy: Any, ctx: Context, plan: Plan, now: float, poke: bool = True) -> None:

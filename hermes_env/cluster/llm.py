@@ -353,7 +353,7 @@ class Replica:
         r.chain = (*r.chain, answer)
         self._release_adapter(r)
         if self.kvmem is not None and r.copy == 0:
-            self.kvmem.boundary(self.backend.retention, r.app, r.chain, r.own, now)
+            self.kvmem.boundary(self.backend.retention, r, now)
 
     def _admit(self, now: float) -> None:
         while self.ready:  # requests whose wait (remote prefix, adapter) is over go first

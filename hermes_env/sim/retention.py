@@ -307,3 +307,39 @@ class OracleRetention(RetentionPolicy):
             return DISCARD
         return Plan("offload", prefetch_at=max(now, due - back))
 
+
+
+RETAIN_ACTIONS = ("release", "pin", "offload_prefetch", "offload", "discard")
+
+
+class ExternalRetention(PDGraphRetention):
+    """The retention side of an agent outside the simulation (``hermes_env/KVCache-v0``): every boundary
+    pauses the simulation (the context pinned meanwhile) until ``Simulation.resolve((action, priority))``:
+    ``action`` one of :data:`RETAIN_ACTIONS` (release to the LRU cache; pin until the next call or memory
+    pressure; offload with a prefetch timed by the PDGraph forecast, as ``pdgraph`` times it; offload and
+    load on demand; discard), ``priority`` 0 to 2 (a higher one goes first under memory pressure, ties by
+    the forecast's expected next use, latest first). Pressure offloads as ``pdgraph`` does. A call that ends
+    its application is released without a decision."""
+
+    name = "external"
+    external = True
+
+    def at_boundary(self, replica: Any, ctx: Context, now: float) -> Plan:
+        if self.next_run(ctx) is None:
+            return RELEASE  # the application ends with this call: nothing to decide
+        ctx.memo = self.next_use(replica, ctx)
+        self.sim.request_retention_decision(replica, ctx, now)
+        return Plan("pin")
+
+    def plan(self, replica: Any, ctx: Context, action: int, now: float) -> Plan:
+        name = RETAIN_ACTIONS[action]
+        if name == "offload_prefetch":
+            return self._offload_plan(replica, ctx, now)
+        return Plan(name) if name != "pin" else Plan("pin")
+
+    def decide(self, replica: Any, ctx: Context, choice: Any, now: float) -> None:
+        action, priority = (int(c) for c in choice)
+        if replica.kvmem.contexts.get(ctx.app) is not ctx:
+            return  # claimed or freed meanwhile: nothing left to decide
+        ctx.priority = priority
+        replica.kvmem.apply(self, ctx, self.plan(replica, ctx, action, now), now)

@@ -99,7 +99,8 @@ def shared_demand_model(graph: PDGraph, profiles: tuple[tuple[str, IterationLate
 class Decision:
     """A choice an external policy owes: ``schedule`` (which request ``queue`` admits next at ``backend``),
     ``prewarm`` (which tool backends to warm or release), ``route`` (which of ``candidates`` replicas
-    ``request`` waits at) or ``scale`` (which LLM backends load or release a replica)."""
+    ``request`` waits at), ``scale`` (which LLM backends load or release a replica) or ``retain`` (what
+    happens to ``context``, an application's KV context on ``candidates[0]``, until its next call)."""
 
     kind: str
     time: float
@@ -108,6 +109,7 @@ class Decision:
     resume: Callable[[float], None] | None = None
     request: Request | None = None
     candidates: list[Replica] | None = None
+    context: Any = None
 
 
 class Application:
@@ -312,6 +314,10 @@ class Simulation:
         """Called by an external autoscaler on its tick: pause for the agent's load/release orders."""
         self.pending.append(Decision("scale", now, ""))
 
+    def request_retention_decision(self, replica: Replica, context: Any, now: float) -> None:
+        """Called by an external retention policy at a tool boundary: pause for the agent's retention choice."""
+        self.pending.append(Decision("retain", now, replica.backend.name, candidates=[replica], context=context))
+
     def run_until_decision(self) -> Decision | None:
         """Run until an external policy owes a choice (returned) or every application has ended (None)."""
         self._start()
@@ -323,7 +329,8 @@ class Simulation:
     def resolve(self, choice: int | None = None) -> None:
         """Settle the oldest pending decision: for a scheduling decision, admit the waiting request at
         ``choice`` (an index of ``decision.queue.waiting``) and let the backend go on; for a routing
-        decision, place the request on ``decision.candidates[choice]``."""
+        decision, place the request on ``decision.candidates[choice]``; for a retention decision, ``choice`` is
+        ``(action, priority)`` (:class:`~hermes_env.sim.retention.ExternalRetention`)."""
         decision = self.pending.popleft()
         now = self.engine.now
         if decision.kind == "schedule":
@@ -332,6 +339,8 @@ class Simulation:
         elif decision.kind == "route":
             replica = decision.candidates[int(choice)]  # type: ignore[arg-type, index]
             self.llm_backends[decision.backend].place(decision.request, replica, now)  # type: ignore[arg-type]
+        elif decision.kind == "retain":
+            self.retention.decide(decision.candidates[0], decision.context, choice, now)  # type: ignore[index]
 
     def _start(self) -> None:
         """Schedule the first arrival and the policies' ticks, once: later calls do nothing."""
