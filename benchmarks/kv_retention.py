@@ -54,9 +54,10 @@ def table(rows: list[dict], seeds: int) -> str:
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for context in CONTEXTS:
         for rate in RATES[context]:
-            base = {r["seed"]: r for r in rows if r["context"] == context and r["rate"] == rate and r["policy"] == "lru"}
+            here = [r for r in rows if r["context"] == context and r["rate"] == rate]
+            base = {r["seed"]: r for r in here if r["policy"] == "lru"}
             for policy in POLICIES:
-                mine = [r for r in rows if r["context"] == context and r["rate"] == rate and r["policy"] == policy]
+                mine = [r for r in here if r["policy"] == policy]
                 if not mine:
                     continue
                 cell = {k: float(np.mean([r[k] for r in mine])) for k in mine[0] if isinstance(mine[0][k], float | int)}
@@ -88,7 +89,8 @@ def main() -> None:
         for row in pool.map(run, cells):
             rows.append(row)
             print(f"{row['context']:5s} {row['rate']:<6g} {row['policy']:9s} seed {row['seed']}: mean "
-                  f"{row['jct_mean']:7.1f} s, P95 {row['jct_p95']:7.1f}, re-prefilled {row['reprefilled_mtokens']:6.2f}M "
+                  f"{row['jct_mean']:7.1f} s, P95 {row['jct_p95']:7.1f}, "
+                  f"re-prefilled {row['reprefilled_mtokens']:6.2f}M "
                   f"({row['wall_s']:.0f} s wall)", flush=True)
     text = table(rows, args.seeds)
     args.out.mkdir(parents=True, exist_ok=True)
