@@ -225,6 +225,7 @@ class KVMemory:
         self.host = HostTier(self.block, capacity) if host is not None else None
         self.contexts: dict[Any, Context] = {}  # app -> its context held here
         self.h2d_free_at = self.d2h_free_at = 0.0
+        self._protected: Any = None  # the application being admitted: its host copy is not evicted meanwhile
         self.pinned_blocks = 0  # private blocks of pinned and prefetched contexts
         self._since = 0.0
         # accounting
@@ -342,13 +343,15 @@ class KVMemory:
         segs = self._removable(ctx)
         blocks = sum(self.cache.blocks_of(s) for s in segs)
         host = self.host
-        if host is None or blocks > host.capacity or not blocks:
+        evictable = [c for c in self.contexts.values() if c.state == HOST and c.app is not self._protected]
+        if host is None or not blocks or blocks > host.capacity - host.used + sum(c.blocks for c in evictable):
             self._drop_gpu(ctx, now)
             self.discards += bool(blocks)
             self._forget(ctx, now)
             return
-        while host.used + blocks > host.capacity:  # oldest offloaded first
-            victim = next(c for c in self.contexts.values() if c.state == HOST)
+        for victim in evictable:  # oldest offloaded first
+            if host.used + blocks <= host.capacity:
+                break
             self._forget(victim, now)
         for s in segs:
             host.put(s, self.cache.cached_end[s])
@@ -431,12 +434,14 @@ class KVMemory:
         candidates = [c for c in self.contexts.values() if c.state in (PINNED, PREFETCHED) and c.app is not exclude]
         candidates.sort(key=lambda c: (-c.priority, policy.victim_key(self.replica, c, now), c.since))
         freed = 0
+        self._protected = exclude
         for ctx in candidates:
             if freed >= tokens:
                 break
             freed += ctx.blocks * self.block
             self.reclaims += 1
             self.apply(policy, ctx, policy.pressure_plan(self.replica, ctx, now), now, poke=False)
+        self._protected = None
 
     def summary(self, now: float) -> dict[str, float]:
         return {"pinned_block_seconds": self.pinned_block_seconds_until(now), "bytes_h2d": self.bytes_h2d,

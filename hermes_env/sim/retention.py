@@ -339,7 +339,7 @@ class ExternalRetention(PDGraphRetention):
 
     def decide(self, replica: Any, ctx: Context, choice: Any, now: float) -> None:
         action, priority = (int(c) for c in choice)
-        if replica.kvmem.contexts.get(ctx.app) is not ctx:
-            return  # claimed or freed meanwhile: nothing left to decide
+        if replica.kvmem.contexts.get(ctx.app) is not ctx or ctx.state != "pinned":
+            return  # claimed, or freed under memory pressure, before the agent answered: nothing left to decide
         ctx.priority = priority
         replica.kvmem.apply(self, ctx, self.plan(replica, ctx, action, now), now)
