@@ -239,11 +239,13 @@ def test_an_autoscaling_agent_that_never_acts_is_the_fixed_autoscaler():
 
 def test_every_observation_column_is_documented():
     from hermes_env.envs.features import BACKEND_FEATURES, GLOBAL_FEATURES, REPLICA_FEATURES, REQUEST_BASE_FEATURES
-    from hermes_env.envs.hermes import NODE_FEATURES
+    from hermes_env.envs.hermes import KV_FEATURES, NODE_FEATURES
 
     text = (ROOT / "docs" / "environments.md").read_text()
-    for names in (REQUEST_BASE_FEATURES, BACKEND_FEATURES, REPLICA_FEATURES, GLOBAL_FEATURES, NODE_FEATURES):
+    for names in (REQUEST_BASE_FEATURES, BACKEND_FEATURES, REPLICA_FEATURES, GLOBAL_FEATURES, NODE_FEATURES,
+                  KV_FEATURES):
         assert [n for n in names if f"`{n}`" not in text] == []
     assert f"`({len(GLOBAL_FEATURES)},)`" in text and f"`(R, {len(REPLICA_FEATURES)})`" in text
+    assert f"`kv` `({len(KV_FEATURES)},)`" in text
     for env_id in ENV_IDS:
         assert env_id.split("/")[1] in text

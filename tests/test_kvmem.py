@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 
 from hermes_env.cluster.kvtier import RELEASE, HostTierConfig, Plan, load_kv_transfer
@@ -303,3 +304,44 @@ def test_every_registered_policy_builds_and_names_itself() -> None:
     assert copy.deepcopy(make_retention("pdgraph")).hold == 0.95
     with pytest.raises(ConfigError, match="retention.action: unknown action 'keep'"):
         Plan("keep")
+
+
+# -- KVCache-v0 -----------------------------------------------------------------------------------
+def test_an_agent_that_always_releases_reproduces_the_lru_simulation() -> None:
+    import gymnasium as gym
+
+    graph = template(calls=4, tool={"dist": "exponential", "mean": 3.0})
+    cfg = experiment(graph, apps=12, rate=0.5, gpu_gb=18.6)
+    env = gym.make("hermes_env/KVCache-v0", config=cfg, router="shared")
+    obs, info = env.reset(options={"simulation_seed": 0})
+    steps = 0
+    while True:
+        assert info["decision"] in ("retain", "") and obs["kv"].shape == (11,)
+        idle = [True] + [False] * 4 + [True, False, False]  # no decision: only (0, 0), ignored
+        assert info["action_mask"].tolist() == ([True] * 8 if info["decision"] else idle)
+        obs, _, term, trunc, info = env.step([0, 0])  # release: vLLM's behaviour
+        steps += 1
+        if term or trunc:
+            break
+    _, headless = run(cfg, "lru", router="shared")
+    jct = {a.id: a.completion - a.arrival for a in env.unwrapped.sim.completed}
+    assert steps > 12 and jct == pytest.approx({a.id: a.completion - a.arrival for a in headless.completed}, rel=1e-12)
+
+
+def test_random_retention_actions_keep_every_invariant() -> None:
+    import gymnasium as gym
+
+    env = gym.make("hermes_env/KVCache-v0", config=pressure())
+    rng = np.random.default_rng(0)
+    obs, info = env.reset(seed=1)
+    sim = env.unwrapped.sim
+    chosen = set()
+    while True:
+        mask = info["action_mask"]
+        action = [int(rng.choice(np.flatnonzero(mask[:5]))), int(rng.choice(np.flatnonzero(mask[5:])))]
+        chosen.add(action[0])
+        obs, _, term, trunc, info = env.step(action)
+        sim._check_invariants()
+        if term or trunc:
+            break
+    assert chosen == {0, 1, 2, 3, 4} and info["completed"] == 24

@@ -21,7 +21,8 @@ flight waits for it, holding its batch slot (as a remote-prefix load does).
 
 **Decisions** come from a *retention policy* (``hermes_env.sim.retention``; duck-typed here): when a
 request that continues its application's conversation finishes, ``at_boundary(replica, ctx, now)``
-returns a :class:`Plan`: ``release`` (vLLM: the blocks stay in the LRU cache), ``pin`` until a time
+returns a :class:`Plan` (or None: an external agent decides later, the blocks free in the LRU cache until
+then): ``release`` (vLLM: the blocks stay in the LRU cache), ``pin`` until a time
 (then ``then``: release, offload or discard), ``offload`` (with an optional ``prefetch_at``) or
 ``discard``. Under memory pressure (a decode cannot grow, or admission finds no room once the LRU cache
 is empty) the policy's ``victim_key`` orders the pinned contexts and ``pressure_plan`` says whether each
@@ -44,7 +45,7 @@ from hermes_env.cluster.prefix import PrefixCache, Segment, _block_range, _Tier
 from hermes_env.errors import require
 from hermes_env.validation import check_keys, integer, load_yaml, number
 
-PINNED, HOST, PREFETCHED = "pinned", "host", "prefetched"
+PINNED, HOST, PREFETCHED, UNDECIDED = "pinned", "host", "prefetched", "undecided"
 ACTIONS = ("release", "pin", "offload", "discard")
 
 
@@ -258,7 +259,11 @@ class KVMemory:
             return
         ctx = Context(request.app, request.chain, private, self.replica, now, request)
         self.contexts[ctx.app] = ctx
-        self.apply(policy, ctx, policy.at_boundary(self.replica, ctx, now), now, poke=False)
+        plan = policy.at_boundary(self.replica, ctx, now)
+        if plan is None:  # decided later (an external agent): free in the LRU cache meanwhile, as vLLM leaves it
+            ctx.state = UNDECIDED
+            return
+        self.apply(policy, ctx, plan, now, poke=False)
 
     def apply(self, policy: Any, ctx: Context, plan: Plan, now: float, poke: bool = True) -> None:
         """Carry out ``plan`` on ``ctx`` (which is pinned, or just finished and free in the LRU cache); the
@@ -454,8 +459,11 @@ class KVMemory:
         cache = self.cache
         pinned = 0
         for app, ctx in self.contexts.items():
-            assert ctx.app is app and ctx.state in (PINNED, PREFETCHED, HOST), f"{name}: {ctx} in a bad state"
-            if ctx.state == HOST:
+            assert ctx.app is app and ctx.state in (PINNED, PREFETCHED, HOST, UNDECIDED), f"{name}: {ctx} bad state"
+            if ctx.state == UNDECIDED:
+                assert not self.host or not any(s in self.host.cached_end for s in ctx.private), \
+                    f"{name}: {ctx} has a block in host memory"
+            elif ctx.state == HOST:
                 held = sum(self.host.blocks_of(s) for s in ctx.private)
                 assert held == ctx.blocks, f"{name}: {ctx} counts {ctx.blocks} host blocks, holds {held}"
                 assert not any(s in cache.cached_end for s in ctx.private if s in self.host.cached_end), \

@@ -634,8 +634,9 @@ class KVCacheEnv(HermesEnv):
     __doc__ = """``hermes_env/KVCache-v0``: decide what happens to an application's KV context while it waits.
 
     The simulation pauses at every *tool boundary*: an LLM call that continues its application's
-    conversation has finished, and its context (every block after the template's shared system prompt)
-    sits on its replica's GPU, pinned until the agent answers. Everything else follows heuristics
+    conversation has finished and the application goes on; its context (every block after the template's
+    shared system prompt) is on its replica's GPU, free in the LRU prefix cache until the agent answers
+    (an agent that always releases is vLLM's ``lru``). Everything else follows heuristics
     (``scheduler`` default ``fcfs``, ``router`` default ``session_sticky``, ``prewarm``, ``autoscaler``).
     The default experiment is ``agent-kv``: SWE-agent sessions on two Qwen2.5-32B H200 replicas whose KV
     cache cannot hold every session's context, each with a host-memory tier (docs/simulator.md, "Agentic KV

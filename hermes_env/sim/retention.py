@@ -314,7 +314,8 @@ RETAIN_ACTIONS = ("release", "pin", "offload_prefetch", "offload", "discard")
 
 class ExternalRetention(PDGraphRetention):
     """The retention side of an agent outside the simulation (``hermes_env/KVCache-v0``): every boundary
-    pauses the simulation (the context pinned meanwhile) until ``Simulation.resolve((action, priority))``:
+    pauses the simulation until ``Simulation.resolve((action, priority))`` (the context free in the LRU
+    cache meanwhile, as vLLM leaves it, so an agent that always releases is ``lru`` exactly):
     ``action`` one of :data:`RETAIN_ACTIONS` (release to the LRU cache; pin until the next call or memory
     pressure; offload with a prefetch timed by the PDGraph forecast, as ``pdgraph`` times it; offload and
     load on demand; discard), ``priority`` 0 to 2 (a higher one goes first under memory pressure, ties by
@@ -324,12 +325,12 @@ class ExternalRetention(PDGraphRetention):
     name = "external"
     external = True
 
-    def at_boundary(self, replica: Any, ctx: Context, now: float) -> Plan:
+    def at_boundary(self, replica: Any, ctx: Context, now: float) -> Plan | None:
         if self.next_run(ctx) is None:
             return RELEASE  # the application ends with this call: nothing to decide
         ctx.memo = self.next_use(replica, ctx)
         self.sim.request_retention_decision(replica, ctx, now)
-        return Plan("pin")
+        return None
 
     def plan(self, replica: Any, ctx: Context, action: int, now: float) -> Plan:
         name = RETAIN_ACTIONS[action]
@@ -339,7 +340,7 @@ class ExternalRetention(PDGraphRetention):
 
     def decide(self, replica: Any, ctx: Context, choice: Any, now: float) -> None:
         action, priority = (int(c) for c in choice)
-        if replica.kvmem.contexts.get(ctx.app) is not ctx or ctx.state != "pinned":
-            return  # claimed, or freed under memory pressure, before the agent answered: nothing left to decide
+        if replica.kvmem.contexts.get(ctx.app) is not ctx or ctx.state != "undecided":
+            return  # claimed before the agent answered: nothing left to decide
         ctx.priority = priority
         replica.kvmem.apply(self, ctx, self.plan(replica, ctx, action, now), now)
