@@ -345,3 +345,39 @@ def test_random_retention_actions_keep_every_invariant() -> None:
         if term or trunc:
             break
     assert chosen == {0, 1, 2, 3, 4} and info["completed"] == 24
+
+
+# -- the CLI and the shipped configs ---------------------------------------------------------------
+def test_simulate_takes_a_retention_policy_and_reports_kv_memory(tmp_path, capsys) -> None:  # noqa: ANN001
+    import json
+
+    import yaml
+
+    from hermes_env.cli import main
+
+    spec = {"cluster": {"llm_backends": [{"name": "llm:llama3-8b", "profile": "llama3-8b-h100", "model": "llama3.1-8b",
+                                          "gpu_memory_gb": 18.6, "max_model_len": 32768,
+                                          "host_kv_tier": {"capacity_gb": 1, "transfer": "h200-pcie5"}}],
+                        "tool_backends": [{"name": "tool:sandbox", "instances": 100}]},
+            "workload": {"num_applications": 12, "arrivals": {"process": "poisson", "rate": 1.0},
+                         "applications": [{"template": template(calls=4)}]}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["simulate", str(path), "--retention", "kvflow", "--out", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    kv_summary = summary["backends"]["llm:llama3-8b"]["kv_memory"]
+    assert summary["retention"] == kv_summary["retention"] == "kvflow" and kv_summary["resumed_tokens"] > 0
+    assert main(["simulate", str(path), "--retention", "belady", "--out", str(tmp_path / "bad")]) == 2
+    assert "retention: unknown retention 'belady'" in capsys.readouterr().err
+
+
+def test_the_agent_kv_configs_have_the_real_kv_capacity() -> None:
+    from hermes_env.sim.bench import BenchConfig
+
+    cfg = ExperimentConfig.from_yaml("agent-kv")
+    llm = cfg.cluster.llm_backends[0]
+    assert llm.model.kv_bytes_per_token == 64 * 8 * 128 * 2 * 2 == 262144
+    assert llm.kv_capacity_tokens == 234096  # (141 GB x 0.9 - 65.53 GB) / 256 KiB, whole 16-token blocks
+    assert llm.host_kv_tier.capacity == 200e9 and not llm.host_kv_tier.transfer.measured
+    bench = BenchConfig.from_yaml("agent-kv")
+    assert set(bench.retentions) == set(POLICIES) and len(bench.combos) == 6
