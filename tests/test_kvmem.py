@@ -381,3 +381,24 @@ def test_the_agent_kv_configs_have_the_real_kv_capacity() -> None:
     assert llm.host_kv_tier.capacity == 200e9 and not llm.host_kv_tier.transfer.measured
     bench = BenchConfig.from_yaml("agent-kv")
     assert set(bench.retentions) == set(POLICIES) and len(bench.combos) == 6
+
+
+def test_joint_takes_the_retention_part_only_where_kv_memory_is_modelled() -> None:
+    import gymnasium as gym
+
+    env = gym.make("hermes_env/Joint-v0", config=pressure())
+    assert list(env.action_space.nvec[-2:]) == [5, 3] and "kv" in env.observation_space.spaces
+    rng = np.random.default_rng(0)
+    obs, info = env.reset(seed=0)
+    kinds = set()
+    while True:
+        mask, cuts = info["action_mask"], np.cumsum(env.action_space.nvec)[:-1]
+        action = [int(rng.choice(np.flatnonzero(part))) for part in np.split(mask, cuts)]
+        obs, _, term, trunc, info = env.step(action)
+        kinds.add(info["decision"])
+        env.unwrapped.sim._check_invariants()
+        if term or trunc:
+            break
+    assert "retain" in kinds and info["completed"] == 24
+    plain = gym.make("hermes_env/Joint-v0", overrides={"workload": {"num_applications": 5}})
+    assert "retain" not in plain.unwrapped.controls and "kv" not in plain.observation_space.spaces
