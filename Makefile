@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev,rl,ray]"
 	touch $(STAMP)
 
-.PHONY: install bench test lint benchmarks
+.PHONY: install bench test lint benchmarks conformance
 install: $(STAMP)
 
 bench: $(STAMP)
@@ -33,3 +33,29 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/env_speed.py
 	$(PY) benchmarks/engine_mechanisms.py
 	$(PY) benchmarks/ray_scaling.py
+
+# Decision-level conformance with vLLM's own V1 scheduler (issue 23; not part of make test, which replays the
+# committed recordings). Each release gets a virtual environment of its own holding the vLLM wheel without its GPU
+# dependencies (only the scheduler and KV-cache manager run, on the CPU build of torch) and records the golden
+# streams into tests/conformance/vllm-VERSION.json; the releases in VLLM_ASYNC (those whose engine schedules
+# asynchronously by default on a GPU) also into vllm-VERSION-async.json with the AsyncScheduler.
+VLLM_RELEASES ?= 0.11.0 0.34.0
+VLLM_ASYNC ?= 0.34.0
+
+.venv-vllm-%/.stamp: scripts/conformance/requirements.txt
+	python3 -m venv .venv-vllm-$*
+	.venv-vllm-$*/bin/pip install --quiet torch==2.13.0
+	.venv-vllm-$*/bin/pip install --quiet --no-deps vllm==$*
+	.venv-vllm-$*/bin/pip install --quiet -r scripts/conformance/requirements.txt
+	touch $@
+
+conformance: $(STAMP) $(foreach v,$(VLLM_RELEASES),.venv-vllm-$(v)/.stamp)
+	for v in $(VLLM_RELEASES); do \
+	  PYTHONHASHSEED=0 .venv-vllm-$$v/bin/python scripts/conformance/record_vllm.py \
+	    --out tests/conformance/vllm-$$v.json || exit 1; \
+	done
+	for v in $(VLLM_ASYNC); do \
+	  PYTHONHASHSEED=0 .venv-vllm-$$v/bin/python scripts/conformance/record_vllm.py --async-scheduling \
+	    --out tests/conformance/vllm-$$v-async.json || exit 1; \
+	done
+	$(PY) -m pytest tests/test_conformance.py

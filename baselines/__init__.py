@@ -5,13 +5,14 @@ Importing the package registers, by name, in the simulator's registry: the sched
 the core), the prewarm policies ``keepalive``, ``hybrid``, ``pdgraph`` and ``oracle`` (``none`` and
 ``always`` are in the core), the routers ``round_robin``, ``random``, ``least_outstanding``, ``least_kv``,
 ``prefix_affinity``, ``session_sticky`` and ``oracle`` (``shared`` is in the core) and the autoscalers
-``keepalive``, ``queue_threshold``, ``pdgraph`` and ``oracle`` (``fixed`` is in the core). The package
+``keepalive``, ``queue_threshold``, ``pdgraph`` and ``oracle`` (``fixed`` is in the core) and the
+admission policies ``token_bucket``, ``queue_threshold`` and ``oracle`` (``none`` is in the core). The package
 is an entry point of the ``hermes_env.policies`` group, so the simulator and ``hermes-env`` find these
 names without an import. ``EnvPolicy`` runs any of them on the Gymnasium environments. This package
 depends only on the environment core, never on torch.
 """
 
-from baselines import autoscaling, prewarm, routing, scheduling
+from baselines import admission, autoscaling, prewarm, routing, scheduling
 from baselines.adapters import EnvPolicy
 
-__all__ = ["EnvPolicy", "autoscaling", "prewarm", "routing", "scheduling"]
+__all__ = ["EnvPolicy", "admission", "autoscaling", "prewarm", "routing", "scheduling"]

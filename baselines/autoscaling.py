@@ -7,9 +7,11 @@ scale-to-zero is always safe. A replica is *idle* when it holds no request and n
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from hermes_env.cluster.llm import LOADING, WARM
+from hermes_env.errors import require
 from hermes_env.sim.forecast import p_request_within, realised_next_use
 from hermes_env.sim.policies import Autoscaler, register_autoscaler
 
@@ -38,6 +40,31 @@ def _serving(backend: Any) -> int:
 
 def _waiting(backend: Any) -> int:
     return backend.routed_waiting()
+
+
+KIND_RULES = ("first", "fastest", "cheapest", "efficient")
+
+
+def decode_throughput(backend: Any, kind: Any) -> float:
+    """Decode tokens per second of a full batch (``max_num_seqs``) over 1,024-token contexts on a replica of
+    ``kind``: the speed a kind choice weighs against its price."""
+    n = backend.cfg.max_num_seqs
+    return n / kind.latency.iteration_time(n, kv_tokens=n * 1024, max_context=1024)
+
+
+def kind_to_load(backend: Any, rule: str) -> str | None:
+    """The replica kind a scale-out loads, among those with a cold or draining replica: ``first`` (None: the
+    backend's own order, the only choice of a backend with one kind), ``fastest`` (most decode throughput),
+    ``cheapest`` (lowest price per replica-hour) or ``efficient`` (lowest price per decode token)."""
+    if rule == "first" or len(backend.cfg.kinds) == 1:
+        return None
+    kinds = [k for k in backend.cfg.kinds if backend.can_scale_up(k.name)]
+    if not kinds:
+        return None
+    price = {k.name: k.price_per_gpu_hour * k.gpus_per_replica for k in kinds}
+    score = {"fastest": lambda k: -decode_throughput(backend, k), "cheapest": lambda k: price[k.name],
+             "efficient": lambda k: price[k.name] / decode_throughput(backend, k)}[rule]
+    return min(kinds, key=score).name
 
 
 @register_autoscaler("all")
@@ -73,20 +100,22 @@ class KeepAlive(Autoscaler):
 class QueueThreshold(Autoscaler):
     """Scale on waiting and running requests (KEDA on vLLM's ``num_requests_waiting``, as the vLLM production
     stack autoscales): load a replica when more than ``up`` requests wait per warm or loading replica (one
-    load in flight at a time); drain one when, for ``cooldown`` seconds on end, nothing waits and the
+    load in flight at a time, of the replica kind ``kind`` picks: :func:`kind_to_load`); drain one when, for
+    ``cooldown`` seconds on end, nothing waits and the
     running requests would fit on one replica fewer at ``target`` requests each (KEDA's cooldown period,
     Knative's stable window); the last replica is drained when it has been idle for ``cooldown``."""
 
     tick = 1.0
 
-    def __init__(self, up: float = 4.0, target: float = 32.0, cooldown: float = 30.0) -> None:
-        self.up, self.target, self.cooldown = up, target, cooldown
+    def __init__(self, up: float = 4.0, target: float = 32.0, cooldown: float = 30.0, kind: str = "first") -> None:
+        require(kind in KIND_RULES, "autoscaler.kind", f"unknown rule {kind!r}", f"use one of {KIND_RULES}")
+        self.up, self.target, self.cooldown, self.kind = up, target, cooldown, kind
         self.low_since: dict[str, float] = {}
 
     def scale_out(self, sim: Any, name: str, backend: Any, now: float) -> None:
         loading = any(r.state == LOADING for r in backend.replicas)
         if not loading and _waiting(backend) > self.up * max(_serving(backend), 1):
-            sim.scale_up(name, now)
+            sim.scale_up(name, now, kind_to_load(backend, self.kind))
 
     def decide(self, sim: Any, now: float) -> None:
         for name, backend in sim.llm_backends.items():
@@ -115,8 +144,8 @@ class PDGraphAutoscaler(QueueThreshold):
     is :func:`hermes_env.sim.forecast.p_request_within`, as for tool prewarm."""
 
     def __init__(self, up: float = 4.0, target: float = 32.0, cooldown: float = 30.0, warm_threshold: float = 0.5,
-                 release_threshold: float = 0.1, keep_alive: float = 60.0) -> None:
-        super().__init__(up, target, cooldown)
+                 release_threshold: float = 0.1, keep_alive: float = 60.0, kind: str = "first") -> None:
+        super().__init__(up, target, cooldown, kind)
         self.warm_threshold, self.release_threshold, self.keep_alive = warm_threshold, release_threshold, keep_alive
 
     @staticmethod
@@ -126,7 +155,7 @@ class PDGraphAutoscaler(QueueThreshold):
     def decide(self, sim: Any, now: float) -> None:
         for name, backend in sim.llm_backends.items():
             if not _serving(backend) and self.p_any(sim, name, backend.cfg.load_time(), now) >= self.warm_threshold:
-                sim.scale_up(name, now)
+                sim.scale_up(name, now, kind_to_load(backend, self.kind))
         super().decide(sim, now)
 
     def may_release(self, sim: Any, name: str, now: float) -> bool:
@@ -148,8 +177,8 @@ class ClairvoyantAutoscaler(QueueThreshold):
     tick = 0.5
 
     def __init__(self, up: float = 4.0, target: float = 32.0, cooldown: float = 30.0,
-                 break_even: float | None = None) -> None:
-        super().__init__(up, target, cooldown)
+                 break_even: float | None = None, kind: str = "first") -> None:
+        super().__init__(up, target, cooldown, kind)
         self.break_even = break_even
 
     def decide(self, sim: Any, now: float) -> None:
@@ -157,7 +186,7 @@ class ClairvoyantAutoscaler(QueueThreshold):
             load = backend.cfg.load_time()
             due = realised_next_use(sim, name, now)
             if not _serving(backend) and due <= load + self.tick:  # warm in time, whatever the tick's phase
-                sim.scale_up(name, now)
+                sim.scale_up(name, now, kind_to_load(backend, self.kind))
             warm = [r for r in backend.replicas if r.state == WARM]
             keep = load if self.break_even is None else self.break_even
             if len(warm) == 1 and _idle(backend, warm[0]) and due > keep:
@@ -167,3 +196,10 @@ class ClairvoyantAutoscaler(QueueThreshold):
     def may_release(self, sim: Any, name: str, now: float) -> bool:
         """Only down to one replica: the last goes by the clairvoyant rule."""
         return sum(r.state == WARM for r in sim.llm_backends[name].replicas) > 1
+
+
+# The scale-out rules on a backend of several replica kinds, by name: queue_threshold-efficient loads the kind
+# with the lowest price per decode token, pdgraph-fastest the fastest, ... (on one kind they are the plain rules).
+for _rule in KIND_RULES[1:]:
+    for _name, _cls in (("queue_threshold", QueueThreshold), ("pdgraph", PDGraphAutoscaler)):
+        register_autoscaler(f"{_name}-{_rule}")(functools.partial(_cls, kind=_rule))

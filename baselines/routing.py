@@ -124,3 +124,36 @@ class ClairvoyantLeastWork(Router):
             return loading + prefill * prefill_per_token + output * decode + own
 
         return min(candidates, key=lambda r: (finish(r), r.index))
+
+
+@register_router("expected_finish")
+class ExpectedFinish(Router):
+    """Speed-aware routing for a backend whose replicas differ (GPU kinds): the replica where the request is
+    expected to finish first, each priced by its own latency profile (after the expected-completion-time
+    routers of heterogeneous serving, e.g. Helix and Mélange's SLO-aware placement). Not clairvoyant: an
+    output length is its PDGraph stage's mean, never the realised one. A replica's expected finish is the time
+    until it is warm, plus the prefill of its backlog (prompt tokens left of what it holds and what waits in
+    its queue) and of the request (less its prefix-cache hit) at the profile's cost per prefill token, plus the
+    request's expected output tokens at the profile's decode iteration time for the batch it would join
+    (running, admitted and waiting requests plus itself, at most ``max_num_seqs``) over contexts of its prompt.
+    On identical replicas it is a least-work router."""
+
+    def route(self, backend: Any, request: Request, candidates: list[Any], now: float) -> Any:
+        stage = request.app.mix.graph.stage(request.app.runs[request.run_index].stage)
+        expected_out = stage.output_tokens.mean if stage.output_tokens is not None else 1.0
+        return min(candidates, key=lambda r: (self.expected_finish(backend, r, request, expected_out, now), r.index))
+
+    @staticmethod
+    def expected_finish(backend: Any, replica: Any, request: Request, expected_out: float, now: float) -> float:
+        lat = replica.latency
+        prefill_per_token = float(lat.prefill_time(1024.0)) / 1024.0
+        waiting = list(replica.queue) if replica.queue is not backend.queue else []
+        admitted = [*replica.prefilling, *replica.staged, *replica.ready]
+        backlog = sum(r.context for r in waiting) + sum(replica._prefill_left(r) for r in admitted)
+        hit = replica.cache.match(request.chain, request.prompt_tokens) if replica.cache is not None \
+            and request.chain else 0
+        batch = min(len(replica.running) + len(admitted) + len(waiting) + 1, backend.cfg.max_num_seqs)
+        decode = lat.iteration_time(batch, kv_tokens=batch * request.prompt_tokens,
+                                    max_context=request.prompt_tokens)
+        loading = max(replica.ready_at - now, 0.0) if replica.state == LOADING else 0.0
+        return loading + (backlog + request.prompt_tokens - hit) * prefill_per_token + expected_out * decode

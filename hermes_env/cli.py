@@ -5,11 +5,20 @@ simulation and writes ``applications.csv`` (one row per application: template, c
 completion, per-stage queueing and service times) and ``summary.json``. ``CONFIG`` is a packaged
 experiment's name (``contended``) or a YAML path.
 
+``--timeline PATH.json`` also writes the run's timeline as Chrome/Perfetto trace-event JSON, and
+``--timeline-png PATH.png`` draws it (``--timeline-window START:END``, ``--timeline-max-events N`` bound
+it; docs/timeline.md).
+
 ``hermes-env bench --config NAME_OR_PATH --schedulers a,b --prewarm x,y --seeds N --out DIR [--resume]
 [--executor serial|process|ray]`` compares policies on the same workloads (see :mod:`hermes_env.sim.bench`).
 
 ``hermes-env fit-trace TRACE --out workload.yaml`` fits arrival processes and length distributions to a
-trace and writes a workload config (see :mod:`hermes_env.sim.trace_fit`).
+trace and writes a workload config (see :mod:`hermes_env.sim.trace_fit`); with ``--format dynamo-agentic``,
+to an agentic trace's sessions, fitting a PDGraph to them and reporting how well it reproduces them.
+``hermes-env export-trace CONFIG --out rows.jsonl`` writes an experiment's workload (its sampled
+applications under ``--seed``; or ``--template T --rate R --num-applications N``: a PDGraph's on the
+default cluster) as agentic trace rows (see :mod:`hermes_env.sim.agentic`); with ``--simulate``, a
+simulated run of it, with the run's own times.
 
 ``hermes-env tasks`` lists the task suite; ``hermes-env evaluate --task NAME --policy SPEC`` scores a policy
 on a task's held-out seeds; ``hermes-env leaderboard`` regenerates docs/tasks.md (:mod:`hermes_env.tasks`).
@@ -30,12 +39,15 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from hermes_env.errors import ConfigError
 
 DEFAULT_COST = "h100-measured"
+POLICY_DEFAULTS = (("scheduler", "fcfs"), ("prewarm", "none"), ("router", "shared"), ("autoscaler", "fixed"))
 
 
 def _templates(args: argparse.Namespace) -> int:
@@ -70,17 +82,49 @@ def _templates(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timeline(args: argparse.Namespace) -> Any:
+    """The recorder the --timeline flags ask for (None without them), checked before the run starts."""
+    from hermes_env.sim.timeline import TimelineRecorder, matplotlib_pyplot, parse_window
+
+    if args.timeline is None and args.timeline_png is None:
+        for flag, value in (("--timeline-window", args.timeline_window), ("--timeline-max-events",
+                                                                         args.timeline_max_events)):
+            if value is not None:
+                raise ConfigError(flag, "applies to a timeline", "add --timeline PATH.json or --timeline-png PATH.png")
+        return None
+    for flag, path, suffix in (("--timeline", args.timeline, ".json"), ("--timeline-png", args.timeline_png, ".png")):
+        if path is not None:
+            if path.suffix != suffix:
+                raise ConfigError(flag, f"{str(path)!r} does not end in {suffix}", f"name a {suffix} file")
+            if not path.parent.is_dir():
+                raise ConfigError(flag, f"folder {str(path.parent)!r} does not exist", "create it first")
+    if args.timeline_png is not None:
+        matplotlib_pyplot("--timeline-png")
+    window = parse_window(args.timeline_window) if args.timeline_window is not None else None
+    cap = {} if args.timeline_max_events is None else {"max_events": args.timeline_max_events}
+    return TimelineRecorder(window, **cap)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from hermes_env.sim import ExperimentConfig, Simulation
 
     _check_out(args.out)
+    timeline = _timeline(args)
     config = ExperimentConfig.from_yaml(args.config)
     t0 = time.perf_counter()
     result = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, router=args.router,
-                        autoscaler=args.autoscaler, retention=args.retention, seed=args.seed, keep_applications=False,
-                        rows_to=args.out / "applications.csv").run()
+                        autoscaler=args.autoscaler, admission=args.admission, retention=args.retention,
+                        seed=args.seed, keep_applications=False, rows_to=args.out / "applications.csv",
+                        timeline=timeline).run()
     wall = time.perf_counter() - t0
     result.write(args.out)
+    if timeline is not None:
+        from hermes_env.sim.timeline import draw_timeline
+
+        trace = timeline.write(args.timeline) if args.timeline is not None else timeline.trace()
+        if args.timeline_png is not None:
+            draw_timeline(trace, args.timeline_png, timeline.window,
+                          f"{args.config}, {args.scheduler}, router {args.router}, seed {args.seed}")
     s = result.summary
     jct = s["jct"]
     print(f"{s['applications']} applications ({s['stage_requests']} requests, {s['events']} events) in "
@@ -88,7 +132,16 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"completion time: mean {jct['mean']:.3f} s, P50 {jct['p50']:.3f}, P95 {jct['p95']:.3f}, "
           f"P99 {jct['p99']:.3f}; SLO attainment {s['slo_attainment']}; cold starts {s['cold_starts']}; "
           f"idle warm cost {s['idle_warm_cost']:.1f}; GPU-seconds {s['gpu_seconds']:.0f}; failed {s['failed']}")
+    print("goodput (applications meeting their SLO per second): " + ", ".join(
+        f"{t} {g:.3f}" for t, g in s["goodput"].items()) + f"; admission {s['admission']} rejected "
+        + ", ".join(f"{t} {c['rejected']}" for t, c in s["tiers"].items()))
     print(f"wrote {args.out / 'applications.csv'} and {args.out / 'summary.json'}")
+    if timeline is not None:
+        written = " and ".join(str(p) for p in (args.timeline, args.timeline_png) if p is not None)
+        print(f"timeline: {timeline.note()}; wrote {written}")
+        if timeline.dropped:
+            print(f"hermes-env simulate: the timeline is incomplete: {timeline.dropped} events dropped over "
+                  f"--timeline-max-events", file=sys.stderr)
     return 0
 
 
@@ -98,7 +151,8 @@ def _bench(args: argparse.Namespace) -> int:
     _check_out(args.out)
     split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
     cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds,
-                                split(args.routers), split(args.autoscalers), split(args.retentions))
+                                split(args.routers), split(args.autoscalers), split(args.admissions),
+                                split(args.retentions))
     summary = run_bench(cfg, args.out, progress=not args.quiet, resume=args.resume, executor=args.executor,
                         workers=args.workers, address=args.address)
     print(format_table(summary), end="")
@@ -119,6 +173,11 @@ def _fit_trace(args: argparse.Namespace) -> int:
     from hermes_env.sim.traces import load_trace, trace_path
 
     _check_out(args.out.parent) if args.out.parent != Path(".") else None
+    if args.format == "dynamo-agentic":
+        return _fit_agentic(args)
+    for flag in ("block_size", "wait_backend"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(f"--{flag.replace('_', '-')}", "goes with --format dynamo-agentic")
     trace = load_trace(args.trace)
     if not trace.has_tokens:
         raise ConfigError("trace", f"{args.trace} has arrival times only", "fit a trace with token counts")
@@ -131,6 +190,70 @@ def _fit_trace(args: argparse.Namespace) -> int:
         print(f"  {key:13s} lognormal KS {f['lognormal']['ks']:.4f}, empirical KS {f['empirical']['ks']:.4f}: "
               f"{f['best']} written")
     print(f"wrote {args.out}")
+    return 0
+
+
+def _fit_agentic(args: argparse.Namespace) -> int:
+    from hermes_env.sim.agentic import BLOCK_TOKENS, WAIT_BACKEND
+    from hermes_env.sim.trace_fit import write_agentic_workload
+
+    replay, fits, report = write_agentic_workload(
+        args.trace, args.out, args.block_size or BLOCK_TOKENS, args.arrivals, args.backend,
+        args.wait_backend or WAIT_BACKEND, args.num_applications, args.bin)
+    trace = replay.trace
+    print(f"{Path(args.trace).name}: {len(trace.rows)} requests in {len(trace.sessions)} sessions "
+          f"({trace.inexact} replayed with added waits); PDGraph {replay.graph.name}: "
+          f"{len(replay.graph.state_space())} states")
+    for key, f in fits.items():
+        print(f"  session arrivals {key:13s} KS {f['ks']:.4f}{'  (written)' if key == args.arrivals else ''}")
+    print(f"  {'measure':16s} {'trace mean':>10s} {'fit mean':>10s} {'KS':>6s} {'p50 err':>8s} {'p90 err':>8s}")
+    for m, r in report.items():
+        print(f"  {m:16s} {r['trace mean']:10.4g} {r['fit mean']:10.4g} {r['ks']:6.3f} {100 * r['p50 error']:7.1f}% "
+              f"{100 * r['p90 error']:7.1f}%")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _export_trace(args: argparse.Namespace) -> int:
+    from hermes_env.sim import ExperimentConfig, Simulation
+    from hermes_env.sim.agentic import rows_from_run, rows_from_workload, write_agentic
+
+    _check_out(args.out.parent) if args.out.parent != Path(".") else None
+    if (args.config is None) == (args.template is None):
+        raise ConfigError("export-trace", "needs an experiment or --template, not both",
+                          "name an experiment, or a PDGraph with --template (and --num-applications)")
+    if args.template is None:
+        if args.rate is not None:
+            raise ConfigError("--rate", "goes with --template", "an experiment has its own arrivals")
+        config = ExperimentConfig.from_yaml(args.config)
+    else:
+        if args.num_applications is None:
+            raise ConfigError("--num-applications", "is missing", "say how many applications of the template")
+        config = ExperimentConfig.from_dict({"cluster": "default", "workload": {
+            "num_applications": args.num_applications, "arrivals": {"process": "poisson", "rate": args.rate or 1.0},
+            "applications": [{"template": args.template}]}}, base=Path.cwd())
+    n = args.num_applications or config.workload.num_applications
+    if n > config.workload.num_applications:
+        raise ConfigError("--num-applications", f"is {n}, but the workload has {config.workload.num_applications}",
+                          "ask for fewer")
+    if args.simulate and n != config.workload.num_applications:
+        config = replace(config, workload=replace(config.workload, num_applications=n))
+    if not args.simulate:
+        for flag, default in POLICY_DEFAULTS:
+            if getattr(args, flag) != default:
+                raise ConfigError(f"--{flag}", "goes with --simulate", "the sampled workload has no policies")
+        rows = rows_from_workload(Simulation(config, seed=args.seed), n, args.block_size)
+        write_agentic(rows, args.out)
+        print(f"wrote {len(rows)} requests of {n} applications to {args.out}")
+        return 0
+    sim = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, router=args.router,
+                     autoscaler=args.autoscaler, seed=args.seed)
+    sim.request_log = []
+    summary = sim.run().summary
+    rows = rows_from_run(sim, args.block_size)
+    write_agentic(rows, args.out)
+    print(f"simulated {summary['applications']} applications ({summary['failed']} failed, left out); wrote the "
+          f"{len(rows)} requests of the others, with the run's times, to {args.out}")
     return 0
 
 
@@ -201,10 +324,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--prewarm", default="none", help="a prewarm policy name")
     m.add_argument("--router", default="shared", help="a router name (shared: one queue per backend)")
     m.add_argument("--autoscaler", default="fixed", help="an autoscaler name")
+    m.add_argument("--admission", default="none", help="an admission policy name (none: admit every application)")
     m.add_argument("--retention", default="lru", help="a KV retention policy (lru: vLLM's LRU release; ttl, kvflow, "
                    "infercept, pdgraph, oracle)")
     m.add_argument("--seed", type=_seed, default=0)
     m.add_argument("--out", type=Path, required=True, help="output directory")
+    m.add_argument("--timeline", type=Path, metavar="PATH.json",
+                   help="write the run's timeline as Chrome/Perfetto trace-event JSON (docs/timeline.md)")
+    m.add_argument("--timeline-png", type=Path, metavar="PATH.png",
+                   help="draw the timeline as a PNG (needs matplotlib); with or without --timeline")
+    m.add_argument("--timeline-window", metavar="START:END",
+                   help="simulated seconds the timeline keeps, e.g. 0:120 or 600: (default: the whole run)")
+    m.add_argument("--timeline-max-events", type=_positive, metavar="N",
+                   help="at most N spans, instants and counter values kept; the rest counted, reported "
+                        "(default: a million)")
     m.set_defaults(run=_simulate)
 
     b = sub.add_parser("bench", help="compare schedulers and prewarm policies on the same workloads over seeds")
@@ -213,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prewarm", help="comma-separated prewarm policy names (default: the config's)")
     b.add_argument("--routers", help="comma-separated router names (default: the config's, or shared)")
     b.add_argument("--autoscalers", help="comma-separated autoscaler names (default: the config's, or fixed)")
+    b.add_argument("--admissions", help="comma-separated admission policy names (default: the config's, or none)")
     b.add_argument("--retentions", help="comma-separated KV retention policies (default: the config's, or lru)")
     b.add_argument("--seeds", type=_positive, help="number of seeds (default: the config's)")
     b.add_argument("--out", type=Path, required=True, help="output directory")
@@ -231,7 +365,27 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--backend", default="llm:llama3-8b", help="the LLM backend of the generated requests")
     f.add_argument("--num-applications", type=_positive, default=100_000, help="length of the generated workload")
     f.add_argument("--bin", type=float, default=60.0, help="seconds per bin of the time-varying rate curve")
+    f.add_argument("--format", default="auto", choices=("auto", "dynamo-agentic"),
+                   help="auto: a request trace (Azure, Mooncake, plain CSV); dynamo-agentic: NVIDIA Dynamo's agentic "
+                   "Mooncake rows, fitted as sessions of a PDGraph (default: %(default)s)")
+    f.add_argument("--block-size", type=_positive, help="tokens per hash id of an agentic trace (default: 512)")
+    f.add_argument("--wait-backend", help="the tool backend of an agentic trace's waits (default: api:user)")
     f.set_defaults(run=_fit_trace)
+    x = sub.add_parser("export-trace", help="write a workload's applications as agentic trace rows (NVIDIA Dynamo)")
+    x.add_argument("config", nargs="?", help="experiment: a name (configs/experiments) or a YAML path")
+    x.add_argument("--template", help="instead of an experiment: a PDGraph (a library name or a YAML path) on the "
+                   "default cluster, arriving as a Poisson process")
+    x.add_argument("--rate", type=float, help="with --template: applications per second (default: 1)")
+    x.add_argument("--out", type=Path, required=True, help="the JSONL file to write")
+    x.add_argument("--format", default="dynamo-agentic", choices=("dynamo-agentic",), help="the row format")
+    x.add_argument("--seed", type=_seed, default=0, help="the workload's seed (the same as a simulation's)")
+    x.add_argument("--num-applications", type=_positive, help="the first N applications (default: all)")
+    x.add_argument("--block-size", type=_positive, default=512, help="tokens per hash id (default: %(default)s)")
+    x.add_argument("--simulate", action="store_true", help="run the simulation and write its requests with the "
+                   "run's times (waits as measured: tool queueing and cold starts included)")
+    for flag, default in POLICY_DEFAULTS:
+        x.add_argument(f"--{flag}", default=default, help=f"with --simulate: the {flag} (default: %(default)s)")
+    x.set_defaults(run=_export_trace)
     ts = sub.add_parser("tasks", help="list the task suite (configs/tasks)")
     ts.set_defaults(run=_tasks)
     e = sub.add_parser("evaluate", help="score a policy on a task's held-out seeds (normalised score with a CI)")

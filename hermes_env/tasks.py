@@ -148,7 +148,8 @@ def run_policy(task: Task, spec: str, seed: int, heldout: bool = False) -> tuple
         policies = dict(zip(POLICY_ARGS.values(), parts, strict=True))
     else:
         policies[POLICY_ARGS[task.part]] = spec
-    sim = Simulation(env.experiment, seed=seed, keep_applications=False, **policies)
+    sim = Simulation(env.experiment, seed=seed, keep_applications=False, admission=env.policy_names["admit"],
+                     **policies)
     return episode_objective(task, env, sim.run().summary)
 
 

@@ -1,6 +1,6 @@
 """Fit the iteration-latency model to a measured GPU profile and write the packaged profile YAMLs.
 
-    python scripts/fit_latency.py            # refits profiles/llama3-8b-h100.yaml, derives the 70B entry
+    python scripts/fit_latency.py            # refits every measured profile (profiles/<name>.csv), derives the 70B
 
 The fit itself is :func:`hermes_env.cluster.latency.fit_iteration_latency` (held-out errors included).
 """
@@ -41,19 +41,28 @@ def derive_70b_tp4(base: IterationLatency) -> IterationLatency:
     )
 
 
-def main() -> None:
-    theta, report = fit_iteration_latency(PROFILES / "llama3-8b-h100.csv")
-    env = yaml.safe_load((PROFILES / "llama3-8b-h100.environment.json").read_text())
-    base = IterationLatency(*theta, name="llama3-8b-h100",
+# Measured profiles: profiles/<name>.csv with profiles/<name>.environment.json, each from scripts/profile_gpu.py.
+MEASURED = ("llama3-8b-h100", "llama3-8b-h200", "qwen2.5-32b-h200")
+
+
+def fit(name: str) -> IterationLatency:
+    theta, report = fit_iteration_latency(PROFILES / f"{name}.csv")
+    env = yaml.safe_load((PROFILES / f"{name}.environment.json").read_text())
+    return IterationLatency(*theta, name=name,
                             source=f"measured: scripts/profile_gpu.py on {env['gpu']}, driver "
                                    f"{env['nvidia_smi'].split(', ')[1]}, torch {env['torch']} (CUDA {env['cuda']}), "
                                    f"CUDA-graph times, {env['measured_at']}", errors=report)
-    for model in (base, derive_70b_tp4(base)):
+
+
+def main() -> None:
+    fitted = {name: fit(name) for name in MEASURED}
+    for model in (*fitted.values(), derive_70b_tp4(fitted["llama3-8b-h100"])):
         spec = {k: float(getattr(model, k)) for k in PARAMETERS}
         spec.update(name=model.name, source=model.source, derived=model.derived, errors=dict(model.errors))
         (PROFILES / f"{model.name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    print(yaml.safe_dump({"parameters (s)": {k: float(getattr(base, k)) for k in PARAMETERS}, "errors": report},
-                         sort_keys=False))
+    for name, model in fitted.items():
+        print(yaml.safe_dump({name: {"parameters (s)": {k: float(getattr(model, k)) for k in PARAMETERS},
+                                     "errors": dict(model.errors)}}, sort_keys=False))
 
 
 if __name__ == "__main__":

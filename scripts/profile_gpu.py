@@ -178,13 +178,13 @@ def measure(model: Model, prefill: int, batch: int, ctx: int, eager_reps: int) -
 
     with torch.inference_mode():
         first = time_fn(step, warmup=1, reps=1)[0]
-        slow = first > SLOW_MS  # a long prefill: launch overhead is nil, and 20 runs would take minutes
-        eager = time_fn(step, warmup=0 if slow else 1, reps=2 if slow else eager_reps)
         if first > SKIP_GRAPH_MS:
             eager = time_fn(step, warmup=0, reps=3)
             med = eager[1]
             return {"prefill_tokens": prefill, "decode_batch": batch, "decode_context": ctx, "graph_ms": med,
                     "graph_p10_ms": eager[0], "graph_p90_ms": eager[2], "eager_ms": med}
+        slow = first > SLOW_MS  # a long prefill: launch overhead is nil, and 20 runs would take minutes
+        eager = time_fn(step, warmup=0 if slow else 1, reps=2 if slow else eager_reps)
         torch.cuda.empty_cache()  # the graph's private pool needs the room the eager runs cached
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -236,6 +236,9 @@ def main() -> None:
     parser.add_argument("--skip-graph-above-ms", type=float, default=float("inf"))
     parser.add_argument("--max-prefill", type=int, default=131_072, help="leave out longer prefills")
     parser.add_argument("--max-context", type=int, default=131_072, help="leave out longer decode contexts")
+    parser.add_argument("--min-size", type=int, default=0,
+                        help="leave out shapes whose prefill and decode context are both shorter (a run that "
+                             "only adds the long shapes to an earlier one)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     global HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, INTERMEDIATE, VOCAB, ROPE_THETA, EPS, MAX_CACHED_TOKENS
@@ -260,7 +263,8 @@ def main() -> None:
         shapes += [(t, 0, 0, "prefill") for t in LONG_PREFILL_TOKENS]
         shapes += [(0, b, c, "decode") for c in LONG_DECODE_CONTEXT for b in DECODE_BATCH if b * c <= MAX_CACHED_TOKENS]
         shapes += [(p, b, c, "mixed") for p, b, c in LONG_MIXED]
-    shapes = [s for s in shapes if s[0] <= args.max_prefill and s[2] <= args.max_context]
+    shapes = [s for s in shapes if s[0] <= args.max_prefill and s[2] <= args.max_context
+              and max(s[0], s[2]) >= args.min_size]
     if args.quick:
         shapes = [shapes[0], shapes[len(PREFILL_TOKENS)], shapes[-1]]
     rows = []

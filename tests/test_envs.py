@@ -242,12 +242,19 @@ def test_an_autoscaling_agent_that_never_acts_is_the_fixed_autoscaler():
 
 
 def test_every_observation_column_is_documented():
-    from hermes_env.envs.features import BACKEND_FEATURES, GLOBAL_FEATURES, REPLICA_FEATURES, REQUEST_BASE_FEATURES
+    from hermes_env.envs.features import (
+        BACKEND_FEATURES,
+        GLOBAL_FEATURES,
+        KIND_FEATURES,
+        REPLICA_FEATURES,
+        REPLICA_KIND_FEATURES,
+        REQUEST_BASE_FEATURES,
+    )
     from hermes_env.envs.hermes import KV_FEATURES, NODE_FEATURES
 
     text = (ROOT / "docs" / "environments.md").read_text()
     for names in (REQUEST_BASE_FEATURES, BACKEND_FEATURES, REPLICA_FEATURES, GLOBAL_FEATURES, NODE_FEATURES,
-                  KV_FEATURES):
+                  KIND_FEATURES, REPLICA_KIND_FEATURES, KV_FEATURES):
         assert [n for n in names if f"`{n}`" not in text] == []
     assert f"`({len(GLOBAL_FEATURES)},)`" in text and f"`(R, {len(REPLICA_FEATURES)})`" in text
     assert f"`kv` `({len(KV_FEATURES)},)`" in text

@@ -77,11 +77,12 @@ def kv(summary: dict) -> dict:
 
 # -- the transfer profile and the configs --------------------------------------------------------
 def test_transfer_time_is_chunks_times_latency_plus_bytes_over_bandwidth() -> None:
-    profile = load_kv_transfer("h200-pcie5")
-    assert not profile.measured and profile.chunk_tokens == 256
+    profile = load_kv_transfer("h200-pcie5")  # measured on the lent H200
+    assert profile.measured and profile.chunk_tokens == 256
     tier = HostTierConfig(10e9, profile)
-    # 1,088 tokens: 5 chunks of 10 us, and 1,088 x 128 KiB at 63 GB/s
-    assert tier.transfer_time(1088, BPT, True) == pytest.approx(5 * 10e-6 + 1088 * BPT / 63e9)
+    # 1,088 tokens: 5 chunks of 17.2 us, and 1,088 x 128 KiB at 54.97 GB/s (host to device)
+    assert tier.transfer_time(1088, BPT, True) == pytest.approx(5 * 17.2e-6 + 1088 * BPT / 54.97e9)
+    assert tier.transfer_time(1088, BPT, False) == pytest.approx(5 * 17.2e-6 + 1088 * BPT / 54.85e9)
     assert tier.transfer_time(0, BPT, False) == 0.0
 
 
@@ -130,7 +131,7 @@ def test_offload_then_load_on_demand_moves_every_block_once_each_way() -> None:
     assert m["reprefilled_tokens"] == 12 and m["resumed_host_hit_rate"] == pytest.approx(1088 / 1100)
     # the resumed call waited for its load: its TTFT exceeds the prefetched one's by the copy time
     s2, _ = run(experiment(template()), Fixed(Plan("offload"), lead=1.0))
-    load = 5 * 10e-6 + 1088 * BPT / 63e9
+    load = 5 * 17.2e-6 + 1088 * BPT / 54.97e9
     assert kv(s2)["prefetched_blocks"] == 68 and kv(s2)["host_loaded_tokens"] == 0
     ttft = kv(s)["resumed_ttft"]["mean"] - kv(s2)["resumed_ttft"]["mean"]
     assert ttft == pytest.approx(load, rel=0.05)
@@ -378,7 +379,8 @@ def test_the_agent_kv_configs_have_the_real_kv_capacity() -> None:
     llm = cfg.cluster.llm_backends[0]
     assert llm.model.kv_bytes_per_token == 64 * 8 * 128 * 2 * 2 == 262144
     assert llm.kv_capacity_tokens == 234096  # (141 GB x 0.9 - 65.53 GB) / 256 KiB, whole 16-token blocks
-    assert llm.host_kv_tier.capacity == 200e9 and not llm.host_kv_tier.transfer.measured
+    assert llm.host_kv_tier.capacity == 200e9 and llm.host_kv_tier.transfer.measured
+    assert llm.latency.name == "qwen2.5-32b-h200" and not llm.latency.derived
     bench = BenchConfig.from_yaml("agent-kv")
     assert set(bench.retentions) == set(POLICIES) and len(bench.combos) == 6
 

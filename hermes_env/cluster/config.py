@@ -146,25 +146,73 @@ class LoRAConfig:
 
 
 @dataclass(frozen=True)
+class ReplicaKind:
+    """One kind of replica an LLM backend may hold: its GPU type (``latency`` profile and ``gpu_memory_bytes``
+    per GPU), ``gpus_per_replica``, at most ``max_replicas`` of them, ``replicas`` warm at the start, the price
+    of a GPU-hour, and where its weights load from (``load_bandwidth`` bytes/s plus ``engine_start`` s)."""
+
+    name: str
+    latency: IterationLatency
+    gpu_memory_bytes: float = 80e9
+    gpus_per_replica: int = 1
+    max_replicas: int = 1
+    replicas: int = 1
+    price_per_gpu_hour: float = 0.0
+    load_from: str = "nvme"
+    load_bandwidth: float = LOAD_BANDWIDTH["nvme"]
+    engine_start: float = 5.0
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], where: str, default_name: str) -> ReplicaKind:
+        """The fields a kind sets (a backend without ``replica_kinds`` gives them at its own level)."""
+        require("profile" in spec, f"{where}.profile", "is missing", "name a latency profile, e.g. llama3-8b-h100")
+        tier = choice(spec, "load_from", where, tuple(LOAD_BANDWIDTH), "nvme")
+        replicas = integer(spec, "replicas", where, 1, low=0, high=10_000)
+        gpus = integer(spec, "gpus_per_replica", where, 1, low=1, high=64)
+        max_gpus = integer(spec, "max_gpus", where, max(replicas, 1) * gpus, low=1, high=1_000_000)
+        require(max_gpus >= gpus, f"{where}.max_gpus", f"is {max_gpus}, smaller than one replica ({gpus} GPUs)",
+                f"give at least {gpus}")
+        require(max_gpus >= replicas * gpus, f"{where}.max_gpus", f"is {max_gpus}, fewer than the {replicas} "
+                f"replicas warm at the start need ({replicas * gpus})", "raise max_gpus or lower replicas")
+        name = spec.get("name", default_name)
+        require(isinstance(name, str) and name != "", f"{where}.name", f"must be a non-empty string, got {name!r}")
+        return cls(
+            name=name,
+            latency=load_profile(spec["profile"]),
+            # the largest GPU memory sold is under 300 GB; 10 TB bounds typos without limiting anyone
+            gpu_memory_bytes=number(spec, "gpu_memory_gb", where, 80.0, low=1.0, high=1e4) * 1e9,
+            gpus_per_replica=gpus,
+            max_replicas=max_gpus // gpus,
+            replicas=replicas,
+            price_per_gpu_hour=number(spec, "price_per_gpu_hour", where, 0.0, low=0, high=1e4),
+            load_from=tier,
+            load_bandwidth=load_bandwidth(spec, where, tier),
+            engine_start=number(spec, "engine_start_s", where, 5.0, low=0, high=86400),
+        )
+
+
+KIND_FIELDS = {"name", "profile", "replicas", "max_gpus", "gpus_per_replica", "gpu_memory_gb", "price_per_gpu_hour",
+               "load_from", "load_bandwidth_gbps", "engine_start_s"}
+
+
+@dataclass(frozen=True)
 class LLMBackendConfig:
-    """An LLM backend: up to ``max_replicas`` replicas of one model, ``replicas`` of them warm at the start.
+    """An LLM backend: replicas of one model, of one or more :class:`ReplicaKind` (``kinds``: GPU types with
+    their latency profiles, memory and prices; a backend without ``replica_kinds`` has one kind, given by its
+    own ``profile``, ``replicas``, ``max_gpus``, ``gpus_per_replica``, ``gpu_memory_gb``, load fields).
 
     Engine fields mirror vLLM's flags: ``max_num_seqs`` (--max-num-seqs), ``max_num_batched_tokens``
     (--max-num-batched-tokens: with ``chunked_prefill`` the per-iteration token budget of decodes and
     prefill chunks; without it, the prompt tokens one iteration prefills, a longer prompt alone),
     ``enable_prefix_caching`` (--enable-prefix-caching), ``block_size`` (--block-size),
     ``gpu_memory_utilization`` (--gpu-memory-utilization), ``max_model_len`` (--max-model-len). A cold replica
-    loads in ``weight_bytes`` over the ``load_from`` tier (``network``, ``nvme`` or ``host_memory``; its
+    loads in ``weight_bytes`` over its kind's ``load_from`` tier (``network``, ``nvme`` or ``host_memory``; its
     bandwidth ``load_bandwidth_gbps`` if given, else :data:`LOAD_BANDWIDTH`) plus ``engine_start`` seconds.
     ``host_kv_tier`` gives each replica a host-memory KV tier (:mod:`hermes_env.cluster.kvtier`)."""
 
     name: str
-    latency: IterationLatency
     model: ModelShape
-    replicas: int = 1
-    max_replicas: int = 1
-    gpus_per_replica: int = 1
-    gpu_memory_bytes: float = 80e9
+    kinds: tuple[ReplicaKind, ...]
     gpu_memory_utilization: float = 0.9
     engine: str = "vllm-0.11"
     chunked_prefill: bool = True
@@ -174,63 +222,83 @@ class LLMBackendConfig:
     block_size: int = 16
     max_model_len: int = 8192
     remote_store: RemoteStoreConfig | None = None
-    load_from: str = "nvme"
-    load_bandwidth: float = LOAD_BANDWIDTH["nvme"]
-    engine_start: float = 5.0
     lora: LoRAConfig | None = None
     host_kv_tier: HostTierConfig | None = None
 
     @property
+    def latency(self) -> IterationLatency:
+        """The first kind's latency profile: the reference the PDGraph analysis and bounds price work with."""
+        return self.kinds[0].latency
+
+    @property
+    def replicas(self) -> int:
+        return sum(k.replicas for k in self.kinds)
+
+    @property
+    def max_replicas(self) -> int:
+        return sum(k.max_replicas for k in self.kinds)
+
+    def kv_capacity(self, kind: ReplicaKind) -> int:
+        """KV-cache tokens of a replica of ``kind``: the memory left after weights, in whole blocks (as vLLM
+        sizes it, less the activation workspace, which the utilisation fraction leaves aside)."""
+        usable = kind.gpu_memory_bytes * kind.gpus_per_replica * self.gpu_memory_utilization - self.model.weight_bytes
+        return int(usable // (self.model.kv_bytes_per_token * self.block_size)) * self.block_size
+
+    @property
     def kv_capacity_tokens(self) -> int:
-        """KV-cache tokens per replica: the memory left after weights, in whole blocks (as vLLM sizes it,
-        less the activation workspace, which the utilisation fraction leaves aside)."""
-        usable = self.gpu_memory_bytes * self.gpus_per_replica * self.gpu_memory_utilization - self.model.weight_bytes
-        blocks = int(usable // (self.model.kv_bytes_per_token * self.block_size))
-        return blocks * self.block_size
+        """The smallest KV cache of any replica kind (every replica can hold a request that fits it)."""
+        return min(self.kv_capacity(k) for k in self.kinds)
 
     @property
     def request_token_limit(self) -> int:
         """The most prompt plus output tokens one request may have: the context length and the KV cache."""
         return min(self.max_model_len, self.kv_capacity_tokens)
 
-    def load_time(self) -> float:
-        """Seconds from the order to load a cold replica until it serves."""
-        return self.model.weight_bytes / self.load_bandwidth + self.engine_start
+    def load_time(self, kind: ReplicaKind | None = None) -> float:
+        """Seconds from the order to load a cold replica of ``kind`` (the first kind by default) until it serves."""
+        kind = self.kinds[0] if kind is None else kind
+        return self.model.weight_bytes / kind.load_bandwidth + kind.engine_start
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str) -> LLMBackendConfig:
-        check_keys(spec, {"name", "profile", "model", "replicas", "max_gpus", "gpus_per_replica", "gpu_memory_gb",
-                          "gpu_memory_utilization", "engine", "chunked_prefill", "enable_prefix_caching",
-                          "max_num_seqs", "max_num_batched_tokens", "block_size", "max_model_len",
-                          "remote_prefix_store", "load_from", "load_bandwidth_gbps", "engine_start_s", "lora",
-                          "host_kv_tier", "source"}, where)
+        engine_fields = {"name", "model", "gpu_memory_utilization", "engine", "chunked_prefill",
+                         "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens", "block_size",
+                         "max_model_len", "remote_prefix_store", "lora", "source", "replica_kinds", "host_kv_tier"}
+        check_keys(spec, engine_fields | KIND_FIELDS, where)
         name = spec.get("name")
         require(isinstance(name, str) and backend_kind(name) == "llm", f"{where}.name",
                 f"must be an 'llm:<model>' backend name, got {name!r}")
-        require("profile" in spec, f"{where}.profile", "is missing", "name a latency profile, e.g. llama3-8b-h100")
         model_name = spec.get("model")
         require(model_name in MODEL_SHAPES, f"{where}.model", f"unknown model {model_name!r}",
                 f"use one of {sorted(MODEL_SHAPES)}")
         model = MODEL_SHAPES[model_name]
+        kinds_spec = spec.get("replica_kinds")
+        if kinds_spec is None:
+            kinds = (ReplicaKind.from_dict({k: v for k, v in spec.items() if k in KIND_FIELDS - {"name"}}, where,
+                                           str(spec.get("profile", ""))),)
+        else:
+            given = sorted(KIND_FIELDS & set(spec) - {"name"})
+            require(not given, f"{where}.{given[0] if given else ''}", "is a field of each replica kind",
+                    "give it inside each entry of replica_kinds")
+            require(isinstance(kinds_spec, list) and kinds_spec, f"{where}.replica_kinds",
+                    "must be a non-empty list of replica kinds")
+            kinds = []
+            for i, k in enumerate(kinds_spec):
+                at = f"{where}.replica_kinds[{i}]"
+                require(isinstance(k, Mapping), at, "must be a mapping")
+                check_keys(k, KIND_FIELDS, at)
+                require("name" in k, f"{at}.name", "is missing", "name the kind (e.g. its GPU: h100, h200)")
+                kinds.append(ReplicaKind.from_dict(k, at, ""))
+            kinds = tuple(kinds)
+            names = [k.name for k in kinds]
+            dup = next((n for n in names if names.count(n) > 1), None)
+            require(dup is None, f"{where}.replica_kinds", f"names the kind {dup!r} twice")
         engine = choice(spec, "engine", where, tuple(ENGINES), "vllm-0.11")
         preset = ENGINES[engine]
-        tier = choice(spec, "load_from", where, tuple(LOAD_BANDWIDTH), "nvme")
-        replicas = integer(spec, "replicas", where, 1, low=0, high=10_000)
-        gpus = integer(spec, "gpus_per_replica", where, 1, low=1, high=64)
-        max_gpus = integer(spec, "max_gpus", where, max(replicas, 1) * gpus, low=1, high=1_000_000)
-        require(max_gpus >= gpus, f"{where}.max_gpus", f"is {max_gpus}, smaller than one replica ({gpus} GPUs)",
-                f"give at least {gpus}")
-        require(max_gpus >= replicas * gpus, f"{where}.max_gpus", f"is {max_gpus}, fewer than the {replicas} "
-                f"replicas warm at the start need ({replicas * gpus})", "raise max_gpus or lower replicas")
         cfg = cls(
             name=name,
-            latency=load_profile(spec["profile"]),
             model=model,
-            replicas=replicas,
-            max_replicas=max_gpus // gpus,
-            gpus_per_replica=gpus,
-            # the largest GPU memory sold is under 300 GB; 10 TB bounds typos without limiting anyone
-            gpu_memory_bytes=number(spec, "gpu_memory_gb", where, 80.0, low=1.0, high=1e4) * 1e9,
+            kinds=kinds,
             gpu_memory_utilization=number(spec, "gpu_memory_utilization", where, 0.9, low=0, low_open=True, high=1),
             engine=engine,
             chunked_prefill=flag(spec, "chunked_prefill", where, preset["chunked_prefill"]),
@@ -242,16 +310,15 @@ class LLMBackendConfig:
             max_model_len=integer(spec, "max_model_len", where, model.max_context, low=1, high=model.max_context),
             remote_store=None if spec.get("remote_prefix_store") is None else RemoteStoreConfig.from_dict(
                 spec["remote_prefix_store"], f"{where}.remote_prefix_store"),
-            load_from=tier,
-            load_bandwidth=load_bandwidth(spec, where, tier),
-            engine_start=number(spec, "engine_start_s", where, 5.0, low=0, high=86400),
             lora=None if spec.get("lora") is None else LoRAConfig.from_dict(spec["lora"], f"{where}.lora", model),
             host_kv_tier=None if spec.get("host_kv_tier") is None else HostTierConfig.from_dict(
-                spec["host_kv_tier"], f"{where}.host_kv_tier", gpus),
+                spec["host_kv_tier"], f"{where}.host_kv_tier", min(k.gpus_per_replica for k in kinds)),
         )
-        require(cfg.kv_capacity_tokens >= cfg.block_size, f"{where}.gpu_memory_gb",
-                f"leaves no KV cache per replica after {model_name}'s weights ({cfg.kv_capacity_tokens} tokens)",
-                "give more GPU memory or GPUs per replica")
+        for i, kind in enumerate(cfg.kinds):
+            at = where if kinds_spec is None else f"{where}.replica_kinds[{i}]"
+            require(cfg.kv_capacity(kind) >= cfg.block_size, f"{at}.gpu_memory_gb",
+                    f"leaves no KV cache per replica after {model_name}'s weights ({cfg.kv_capacity(kind)} tokens)",
+                    "give more GPU memory or GPUs per replica")
         if cfg.chunked_prefill:  # vLLM itself requires max_num_batched_tokens >= max_num_seqs
             require(cfg.max_num_batched_tokens > cfg.max_num_seqs, f"{where}.max_num_batched_tokens",
                     f"is {cfg.max_num_batched_tokens}, not more than max_num_seqs ({cfg.max_num_seqs}): with chunked "

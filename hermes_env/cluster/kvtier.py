@@ -67,7 +67,8 @@ class KVTransferProfile:
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str) -> KVTransferProfile:
         check_keys(spec, {"name", "bandwidth_h2d_gbps", "bandwidth_d2h_gbps", "latency_per_transfer_us",
-                          "chunk_tokens", "host_memory_per_gpu_gb", "measured", "source", "method", "figures"}, where)
+                          "chunk_tokens", "host_memory_per_gpu_gb", "measured", "source", "method", "figures",
+                          "duplex_aggregate_gbps"}, where)
         require(isinstance(spec.get("measured"), bool), f"{where}.measured",
                 "must say true (measured) or false (vendor or derived figures)")
         return cls(str(spec.get("name", "")),

@@ -39,7 +39,9 @@ a resident adapter no admitted request uses, which it evicts (least recently use
 exists the request is skipped and admission goes on down the queue (vLLM V1's rule) for key-ordered
 policies; a select or external policy's choice waits at the head of the queue instead.
 
-**Replicas** are cold, loading, warm or draining (:data:`STATE_NAMES`). A cold replica loads in
+**Replicas** are of one or more kinds (a GPU type: its latency profile, memory, price per GPU-hour and load
+path; :class:`~hermes_env.cluster.config.ReplicaKind`), and cold, loading, warm or draining
+(:data:`STATE_NAMES`). A cold replica loads in its kind's
 ``load_time`` (weights over the load tier's bandwidth, plus engine start) when an autoscaler orders it or
 when a request arrives and no replica is warm or loading (a cold start on the request's critical path).
 A draining replica takes no new requests and goes cold once its work is done. GPU-seconds held (loading,
@@ -58,7 +60,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from hermes_env.cluster.config import LLMBackendConfig
+from hermes_env.cluster.config import LLMBackendConfig, ReplicaKind
 from hermes_env.cluster.kvtier import KVMemory
 from hermes_env.cluster.prefix import PrefixCache, RemoteStore, Segment
 from hermes_env.cluster.queue import DecisionPending, WaitQueue
@@ -75,14 +77,18 @@ class Replica:
     and ``y`` tokens left holds ``x + (clock - c)`` tokens and finishes at clock ``c + y``. A heap on the
     finishing clock and the running sums make every event O(log batch) with no per-request updates."""
 
-    def __init__(self, backend: LLMBackend, index: int, queue: WaitQueue) -> None:
-        self.backend, self.index, self.queue = backend, index, queue
+    # Conformance hook (tests/test_conformance.py): when set, decode segments are one iteration long and it is
+    # called with every iteration as planned, so that the schedule can be compared step by step with vLLM's.
+    on_iteration: Callable[[Replica, float], None] | None = None
+
+    def __init__(self, backend: LLMBackend, index: int, queue: WaitQueue, kind: ReplicaKind, warm: bool) -> None:
+        self.backend, self.index, self.queue, self.kind = backend, index, queue, kind
         cfg = backend.cfg
-        self.capacity = cfg.kv_capacity_tokens
+        self.capacity = cfg.kv_capacity(kind)
         self.max_batch = cfg.max_num_seqs
         self.budget = cfg.max_num_batched_tokens
         self.chunked = cfg.chunked_prefill
-        self.latency = cfg.latency
+        self.latency = kind.latency
         self.block = cfg.block_size
         self.cache = PrefixCache(cfg.block_size) if cfg.enable_prefix_caching else None
         self.remote_cfg = cfg.remote_store
@@ -91,7 +97,7 @@ class Replica:
         # agentic KV memory (hermes_env.cluster.kvtier): with a retention policy and a prefix cache
         self.kvmem = KVMemory(self, cfg.host_kv_tier) if backend.retention is not None and self.cache is not None \
             else None
-        self.state = WARM if index < cfg.replicas else COLD
+        self.state = WARM if warm else COLD
         self.ready_at = 0.0  # when a loading replica will be warm
         self.clock = 0
         self.running: dict[Request, tuple[int, int, int]] = {}  # request -> (ctx0, finish clock, admission id)
@@ -255,6 +261,8 @@ class Replica:
         if version != self.version:
             return
         if self.busy:
+            if self.backend.timeline is not None:
+                self.backend.timeline.iteration(self, now)
             self.busy_seconds += now - self.t0
             self._apply_progress(now)
         self._load_stall = 0.0
@@ -275,6 +283,8 @@ class Replica:
                 self._plan_segment(now)  # may preempt everything and admit again (a mixed iteration)
             else:
                 self.busy = False  # staged requests call poke when their wait is over
+                if self.backend.timeline is not None:
+                    self.backend.timeline.idle(self, now)
                 if not self._batch():
                     self.backend.replica_idle(self, now)
                 return
@@ -282,6 +292,8 @@ class Replica:
             self.deciding = True
             self.backend.on_decision(self.queue, now, self._resume)  # type: ignore[misc]
             return
+        if self.on_iteration is not None:
+            self.on_iteration(self, now)
         self.busy = True
         self.version += 1
         end = self.t0 + (self.mixed_time if self.planned == 0 else self._segment_time(self.planned))
@@ -438,6 +450,8 @@ class Replica:
                 self._load_stall += load  # sync: the iteration waits for the fetch
         if r.adapter is not None:
             ready_at = max(ready_at, self._use_adapter(r.adapter, now))
+        if self.backend.timeline is not None:
+            self.backend.timeline.admitted(self, r, now, ready_at)
         if ready_at > now:
             self.staged.add(r)
             self.backend.engine.at(ready_at, self._staged_ready, r)
@@ -524,7 +538,7 @@ class Replica:
         heap = self._finish
         while self.running.get(heap[0][2], (0, 0, -1))[2] != heap[0][1]:
             heapq.heappop(heap)
-        m = min(heap[0][0] - self.clock, self.free_tokens() // n)
+        m = 1 if self.on_iteration is not None else min(heap[0][0] - self.clock, self.free_tokens() // n)
         lat = self.latency
         # Decode attention is the larger of a term in all cached tokens (growing n per iteration) and one
         # in the longest context (growing 1): iteration k takes base + k * step while the larger stays the
@@ -558,6 +572,8 @@ class Replica:
         queue; what it generated is recomputed when it is admitted again."""
         if victim is None:
             victim = max(self.running, key=lambda r: (r.key, r.seq))
+        if self.backend.timeline is not None:
+            self.backend.timeline.preempted(self, victim, now)
         held = self._leave(victim)
         victim.generated = held + victim.cached - victim.prompt_tokens
         self.kv_used -= held
@@ -597,6 +613,8 @@ class Replica:
 class LLMBackend:
     """The replicas of one model, their queues and their lifecycle (see the module docstring)."""
 
+    timeline: Any = None  # a hermes_env.sim.timeline.TimelineRecorder when the run records one
+
     def __init__(self, cfg: LLMBackendConfig, engine: EventScheduler, queue_factory: Callable[..., WaitQueue],
                  on_done: Callable[[Request, float], None], on_failed: Callable[[Request, float], None],
                  on_decision: Callable[[WaitQueue, float, Callable[[float], None]], None] | None = None,
@@ -608,8 +626,9 @@ class LLMBackend:
         self.router = router  # None: one shared queue, replicas pull (late binding)
         self.queue = queue_factory(cfg.name, None)
         self.remote = RemoteStore(cfg.block_size) if cfg.remote_store is not None else None
-        self.replicas = [Replica(self, i, self.queue if router is None else queue_factory(cfg.name, i))
-                         for i in range(cfg.max_replicas)]
+        placed = [(kind, n < kind.replicas) for kind in cfg.kinds for n in range(kind.max_replicas)]  # warm first
+        self.replicas = [Replica(self, i, self.queue if router is None else queue_factory(cfg.name, i), kind, warm)
+                         for i, (kind, warm) in enumerate(placed)]
         self.completed = 0
         self.failed = 0
         self.load_starts = 0  # loads ordered because a request found no replica warm or loading
@@ -617,11 +636,17 @@ class LLMBackend:
         self.gpu_seconds = 0.0  # GPU-seconds held by loading, warm or draining replicas
         # a lower bound on the GPU-seconds the work needs (Simulation adds each request's min_gpu_seconds)
         self.gpu_work_bound = 0.0
-        lat = cfg.latency
-        self._prefill_token = lat.per_token  # the linear layers' asymptotic cost per token, attention left out
-        self._decode_token = float(lat.linear_layers(float(cfg.max_num_seqs))) / cfg.max_num_seqs
-        self._held = cfg.replicas
-        self._serving = cfg.replicas  # replicas warm or loading: a request needs a cold start without one
+        # per kind, GPUs x the linear layers' asymptotic cost of a prefill token and of a decode token in a full
+        # batch (attention left out): what no replica of the kind can serve a token faster than
+        n = cfg.max_num_seqs
+        self._token_costs = [(k.gpus_per_replica * k.latency.per_token,
+                              k.gpus_per_replica * float(k.latency.linear_layers(float(n))) / n) for k in cfg.kinds]
+        self._held = sum(r.state != COLD for r in self.replicas)
+        self._held_gpus = sum(r.kind.gpus_per_replica for r in self.replicas if r.state != COLD)
+        self._price_rate = sum(r.kind.gpus_per_replica * r.kind.price_per_gpu_hour for r in self.replicas
+                               if r.state != COLD) / 3600.0  # currency per second held
+        self._serving = self._held  # replicas warm or loading: a request needs a cold start without one
+        self.gpu_cost = 0.0  # GPU-seconds held, each priced at its kind's price per GPU-hour
         self._last = 0.0
 
     # -- requests -------------------------------------------------------------------------------------
@@ -631,7 +656,7 @@ class LLMBackend:
         if need > self.cfg.max_model_len:
             return f"{need} tokens exceed max_model_len {self.cfg.max_model_len}"
         if need > self.cfg.kv_capacity_tokens:
-            return f"{need} tokens exceed a replica's KV cache ({self.cfg.kv_capacity_tokens})"
+            return f"{need} tokens exceed a replica's KV cache ({self.cfg.kv_capacity_tokens}, the smallest kind's)"
         return ""
 
     def submit(self, request: Request, now: float) -> None:
@@ -679,8 +704,13 @@ class LLMBackend:
 
     def min_gpu_seconds(self, prefill_tokens: int, output_tokens: int) -> float:
         """GPU-seconds no engine can serve these tokens in: each prefill token at the linear layers' cost per
-        token, each decode token shared by a full batch (``max_num_seqs``), KV reads left out."""
-        return self.cfg.gpus_per_replica * (prefill_tokens * self._prefill_token + output_tokens * self._decode_token)
+        token, each decode token shared by a full batch (``max_num_seqs``), KV reads left out, on the replica
+        kind where that is least."""
+        return min(prefill_tokens * p + output_tokens * d for p, d in self._token_costs)
+
+    def isolated_service_time(self, prompt: int, output: int, cached: int) -> float:
+        """Seconds to serve a request alone on the fastest replica kind for it (a relaxation's term)."""
+        return min(float(k.latency.isolated_service_time(prompt, output, cached)) for k in self.cfg.kinds)
 
     def claim_context(self, replica: Replica, app: Any, host_tokens: int, now: float) -> float:
         """``app``'s next request was admitted on ``replica``: its context there is used (returns when the
@@ -715,7 +745,8 @@ class LLMBackend:
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def _account(self, now: float) -> None:
-        self.gpu_seconds += self._held * self.cfg.gpus_per_replica * (now - self._last)
+        self.gpu_seconds += self._held_gpus * (now - self._last)
+        self.gpu_cost += self._price_rate * (now - self._last)
         self._last = now
 
     def gpu_seconds_until(self, now: float) -> float:
@@ -726,8 +757,13 @@ class LLMBackend:
         self._account(now)
         was_held, was_serving = replica.state != COLD, replica.state in (WARM, LOADING)
         replica.state = state
-        self._held += (state != COLD) - was_held
+        change = (state != COLD) - was_held
+        self._held += change
+        self._held_gpus += change * replica.kind.gpus_per_replica
+        self._price_rate += change * replica.kind.gpus_per_replica * replica.kind.price_per_gpu_hour / 3600.0
         self._serving += (state in (WARM, LOADING)) - was_serving
+        if self.timeline is not None:
+            self.timeline.replica_state(self, replica, now)
 
     def _ensure_capacity(self, now: float) -> None:
         """A request waits and no replica is warm or loading: load one (a cold start on its critical path)."""
@@ -735,20 +771,21 @@ class LLMBackend:
             self.load_starts += 1
             self.scale_ups -= 1  # counted as an on-demand load, not an autoscaler's order
 
-    def scale_up(self, now: float) -> bool:
-        """Start loading a cold replica (or take back a draining one); False if none is cold or draining."""
-        draining = next((r for r in self.replicas if r.state == DRAINING), None)
+    def scale_up(self, now: float, kind: str | None = None) -> bool:
+        """Start loading a cold replica (or take back a draining one), of ``kind`` if named, else the first in
+        index order; False if none is cold or draining."""
+        draining = next((r for r in self.replicas if r.state == DRAINING and kind in (None, r.kind.name)), None)
         if draining is not None:
             self._set_state(draining, WARM, now)
             self.scale_ups += 1
             draining.poke(now)
             return True
-        cold = next((r for r in self.replicas if r.state == COLD), None)
+        cold = next((r for r in self.replicas if r.state == COLD and kind in (None, r.kind.name)), None)
         if cold is None:
             return False
         self._set_state(cold, LOADING, now)
         self.scale_ups += 1
-        cold.ready_at = now + self.cfg.load_time()
+        cold.ready_at = now + self.cfg.load_time(cold.kind)
         self.engine.at(cold.ready_at, self._loaded, cold)
         return True
 
@@ -757,8 +794,8 @@ class LLMBackend:
             self._set_state(replica, WARM, now)
             replica.poke(now)
 
-    def can_scale_up(self) -> bool:
-        return any(r.state in (COLD, DRAINING) for r in self.replicas)
+    def can_scale_up(self, kind: str | None = None) -> bool:
+        return any(r.state in (COLD, DRAINING) and kind in (None, r.kind.name) for r in self.replicas)
 
     def can_scale_down(self) -> bool:
         return self._scale_down_victim() is not None
@@ -790,10 +827,11 @@ class LLMBackend:
         """The backend's figures up to ``now``, for the simulation summary."""
         reps = self.replicas
         gpu_seconds = self.gpu_seconds_until(now)
-        busy = sum(r.busy_seconds for r in reps) * self.cfg.gpus_per_replica
+        busy = sum(r.busy_seconds * r.kind.gpus_per_replica for r in reps)
         context = sum(r.context_tokens for r in reps)
         cached, loaded = sum(r.cached_tokens for r in reps), sum(r.loaded_tokens for r in reps)
         return {"utilisation": busy / gpu_seconds if gpu_seconds else 0.0, "gpu_seconds": gpu_seconds,
+                "gpu_cost": self.gpu_cost,
                 "gpu_seconds_lower_bound": self.gpu_work_bound,
                 "completed": self.completed, "failed": self.failed,
                 "iterations": sum(r.iterations for r in reps), "preemptions": sum(r.preemptions for r in reps),
@@ -828,4 +866,5 @@ class LLMBackend:
         for r in self.replicas:
             r.check_invariants()
         assert self._held == sum(r.state != COLD for r in self.replicas)
+        assert self._held_gpus == sum(r.kind.gpus_per_replica for r in self.replicas if r.state != COLD)
         assert self._serving == sum(r.state in (WARM, LOADING) for r in self.replicas)

@@ -40,6 +40,8 @@ class Instance:
 
 
 class ToolBackend:
+    timeline: Any = None  # a hermes_env.sim.timeline.TimelineRecorder when the run records one
+
     def __init__(self, cfg: ToolBackendConfig, engine: EventScheduler, queue: WaitQueue, rng: np.random.Generator,
                  on_done: Callable[[Request, float], None],
                  on_decision: Callable[[Any, float, Callable[[float], None]], None] | None = None) -> None:
@@ -131,7 +133,7 @@ class ToolBackend:
                     break
                 if inst.state == COLD:
                     self.cold_starts += 1
-                    self._warm(inst, now)
+                    self._warm(inst, now, "cold start")
                     coming += capacity
 
     def _resume(self, now: float) -> None:
@@ -143,6 +145,8 @@ class ToolBackend:
         inst.busy += 1
         inst.version += 1
         request.started = now
+        if self.timeline is not None:
+            self.timeline.tool_start(self, inst, request)
         self.engine.at(now + request.service_time, self._finish, inst, request)
 
     def _finish(self, now: float, inst: Instance, request: Request) -> None:
@@ -151,16 +155,23 @@ class ToolBackend:
         inst.version += 1
         request.finished = now
         self.completed += 1
+        if self.timeline is not None:
+            self.timeline.tool_call(self, inst, request, now)
         if inst.busy == 0:
             self._idle(inst, now)
         self._dispatch(now)
         self.on_done(request, now)
 
     # -- warm-up and keep-alive -------------------------------------------------------------
-    def _warm(self, inst: Instance, now: float) -> None:
-        self._account(now)
-        inst.state = WARMING
+    def _set_state(self, inst: Instance, state: int, now: float, cause: str = "") -> None:
+        inst.state = state
         inst.version += 1
+        if self.timeline is not None:
+            self.timeline.instance_state(self, inst, now, cause)
+
+    def _warm(self, inst: Instance, now: float, cause: str) -> None:
+        self._account(now)
+        self._set_state(inst, WARMING, now, cause)
         delay = 0.0 if self.cfg.cold_start is None else float(self.cfg.cold_start.sample(self.rng))
         inst.ready_at = now + delay
         self.engine.at(inst.ready_at, self._ready, inst, inst.version)
@@ -169,8 +180,7 @@ class ToolBackend:
         if inst.version != version:
             return
         self._account(now)
-        inst.state = WARM
-        inst.version += 1
+        self._set_state(inst, WARM, now)
         self._dispatch(now)
         if inst.busy == 0:
             self._idle(inst, now)
@@ -182,8 +192,7 @@ class ToolBackend:
     def _expire(self, now: float, inst: Instance, version: int) -> None:
         if inst.version == version and inst.busy == 0 and inst.state == WARM and not self.pinned:
             self._account(now)
-            inst.state = COLD
-            inst.version += 1
+            self._set_state(inst, COLD, now)
 
     # -- prewarm orders -----------------------------------------------------------------------
     def prewarm(self, now: float) -> bool:
@@ -192,7 +201,7 @@ class ToolBackend:
         if inst is None:
             return False
         self.prewarms += 1
-        self._warm(inst, now)
+        self._warm(inst, now, "prewarm")
         return True
 
     def can_prewarm(self) -> bool:
@@ -219,8 +228,7 @@ class ToolBackend:
         if inst is None:
             return False
         self._account(now)
-        inst.state = COLD
-        inst.version += 1
+        self._set_state(inst, COLD, now)
         return True
 
     def pin_warm(self, now: float) -> None:
@@ -229,8 +237,7 @@ class ToolBackend:
         self.pinned = True
         for inst in self.instances:
             if inst.state != WARM:
-                inst.state = WARM
-                inst.version += 1
+                self._set_state(inst, WARM, now)
         self._dispatch(now)
 
     def check_invariants(self) -> None:

@@ -19,8 +19,10 @@ from hermes_env.cluster.llm import COLD, DRAINING, LOADING, WARM, LLMBackend
 from hermes_env.cluster.request import Request
 from hermes_env.cluster.tool import WARM as TOOL_WARM
 from hermes_env.cluster.tool import WARMING, ToolBackend
+from hermes_env.pdgraph.demand import Progress
 from hermes_env.pdgraph.graph import BACKEND_KINDS, backend_kind
 from hermes_env.sim.forecast import p_requests_within
+from hermes_env.sim.workload import TIERS
 
 REQUEST_BASE_FEATURES = (
     "gittins_index", "remaining_mean", "remaining_std", "remaining_p50", "remaining_p90", "attained_service",
@@ -31,10 +33,16 @@ BACKEND_FEATURES = ("deciding", *(f"kind_{k}" for k in BACKEND_KINDS), "queue_le
                     "cold", "time_until_warm", "kv_used", "demand_within_warmup", "demand_within_minute")
 REPLICA_FEATURES = ("candidate", "deciding", "cold", "loading", "warm", "draining", "time_until_warm", "queue_length",
                     "queued_prompt_tokens", "batch", "kv_in_use", "prefix_hit", "adapter_resident")
+# only on a cluster with a backend of several replica kinds (GPU types): per LLM backend and kind, and per replica
+KIND_FEATURES = ("decode_speed", "prefill_speed", "price", "kv_capacity", "serving", "cold")
+REPLICA_KIND_FEATURES = ("decode_speed", "prefill_speed", "price")
 DECISION_KINDS = ("schedule", "prewarm", "route", "scale")
 GLOBAL_FEATURES = ("applications_in_system", "time", "completed_fraction", "failed_fraction",
                    *(f"decision_{k}" for k in DECISION_KINDS))
 NO_SLO = 1e4  # seconds of slack reported for applications without an SLO
+ADMISSION_FEATURES = ("deciding", "tier_critical", "tier_standard", "tier_sheddable", "real_time", "slo",
+                      "waiting_time", "remaining_mean", "remaining_p90", "may_defer", "may_reject", "defer_time_left",
+                      "deferred_now", "requests_waiting")
 
 
 class FeatureBuilder:
@@ -169,6 +177,37 @@ class FeatureBuilder:
                             float(request is not None and request.adapter in r.resident))
         return out
 
+    def kind_profile(self, backend: LLMBackend, kind: Any) -> tuple[float, float, float]:
+        """A replica kind against its backend's first: decode throughput of a full batch over 1k-token
+        contexts and prefill throughput of 2k-token prompts (ratios), and log1p of its price per replica-hour."""
+        n = backend.cfg.max_num_seqs
+        decode = lambda k: n / k.latency.iteration_time(n, kv_tokens=n * 1024, max_context=1024)  # noqa: E731
+        prefill = lambda k: 2048 / float(k.latency.prefill_time(2048.0))  # noqa: E731
+        ref = backend.cfg.kinds[0]
+        return (decode(kind) / decode(ref), prefill(kind) / prefill(ref),
+                math.log1p(kind.price_per_gpu_hour * kind.gpus_per_replica))
+
+    def kinds(self, max_kinds: int) -> np.ndarray:
+        """Per LLM backend (rows in order) and replica kind: its speeds and price (:meth:`kind_profile`), KV
+        capacity against the first kind's, and the fractions of its replicas serving (warm or loading) and cold."""
+        backends = list(self.sim.llm_backends.values())
+        out = np.zeros((len(backends), max_kinds, len(KIND_FEATURES)), dtype=np.float32)
+        for i, b in enumerate(backends):
+            for j, kind in enumerate(b.cfg.kinds):
+                own = [r for r in b.replicas if r.kind is kind]
+                out[i, j] = (*self.kind_profile(b, kind), b.cfg.kv_capacity(kind) / b.cfg.kv_capacity(b.cfg.kinds[0]),
+                             sum(r.state in (WARM, LOADING) for r in own) / len(own),
+                             sum(r.state == COLD for r in own) / len(own))
+        return out
+
+    def replica_kinds(self, backend: LLMBackend | None) -> np.ndarray:
+        """Per replica of the decision's LLM backend (zeros otherwise): its kind's :meth:`kind_profile`."""
+        out = np.zeros((self.replica_rows, len(REPLICA_KIND_FEATURES)), dtype=np.float32)
+        if backend is not None:
+            for r in backend.replicas[: self.replica_rows]:
+                out[r.index] = self.kind_profile(backend, r.kind)
+        return out
+
     def observation(self, candidates: list[Request], deciding: str, now: float, decision_kind: str | None = None,
                     slots: int | None = None, request: Request | None = None,
                     replica_candidates: list[Any] | None = None,
@@ -182,6 +221,25 @@ class FeatureBuilder:
         return {"requests": requests, "request_mask": mask, "backends": self.backends(deciding, now),
                 "replicas": self.replicas(backend, request, replica_candidates, deciding_replica, now),
                 "global": self.global_features(now, decision_kind)}
+
+    def admission(self, app: Any, now: float) -> np.ndarray:
+        """The application an admission decision concerns (zeros but ``deferred_now`` and
+        ``requests_waiting`` when there is none): its tier, class and SLO, the time since it arrived, its
+        remaining demand from its PDGraph at its first stage (fan-out width not yet known), what its tier
+        allows now and how long it may still be deferred; then the applications deferred now and the
+        requests waiting at every backend."""
+        sim = self.sim
+        out = np.zeros(len(ADMISSION_FEATURES), dtype=np.float32)
+        out[12:14] = (math.log1p(len(sim.deferred)), math.log1p(sum(sim.requests_waiting().values())))
+        if app is None:
+            return out
+        dist = sim.demand_model(app.template).remaining_demand(Progress(app.current.state, 0.0, None))
+        slo = app.mix.slo if math.isfinite(app.mix.slo) else NO_SLO
+        left = app.arrival + sim.config.workload.tier(app.tier).max_defer - now
+        out[:12] = (1.0, *(float(app.tier == t) for t in TIERS), float(app.app_class == "real_time"), math.log1p(slo),
+                    math.log1p(now - app.arrival), math.log1p(dist.mean), math.log1p(float(dist.quantile([0.9])[0])),
+                    float(sim.may_defer(app, now)), float(sim.may_reject(app)), math.log1p(max(left, 0.0)))
+        return out
 
     def global_features(self, now: float, decision_kind: str | None) -> np.ndarray:
         sim = self.sim

@@ -5,9 +5,11 @@ Every environment is the same class with a different set of *parts* it controls 
 is a piece of the action: ``schedule`` (which waiting request a backend admits: ``Discrete(K)``),
 ``prewarm`` (per tool backend: nothing, warm an instance, release one: ``[3] * T``), ``route`` (which
 replica of an LLM backend an arriving request waits at: ``Discrete(R)``) and ``scale`` (per LLM backend:
-nothing, load a replica, release one: ``[3] * L``). The simulation pauses whenever a controlled part owes
-a decision; orders parts (prewarm, scale) are applied at every decision, choice parts (schedule, route)
-only at their own kind of decision (slot 0 stands for "no choice" otherwise).
+nothing, load a replica, release one: ``[3] * L``), and, with ``admission_control=True`` on
+Scheduling-v0 and Joint-v0, ``admit`` (an arriving or deferred application: 0 admit, 1 defer, 2 reject:
+``[3]``). The simulation pauses whenever a controlled part owes a decision; orders parts (prewarm, scale)
+are applied at every decision, choice parts (schedule, route, admit) only at their own kind of decision
+(slot 0 stands for "no choice" otherwise).
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from gymnasium import spaces
 
 from hermes_env.catalog import config_path
 from hermes_env.envs.features import (
+    ADMISSION_FEATURES,
     BACKEND_FEATURES,
     DECISION_KINDS,
     GLOBAL_FEATURES,
+    KIND_FEATURES,
     REPLICA_FEATURES,
+    REPLICA_KIND_FEATURES,
     FeatureBuilder,
 )
 from hermes_env.envs.render import render_ansi, render_rgb
@@ -34,10 +39,12 @@ from hermes_env.errors import require
 from hermes_env.pdgraph.entropy import visit_probabilities
 from hermes_env.pdgraph.graph import BACKEND_KINDS, END, backend_kind
 from hermes_env.sim.policies import (
+    ExternalAdmission,
     ExternalAutoscaler,
     ExternalPrewarm,
     ExternalRouter,
     ExternalScheduler,
+    make_admission,
     make_autoscaler,
     make_prewarm,
     make_retention,
@@ -46,6 +53,8 @@ from hermes_env.sim.policies import (
 )
 from hermes_env.sim.retention import RETAIN_ACTIONS, ExternalRetention
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
+from hermes_env.sim.timeline import TimelineRecorder
+from hermes_env.sim.workload import TIERS
 from hermes_env.validation import as_integer, as_number, load_yaml
 
 NOOP, WARM_UP, RELEASE = 0, 1, 2  # the orders of the prewarm and scale parts (load = WARM_UP)
@@ -54,6 +63,8 @@ PRIORITIES = 3  # a retention decision's eviction priority: 0 to 2, higher goes 
 # features of a pending retention decision (observation key "kv"): the context, its replica's memory, the forecast
 KV_FEATURES = ("context_tokens", "context_share", "kv_in_use", "kv_pinned", "host_in_use", "round_trip",
                "next_use_probability", "next_use_mean", "next_use_within_round_trip", "contexts_held", "queue")
+ADMIT_PART = "admit"  # the admission part, added by admission_control=True
+CHOICE_PARTS = ("schedule", "route", ADMIT_PART)  # parts that choose at their own kind of decision only
 BOUND = 1e3  # every feature is a fraction, a flag or a log1p of seconds or tokens: far inside this
 NODE_FEATURES = (*(f"kind_{k}" for k in BACKEND_KINDS), "current", "visit_probability", "mean_demand", "width")
 
@@ -81,6 +92,17 @@ def load_experiment(config: str | Path | dict | ExperimentConfig, overrides: dic
         require(isinstance(value, dict), f"overrides.{key}", "must be a mapping")
         spec[key] = _merge(spec.get(key, {}), value)
     return ExperimentConfig.from_dict(spec, base=base)
+
+
+def _timeline_path(timeline: Any) -> Path | None:
+    """The ``timeline`` keyword: None, or a .json path in an existing folder."""
+    if timeline is None:
+        return None
+    require(isinstance(timeline, str | Path), "timeline", f"must be a path, got {type(timeline).__name__}")
+    path = Path(timeline)
+    require(path.suffix == ".json", "timeline", f"{str(path)!r} does not end in .json", "name a .json file")
+    require(path.parent.is_dir(), "timeline", f"folder {str(path.parent)!r} does not exist", "create it first")
+    return path
 
 
 def as_action_integer(action: Any) -> int:
@@ -115,6 +137,7 @@ class HermesEnv(gym.Env):
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
     controls: tuple[str, ...] = ("schedule",)
     default_config = "contended"
+    admission_allowed = False  # whether admission_control=True may add the admit part
 
     def __init__(self, config: str | Path | dict | ExperimentConfig | None = None, overrides: dict | None = None,
                  scheduler: str = "gittins", prewarm: str = "none", router: str = "shared", autoscaler: str = "fixed",
@@ -123,7 +146,9 @@ class HermesEnv(gym.Env):
                  max_steps: int | None = None, max_time: float | None = None, reward_scale: float = 1.0,
                  idle_cost_weight: float = 0.0, slo_miss_weight: float = 0.0, gpu_cost_weight: float | None = None,
                  invalid_action: str = "penalty", invalid_action_penalty: float = 1.0,
-                 graph_observation: bool = False, render_mode: str | None = None) -> None:
+                 graph_observation: bool = False, render_mode: str | None = None, admission: str = "none",
+                 admission_control: bool = False, timeline: str | Path | None = None,
+                 timeline_window: tuple[float, float] | None = None) -> None:
         self.experiment = load_experiment(self.default_config if config is None else config, overrides)
         self.controls = self._controls()
         as_integer(slots, "slots", low=1, high=100_000)
@@ -143,10 +168,27 @@ class HermesEnv(gym.Env):
             as_integer(max_steps, "max_steps", low=1)
         if max_time is not None:
             as_number(max_time, "max_time", low=0, low_open=True)
+        self.timeline, self.timeline_window = _timeline_path(timeline), timeline_window
+        if timeline_window is not None:
+            require(timeline is not None, "timeline_window", "applies to a timeline", "give timeline='PATH.json'")
+            TimelineRecorder(timeline_window)  # validates it
+        self.episode = -1  # the index of the episode in progress (reset counts them)
         self.policy_names = {"schedule": scheduler, "prewarm": prewarm, "route": router, "scale": autoscaler,
-                             "retain": retention}
+                             ADMIT_PART: admission, "retain": retention}
         # validate the heuristics' names now
-        make_scheduler(scheduler), make_prewarm(prewarm), make_autoscaler(autoscaler), make_retention(retention)
+        make_scheduler(scheduler), make_prewarm(prewarm), make_autoscaler(autoscaler), make_admission(admission)
+        make_retention(retention)
+        require(isinstance(admission_control, bool), "admission_control", f"must be True or False, got "
+                f"{admission_control!r}")
+        if admission_control:
+            require(self.admission_allowed, "admission_control", f"is not available on {type(self).__name__}",
+                    "use Scheduling-v0 or Joint-v0")
+            require(admission == "none", "admission", f"is {admission!r}, but admission_control gives the agent "
+                    "the admission decisions", "leave admission at 'none', or admission_control False")
+            require(slo_miss_weight > 0, "slo_miss_weight", "is 0: a rejected application leaves the system at "
+                    "once, so the time-in-system reward alone pays the agent to reject", "price a rejection "
+                    "(an SLO miss) with slo_miss_weight > 0")
+            self.controls = (*self.controls, ADMIT_PART)
         if router != "shared":
             make_router(router)
         self.slots, self.prewarm_tick, self.autoscale_tick = slots, prewarm_tick, autoscale_tick
@@ -171,8 +213,12 @@ class HermesEnv(gym.Env):
         self.max_stages = max(len(g.stages) for g in graphs)
         self.features = FeatureBuilder(self.backend_names, slots, self.replica_rows)
         self._graph_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # a backend of several replica kinds has one "load one of this kind" order per kind after the three
+        self.replica_kinds = {b.name: [k.name for k in b.kinds] for b in cluster.llm_backends}
         self._part_sizes = {"schedule": [slots], "prewarm": [3] * len(self.tool_names), "route": [self.replica_rows],
-                            "scale": [3] * len(self.llm_names), "retain": [len(RETAIN_ACTIONS), PRIORITIES]}
+                            "scale": [3 + len(k) * (len(k) > 1) for k in self.replica_kinds.values()],
+                            ADMIT_PART: [3], "retain": [len(RETAIN_ACTIONS), PRIORITIES]}
+        self.heterogeneous = any(len(k) > 1 for k in self.replica_kinds.values())
         self.observation_space = self._observation_space()
         self.action_space = self._action_space()
         self.sim: Simulation | None = None
@@ -195,6 +241,13 @@ class HermesEnv(gym.Env):
             "replicas": spaces.Box(-BOUND, BOUND, (self.replica_rows, len(REPLICA_FEATURES)), np.float32),
             "global": spaces.Box(-BOUND, BOUND, (len(GLOBAL_FEATURES),), np.float32),
         }
+        if self.heterogeneous:
+            n_kinds = max(len(k) for k in self.replica_kinds.values())
+            obs["kinds"] = spaces.Box(-BOUND, BOUND, (len(self.llm_names), n_kinds, len(KIND_FEATURES)), np.float32)
+            obs["replica_kinds"] = spaces.Box(-BOUND, BOUND, (self.replica_rows, len(REPLICA_KIND_FEATURES)),
+                                              np.float32)
+        if ADMIT_PART in self.controls:
+            obs["admission"] = spaces.Box(-BOUND, BOUND, (len(ADMISSION_FEATURES),), np.float32)
         if self.graph_observation:
             m = self.max_stages
             obs["graph_nodes"] = spaces.Box(-BOUND, BOUND, (k, m, len(NODE_FEATURES)), np.float32)
@@ -220,12 +273,15 @@ class HermesEnv(gym.Env):
             sim_seed = as_integer(options["simulation_seed"], "options.simulation_seed", low=0)
         names = self.policy_names
         c = self.controls
+        self.episode += 1
         self.sim = Simulation(
             self.experiment, seed=sim_seed,
+            timeline=None if self.timeline is None else TimelineRecorder(self.timeline_window),
             scheduler=ExternalScheduler() if "schedule" in c else make_scheduler(names["schedule"]),
             prewarm=ExternalPrewarm(self.prewarm_tick) if "prewarm" in c else make_prewarm(names["prewarm"]),
             router=ExternalRouter() if "route" in c else names["route"],
             autoscaler=ExternalAutoscaler(self.autoscale_tick) if "scale" in c else make_autoscaler(names["scale"]),
+            admission=ExternalAdmission() if ADMIT_PART in c else names[ADMIT_PART],
             retention=ExternalRetention() if "retain" in c else names["retain"])
         self.features.bind(self.sim)
         self.steps = 0
@@ -251,8 +307,15 @@ class HermesEnv(gym.Env):
         self._episode_over = terminated or truncated
         self._refresh()
         reward = self._reward() - penalty
-        return self._observation(), reward, terminated, bool(truncated and not terminated), self._info(
-            self.sim.engine.now - start, invalid=penalty > 0)
+        info = self._info(self.sim.engine.now - start, invalid=penalty > 0)
+        if self._episode_over and self.timeline is not None:
+            info["timeline"] = self.timeline_file(self.episode)
+            self.sim.timeline.write(info["timeline"])
+        return self._observation(), reward, terminated, bool(truncated and not terminated), info
+
+    def timeline_file(self, episode: int) -> Path:
+        """Where episode ``episode``'s timeline goes: ``timeline`` with the index before its suffix."""
+        return self.timeline.with_name(f"{self.timeline.stem}-{episode}{self.timeline.suffix}")
 
     def _require_episode(self, what: str) -> None:
         require(self.sim is not None, what, "called before reset()", "call reset() first")
@@ -290,6 +353,8 @@ class HermesEnv(gym.Env):
                 "replica": int(replica),
                 "completed": len(sim.recorder.completion_times), "failed": sim.recorder.failed,
                 "in_system": sim.in_system,
+                "admission_tier": TIERS.index(d.app.tier) if d is not None and d.kind == ADMIT_PART else -1,
+                "rejected": sum(t["rejected"] for t in sim.recorder.tiers.values()), "deferred": len(sim.deferred),
                 "gpu_seconds": sum(b.gpu_seconds_until(sim.engine.now) for b in sim.llm_backends.values())}
 
     # -- observation ------------------------------------------------------------------------------
@@ -318,6 +383,12 @@ class HermesEnv(gym.Env):
                                             request=d.request if d.kind == "route" else None,
                                             replica_candidates=d.candidates,
                                             deciding_replica=d.queue.replica if d.queue is not None else None)
+        if self.heterogeneous:
+            obs["kinds"] = self.features.kinds(self.observation_space["kinds"].shape[1])
+            obs["replica_kinds"] = self.features.replica_kinds(
+                self.sim.llm_backends.get(d.backend) if d is not None else None)
+        if ADMIT_PART in self.controls:
+            obs["admission"] = self.features.admission(d.app if d is not None else None, self.sim.engine.now)
         if self.graph_observation:
             obs.update(self._graphs())
         if "retain" in self.controls:
@@ -402,7 +473,10 @@ class HermesEnv(gym.Env):
                 return np.concatenate([actions, np.ones(PRIORITIES, dtype=bool)])
             actions[0] = True  # no retention decision now: 0 stands for "nothing" (ignored)
             return np.concatenate([actions, np.eye(PRIORITIES, dtype=bool)[0]])
-        if part in ("schedule", "route"):
+        if part == ADMIT_PART and d is not None and d.kind == part:
+            now = self.sim.engine.now
+            return np.array([True, self.sim.may_defer(d.app, now), self.sim.may_reject(d.app)])
+        if part in CHOICE_PARTS:
             mask = np.zeros(self._part_sizes[part][0], dtype=bool)
             if d is not None and d.kind == part:
                 valid = range(len(self.candidates)) if part == "schedule" else [r.index for r in d.candidates]
@@ -419,6 +493,8 @@ class HermesEnv(gym.Env):
             for name in self.llm_names:
                 b = self.sim.llm_backends[name]
                 out += [True, b.can_scale_up(), b.can_scale_down()]
+                kinds = self.replica_kinds[name]
+                out += [b.can_scale_up(k) for k in kinds] if len(kinds) > 1 else []
         return np.array(out, dtype=bool)
 
     def _invalid(self, message: str) -> float:
@@ -459,31 +535,37 @@ class HermesEnv(gym.Env):
                 if d.kind == "retain":
                     orders.append((part, (action, priority)))
                 continue
-            if part in ("schedule", "route"):
+            if part in CHOICE_PARTS:
                 choice = int(values[0])
                 if not (0 <= choice < len(mask) and mask[choice]):
                     penalty += self._invalid(f"action {choice} is masked out for {part} (valid: "
                                              f"{np.flatnonzero(mask).tolist()})")
-                    choice = int(np.flatnonzero(mask)[0])  # the fallback: the oldest request, the lowest replica
+                    # the fallback: the oldest request, the lowest replica, admission
+                    choice = int(np.flatnonzero(mask)[0])
                 if d.kind == part:
                     orders.append((part, choice))
                 continue
             names = self.tool_names if part == "prewarm" else self.llm_names
-            for name, order, allowed in zip(names, values, mask.reshape(-1, 3), strict=True):
-                if 0 <= order < 3 and allowed[order]:
+            allowed_each = np.split(mask, np.cumsum(self._part_sizes[part])[:-1])
+            for name, order, allowed in zip(names, values, allowed_each, strict=True):
+                if 0 <= order < len(allowed) and allowed[order]:
                     if order != NOOP:
                         orders.append((part, (name, int(order))))
                 else:
+                    kinds = f", 3+k load one of replica kind k {self.replica_kinds[name]}" if len(allowed) > 3 else ""
                     penalty += self._invalid(f"order {order} for {name} is masked out (0 nothing, 1 "
                                              f"{'warm' if part == 'prewarm' else 'load'} one: needs a cold one, 2 "
-                                             "release one: needs one that can go)")
+                                             f"release one: needs one that can go{kinds})")
         now = self.sim.engine.now
         choice = None
         for part, order in orders:
             if part == "prewarm":
                 (self.sim.prewarm if order[1] == WARM_UP else self.sim.release)(order[0], now)
+            elif part == "scale" and order[1] == RELEASE:
+                self.sim.scale_down(order[0], now)
             elif part == "scale":
-                (self.sim.scale_up if order[1] == WARM_UP else self.sim.scale_down)(order[0], now)
+                kind = None if order[1] == WARM_UP else self.replica_kinds[order[0]][order[1] - 3]
+                self.sim.scale_up(order[0], now, kind)
             else:
                 choice = order
         if d.kind == "schedule":
@@ -492,6 +574,8 @@ class HermesEnv(gym.Env):
             self.sim.resolve(choice)
         elif d.kind == "route":
             self.sim.resolve(next(i for i, r in enumerate(d.candidates) if r.index == choice))
+        elif d.kind == ADMIT_PART:
+            self.sim.resolve(choice)
         else:
             self.sim.resolve()
         return penalty
@@ -526,6 +610,14 @@ _OBSERVATION_DOC = """
       request's prompt its prefix cache holds, whether the request's adapter is resident.
     - ``global`` ``(8,)``: applications in the system, time, completed and failed fractions, the kind
       of decision (schedule, prewarm, route, scale).
+    - on a cluster with a backend of several replica kinds (GPU types) only: ``kinds`` ``(L, K, 6)``: per LLM
+      backend and kind, its decode and prefill speed against the backend's first kind, log1p of its price per
+      replica-hour, its KV capacity against the first kind's, the fractions of its replicas serving and cold;
+      ``replica_kinds`` ``(R, 3)``: the speeds and price of each replica of the decision's LLM backend.
+    - with ``admission_control=True``: ``admission`` ``(14,)``: the application an admission decision
+      concerns (deciding flag, tier, real-time flag, SLO, time since arrival, PDGraph remaining-demand mean
+      and 90th percentile, may defer, may reject, time it may still be deferred; zeros at other decisions),
+      and the applications deferred now and requests waiting at every backend.
     - with ``graph_observation=True``: ``graph_nodes`` ``(K, S, 8)``, ``graph_edges`` ``(K, S, S+1)``
       and ``graph_node_mask`` ``(K, S)``: each candidate's PDGraph, ``S`` the most stages of any template.
 """
@@ -544,6 +636,13 @@ _REWARD_DOC = """
     **Episode end**: ``terminated`` once every application of the workload has ended (completed or
     failed; the last step simulates to the end); ``truncated`` after ``max_steps`` steps or ``max_time``
     simulated seconds. An episode that needs no decision ends on its first step.
+
+    **Timeline**: with ``timeline="runs/tl.json"`` the step that ends an episode (terminated or
+    truncated) writes its Chrome/Perfetto trace-event JSON (docs/timeline.md) to ``runs/tl-<k>.json``,
+    ``k`` the episode's index from 0 (the ``k``-th ``reset``), and puts the path in that step's
+    ``info["timeline"]``. ``timeline_window=(start, end)`` keeps those simulated seconds only. In a
+    truncated episode's timeline the requests still waiting or running have spans up to its end, marked
+    ``open``; an episode left before its end (``reset`` again) writes nothing.
 """
 
 
@@ -557,8 +656,17 @@ class SchedulingEnv(HermesEnv):
 """ + _OBSERVATION_DOC + """
     **Action**: ``Discrete(K)``, the slot to admit. ``action_masks()`` and ``info["action_mask"]`` give the
     valid slots; a masked-out slot admits the oldest waiting request instead.
+
+    **Admission** (``admission_control=True``): the simulation also pauses when an application arrives and
+    when a deferred one is reconsidered (whenever another application ends); the action becomes
+    ``MultiDiscrete([K, 3])``: the slot, and 0 admit, 1 defer, 2 reject. At an admission decision only slot
+    0 is unmasked; defer is unmasked while the application's tier allows it (``max_defer`` from arrival),
+    reject where its tier allows it (``critical`` by default neither); elsewhere only 0. A masked-out order
+    admits. A rejection is a failure: ``slo_miss_weight`` must price it (required > 0). Without
+    ``admission_control``, ``admission`` names the heuristic that decides (default ``none``: admit all).
 """ + _REWARD_DOC
     controls = ("schedule",)
+    admission_allowed = True
 
 
 class PrewarmEnv(HermesEnv):
@@ -603,7 +711,9 @@ class AutoscalingEnv(HermesEnv):
 """ + _OBSERVATION_DOC + """
     **Action**: ``MultiDiscrete([3] * L)`` over the ``L`` LLM backends: 0 nothing, 1 load a replica (a
     cold one, or take back a draining one), 2 release one (the least loaded warm replica drains and goes
-    cold when its work is done). A masked-out order is skipped.
+    cold when its work is done). A backend of ``K > 1`` replica kinds (GPU types) has ``3 + K`` orders: 3 + k
+    loads a replica of kind k (its config's ``replica_kinds`` order); 1 loads the first cold one. A
+    masked-out order is skipped.
 """ + _REWARD_DOC
     controls = ("scale",)
     default_config = "autoscaling"
@@ -620,10 +730,12 @@ class JointEnv(HermesEnv):
     backend, the replica to place on, one order per LLM backend. The orders apply at every decision;
     the slot only at a scheduling decision and the replica only at a routing decision (elsewhere only 0
     is unmasked for them, and ignored). Where an LLM backend has a host KV tier (``host_kv_tier``: KV
-    memory is modelled), the action ends with KVCache-v0's ``[5, 3]`` retention part, applied only at a
-    retention decision, and the observation has its ``kv`` key.
+    memory is modelled), KVCache-v0's ``[5, 3]`` retention part follows, applied only at a retention
+    decision, and the observation has its ``kv`` key. With ``admission_control=True`` a last ``[3]`` is the
+    admission order, as in Scheduling-v0 (admission decisions pause the simulation too).
 """ + _REWARD_DOC
     controls = PARTS
+    admission_allowed = True
 
     def _controls(self) -> tuple[str, ...]:
         kv = any(b.host_kv_tier is not None for b in self.experiment.cluster.llm_backends)

@@ -15,8 +15,9 @@ What is estimated, and how:
   edge's probability is (times taken) / (visits at which it was open), the exits share the rest in
   proportion to their counts over all visits;
 * prompt growth per iteration is the least-squares slope of prompt tokens against the iteration
-  count (clipped at 0); demands become histograms (Freedman-Diaconis bins, at most 64), or a
-  deterministic value when every observation is equal; fan-out widths become discrete
+  count, at least 0 and at most what leaves every observed prompt a token beyond its growth; demands
+  become histograms (Freedman-Diaconis bins, at most 64), or a deterministic value when every
+  observation is equal; fan-out widths become discrete
   distributions when any step had more than one copy.
 """
 
@@ -182,6 +183,8 @@ def _stage(name: str, backend: str, transitions: tuple[Transition, ...], traces:
     growth = 0.0
     if len(np.unique(iters)) > 1:
         growth = max(0.0, float(np.round(np.polyfit(iters, prompt, 1)[0])))
+        # no larger than leaves every observed prompt at least one token beyond its growth
+        growth = min(growth, float(np.floor(np.min((prompt[iters > 0] - 1) / iters[iters > 0]))))
     return Stage(name, backend, prompt_tokens=_histogram(prompt - growth * iters, f"stage '{name}'.prompt_tokens"),
                  output_tokens=_histogram(output, f"stage '{name}'.output_tokens"),
                  prompt_growth_per_iteration=growth, **ends)

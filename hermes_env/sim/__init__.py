@@ -12,7 +12,8 @@ from hermes_env.sim.policies import (
     scheduler_names,
 )
 from hermes_env.sim.simulator import Application, ExperimentConfig, Simulation
+from hermes_env.sim.timeline import TimelineRecorder, draw_timeline
 
 __all__ = ["Application", "Engine", "ExperimentConfig", "PrewarmPolicy", "SchedulingPolicy", "Simulation",
-           "make_prewarm", "make_scheduler", "prewarm_names", "register_prewarm", "register_scheduler",
-           "scheduler_names"]
+           "TimelineRecorder", "draw_timeline", "make_prewarm", "make_scheduler", "prewarm_names",
+           "register_prewarm", "register_scheduler", "scheduler_names"]

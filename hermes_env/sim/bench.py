@@ -1,13 +1,14 @@
 """The benchmark: every (scheduler, prewarm) combination on the same workloads, over several seeds.
 
 A bench config (``configs/bench/*.yaml``) names an experiment (cluster and workload), the schedulers,
-prewarm policies, routers, autoscalers and KV retention policies to compare (every combination of them),
-the number of seeds, the reference combination the ratios are taken against, and optionally ``loads``:
-multipliers of the workload's arrival rate for a sweep. Every combination runs on the same arrivals and realised demands
+prewarm policies, routers, autoscalers, admission and KV retention policies to compare (every combination of them), the
+number of seeds, the reference combination the ratios are taken against, and optionally ``loads``: multipliers of the
+workload's arrival rate for a sweep. Every combination runs on the same arrivals and realised demands
 under a seed (common random numbers), so differences are the policies'. Figures are means over seeds with
 95% confidence half-widths (Student t).
 
-One *cell* is one simulation: (load, scheduler, prewarm, router, autoscaler, retention, seed). Cells are independent, so
+One *cell* is one simulation: (load, scheduler, prewarm, router, autoscaler, admission, retention,
+seed). Cells are independent, so
 an executor may run them in any order and anywhere: ``serial`` (this process), ``process`` (a local process pool) or
 ``ray`` (Ray tasks, on a local or remote cluster; the ``[ray]`` extra). Each finished cell is appended to
 ``runs.csv`` at once; on Ctrl-C or SIGTERM the tables and plots are written from the cells finished, and
@@ -36,6 +37,7 @@ from hermes_env.errors import ConfigError, require
 from hermes_env.sim.metrics import mean_ci
 from hermes_env.sim.policies import (
     autoscaler_names,
+    make_admission,
     prewarm_names,
     retention_names,
     router_names,
@@ -43,18 +45,19 @@ from hermes_env.sim.policies import (
     scheduler_names,
 )
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
-from hermes_env.sim.workload import resolve_path
+from hermes_env.sim.workload import TIERS, resolve_path
 from hermes_env.validation import as_integer, as_number, check_keys, load_yaml
 
 METRICS = ("mean", "p50", "p95", "p99")
-COUNTS = ("cold_starts", "idle_warm_cost", "gpu_seconds", "failed")
+COUNTS = ("cold_starts", "idle_warm_cost", "gpu_seconds", "gpu_cost", "failed")
 EXECUTORS = ("serial", "process", "ray")
-POLICY_KEYS = ("scheduler", "prewarm", "router", "autoscaler", "retention")
+POLICY_KEYS = ("scheduler", "prewarm", "router", "autoscaler", "admission", "retention")
 CELL_KEYS = ("load", *POLICY_KEYS, "seed")
 CDF_KEYS = ["load", *POLICY_KEYS, "completion_time"]
 DEFAULT_POLICIES = {"scheduler": "fcfs", "prewarm": "none", "router": "shared", "autoscaler": "fixed",
-                    "retention": "lru"}
-Combo = tuple[str, str, str, str, str]  # scheduler, prewarm, router, autoscaler, retention
+                    "admission": "none", "retention": "lru"}
+PER_TIER = ("goodput", "rejected")  # per SLO tier columns (goodput_critical, rejected_sheddable, ...)
+Combo = tuple[str, str, str, str, str, str]  # scheduler, prewarm, router, autoscaler, admission, retention
 
 
 @dataclass(frozen=True)
@@ -64,12 +67,13 @@ class Cell:
     prewarm: str
     router: str
     autoscaler: str
+    admission: str
     retention: str
     seed: int
 
     @property
     def combo(self) -> Combo:
-        return (self.scheduler, self.prewarm, self.router, self.autoscaler, self.retention)
+        return (self.scheduler, self.prewarm, self.router, self.autoscaler, self.admission, self.retention)
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -87,17 +91,19 @@ class BenchConfig:
     loads: tuple[float, ...] = (1.0,)
     routers: tuple[str, ...] = ("shared",)
     autoscalers: tuple[str, ...] = ("fixed",)
+    admissions: tuple[str, ...] = ("none",)
     retentions: tuple[str, ...] = ("lru",)
 
     @classmethod
     def from_yaml(cls, path: str | Path, schedulers: Sequence[str] | None = None,
                   prewarm: Sequence[str] | None = None, seeds: int | None = None,
                   routers: Sequence[str] | None = None, autoscalers: Sequence[str] | None = None,
-                  retentions: Sequence[str] | None = None) -> BenchConfig:
+                  admissions: Sequence[str] | None = None, retentions: Sequence[str] | None = None) -> BenchConfig:
         """A bench YAML by path, or a packaged one by name (``default``, ``hermes``)."""
         path = config_path("bench", path, "bench")
         spec = load_yaml(path, "bench")
-        check_keys(spec, ("experiment", "schedulers", "prewarm", "routers", "autoscalers", "retentions", "seeds",
+        check_keys(spec, ("experiment", "schedulers", "prewarm", "routers", "autoscalers", "admissions", "retentions",
+                          "seeds",
                           "reference", "loads", "description"), "bench")
         experiment = spec.get("experiment")
         require(isinstance(experiment, str | Mapping), "bench.experiment", "must be a YAML path or a mapping")
@@ -125,6 +131,9 @@ class BenchConfig:
                                   ("retentions", keeps, retention_names())):
             for name in names:
                 require(name in known, f"bench.{key}", f"unknown policy {name!r}", f"use some of {known}")
+        admits = tuple(admissions or spec.get("admissions", ["none"]))
+        for name in admits:
+            make_admission(name)  # an unknown name or bad parameters: one error naming the fix
         n = as_integer(seeds if seeds is not None else spec.get("seeds", 3), "bench.seeds", low=1, high=100_000)
         ref = {**DEFAULT_POLICIES, **(spec.get("reference") or {})}
         check_keys(ref, POLICY_KEYS, "bench.reference")
@@ -134,12 +143,13 @@ class BenchConfig:
                       for i, x in enumerate(raw_loads))
         require(len(set(loads)) == len(loads), "bench.loads", "lists a load twice")
         reference = tuple(str(ref[k]) for k in POLICY_KEYS)
-        return cls(experiment, base, scheds, warms, n, reference, loads, routes, scales, keeps)  # type: ignore[arg-type]
+        return cls(experiment, base, scheds, warms, n, reference, loads, routes, scales,  # type: ignore[arg-type]
+                   admits, keeps)
 
     @property
     def combos(self) -> list[Combo]:
-        combos = [(s, p, r, a, k) for s in self.schedulers for p in self.prewarm for r in self.routers
-                  for a in self.autoscalers for k in self.retentions]
+        combos = [(s, p, r, a, d, k) for s in self.schedulers for p in self.prewarm for r in self.routers
+                  for a in self.autoscalers for d in self.admissions for k in self.retentions]
         return combos if self.reference in combos else [self.reference, *combos]
 
     def cells(self) -> list[Cell]:
@@ -159,15 +169,20 @@ class BenchConfig:
         experiment = self.experiment_at(self.loads[0])
         return sorted({m.app_class for m in experiment.workload.applications if math.isfinite(m.slo)})
 
+    def tiers(self) -> list[str]:
+        experiment = self.experiment_at(self.loads[0])
+        present = {m.tier for m in experiment.workload.applications}
+        return [t for t in TIERS if t in present]
+
     def columns(self) -> list[str]:
         return [*CELL_KEYS, *(f"jct_{m}" for m in METRICS), *(f"slo_{c}" for c in self.slo_classes()),
-                *COUNTS]
+                *COUNTS, "goodput", *(f"{k}_{t}" for k in PER_TIER for t in self.tiers())]
 
     def identity(self) -> dict[str, Any]:
         """What a results folder belongs to (``--resume`` refuses a folder of another bench)."""
         return {"experiment": self.experiment, "schedulers": list(self.schedulers), "prewarm": list(self.prewarm),
                 "routers": list(self.routers), "autoscalers": list(self.autoscalers),
-                "retentions": list(self.retentions), "seeds": self.seeds,
+                "admissions": list(self.admissions), "retentions": list(self.retentions), "seeds": self.seeds,
                 "reference": list(self.reference), "loads": list(self.loads)}
 
 
@@ -184,7 +199,8 @@ def run_cell(cfg: BenchConfig, cell: Cell) -> CellResult:
     other cells finish and are written."""
     try:
         result = Simulation(cfg.experiment_at(cell.load), scheduler=cell.scheduler, prewarm=cell.prewarm,
-                            router=cell.router, autoscaler=cell.autoscaler, retention=cell.retention,
+                            router=cell.router, autoscaler=cell.autoscaler, admission=cell.admission,
+                            retention=cell.retention,
                             seed=cell.seed).run()
     except Exception:  # reported per cell by the caller
         return CellResult(cell, None, [], traceback.format_exc())
@@ -192,7 +208,9 @@ def run_cell(cfg: BenchConfig, cell: Cell) -> CellResult:
     row: dict[str, Any] = {"load": cell.load, **dict(zip(POLICY_KEYS, cell.combo, strict=True)), "seed": cell.seed,
                            **{f"jct_{m}": s["jct"][m] for m in METRICS},
                            **{f"slo_{c}": v for c, v in s["slo_attainment"].items()},
-                           **{k: float(s[k]) for k in COUNTS}}
+                           **{k: float(s[k]) for k in COUNTS}, "goodput": s["goodput"]["all"],
+                           **{f"goodput_{t}": c["goodput"] for t, c in s["tiers"].items()},
+                           **{f"rejected_{t}": float(c["rejected"]) for t, c in s["tiers"].items()}}
     times = [r["completion_time"] for r in result.rows] if cell.seed == 0 else []
     return CellResult(cell, row, times)
 
@@ -380,15 +398,20 @@ def _summarise(cfg: BenchConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
                 row[f"jct_{m}"], row[f"jct_{m}_ci95"] = mean_ci([r[f"jct_{m}"] for r in mine])
                 row[f"jct_{m}_ratio"] = float(np.mean([a[f"jct_{m}"] / b[f"jct_{m}"] for a, b in paired])) \
                     if paired else math.nan
-            for key in sorted({k for r in mine for k in r if k.startswith("slo_")}):
+            for key in sorted({k for r in mine for k in r if k.startswith(("slo_", "rejected_"))}):
                 row[key] = float(np.mean([r[key] for r in mine if key in r]))
+            for key in sorted({k for r in mine for k in r if k.startswith("goodput")}):  # paired, as jct
+                row[key], row[f"{key}_ci95"] = mean_ci([r[key] for r in mine if key in r])
+                base = float(np.mean([b[key] for _, b in paired if key in b])) if paired else math.nan
+                row[f"{key}_ratio"] = float(np.mean([a[key] for a, _ in paired if key in a])) / base \
+                    if paired and base else math.nan
             for key in COUNTS:
                 row[key] = float(np.mean([r[key] for r in mine]))
                 base = float(np.mean([b[key] for _, b in paired])) if paired else math.nan
                 row[f"{key}_ratio"] = row[key] / base if base else math.nan
             rows.append(row)
-    dimensions = (cfg.schedulers, cfg.prewarm, cfg.routers, cfg.autoscalers, cfg.retentions)
-    varying = [k for k, names in zip(POLICY_KEYS, dimensions, strict=True)
+    varying = [k for k, names in zip(POLICY_KEYS, (cfg.schedulers, cfg.prewarm, cfg.routers, cfg.autoscalers,
+                                                   cfg.admissions, cfg.retentions), strict=True)
                if len({*names, cfg.reference[POLICY_KEYS.index(k)]}) > 1]
     return {"reference": list(cfg.reference), "seeds": cfg.seeds, "loads": list(cfg.loads), "rows": rows,
             "varying": varying or ["scheduler"]}
@@ -420,6 +443,18 @@ def format_table(summary: Mapping[str, Any]) -> str:
                      f"{cells[2]:>16s} {cells[3]:>16s} {slo:6.3f} {r['cold_starts']:5.0f} "
                      f"{r['cold_starts_ratio']:4.2f}x {r['idle_warm_cost']:7.0f} {r['idle_warm_cost_ratio']:4.2f}x "
                      f"{r['gpu_seconds']:6.0f} {r['gpu_seconds_ratio']:4.2f}x {r['failed']:6.1f}")
+    tiers = [t for t in TIERS if any(f"goodput_{t}" in r for r in summary["rows"])]
+    if len(tiers) > 1:
+        lines += ["", f"goodput (applications meeting their SLO per second of arrivals) per tier, +- 95% CI, x = ratio "
+                  f"to {ref}; rejected = applications refused by admission (mean per run)"]
+        head = f"{'load':>4s} {'+'.join(keys):{w}s} " + " ".join(f"{t:>20s}" for t in (*tiers, "all")) + \
+            " " + " ".join(f"{'rej ' + t:>14s}" for t in tiers)
+        lines += [head, "-" * len(head)]
+        for r in summary["rows"]:
+            good = [f"{r[k]:5.3f}+-{r[f'{k}_ci95']:5.3f} {r[f'{k}_ratio']:4.2f}x"
+                    for k in (*(f"goodput_{t}" for t in tiers), "goodput")]
+            lines.append(f"{r['load']:4.2g} {label(r, keys):{w}s} " + " ".join(f"{g:>20s}" for g in good) + " "
+                         + " ".join(f"{r.get(f'rejected_{t}', math.nan):14.1f}" for t in tiers))
     missing = summary.get("missing_cells", 0)
     if missing:
         why = "interrupted" if summary.get("interrupted") else "failed"

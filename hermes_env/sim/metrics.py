@@ -1,6 +1,6 @@
-"""Metrics of a simulation: application completion times, failures, SLO attainment, backend utilisation,
-cold starts, idle warm cost, GPU-seconds, prefix-cache reuse and queueing per stage; written as a
-per-application CSV and a summary JSON.
+"""Metrics of a simulation: application completion times, failures, SLO attainment, goodput and
+admission outcomes per SLO tier, backend utilisation, cold starts, idle warm cost, GPU-seconds,
+prefix-cache reuse and queueing per stage; written as a per-application CSV and a summary JSON.
 
 A :class:`Recorder` takes each application as it ends, so memory does not grow with the run: completion
 times are kept exactly (8 bytes each), every other distribution (queueing per stage, TTFT, TPOT) in a
@@ -21,8 +21,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-ROW_FIELDS = ("id", "template", "class", "arrival", "completion", "completion_time", "slo_met", "failed", "stages",
-              "queue_times", "service_times")
+ROW_FIELDS = ("id", "template", "class", "tier", "arrival", "completion", "completion_time", "slo_met", "failed",
+              "stages", "queue_times", "service_times")
 
 
 class LogHistogram:
@@ -73,10 +73,18 @@ def distribution_summary(x: np.ndarray) -> dict[str, float]:
     return {"count": int(len(x)), "mean": float(x.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99)}
 
 
+TIER_COUNTS = ("applications", "completed", "slo_met", "rejected", "deferred")
+
+
+def slo_met(app: Any) -> bool:
+    """Completed within its SLO (an application without an SLO meets it by completing)."""
+    return bool(not app.failed and app.completion - app.arrival <= app.mix.slo)
+
+
 def application_row(app: Any) -> dict[str, Any]:
-    return {"id": app.id, "template": app.template, "class": app.app_class, "arrival": app.arrival,
+    return {"id": app.id, "template": app.template, "class": app.app_class, "tier": app.tier, "arrival": app.arrival,
             "completion": app.completion, "completion_time": app.completion - app.arrival,
-            "slo_met": bool(not app.failed and app.completion - app.arrival <= app.mix.slo), "failed": app.failed,
+            "slo_met": slo_met(app), "failed": app.failed,
             "stages": ";".join(r.stage for r in app.runs[: len(app.queue_times)]),
             "queue_times": ";".join(f"{t:.6f}" for t in app.queue_times),
             "service_times": ";".join(f"{t:.6f}" for t in app.service_times)}
@@ -84,6 +92,10 @@ def application_row(app: Any) -> dict[str, Any]:
 
 def _met_of() -> list[int]:
     return [0, 0]
+
+
+def _tier_counts() -> dict[str, int]:
+    return dict.fromkeys(TIER_COUNTS, 0)
 
 
 class Recorder:
@@ -103,6 +115,8 @@ class Recorder:
         # applications with an SLO: how many, how many missed it (failures count), how many would miss it
         # even served alone (their lower bound exceeds it: no policy can meet it)
         self.slo_counts = {"with_slo": 0, "missed": 0, "missed_alone": 0}
+        # per SLO tier: applications ended, completed, meeting their SLO, rejected and ever deferred by admission
+        self.tiers: dict[str, dict[str, int]] = defaultdict(_tier_counts)
         self._file: TextIO | None = None
         self._rows: csv.DictWriter | None = None
         if rows_to is not None:
@@ -114,6 +128,12 @@ class Recorder:
 
     def application(self, app: Any) -> None:
         jct = app.completion - app.arrival
+        tier = self.tiers[app.tier]
+        tier["applications"] += 1
+        tier["completed"] += not app.failed
+        tier["slo_met"] += slo_met(app)
+        tier["rejected"] += app.failed.startswith("admission:")
+        tier["deferred"] += not math.isnan(app.deferred_at)
         if math.isfinite(app.mix.slo):
             counts = self.slo_counts
             counts["with_slo"] += 1
@@ -189,22 +209,37 @@ def summarise(sim: Any) -> SimulationResult:
         "router": sim.router_name, "autoscaler": sim.autoscaler.name, "retention": sim.retention.name,
         "simulated_seconds": now, "applications": len(rec.completion_times) + rec.failed,
         "completed": len(rec.completion_times), "failed": rec.failed, "failure_reasons": dict(rec.failures),
-        "stage_requests": sim.stage_requests, "events": sim.engine.events,
+        "stage_requests": sim.stage_requests, "events": sim.engine.events, "admission": sim.admission.name,
         "jct": distribution_summary(np.frombuffer(rec.completion_times, dtype=float)),
         # a lower bound for every policy: each application's stages served alone, warm, with every reusable
         # prefix cached (its quantiles bound the completion time's quantiles too)
         "jct_lower_bound": distribution_summary(np.frombuffer(rec.lower_bounds, dtype=float)),
         "slo_attainment": {c: met / total for c, (met, total) in sorted(rec.slo.items()) if total},
         "slo_miss_counts": dict(rec.slo_counts),
+        **tier_summary(rec, now, float(sim.arrival_times[-1])),
         "cold_starts": sum(b["cold_starts"] for b in tools),
         "idle_warm_cost": sum(b["idle_cost"] for b in tools),
         "gpu_seconds": sum(b["gpu_seconds"] for n, b in backends.items() if n in sim.llm_backends),
+        "gpu_cost": sum(b["gpu_cost"] for n, b in backends.items() if n in sim.llm_backends),
         "gpu_seconds_lower_bound": sum(b["gpu_seconds_lower_bound"] for n, b in backends.items()
                                        if n in sim.llm_backends),
         "backends": backends,
         "stage_queueing": {k: h.summary() for k, h in sorted(rec.stage_wait.items())},
     }
     return SimulationResult(rows, summary)
+
+
+def tier_summary(rec: Recorder, now: float, last_arrival: float) -> dict[str, Any]:
+    """``tiers``: per SLO tier, the counts of TIER_COUNTS and its goodput; ``goodput``: applications meeting
+    their SLO per second, per tier and ``all``. The time is that of the last arrival (``now`` if earlier),
+    the same for every policy under a seed, so that goodputs compare as the counts do (a policy that sheds
+    work does not gain by ending sooner)."""
+    span = min(now, last_arrival)
+    rate = (lambda met: met / span) if span > 0 else (lambda met: 0.0)
+    tiers = {t: {**c, "goodput": rate(c["slo_met"])} for t, c in sorted(rec.tiers.items())}
+    goodput = {t: c["goodput"] for t, c in tiers.items()}
+    goodput["all"] = rate(sum(c["slo_met"] for c in tiers.values()))
+    return {"tiers": tiers, "goodput": goodput}
 
 
 def mean_ci(values: Any) -> tuple[float, float]:

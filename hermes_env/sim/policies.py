@@ -28,6 +28,14 @@ its LLM calls (release to the LRU cache, pin, offload to host memory, prefetch, 
 application arrives or issues a stage) and, when ``tick`` is set, every ``tick`` seconds. It acts through
 ``sim.prewarm(backend, now)`` and ``sim.release(backend, now)``.
 
+**Admission.** ``admit(sim, app, now)`` when an application arrives, and again each time a deferred
+one is reconsidered (whenever another application ends), returns ``ADMIT``, ``DEFER`` (it waits, in
+the system, and is asked again; once its tier's ``max_defer`` seconds from arrival are over it is
+rejected) or ``REJECT`` (it fails now, counted per tier); None when an external policy answers later
+(``Simulation.resolve``). What a tier allows (``sim.may_reject(app)``, ``sim.may_defer(app, now)``) is
+enforced. The application is the unit: its LLM and tool requests are never refused one by one. Names
+may carry parameters after a colon (``token_bucket:1.6:10``), parsed by the class's ``from_arg``.
+
 Policies register by name (``@register_scheduler("fcfs")``); ``make_scheduler("fcfs")`` builds one.
 Packages announce more through entry points, loaded only when needed: the ``hermes_env.policies`` group
 (``baselines``, light) on the first lookup of a name, and the ``hermes_env.scheduler_families`` group
@@ -51,6 +59,9 @@ _PREWARMERS: dict[str, Callable[..., Any]] = {}
 _ROUTERS: dict[str, Callable[..., Any]] = {}
 _AUTOSCALERS: dict[str, Callable[..., Any]] = {}
 _RETENTIONS: dict[str, Callable[..., Any]] = {}
+_ADMISSIONS: dict[str, Callable[..., Any]] = {}
+ADMIT, DEFER, REJECT = 0, 1, 2  # an admission decision (the order of the environments' admission part)
+ADMISSION_ORDERS = ("admit", "defer", "reject")
 
 
 def _registrar(registry: dict[str, Callable[..., Any]]) -> Callable[[str], Callable[[type], type]]:
@@ -128,6 +139,19 @@ make_prewarm = _maker(_PREWARMERS, "prewarm")
 make_router = _maker(_ROUTERS, "router")
 make_autoscaler = _maker(_AUTOSCALERS, "autoscaler")
 make_retention = _maker(_RETENTIONS, "retention")
+register_admission = _registrar(_ADMISSIONS)
+
+
+def make_admission(name: str) -> Any:
+    """An admission policy by name, with its parameters after a colon (``queue_threshold:8:16``)."""
+    require(isinstance(name, str), "admission", f"must be a policy name, got {name!r}")
+    load_plugins()
+    prefix, _, arg = name.partition(":")
+    require(prefix in _ADMISSIONS, "admission", f"unknown admission policy {prefix!r}",
+            f"use one of {sorted(_ADMISSIONS)}")
+    policy = _ADMISSIONS[prefix].from_arg(arg)
+    policy.name = name
+    return policy
 
 
 def _names(registry: dict[str, Callable[..., Any]]) -> Callable[[], list[str]]:
@@ -142,6 +166,20 @@ prewarm_names = _names(_PREWARMERS)
 router_names = _names(_ROUTERS)
 autoscaler_names = _names(_AUTOSCALERS)
 retention_names = _names(_RETENTIONS)
+admission_names = _names(_ADMISSIONS)
+
+
+def parse_numbers(arg: str, kind: str, usage: str, count: tuple[int, int]) -> list[float]:
+    """The parameters of a policy name (``1.6:10`` of ``token_bucket:1.6:10``): positive numbers, as many as
+    ``count`` allows; anything else is one error naming the usage."""
+    parts = arg.split(":") if arg else []
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    require(count[0] <= len(values) == len(parts) <= count[1] and all(v > 0 for v in values), kind,
+            f"bad parameters {arg!r}", f"name it {usage}, with positive numbers")
+    return values
 
 
 class SchedulingPolicy:
@@ -227,6 +265,46 @@ class AlwaysWarm(PrewarmPolicy):
     def start(self, sim: Any, now: float) -> None:
         for backend in sim.tool_backends.values():
             backend.pin_warm(now)
+
+
+class AdmissionPolicy:
+    name = ""
+
+    @classmethod
+    def from_arg(cls, arg: str) -> AdmissionPolicy:
+        """The policy of a name's parameters (``ARG`` of ``NAME:ARG``, "" without); this one takes none."""
+        require(not arg, "admission", f"{cls.name!r} takes no parameters, got {arg!r}", f"name it {cls.name}")
+        return cls()
+
+    def bind(self, sim: Any) -> None:
+        """Called once before the run."""
+
+    def admit(self, sim: Any, app: Any, now: float) -> int | None:
+        """ADMIT, DEFER or REJECT ``app`` (see the module docstring)."""
+        raise NotImplementedError
+
+
+@register_admission("none")
+class AdmitAll(AdmissionPolicy):
+    """Every application is admitted at arrival (hermes_env 0.2's behaviour; the simulation does not even
+    ask it)."""
+
+    def admit(self, sim: Any, app: Any, now: float) -> int | None:
+        return ADMIT
+
+
+class ExternalAdmission(AdmissionPolicy):
+    """The admission side of an agent outside the simulation: every arrival, and every reconsideration of
+    a deferred application, pauses the simulation until ``Simulation.resolve`` gives the order, except
+    where the application's tier allows neither deferring nor rejecting it (it is admitted without asking)."""
+
+    name = "external"
+
+    def admit(self, sim: Any, app: Any, now: float) -> int | None:
+        if not sim.may_defer(app, now) and not sim.may_reject(app):
+            return ADMIT
+        sim.request_admission_decision(app, now)
+        return None
 
 
 class Router:

@@ -12,6 +12,12 @@ the next stage is issued; after the last stage the application completes. A requ
 backend can never serve (longer than the model's context or a replica's KV cache) is refused: the
 application then fails, with the reason recorded, and counts apart from the completed ones.
 
+Before its first stage an application passes the admission policy (:mod:`hermes_env.sim.policies`;
+``none``, the default, admits every one without being asked): admitted, it starts; rejected, it fails
+(reason ``admission: rejected``); deferred, it waits in the system and is reconsidered whenever another
+application ends, until its tier's ``max_defer`` from arrival is over (then it is rejected where its tier
+allows, else admitted).
+
 An LLM request's prompt is described as a chain of segments (:mod:`hermes_env.cluster.prefix`) from its
 stage's PDGraph fields, so that prefix caches recognise what they hold: the template's system prompt
 (shared by every application of the template), the application's previous call on the backend when the
@@ -47,7 +53,19 @@ from hermes_env.pdgraph.sampling import StageRun, sample_realisation
 from hermes_env.sim import retention as _retention  # noqa: F401 (registers the retention policies)
 from hermes_env.sim.engine import Engine
 from hermes_env.sim.metrics import Recorder, SimulationResult, summarise
-from hermes_env.sim.policies import make_autoscaler, make_prewarm, make_retention, make_router, make_scheduler
+from hermes_env.sim.policies import (
+    ADMISSION_ORDERS,
+    ADMIT,
+    DEFER,
+    REJECT,
+    make_admission,
+    make_autoscaler,
+    make_prewarm,
+    make_retention,
+    make_router,
+    make_scheduler,
+)
+from hermes_env.sim.timeline import TimelineRecorder
 from hermes_env.sim.traces import BLOCK_TOKENS, BlockChains
 from hermes_env.sim.workload import ApplicationMix, WorkloadConfig, resolve_path, with_absolute_files
 from hermes_env.validation import check_keys, load_yaml
@@ -99,8 +117,9 @@ def shared_demand_model(graph: PDGraph, profiles: tuple[tuple[str, IterationLate
 class Decision:
     """A choice an external policy owes: ``schedule`` (which request ``queue`` admits next at ``backend``),
     ``prewarm`` (which tool backends to warm or release), ``route`` (which of ``candidates`` replicas
-    ``request`` waits at), ``scale`` (which LLM backends load or release a replica) or ``retain`` (what
-    happens to ``context``, an application's KV context on ``candidates[0]``, until its next call)."""
+    ``request`` waits at), ``scale`` (which LLM backends load or release a replica), ``admit`` (whether
+    ``app``, arriving or deferred, is admitted, deferred or rejected) or ``retain`` (what happens to
+    ``context``, an application's KV context on ``candidates[0]``, until its next call)."""
 
     kind: str
     time: float
@@ -109,14 +128,19 @@ class Decision:
     resume: Callable[[float], None] | None = None
     request: Request | None = None
     candidates: list[Replica] | None = None
+    app: Application | None = None
     context: Any = None
+
+
+ARRIVING, DEFERRED, ADMITTED, REJECTED = range(4)  # an application's admission state
 
 
 class Application:
     """One application in the system: its realisation and how far it has got."""
 
     __slots__ = ("id", "mix", "arrival", "runs", "cursor", "pending", "completion", "queue_times", "service_times",
-                 "issued_at", "failed", "context", "adapter", "replicas", "trace_run", "lower_bound")
+                 "issued_at", "failed", "context", "adapter", "replicas", "trace_run", "lower_bound", "deferred_at",
+                 "gate")
 
     def __init__(self, app_id: int, mix: ApplicationMix, arrival: float, runs: tuple[StageRun, ...],
                  adapter: str | None = None) -> None:
@@ -135,6 +159,8 @@ class Application:
         # a relaxation of its completion time: its stages back to back, each copy served alone (batch 1, no
         # queue, warm) with every prefix it could reuse already cached (see Simulation._issue)
         self.lower_bound = 0.0
+        self.deferred_at = math.nan  # when admission first deferred it (NaN: never)
+        self.gate = ARRIVING  # where admission has put it: ARRIVING, DEFERRED, ADMITTED or REJECTED
 
     @property
     def template(self) -> str:
@@ -143,6 +169,10 @@ class Application:
     @property
     def app_class(self) -> str:
         return self.mix.app_class
+
+    @property
+    def tier(self) -> str:
+        return self.mix.tier
 
     @property
     def current(self) -> StageRun:
@@ -156,19 +186,25 @@ class Application:
 
 
 class Simulation:
-    """One run of an experiment under a scheduler, a prewarm policy, a router and an autoscaler (names
-    from the registries, or policy objects). ``keep_applications=False`` keeps memory flat over long runs
-    (the summary does not need the applications), and ``rows_to`` streams the per-application rows to a
-    CSV file as applications end."""
+    """One run of an experiment under a scheduler, a prewarm policy, a router, an autoscaler and an
+    admission policy (names from the registries, or policy objects). ``keep_applications=False`` keeps
+    memory flat over long runs (the summary does not need the applications), and ``rows_to`` streams the
+    per-application rows to a CSV file as applications end. ``timeline`` records the run's life for a person
+    to look at (:mod:`hermes_env.sim.timeline`; None, the default, costs nothing)."""
 
     def __init__(self, config: ExperimentConfig, scheduler: Any = "fcfs", prewarm: Any = "none", seed: int = 0,
                  router: Any = "shared", autoscaler: Any = "fixed", check_invariants: bool = False,
-                 keep_applications: bool = True, rows_to: str | Path | None = None, retention: Any = "lru") -> None:
+                 keep_applications: bool = True, rows_to: str | Path | None = None, admission: Any = "none",
+                 timeline: TimelineRecorder | None = None, retention: Any = "lru") -> None:
         self.config, self.seed, self.check = config, seed, check_invariants
         self.engine = Engine()
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
         self.prewarm_policy = make_prewarm(prewarm) if isinstance(prewarm, str) else prewarm
         self.autoscaler = make_autoscaler(autoscaler) if isinstance(autoscaler, str) else autoscaler
+        self.admission = make_admission(admission) if isinstance(admission, str) else admission
+        self._admits = self.admission.name != "none"  # ``none`` is never asked: 0.2's runs, bit for bit
+        self._deferred: dict[int, Application] = {}  # deferred applications, by id, in the order deferred
+        self._asked: set[int] = set()  # applications whose admission an external policy owes
         self.router_name = router if isinstance(router, str) else router.name
         cluster_rng = np.random.default_rng([seed, 4])
         self.retention = make_retention(retention) if isinstance(retention, str) else retention
@@ -196,10 +232,12 @@ class Simulation:
         self._drawn: dict[int, tuple[StageRun, ...]] = {}  # realisations drawn ahead by peek_realisation
         self.forecasts: dict[Any, Any] = {}  # tables of hermes_env.sim.forecast, kept for the run
         self._trace = workload.trace
-        self._blocks = BlockChains()
+        self._agentic = workload.agentic
+        self._blocks = BlockChains(self._agentic.trace.block_size if self._agentic is not None else BLOCK_TOKENS)
         self._shared_blocks: list[int] | None = None
         self._adapter_rng = np.random.default_rng([seed, 5])
         self.recorder = Recorder(keep_applications, rows_to)
+        self.request_log: list[Request] | None = None  # set to [] to keep every finished request (a trace export)
         self.arrived = 0
         self.active: dict[int, Application] = {}  # in the system now, by id, in arrival order
         # an application-level admission gate (a black-box baseline's): at most max_active admitted at once
@@ -214,8 +252,12 @@ class Simulation:
         self._area, self._area_since = 0.0, 0.0  # integral of applications in the system over time
         self._demand_models: dict[str, DemandModel] = {}
         self._last_event = 0.0
-        for policy in (self.scheduler, *(b.router for b in self.llm_backends.values() if b.router is not None)):
+        for policy in (self.scheduler, *(b.router for b in self.llm_backends.values() if b.router is not None),
+                       self.admission):
             policy.bind(self)
+        self.timeline = timeline
+        if timeline is not None:
+            timeline.attach(self)
 
     def _queue(self, backend: str, replica: int | None) -> WaitQueue:
         return WaitQueue(backend, self.scheduler, replica)
@@ -246,7 +288,7 @@ class Simulation:
         """Run to the end (or ``until``) with the policies given; external policies need
         :meth:`run_until_decision` and :meth:`resolve` instead."""
         for name, policy in (("scheduler", self.scheduler), ("router", self.router_name),
-                             ("autoscaler", self.autoscaler)):
+                             ("autoscaler", self.autoscaler), ("admission", self.admission.name)):
             require(not getattr(policy, "external", False) and policy != "external", name,
                     "is external: drive the simulation with run_until_decision() and resolve()")
         self._start()
@@ -266,12 +308,16 @@ class Simulation:
         the work is stuck rather than report a short run as finished."""
         if self._finished() or len(self.engine) or self.pending:
             return
-        stuck = {name: b.routed_waiting() if isinstance(b, LLMBackend) else len(b.queue)
-                 for name, b in self.backends.items()}
+        stuck = self.requests_waiting()
         raise RuntimeError(f"the simulation ran out of events at t={self.engine.now:.6g} with "
                            f"{len(self.active)} applications unfinished and {self.arrived} of "
                            f"{self.config.workload.num_applications} arrived; requests waiting: "
                            f"{ {k: v for k, v in stuck.items() if v} }")
+
+    def requests_waiting(self) -> dict[str, int]:
+        """Per backend, the requests waiting in its queues (an LLM backend's shared and per-replica ones)."""
+        return {name: b.routed_waiting() if isinstance(b, LLMBackend) else len(b.queue)
+                for name, b in self.backends.items()}
 
     def _count_area(self, now: float) -> None:
         self._area += self.in_system * (now - self._area_since)
@@ -314,6 +360,12 @@ class Simulation:
         """Called by an external autoscaler on its tick: pause for the agent's load/release orders."""
         self.pending.append(Decision("scale", now, ""))
 
+    def request_admission_decision(self, app: Application, now: float) -> None:
+        """Called by an external admission policy: pause so that the agent can admit, defer or reject ``app``."""
+        if app.id not in self._asked:
+            self._asked.add(app.id)
+            self.pending.append(Decision("admit", now, "", app=app))
+
     def request_retention_decision(self, replica: Replica, context: Any, now: float) -> None:
         """Called by an external retention policy at a tool boundary: pause for the agent's retention choice."""
         self.pending.append(Decision("retain", now, replica.backend.name, candidates=[replica], context=context))
@@ -329,7 +381,8 @@ class Simulation:
     def resolve(self, choice: int | None = None) -> None:
         """Settle the oldest pending decision: for a scheduling decision, admit the waiting request at
         ``choice`` (an index of ``decision.queue.waiting``) and let the backend go on; for a routing
-        decision, place the request on ``decision.candidates[choice]``; for a retention decision, ``choice`` is
+        decision, place the request on ``decision.candidates[choice]``; for an admission decision, apply the
+        order ``choice`` (ADMIT, DEFER or REJECT) to ``decision.app``; for a retention decision, ``choice`` is
         ``(action, priority)`` (:class:`~hermes_env.sim.retention.ExternalRetention`)."""
         decision = self.pending.popleft()
         now = self.engine.now
@@ -339,6 +392,11 @@ class Simulation:
         elif decision.kind == "route":
             replica = decision.candidates[int(choice)]  # type: ignore[arg-type, index]
             self.llm_backends[decision.backend].place(decision.request, replica, now)  # type: ignore[arg-type]
+        elif decision.kind == "admit":
+            app = decision.app
+            self._asked.discard(app.id)  # type: ignore[union-attr]
+            if app.gate in (ARRIVING, DEFERRED):  # type: ignore[union-attr]
+                self._settle(app, int(choice), now)  # type: ignore[arg-type]
         elif decision.kind == "retain":
             self.retention.decide(decision.candidates[0], decision.context, choice, now)  # type: ignore[index]
 
@@ -379,6 +437,8 @@ class Simulation:
         """Application ``i``'s stages: a draw from its PDGraph, its first LLM call taking trace request ``i``'s
         tokens when the workload replays a trace."""
         mix = self.config.workload.applications[self.app_mix[i]]
+        if self._agentic is not None:  # the session itself, as a realisation of the PDGraph fitted to the trace
+            return self._agentic.runs(i, self._spaces[mix.template])
         runs = sample_realisation(self._spaces[mix.template], self._realisation_rng).runs
         if self._trace is None:
             return runs
@@ -400,6 +460,75 @@ class Simulation:
         self.in_system += 1
         if i + 1 < len(self.arrival_times):
             self.engine.at(float(self.arrival_times[i + 1]), self._arrive, i + 1)
+        if self._admits:
+            self._consider(app, now)
+        else:
+            self._admit(app, now)
+
+    # -- admission ----------------------------------------------------------------------------------
+    def may_reject(self, app: Application) -> bool:
+        """Whether ``app``'s tier lets admission refuse it."""
+        return self.config.workload.tier(app.tier).reject
+
+    def may_defer(self, app: Application, now: float) -> bool:
+        """Whether ``app`` may be deferred at ``now``: its tier's ``max_defer`` from arrival is not over."""
+        return now < app.arrival + self.config.workload.tier(app.tier).max_defer
+
+    @property
+    def deferred(self) -> list[Application]:
+        """The applications deferred now, in the order they were first deferred."""
+        return list(self._deferred.values())
+
+    def _consider(self, app: Application, now: float) -> None:
+        order = self.admission.admit(self, app, now)
+        if order is not None:  # None: an external policy answers through resolve()
+            self._settle(app, order, now)
+
+    def _settle(self, app: Application, order: int, now: float) -> None:
+        """Apply an admission order, once checked against what the application's tier allows."""
+        tier = app.tier
+        require(order in (ADMIT, DEFER, REJECT), "admission", f"{self.admission.name} gave the order {order!r}",
+                "return ADMIT, DEFER or REJECT")
+        allowed = {ADMIT: True, DEFER: self.may_defer(app, now), REJECT: self.may_reject(app)}[order]
+        require(allowed, "admission", f"{self.admission.name} may not {ADMISSION_ORDERS[order]} application "
+                f"{app.id} of tier {tier!r} at t={now:.6g}", f"check sim.may_defer / sim.may_reject, or change "
+                f"workload.tiers.{tier}")
+        if order == DEFER:
+            if app.gate == ARRIVING:
+                app.deferred_at = now
+                self.engine.at(app.arrival + self.config.workload.tier(tier).max_defer, self._expire, app)
+            app.gate = DEFERRED
+            self._deferred[app.id] = app
+            return
+        self._deferred.pop(app.id, None)
+        if order == ADMIT:
+            self._admit(app, now)
+        else:
+            self._reject(app, now, "admission: rejected")
+
+    def _reject(self, app: Application, now: float, reason: str) -> None:
+        app.gate = REJECTED
+        app.failed = reason
+        self._end(app, now)
+
+    def _expire(self, now: float, app: Application) -> None:
+        """``app``'s time to be deferred is over: rejected if its tier allows, else admitted."""
+        if app.gate != DEFERRED:
+            return
+        del self._deferred[app.id]
+        if self.may_reject(app):
+            self._reject(app, now, "admission: deferred past max_defer")
+        else:
+            self._admit(app, now)
+
+    def _reconsider(self, now: float) -> None:
+        """Ask again about every deferred application, oldest first (capacity may have freed up)."""
+        for app in list(self._deferred.values()):
+            if app.gate == DEFERRED:  # an earlier answer may have ended it meanwhile
+                self._consider(app, now)
+
+    def _admit(self, app: Application, now: float) -> None:
+        app.gate = ADMITTED
         if self.max_active is not None and self.admitted >= self.max_active:
             self._gate.append(app)  # waits at the gate: in the system, not yet started
             return
@@ -416,8 +545,10 @@ class Simulation:
             app.lower_bound += float(run.tool_time.max())
             for copy in range(run.width):
                 self.stage_requests += 1
-                backend.submit(Request(app, app.cursor, copy, run.backend, service_time=float(run.tool_time[copy])),
-                               now)
+                req = Request(app, app.cursor, copy, run.backend, service_time=float(run.tool_time[copy]))
+                if self.timeline is not None:
+                    self.timeline.issued(req)
+                backend.submit(req, now)
             return
         stage = self._stages[(app.template, run.stage)]
         adapter = app.adapter if stage.adapter == "any" else stage.adapter
@@ -426,7 +557,11 @@ class Simulation:
         for copy in range(run.width):
             prompt = int(run.prompt_tokens[copy])
             prefix = int(prompt * stage.prefix_reuse)
-            if copy == 0 and app.cursor == app.trace_run and self._trace.block_ids is not None:
+            if self._agentic is not None:  # the trace row's blocks
+                ids = self._agentic.blocks(app.id, app.cursor, copy)
+                chain = self._blocks.chain(ids, prompt) if backend.cfg.enable_prefix_caching else ()
+                own = len(chain)  # trace blocks may be shared by any session: none is retained as the app's own
+            elif copy == 0 and app.cursor == app.trace_run and self._trace.block_ids is not None:
                 chain = self._blocks.chain(self._trace.block_ids[app.id], prompt) if backend.cfg.enable_prefix_caching \
                     else ()
                 own = len(chain)  # a trace's blocks are shared by every request that has them
@@ -438,12 +573,18 @@ class Simulation:
             req.own = own
             if stage.context != "fresh":
                 req.resumed = min(history, prompt)
-            reusable = self._reusable(app, stage, history, prefix, copy) if copy or app.cursor != app.trace_run \
-                else self._trace_shared(app.id)
+            if self._agentic is not None:
+                reusable = self._agentic.shared_tokens(app.id, app.cursor, copy)
+            elif copy or app.cursor != app.trace_run:
+                reusable = self._reusable(app, stage, history, prefix, copy)
+            else:
+                reusable = self._trace_shared(app.id)
             cached = min(reusable, prompt - 1)
-            slowest = max(slowest, float(backend.cfg.latency.isolated_service_time(prompt, req.output_tokens, cached)))
+            slowest = max(slowest, backend.isolated_service_time(prompt, req.output_tokens, cached))
             backend.gpu_work_bound += backend.min_gpu_seconds(prompt - cached, req.output_tokens)
             self.stage_requests += 1
+            if self.timeline is not None:
+                self.timeline.issued(req)
             backend.submit(req, now)
             if app.failed:
                 return  # refused: the application has ended
@@ -494,6 +635,10 @@ class Simulation:
 
     def _done(self, request: Request, now: float) -> None:
         app: Application = request.app
+        if self.request_log is not None:
+            self.request_log.append(request)
+        if self.timeline is not None and request.backend in self.llm_backends:
+            self.timeline.llm_done(request, now)
         if request.output_tokens:  # an LLM request: time to first token, time per output token
             tpot = ((request.finished - request.first_token) / (request.output_tokens - 1)
                     if request.output_tokens > 1 else None)
@@ -520,6 +665,8 @@ class Simulation:
     def _failed(self, request: Request, now: float) -> None:
         """A backend refused ``request``: its application fails now (its other copies finish unheeded)."""
         app: Application = request.app
+        if self.timeline is not None:
+            self.timeline.refused(request, now)
         if app.failed:
             return
         app.failed = f"{request.backend}: {request.failed}"
@@ -535,11 +682,16 @@ class Simulation:
         self.in_system -= 1
         self.slo_missed += bool(app.failed) or now - app.arrival > app.mix.slo
         self.recorder.application(app)
-        self.admitted -= 1
-        if self._gate:
-            self.admitted += 1
-            self._issue(self._gate.popleft(), now)
+        if self.timeline is not None:
+            self.timeline.app_ended(app)
+        if app.gate == ADMITTED:
+            self.admitted -= 1
+            if self._gate:
+                self.admitted += 1
+                self._issue(self._gate.popleft(), now)
         self._decision_point(now)
+        if self._deferred:
+            self._reconsider(now)
 
     def _stage_times(self, app: Application, request: Request) -> None:
         wait, service = request.started - request.first_enqueued, request.finished - request.started
@@ -561,11 +713,14 @@ class Simulation:
                 f"tool backends: {sorted(self.tool_backends)}")
         return self.tool_backends[backend].release(now)
 
-    def scale_up(self, backend: str, now: float) -> bool:
-        """Load a cold replica of an LLM backend (False if none is cold)."""
+    def scale_up(self, backend: str, now: float, kind: str | None = None) -> bool:
+        """Load a cold replica of an LLM backend, of replica kind ``kind`` if named (False if none is cold)."""
         require(backend in self.llm_backends, "scale.backend", f"{backend!r} is not an LLM backend",
                 f"LLM backends: {sorted(self.llm_backends)}")
-        return self.llm_backends[backend].scale_up(now)
+        kinds = [k.name for k in self.llm_backends[backend].cfg.kinds]
+        require(kind is None or kind in kinds, "scale.kind", f"{backend} has no replica kind {kind!r}",
+                f"its kinds: {kinds}")
+        return self.llm_backends[backend].scale_up(now, kind)
 
     def scale_down(self, backend: str, now: float) -> bool:
         """Drain a warm replica of an LLM backend (False if none can go)."""

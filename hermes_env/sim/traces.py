@@ -32,6 +32,7 @@ from hermes_env.cluster.prefix import Segment
 from hermes_env.errors import ConfigError, require
 
 BLOCK_TOKENS = 512  # the block size of Mooncake's hash ids
+AGENTIC_KEYS = frozenset({"wait_for", "branches", "tool_wait_ms", "prefix_reset"})  # hermes_env.sim.agentic's rows
 TRACE_NAMES = ("azure_llm_2023_code", "azure_llm_2023_conv", "mooncake_conversation", "mooncake_synthetic")
 
 
@@ -181,6 +182,9 @@ def _mooncake(path: str) -> Trace:
                 raise ConfigError(f"{path}: line {line}", f"is not JSON ({err.msg})",
                                   "write one JSON object a line") from None
             require(isinstance(row, dict), f"{path}: line {line}", "is not a JSON object")
+            require(not AGENTIC_KEYS & row.keys(), f"{path}: line {line}",
+                    f"has {sorted(AGENTIC_KEYS & row.keys())}: it is an agentic Mooncake row (NVIDIA Dynamo)",
+                    "replay it with format: dynamo-agentic (hermes_env.sim.agentic)")
             for key in ("timestamp", "input_length", "output_length"):
                 require(key in row, f"{path}: line {line}", f"has no {key!r}",
                         "a Mooncake trace line has timestamp, input_length, output_length and hash_ids")
@@ -195,25 +199,28 @@ def _mooncake(path: str) -> Trace:
 
 class BlockChains:
     """Prompts described by a trace's block ids as chains of segments (:mod:`hermes_env.cluster.prefix`):
-    one segment per 512-token block, identified by the chain of ids before it and its own (so equal ids
-    after equal prefixes are the same cached KV, as Mooncake's chained hashes mean)."""
+    one segment per block of ``block_size`` tokens (Mooncake's 512 by default), identified by the chain of
+    ids before it and its own (so equal ids after equal prefixes are the same cached KV, as Mooncake's
+    chained hashes mean)."""
 
-    def __init__(self) -> None:
+    def __init__(self, block_size: int = BLOCK_TOKENS) -> None:
+        self.block_size = block_size
         self._segments: dict[tuple[Segment | None, int], Segment] = {}
 
     def chain(self, ids: tuple[int, ...], prompt: int) -> tuple[Segment, ...]:
         out: list[Segment] = []
         parent = None
+        size = self.block_size
         for k, block in enumerate(ids):
-            start = k * BLOCK_TOKENS
+            start = k * size
             if start >= prompt:
                 break
             key = (parent, block)
             seg = self._segments.get(key)
             if seg is None:
-                seg = self._segments[key] = Segment(parent, start, min(BLOCK_TOKENS, prompt - start))
-            elif seg.size < min(BLOCK_TOKENS, prompt - start):  # a block seen before as a prompt's partial tail
-                seg.size = min(BLOCK_TOKENS, prompt - start)
+                seg = self._segments[key] = Segment(parent, start, min(size, prompt - start))
+            elif seg.size < min(size, prompt - start):  # a block seen before as a prompt's partial tail
+                seg.size = min(size, prompt - start)
             out.append(seg)
             parent = seg
         end = out[-1].start + out[-1].size if out else 0

@@ -21,12 +21,53 @@ from hermes_env.errors import require
 from hermes_env.pdgraph.distributions import Histogram
 from hermes_env.pdgraph.graph import PDGraph
 from hermes_env.pdgraph.library import TEMPLATE_NAMES, load_template
-from hermes_env.sim.traces import TRACE_NAMES, Trace, load_trace, trace_path
-from hermes_env.validation import as_number, check_keys, choice, integer, number
+from hermes_env.sim.agentic import FORMAT as AGENTIC
+from hermes_env.sim.agentic import WAIT_BACKEND, AgenticReplay, load_agentic
+from hermes_env.sim.traces import BLOCK_TOKENS, TRACE_NAMES, Trace, load_trace, trace_path
+from hermes_env.validation import as_number, check_keys, choice, flag, integer, number
 
 PROCESSES = ("poisson", "bursty", "time_varying", "trace")
 MAX_RATE = 1e9  # arrivals per second: beyond any cluster, and far from float overflow in cumulative sums
 CLASSES = ("real_time", "best_effort")
+TIERS = ("critical", "standard", "sheddable")  # SLO tiers, most protected first
+CLASS_TIER = {"real_time": "critical", "best_effort": "standard"}  # an entry's tier when it names none
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    """What an SLO tier allows an admission policy and the SLO its applications get when their entry gives
+    none: ``reject`` (may the application be refused: default false for ``critical``, true otherwise) and
+    ``max_defer`` (seconds after its arrival during which it may be deferred; once they are over, a deferred
+    application is rejected: default 0 for ``critical``, 60 otherwise)."""
+
+    name: str
+    slo: float = math.inf
+    reject: bool = True
+    max_defer: float = 60.0
+
+    @classmethod
+    def default(cls, name: str) -> TierConfig:
+        return cls(name, reject=False, max_defer=0.0) if name == "critical" else cls(name)
+
+    @classmethod
+    def from_dict(cls, name: str, spec: Any, where: str) -> TierConfig:
+        check_keys(spec, ("slo", "reject", "max_defer"), where)
+        base = cls.default(name)
+        return cls(name, number(spec, "slo", where, math.inf, low=0, low_open=True, allow_inf=True),
+                   flag(spec, "reject", where, base.reject),
+                   number(spec, "max_defer", where, base.max_defer, low=0, high=1e9))
+
+
+def tier_configs(spec: Any, where: str) -> dict[str, TierConfig]:
+    """The workload's ``tiers`` section (every tier, defaults where not given); a name outside
+    :data:`TIERS` is an error."""
+    spec = {} if spec is None else spec
+    require(isinstance(spec, Mapping), where, "must map tier names to {slo, reject, max_defer}",
+            f"tiers: {list(TIERS)}")
+    for name in spec:
+        require(name in TIERS, f"{where}.{name}", "is not an SLO tier", f"use one of {list(TIERS)}")
+    return {name: TierConfig.from_dict(name, spec[name], f"{where}.{name}") if name in spec
+            else TierConfig.default(name) for name in TIERS}
 
 
 def resolve_path(value: str, base: Path | None) -> Path:
@@ -63,7 +104,10 @@ class ArrivalConfig:
     shipped trace's name or a path), those arriving in ``window`` (seconds ``[start, end)``, default all),
     their times multiplied by ``time_scale`` or rescaled to a mean ``rate``. A trace with token counts
     gives every request its prompt and output (and prefix blocks); ``backend`` names the LLM backend that
-    serves them when no application mix is given."""
+    serves them when no application mix is given. ``format: dynamo-agentic`` reads NVIDIA Dynamo's agentic
+    Mooncake rows (:mod:`hermes_env.sim.agentic`): the arrivals are its sessions' (``window`` and the
+    scaling apply to them), ``block_size`` is the tokens of a hash id and ``wait_backend`` the tool backend
+    its waits replay on."""
 
     process: str
     rate: float = 0.0
@@ -73,13 +117,29 @@ class ArrivalConfig:
     time_scale: float = 1.0
     window: tuple[float, float] = (0.0, math.inf)
     backend: str = ""
+    format: str = "auto"
+    block_size: int = BLOCK_TOKENS
+    wait_backend: str = WAIT_BACKEND
 
     def trace_data(self) -> Trace:
-        """The trace's requests in the window, times scaled (only for ``process: trace``)."""
+        """The trace's requests in the window, times scaled (only for ``process: trace``); for an agentic
+        trace, the arrivals of its sessions (without token counts)."""
+        if self.format == AGENTIC:
+            sessions = self.agentic_sessions()
+            times = load_agentic(self.trace, self.block_size).arrivals()[sessions]
+            return Trace(self.trace, (times - times[0]) * self.time_scale, None, None, None)
         trace = load_trace(self.trace)
         if self.window != (0.0, math.inf):
             trace = trace.window(*self.window)
         return Trace(trace.path, trace.arrival * self.time_scale, trace.prompt, trace.output, trace.block_ids)
+
+    def agentic_sessions(self) -> np.ndarray:
+        """Indices of the agentic trace's sessions arriving in the window, in arrival order."""
+        arrival = load_agentic(self.trace, self.block_size).arrivals()
+        keep = np.flatnonzero((arrival >= self.window[0]) & (arrival < self.window[1]))
+        require(len(keep) > 0, "workload.arrivals.window", f"holds no session of {self.trace} ({len(arrival)} "
+                f"sessions over {arrival[-1]:.0f} s)", "choose a window inside the trace")
+        return keep
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str, base: Path | None = None) -> ArrivalConfig:
@@ -102,11 +162,19 @@ class ArrivalConfig:
                                number(piece, "rate", at, low=0, high=MAX_RATE)))
             require(max(r for _, r in pieces) > 0, f"{where}.schedule", "has no positive rate")
             return cls(process, schedule=tuple(pieces))
-        check_keys(spec, ("process", "trace", "time_scale", "rate", "window", "backend"), where)
+        check_keys(spec, ("process", "trace", "time_scale", "rate", "window", "backend", "format", "block_size",
+                          "wait_backend"), where)
         trace = spec.get("trace")
         require(isinstance(trace, str), f"{where}.trace", "must name a shipped trace or a file",
                 f"shipped traces: {list(TRACE_NAMES)}")
         path = str(trace_path(trace if trace in TRACE_NAMES else resolve_path(trace, base)))
+        fmt = choice(spec, "format", where, ("auto", AGENTIC), "auto")
+        for key in ("block_size", "wait_backend"):
+            require(key not in spec or fmt == AGENTIC, f"{where}.{key}", f"goes with format: {AGENTIC}")
+        block = integer(spec, "block_size", where, BLOCK_TOKENS, low=1, high=1 << 20)
+        wait = spec.get("wait_backend", WAIT_BACKEND)
+        require(isinstance(wait, str), f"{where}.wait_backend", "must name a tool backend")
+        extra = {"format": fmt, "block_size": block, "wait_backend": wait}
         window = (0.0, math.inf)
         if "window" in spec:
             raw = spec["window"]
@@ -119,11 +187,11 @@ class ArrivalConfig:
         scale = number(spec, "time_scale", where, 1.0, low=0, low_open=True, high=1e9)
         backend = spec.get("backend", "")
         require(isinstance(backend, str), f"{where}.backend", "must name an LLM backend")
-        arrivals = cls(process, trace=path, time_scale=scale, window=window, backend=backend)
+        arrivals = cls(process, trace=path, time_scale=scale, window=window, backend=backend, **extra)
         if "rate" in spec:  # rescale the trace's own rate to the one asked for
             rate = number(spec, "rate", where, low=0, low_open=True, high=MAX_RATE)
             arrivals = cls(process, trace=path, time_scale=arrivals.trace_data().rate / rate, window=window,
-                           backend=backend)
+                           backend=backend, **extra)
         return arrivals
 
     def times(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -167,6 +235,7 @@ class ApplicationMix:
     believed: PDGraph | None = None  # the PDGraph schedulers are given, when it is not the true one
     adapters: tuple[str, ...] = ()  # the LoRA adapters an application's ``adapter: any`` stages draw from
     adapter_probs: tuple[float, ...] = ()
+    tier: str = "standard"  # its SLO tier (TIERS): what admission policies may do to it
 
     def draw_adapter(self, rng: np.random.Generator) -> str | None:
         """The adapter of one application (None when its stages name none as ``any``)."""
@@ -186,37 +255,68 @@ class WorkloadConfig:
     """When applications arrive and which. With a trace that has token counts, request ``i`` of the trace
     gives its prompt and output (and prefix blocks) to the first LLM stage of application ``i``: of the
     single-stage template of the trace itself when ``applications`` is not given (its demand model the
-    trace's own length distributions), else of the mix's application drawn for it."""
+    trace's own length distributions), else of the mix's application drawn for it. With an agentic trace,
+    application ``i`` replays session ``i`` whole, a realisation of the PDGraph fitted to the trace."""
 
     arrivals: ArrivalConfig
     applications: tuple[ApplicationMix, ...]
     num_applications: int
     trace: Trace | None = None  # the requests whose tokens the applications take
+    tiers: Mapping[str, TierConfig] | None = None  # every SLO tier's rules (tier_configs); None: the defaults
+    agentic: AgenticReplay | None = None  # the sessions the applications replay (format: dynamo-agentic)
+
+    def tier(self, name: str) -> TierConfig:
+        return self.tiers[name] if self.tiers is not None else TierConfig.default(name)
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], cluster: ClusterConfig, where: str = "workload",
                   base: Path | None = None) -> WorkloadConfig:
-        check_keys(spec, ("arrivals", "applications", "num_applications", "description"), where)
+        check_keys(spec, ("arrivals", "applications", "num_applications", "tiers", "description"), where)
+        tiers = tier_configs(spec.get("tiers"), f"{where}.tiers")
         arrivals = ArrivalConfig.from_dict(spec.get("arrivals"), f"{where}.arrivals", base)
         trace = arrivals.trace_data() if arrivals.process == "trace" else None
         if trace is not None and "num_applications" not in spec:
             n = len(trace)
         else:
             n = integer(spec, "num_applications", where, low=1, high=10**10)
+        if arrivals.format == AGENTIC:
+            require("applications" not in spec, f"{where}.applications", "goes with no agentic trace",
+                    "an agentic trace's sessions are the applications: leave applications out")
+            replay = _agentic_replay(arrivals, cluster, f"{where}.arrivals")
+            graph = replay.graph
+            return cls(arrivals, (ApplicationMix(graph.name, graph, 1.0, "best_effort", math.inf),), n,
+                       agentic=replay)
         apps = spec.get("applications")
         if apps is None and trace is not None and trace.has_tokens:
             mix: tuple[ApplicationMix, ...] = (_trace_mix(trace, arrivals.backend, cluster, f"{where}.arrivals"),)
         else:
             require(isinstance(apps, Sequence) and apps, f"{where}.applications", "must be a non-empty list",
                     "list the applications (a trace with token counts may leave them out)")
-            mix = tuple(_mix_entry(a, f"{where}.applications[{i}]", cluster, base) for i, a in enumerate(apps))
+            mix = tuple(_mix_entry(a, f"{where}.applications[{i}]", cluster, base, tiers)
+                        for i, a in enumerate(apps))
         require(math.isfinite(sum(m.weight for m in mix)), f"{where}.applications", "weights sum past float range",
                 "give weights of a sensible scale (they are relative)")
         if trace is not None and trace.has_tokens:
             for m in mix:
                 require(any(s.is_llm for s in m.graph.stages), f"{where}.applications",
                         f"{m.template!r} has no LLM stage to take the trace's tokens")
-        return cls(arrivals, mix, n, trace if trace is not None and trace.has_tokens else None)
+        return cls(arrivals, mix, n, trace if trace is not None and trace.has_tokens else None, tiers)
+
+
+def _agentic_replay(arrivals: ArrivalConfig, cluster: ClusterConfig, where: str) -> AgenticReplay:
+    """The sessions of an agentic trace on the cluster: LLM calls on ``backend`` (default: the first LLM
+    backend), waits on ``wait_backend``."""
+    llm = [b.name for b in cluster.llm_backends]
+    require(bool(llm), where, "replays an agentic trace, but the cluster has no LLM backend")
+    backend = arrivals.backend or llm[0]
+    require(backend in llm, f"{where}.backend", f"{backend!r} is not an LLM backend of the cluster",
+            f"use one of {llm}")
+    tools = {b.name: b for b in cluster.tool_backends}
+    require(arrivals.wait_backend in tools, f"{where}.wait_backend", f"{arrivals.wait_backend!r} is not a tool "
+            "backend of the cluster", "add one without cold_start and with a large capacity (the default "
+            "cluster's api:user), or name one")
+    return AgenticReplay.build(arrivals.trace, arrivals.block_size, arrivals.agentic_sessions().tolist(), backend,
+                               arrivals.wait_backend)
 
 
 def _trace_mix(trace: Trace, backend: str, cluster: ClusterConfig, where: str) -> ApplicationMix:
@@ -270,8 +370,9 @@ def _same_structure(true: PDGraph, believed: PDGraph, where: str) -> None:
             f"{true.name!r}", "give a PDGraph that differs from the template only in probabilities and demands")
 
 
-def _mix_entry(spec: Any, where: str, cluster: ClusterConfig, base: Path | None) -> ApplicationMix:
-    check_keys(spec, ("template", "weight", "class", "slo", "believed", "adapters"), where)
+def _mix_entry(spec: Any, where: str, cluster: ClusterConfig, base: Path | None,
+               tiers: Mapping[str, TierConfig]) -> ApplicationMix:
+    check_keys(spec, ("template", "weight", "class", "tier", "slo", "believed", "adapters"), where)
     name, graph = _load_graph(spec.get("template"), f"{where}.template", base)
     missing = [b for b in graph.backends if b not in cluster.backend_names]
     require(not missing, f"{where}.template", f"{name!r} needs backends the cluster lacks: {missing}",
@@ -283,9 +384,10 @@ def _mix_entry(spec: Any, where: str, cluster: ClusterConfig, base: Path | None)
         _same_structure(graph, believed, f"{where}.believed")
     weight = number(spec, "weight", where, 1.0, low=0, low_open=True, high=1e12)
     app_class = choice(spec, "class", where, CLASSES, "best_effort")
-    slo = number(spec, "slo", where, math.inf, low=0, low_open=True, allow_inf=True)
+    tier = choice(spec, "tier", where, TIERS, CLASS_TIER[app_class])
+    slo = number(spec, "slo", where, tiers[tier].slo, low=0, low_open=True, allow_inf=True)
     adapters, probs = _adapters(graph, cluster, spec.get("adapters"), f"{where}.adapters")
-    return ApplicationMix(name, graph, weight, app_class, slo, believed, adapters, probs)
+    return ApplicationMix(name, graph, weight, app_class, slo, believed, adapters, probs, tier)
 
 
 def _check_requests_fit(graph: PDGraph, cluster: ClusterConfig, where: str) -> None:
