@@ -119,8 +119,9 @@ def _simulate(args: argparse.Namespace) -> int:
     config = ExperimentConfig.from_yaml(args.config)
     t0 = time.perf_counter()
     result = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, router=args.router,
-                        autoscaler=args.autoscaler, admission=args.admission, seed=args.seed, keep_applications=False,
-                        rows_to=args.out / "applications.csv", timeline=timeline).run()
+                        autoscaler=args.autoscaler, admission=args.admission, retention=args.retention,
+                        seed=args.seed, keep_applications=False, rows_to=args.out / "applications.csv",
+                        timeline=timeline).run()
     wall = time.perf_counter() - t0
     result.write(args.out)
     if timeline is not None:
@@ -156,7 +157,8 @@ def _bench(args: argparse.Namespace) -> int:
     check_output(args.out, "--out", folder=True)
     split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
     cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds,
-                                split(args.routers), split(args.autoscalers), split(args.admissions))
+                                split(args.routers), split(args.autoscalers), split(args.admissions),
+                                split(args.retentions))
     summary = run_bench(cfg, args.out, progress=not args.quiet, resume=args.resume, executor=args.executor,
                         workers=args.workers, address=args.address)
     print(format_table(summary), end="")
@@ -336,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--router", default="shared", help="a router name (shared: one queue per backend)")
     m.add_argument("--autoscaler", default="fixed", help="an autoscaler name")
     m.add_argument("--admission", default="none", help="an admission policy name (none: admit every application)")
+    m.add_argument("--retention", default="lru", help="a KV retention policy (lru: vLLM's LRU release; ttl, kvflow, "
+                   "infercept, pdgraph, oracle)")
     m.add_argument("--seed", type=_seed, default=0)
     m.add_argument("--out", type=Path, required=True, help="output directory")
     m.add_argument("--timeline", type=Path, metavar="PATH.json",
@@ -356,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--routers", help="comma-separated router names (default: the config's, or shared)")
     b.add_argument("--autoscalers", help="comma-separated autoscaler names (default: the config's, or fixed)")
     b.add_argument("--admissions", help="comma-separated admission policy names (default: the config's, or none)")
+    b.add_argument("--retentions", help="comma-separated KV retention policies (default: the config's, or lru)")
     b.add_argument("--seeds", type=_positive, help="number of seeds (default: the config's)")
     b.add_argument("--out", type=Path, required=True, help="output directory")
     b.add_argument("--resume", action="store_true", help="run only the cells missing from --out (without it, earlier "

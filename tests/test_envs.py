@@ -10,6 +10,8 @@ from hermes_env.sim.policies import ExternalScheduler
 from tests.conftest import ROOT
 
 SHORT = {"workload": {"num_applications": 40}}
+# KVCache-v0's sessions make ~31 decisions each: 8 of them are as many steps as 40 applications elsewhere
+SHORT_FOR = {"hermes_env/KVCache-v0": {"workload": {"num_applications": 8}}}
 
 
 def random_episode(env, seed, rng_seed=0):
@@ -49,12 +51,14 @@ def test_stable_baselines3_env_checker_with_defaults(env_id):
 
 @pytest.mark.parametrize("env_id", sorted(ENV_IDS))
 def test_reset_is_deterministic_and_return_is_minus_total_completion_time_and_priced_terms(env_id):
-    env = gym.make(env_id, overrides=SHORT, idle_cost_weight=0.01, slo_miss_weight=0.5)
+    short = SHORT_FOR.get(env_id, SHORT)
+    n = short["workload"]["num_applications"]
+    env = gym.make(env_id, overrides=short, idle_cost_weight=0.01, slo_miss_weight=0.5)
     a, steps_a, info = random_episode(env, seed=7)
     base = env.unwrapped
     sim = base.sim
     total_jct = sum(app.completion - app.arrival for app in sim.completed)
-    assert len(sim.completed) == 40 and info["completed"] + info["failed"] == 40
+    assert len(sim.completed) == n and info["completed"] + info["failed"] == n
     idle = sum(b.idle_cost for b in sim.tool_backends.values())
     priced = base.gpu_cost_weight * info["gpu_seconds"] + 0.01 * idle + 0.5 * sim.slo_missed
     assert sum(a) == pytest.approx(-total_jct - priced, rel=1e-9)
@@ -62,7 +66,7 @@ def test_reset_is_deterministic_and_return_is_minus_total_completion_time_and_pr
     assert a == b and steps_a == steps_b
     c, _, _ = random_episode(env, seed=8)
     assert c != a
-    scaled = gym.make(env_id, overrides=SHORT, idle_cost_weight=0.01, slo_miss_weight=0.5, reward_scale=0.1)
+    scaled = gym.make(env_id, overrides=short, idle_cost_weight=0.01, slo_miss_weight=0.5, reward_scale=0.1)
     d, _, _ = random_episode(scaled, seed=7)  # the whole reward scales, priced terms included
     assert sum(d) == pytest.approx(0.1 * sum(a), rel=1e-9)
 
@@ -246,12 +250,13 @@ def test_every_observation_column_is_documented():
         REPLICA_KIND_FEATURES,
         REQUEST_BASE_FEATURES,
     )
-    from hermes_env.envs.hermes import NODE_FEATURES
+    from hermes_env.envs.hermes import KV_FEATURES, NODE_FEATURES
 
     text = (ROOT / "docs" / "environments.md").read_text()
     for names in (REQUEST_BASE_FEATURES, BACKEND_FEATURES, REPLICA_FEATURES, GLOBAL_FEATURES, NODE_FEATURES,
-                  KIND_FEATURES, REPLICA_KIND_FEATURES):
+                  KIND_FEATURES, REPLICA_KIND_FEATURES, KV_FEATURES):
         assert [n for n in names if f"`{n}`" not in text] == []
     assert f"`({len(GLOBAL_FEATURES)},)`" in text and f"`(R, {len(REPLICA_FEATURES)})`" in text
+    assert f"`kv` `({len(KV_FEATURES)},)`" in text
     for env_id in ENV_IDS:
         assert env_id.split("/")[1] in text

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hermes_env.cluster.kvtier import HostTierConfig
 from hermes_env.cluster.latency import IterationLatency, load_profile
 from hermes_env.errors import require
 from hermes_env.pdgraph.distributions import Distribution, distribution_from_spec
@@ -206,7 +207,8 @@ class LLMBackendConfig:
     ``enable_prefix_caching`` (--enable-prefix-caching), ``block_size`` (--block-size),
     ``gpu_memory_utilization`` (--gpu-memory-utilization), ``max_model_len`` (--max-model-len). A cold replica
     loads in ``weight_bytes`` over its kind's ``load_from`` tier (``network``, ``nvme`` or ``host_memory``; its
-    bandwidth ``load_bandwidth_gbps`` if given, else :data:`LOAD_BANDWIDTH`) plus ``engine_start`` seconds."""
+    bandwidth ``load_bandwidth_gbps`` if given, else :data:`LOAD_BANDWIDTH`) plus ``engine_start`` seconds.
+    ``host_kv_tier`` gives each replica a host-memory KV tier (:mod:`hermes_env.cluster.kvtier`)."""
 
     name: str
     model: ModelShape
@@ -221,6 +223,7 @@ class LLMBackendConfig:
     max_model_len: int = 8192
     remote_store: RemoteStoreConfig | None = None
     lora: LoRAConfig | None = None
+    host_kv_tier: HostTierConfig | None = None
 
     @property
     def latency(self) -> IterationLatency:
@@ -260,7 +263,7 @@ class LLMBackendConfig:
     def from_dict(cls, spec: Mapping[str, Any], where: str) -> LLMBackendConfig:
         engine_fields = {"name", "model", "gpu_memory_utilization", "engine", "chunked_prefill",
                          "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens", "block_size",
-                         "max_model_len", "remote_prefix_store", "lora", "source", "replica_kinds"}
+                         "max_model_len", "remote_prefix_store", "lora", "source", "replica_kinds", "host_kv_tier"}
         check_keys(spec, engine_fields | KIND_FIELDS, where)
         name = spec.get("name")
         require(isinstance(name, str) and backend_kind(name) == "llm", f"{where}.name",
@@ -308,6 +311,8 @@ class LLMBackendConfig:
             remote_store=None if spec.get("remote_prefix_store") is None else RemoteStoreConfig.from_dict(
                 spec["remote_prefix_store"], f"{where}.remote_prefix_store"),
             lora=None if spec.get("lora") is None else LoRAConfig.from_dict(spec["lora"], f"{where}.lora", model),
+            host_kv_tier=None if spec.get("host_kv_tier") is None else HostTierConfig.from_dict(
+                spec["host_kv_tier"], f"{where}.host_kv_tier", min(k.gpus_per_replica for k in kinds)),
         )
         for i, kind in enumerate(cfg.kinds):
             at = where if kinds_spec is None else f"{where}.replica_kinds[{i}]"

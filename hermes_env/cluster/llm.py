@@ -61,6 +61,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hermes_env.cluster.config import LLMBackendConfig, ReplicaKind
+from hermes_env.cluster.kvtier import KVMemory
 from hermes_env.cluster.prefix import PrefixCache, RemoteStore, Segment
 from hermes_env.cluster.queue import DecisionPending, WaitQueue
 from hermes_env.cluster.request import Request
@@ -93,6 +94,9 @@ class Replica:
         self.remote_cfg = cfg.remote_store
         self.kv_bytes_per_token = cfg.model.kv_bytes_per_token
         self.lora = cfg.lora
+        # agentic KV memory (hermes_env.cluster.kvtier): with a retention policy and a prefix cache
+        self.kvmem = KVMemory(self, cfg.host_kv_tier) if backend.retention is not None and self.cache is not None \
+            else None
         self.state = WARM if warm else COLD
         self.ready_at = 0.0  # when a loading replica will be warm
         self.clock = 0
@@ -132,6 +136,9 @@ class Replica:
         self.cached_tokens = 0  # served from this replica's prefix cache
         self.loaded_tokens = 0  # fetched from the remote store
         self.adapter_loads = 0
+        self.resumed_tokens = 0  # prompt tokens of admissions that an earlier call of the application computed
+        self.resumed_gpu = self.resumed_host = 0  # of which served from the GPU, from the host tier
+        self.reprefilled_tokens = 0  # of which prefilled again (KV thrash)
 
     # -- the running set ----------------------------------------------------------------------
     def context(self, request: Request) -> int:
@@ -179,12 +186,21 @@ class Replica:
         free = self.capacity - self.kv_used
         return free + self.block * self.cache.evictable_blocks() if self.cache is not None else free
 
-    def _room(self, tokens: int) -> bool:
-        """Make ``tokens`` of KV free, evicting unreferenced prefix-cache blocks if need be."""
+    def _room(self, tokens: int, now: float | None = None, admission: bool = False, exclude: Any = None) -> bool:
+        """Make ``tokens`` of KV free, evicting unreferenced prefix-cache blocks if need be; given ``now``, a
+        retention policy may first free pinned contexts (not ``exclude``'s), for ``admission`` if it allows."""
         short = self.kv_used + tokens - self.capacity
         if short <= 0:
             return True
-        if self.cache is None or self.cache.evictable_blocks() * self.block < short:
+        if self.cache is None:
+            return False
+        lacking = short - self.cache.evictable_blocks() * self.block
+        if lacking > 0 and now is not None and self.kvmem is not None:
+            self.kvmem.reclaim(self.backend.retention, lacking, now, admission, exclude)
+            short = self.kv_used + tokens - self.capacity  # offloads and discards freed KV outside the cache
+            if short <= 0:
+                return True
+        if self.cache.evictable_blocks() * self.block < short:
             return False
         evicted = self.cache.evict(-(-short // self.block))
         self.kv_used -= evicted * self.block
@@ -210,7 +226,7 @@ class Replica:
         return max(0, self.backend.remote.lookup(r.chain, r.prompt_tokens - 1) - hit)
 
     def _prefill_left(self, r: Request) -> int:
-        return r.context - r.cached - r.loaded - r.computed
+        return r.context - r.cached - r.host - r.loaded - r.computed
 
     # -- the iteration loop -----------------------------------------------------------------------
     def poke(self, now: float) -> None:
@@ -322,7 +338,7 @@ class Replica:
             self.kv_used -= self._leave(r)
             r.generated = r.output_tokens
             r.finished = now
-            self._finished(r)
+            self._finished(r, now)
             self.backend.finish(r, now)
 
     def _prefilled(self, r: Request) -> None:
@@ -336,8 +352,9 @@ class Replica:
         if self.backend.remote is not None:
             self.backend.remote.publish(r.chain, r.prompt_tokens)
 
-    def _finished(self, r: Request) -> None:
-        """The answer continues the conversation: ``r.chain`` gains it, and its whole blocks are cached."""
+    def _finished(self, r: Request, now: float) -> None:
+        """The answer continues the conversation: ``r.chain`` gains it, and its whole blocks are cached; the
+        retention policy (if any) decides what happens to them until the application's next call."""
         answer = Segment(r.chain[-1] if r.chain else None, r.prompt_tokens, r.output_tokens)
         if self.cache is not None and r.chain:
             # the answer's whole blocks stay, shared (the request's private KV was freed as it left)
@@ -347,6 +364,8 @@ class Replica:
                 self.backend.remote.publish((*r.chain, answer), r.prompt_tokens + r.output_tokens)
         r.chain = (*r.chain, answer)
         self._release_adapter(r)
+        if self.kvmem is not None and r.copy == 0:
+            self.kvmem.boundary(self.backend.retention, r, now)
 
     def _admit(self, now: float) -> None:
         while self.ready:  # requests whose wait (remote prefix, adapter) is over go first
@@ -383,8 +402,9 @@ class Replica:
     def _try_admit(self, r: Request, now: float) -> bool:
         """Admit the head of the queue if the budget and the KV cache allow; False stops admission."""
         hit = self._local_hit(r)
-        loaded = self._remote_tokens(r, hit)
-        compute = r.context - hit - loaded
+        host = self.kvmem.host_hit(r.app, r.chain, hit, r.prompt_tokens - 1) if self.kvmem is not None else 0
+        loaded = self._remote_tokens(r, hit + host)
+        compute = r.context - hit - host - loaded
         if self.chunked:
             chunk = min(compute, self._left)
         else:
@@ -395,14 +415,14 @@ class Replica:
         if self.cache is not None and r.chain:
             self.cache.acquire(r.chain)  # so that making room cannot evict the blocks it reuses
         need = r.context - hit + growth
-        if not self._room(need) and not self._make_room(r, need, now):
+        if not self._room(need, now, True, r.app) and not self._make_room(r, need, now):
             if self.cache is not None and r.chain:
                 self.cache.release(r.chain)
             return False
         self.queue.pop(now)
         r.started = now if r.started < 0 else r.started
         r.admitted_at = now
-        r.cached, r.loaded, r.computed = hit, loaded, 0
+        r.cached, r.host, r.loaded, r.computed = hit, host, loaded, 0
         r.kv = r.context - hit
         self.kv_used += r.kv
         self.context_tokens += r.context
@@ -410,12 +430,20 @@ class Replica:
         self.loaded_tokens += r.loaded
         self.computed_tokens += compute
         ready_at = now
+        if r.resumed:
+            resumed = min(r.resumed, r.context)
+            self.resumed_tokens += resumed
+            self.resumed_gpu += min(hit, resumed)
+            self.resumed_host += min(host, max(0, resumed - hit))
+            self.reprefilled_tokens += max(0, resumed - hit - host - loaded)
+        if self.kvmem is not None:
+            ready_at = self.backend.claim_context(self, r.app, host, now)
         if r.loaded:
             load = r.loaded * self.kv_bytes_per_token / self.remote_cfg.load_bandwidth
             self.load_seconds += load
             if self.remote_cfg.mode == "async":  # fetch on the link while the GPU works
                 self.link_free_at = max(now, self.link_free_at) + load
-                ready_at = self.link_free_at
+                ready_at = max(ready_at, self.link_free_at)
             else:
                 self._load_stall += load  # sync: the iteration waits for the fetch
         if r.adapter is not None:
@@ -476,13 +504,13 @@ class Replica:
     def _plan_mixed(self, now: float) -> None:
         pairs = tokens = finishing = 0
         for r, chunk in self._chunks.items():
-            done = r.cached + r.loaded + r.computed  # context already in KV: causal attention over it
+            done = r.cached + r.host + r.loaded + r.computed  # context already in KV: causal attention over it
             pairs += (done + chunk) ** 2 - done**2
             tokens += chunk
             finishing += chunk == self._prefill_left(r)
         # every decode and each finished prefill grows by a token: admission reserved that room, but a
         # chunked iteration may admit nothing, so make it here (evicting, then preempting) if need be
-        while self.running and not self._room(len(self.running) + finishing):
+        while self.running and not self._room(len(self.running) + finishing, now):
             self._preempt(now)
         n_run = len(self.running)
         self.t0, self.planned = now, 0
@@ -493,6 +521,8 @@ class Replica:
         self.kv_used += n_run + finishing  # every decoding request's next token, and each finished prefill's
 
     def _plan_segment(self, now: float) -> None:
+        if self.kvmem is not None and len(self.running) > self.free_tokens():  # idle contexts go before a request
+            self.kvmem.reclaim(self.backend.retention, len(self.running) - self.free_tokens(), now, False)
         while self.running and len(self.running) > self.free_tokens():  # no room for one more token each
             self._preempt(now)
         n = len(self.running)
@@ -548,7 +578,7 @@ class Replica:
         if self.cache is not None and victim.chain:
             self.cache.release(victim.chain)
         self._release_adapter(victim)
-        victim.cached = victim.loaded = victim.computed = victim.kv = 0
+        victim.cached = victim.host = victim.loaded = victim.computed = victim.kv = 0
         victim.admitted_at = -1.0
         victim.preemptions += 1
         self.preemptions += 1
@@ -586,6 +616,8 @@ class Replica:
             assert len(self.resident) <= self.lora.max_loras, f"{name}: more adapters resident than max_loras"
         if self.state == COLD:
             assert not self._batch() and not self.busy, f"{name}: a cold replica holds work"
+        if self.kvmem is not None:
+            self.kvmem.check_invariants(name)
 
 
 class LLMBackend:
@@ -596,8 +628,9 @@ class LLMBackend:
     def __init__(self, cfg: LLMBackendConfig, engine: EventScheduler, queue_factory: Callable[..., WaitQueue],
                  on_done: Callable[[Request, float], None], on_failed: Callable[[Request, float], None],
                  on_decision: Callable[[WaitQueue, float, Callable[[float], None]], None] | None = None,
-                 router: Any = None) -> None:
+                 router: Any = None, retention: Any = None) -> None:
         self.cfg, self.name = cfg, cfg.name
+        self.retention = retention  # a retention policy (hermes_env.sim.retention), None: vLLM's LRU release
         self.engine, self.on_done, self.on_failed = engine, on_done, on_failed
         self.on_decision = on_decision  # told when an external policy must choose; gets a resume callback
         self.router = router  # None: one shared queue, replicas pull (late binding)
@@ -642,6 +675,8 @@ class LLMBackend:
             self.failed += 1
             self.on_failed(request, now)
             return
+        if self.retention is not None and request.resumed:
+            self._context_arrives(request.app, now)
         if self.router is None:
             self.queue.push(request, now)
             self._ensure_capacity(now)
@@ -686,6 +721,30 @@ class LLMBackend:
     def isolated_service_time(self, prompt: int, output: int, cached: int) -> float:
         """Seconds to serve a request alone on the fastest replica kind for it (a relaxation's term)."""
         return min(float(k.latency.isolated_service_time(prompt, output, cached)) for k in self.cfg.kinds)
+
+    def claim_context(self, replica: Replica, app: Any, host_tokens: int, now: float) -> float:
+        """``app``'s next request was admitted on ``replica``: its context there is used (returns when the
+        blocks are readable), any other replica's copy is dropped."""
+        for other in self.replicas:
+            if other is not replica and other.kvmem is not None and app in other.kvmem.contexts:
+                other.kvmem.drop(app, now)
+        return replica.kvmem.claim(app, host_tokens, now)
+
+    def _context_arrives(self, app: Any, now: float) -> None:
+        """``app``'s next request arrived: a policy that prefetches on arrival (KVFlow) starts here."""
+        on_arrival = getattr(self.retention, "on_arrival", None)
+        if on_arrival is None:
+            return
+        for replica in self.replicas:
+            ctx = replica.kvmem.contexts.get(app) if replica.kvmem is not None else None
+            if ctx is not None:
+                on_arrival(replica, ctx, now)
+
+    def forget(self, app: Any, now: float) -> None:
+        """``app`` has ended: drop every context held for it."""
+        for replica in self.replicas:
+            if replica.kvmem is not None and app in replica.kvmem.contexts:
+                replica.kvmem.drop(app, now)
 
     def finish(self, request: Request, now: float) -> None:
         self.completed += 1
@@ -808,8 +867,24 @@ class LLMBackend:
                                  "computed_tokens": sum(r.computed_tokens for r in reps), "cached_tokens": cached,
                                  "loaded_tokens": loaded,
                                  "evicted_blocks": sum(r.cache.evicted_blocks for r in reps if r.cache is not None)},
+                "kv_memory": self._kv_memory_summary(now),
                 "replica_loads_on_demand": self.load_starts, "scale_ups": self.scale_ups,
                 "scale_downs": self.scale_downs, "adapter_loads": sum(r.adapter_loads for r in reps)}
+
+    def _kv_memory_summary(self, now: float) -> dict[str, Any]:
+        """Agentic KV memory figures: re-prefilled tokens of resumed calls (KV thrash), where resumed
+        contexts came from, bytes copied each way, pinned-idle block-seconds."""
+        reps = self.replicas
+        resumed = sum(r.resumed_tokens for r in reps)
+        out: dict[str, Any] = {"retention": getattr(self.retention, "name", "lru"), "resumed_tokens": resumed,
+                               "reprefilled_tokens": sum(r.reprefilled_tokens for r in reps),
+                               "resumed_gpu_hit_rate": sum(r.resumed_gpu for r in reps) / resumed if resumed else 0.0,
+                               "resumed_host_hit_rate": sum(r.resumed_host for r in reps) / resumed if resumed else 0.0}
+        keys = ("pinned_block_seconds", "bytes_h2d", "bytes_d2h", "offloads", "prefetches", "discards", "reclaims",
+                "host_loaded_tokens", "host_lost_blocks", "offloaded_blocks", "prefetched_blocks")
+        parts = [r.kvmem.summary(now) for r in reps if r.kvmem is not None]
+        out.update({k: sum(p[k] for p in parts) for k in keys})
+        return out
 
     def check_invariants(self) -> None:
         for r in self.replicas:

@@ -36,11 +36,12 @@ from collections.abc import Sequence
 class Segment:
     """A run of ``size`` tokens that starts ``start`` tokens into a conversation, after ``parent``."""
 
-    __slots__ = ("parent", "start", "size", "depth", "uid")
+    __slots__ = ("parent", "start", "size", "depth", "uid", "shared")
     _ids = itertools.count()
 
-    def __init__(self, parent: Segment | None, start: int, size: int) -> None:
+    def __init__(self, parent: Segment | None, start: int, size: int, shared: bool = False) -> None:
         self.parent, self.start, self.size = parent, start, size
+        self.shared = shared  # read by many applications (a system prompt, a prefix computed before the run)
         self.depth = 0 if parent is None else parent.depth + 1
         self.uid = next(Segment._ids)  # a stable order for ties (never the memory address)
 
@@ -212,6 +213,27 @@ class PrefixCache(_Tier):
         total = sum(added.values())
         self.blocks += total
         return total
+
+    def put(self, seg: Segment, end: int) -> int:
+        """Cache the blocks of ``seg`` ending up to ``end`` (none of them cached): a context brought back from
+        host memory. Returns the blocks added."""
+        self._clock += 1
+        self.cached_end[seg] = end
+        n = self.blocks_of(seg)
+        self.blocks += n
+        if seg in self.refs:
+            self.locked += n
+        self._touch(seg)
+        return n
+
+    def remove(self, seg: Segment) -> int:
+        """Take every cached block of ``seg``, which no request reads, out of the cache (offloaded or
+        discarded by a retention policy, not evicted); returns how many."""
+        n = self.blocks_of(seg)
+        del self.cached_end[seg]
+        self.last_used.pop(seg, None)
+        self.blocks -= n
+        return n
 
     def evictable_blocks(self) -> int:
         return self.blocks - self.locked

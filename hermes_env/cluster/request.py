@@ -28,7 +28,8 @@ class Request:
     the prompt is made of (:mod:`hermes_env.cluster.prefix`), so that prefix caches recognise what they
     hold; ``prefix_tokens`` is the part of the prompt computed before the run, in a remote prefix store
     (a stage's ``prefix_reuse``); ``adapter`` the LoRA adapter it runs with. While admitted, ``cached``
-    tokens come from the replica's prefix cache, ``loaded`` from the remote store, ``computed`` counts the
+    tokens come from the replica's prefix cache, ``loaded`` from the remote store, ``host`` from the replica's
+    host KV tier, ``computed`` counts the
     prefill tokens done so far and ``kv`` the KV tokens it holds outside the prefix cache.
 
     Tool requests carry ``service_time``. ``key`` is the scheduling policy's priority (lower is served
@@ -37,7 +38,7 @@ class Request:
     __slots__ = ("app", "run_index", "copy", "backend", "prompt_tokens", "output_tokens", "service_time",
                  "enqueued", "first_enqueued", "started", "first_token", "finished", "generated", "key",
                  "preemptions", "seq", "prefix_tokens", "chain", "adapter", "replica", "cached", "loaded",
-                 "computed", "kv", "failed", "admitted_at")
+                 "computed", "kv", "failed", "admitted_at", "host", "resumed", "own")
 
     def __init__(self, app: Any, run_index: int, copy: int, backend: str, prompt_tokens: int = 0,
                  output_tokens: int = 0, service_time: float = 0.0, prefix_tokens: int = 0,
@@ -57,6 +58,9 @@ class Request:
         self.admitted_at = -1.0
         self.generated = 0
         self.cached = self.loaded = self.computed = self.kv = 0
+        self.host = 0  # tokens loaded from its replica's host KV tier (agentic KV memory)
+        self.resumed = 0  # prompt tokens an earlier call of its application computed (its conversation so far)
+        self.own = 0  # index in ``chain`` of the first segment only its application has (the rest is shared)
         self.key: Any = 0.0
         self.preemptions = 0
         self.seq = 0

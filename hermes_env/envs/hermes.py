@@ -47,9 +47,11 @@ from hermes_env.sim.policies import (
     make_admission,
     make_autoscaler,
     make_prewarm,
+    make_retention,
     make_router,
     make_scheduler,
 )
+from hermes_env.sim.retention import RETAIN_ACTIONS, ExternalRetention
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, Snapshot, copy_state, inline_parts
 from hermes_env.sim.timeline import TimelineRecorder
 from hermes_env.sim.workload import TIERS
@@ -57,6 +59,10 @@ from hermes_env.validation import as_integer, as_number, load_yaml
 
 NOOP, WARM_UP, RELEASE = 0, 1, 2  # the orders of the prewarm and scale parts (load = WARM_UP)
 PARTS = DECISION_KINDS  # schedule, prewarm, route, scale
+PRIORITIES = 3  # a retention decision's eviction priority: 0 to 2, higher goes first under memory pressure
+# features of a pending retention decision (observation key "kv"): the context, its replica's memory, the forecast
+KV_FEATURES = ("context_tokens", "context_share", "kv_in_use", "kv_pinned", "host_in_use", "round_trip",
+               "next_use_probability", "next_use_mean", "next_use_within_round_trip", "contexts_held", "queue")
 ADMIT_PART = "admit"  # the admission part, added by admission_control=True
 CHOICE_PARTS = ("schedule", "route", ADMIT_PART)  # parts that choose at their own kind of decision only
 BOUND = 1e3  # every feature is a fraction, a flag or a log1p of seconds or tokens: far inside this
@@ -135,7 +141,8 @@ class HermesEnv(gym.Env):
 
     def __init__(self, config: str | Path | dict | ExperimentConfig | None = None, overrides: dict | None = None,
                  scheduler: str = "gittins", prewarm: str = "none", router: str = "shared", autoscaler: str = "fixed",
-                 slots: int = 64, prewarm_tick: float | None = None, autoscale_tick: float = 5.0,
+                 retention: str = "lru", slots: int = 64, prewarm_tick: float | None = None,
+                 autoscale_tick: float = 5.0,
                  max_steps: int | None = None, max_time: float | None = None, reward_scale: float = 1.0,
                  idle_cost_weight: float = 0.0, slo_miss_weight: float = 0.0, gpu_cost_weight: float | None = None,
                  invalid_action: str = "penalty", invalid_action_penalty: float = 1.0,
@@ -143,6 +150,7 @@ class HermesEnv(gym.Env):
                  admission_control: bool = False, timeline: str | Path | None = None,
                  timeline_window: tuple[float, float] | None = None) -> None:
         self.experiment = load_experiment(self.default_config if config is None else config, overrides)
+        self.controls = self._controls()
         as_integer(slots, "slots", low=1, high=100_000)
         require(invalid_action in ("raise", "penalty"), "invalid_action", f"must be 'raise' or 'penalty', got "
                 f"{invalid_action!r}")
@@ -166,9 +174,10 @@ class HermesEnv(gym.Env):
             TimelineRecorder(timeline_window)  # validates it
         self.episode = -1  # the index of the episode in progress (reset counts them)
         self.policy_names = {"schedule": scheduler, "prewarm": prewarm, "route": router, "scale": autoscaler,
-                             ADMIT_PART: admission}
+                             ADMIT_PART: admission, "retain": retention}
         # validate the heuristics' names now
         make_scheduler(scheduler), make_prewarm(prewarm), make_autoscaler(autoscaler), make_admission(admission)
+        make_retention(retention)
         require(isinstance(admission_control, bool), "admission_control", f"must be True or False, got "
                 f"{admission_control!r}")
         if admission_control:
@@ -195,6 +204,9 @@ class HermesEnv(gym.Env):
         self.replica_rows = max((b.max_replicas for b in cluster.llm_backends), default=1)
         if "prewarm" in self.controls:
             require(len(self.tool_names) > 0, "config.cluster.tool_backends", "is empty: nothing to prewarm")
+        if "retain" in self.controls:
+            require(any(b.enable_prefix_caching for b in cluster.llm_backends), "config.cluster.llm_backends",
+                    "has no prefix cache: no KV context to retain", "use an engine with enable_prefix_caching")
         if "route" in self.controls or "scale" in self.controls:
             require(len(self.llm_names) > 0, "config.cluster.llm_backends", "is empty: no LLM replicas to control")
         graphs = [m.graph for m in self.experiment.workload.applications]
@@ -205,13 +217,18 @@ class HermesEnv(gym.Env):
         self.replica_kinds = {b.name: [k.name for k in b.kinds] for b in cluster.llm_backends}
         self._part_sizes = {"schedule": [slots], "prewarm": [3] * len(self.tool_names), "route": [self.replica_rows],
                             "scale": [3 + len(k) * (len(k) > 1) for k in self.replica_kinds.values()],
-                            ADMIT_PART: [3]}
+                            ADMIT_PART: [3], "retain": [len(RETAIN_ACTIONS), PRIORITIES]}
         self.heterogeneous = any(len(k) > 1 for k in self.replica_kinds.values())
         self.observation_space = self._observation_space()
         self.action_space = self._action_space()
         self.sim: Simulation | None = None
 
     default_gpu_cost_weight = 0.0
+
+    def _controls(self) -> tuple[str, ...]:
+        """The parts this environment controls (a class's own; Joint-v0 adds retention where KV memory is
+        modelled)."""
+        return type(self).controls
 
     # -- spaces -----------------------------------------------------------------------------------
     def _observation_space(self) -> spaces.Dict:
@@ -236,6 +253,8 @@ class HermesEnv(gym.Env):
             obs["graph_nodes"] = spaces.Box(-BOUND, BOUND, (k, m, len(NODE_FEATURES)), np.float32)
             obs["graph_edges"] = spaces.Box(0.0, 1.0, (k, m, m + 1), np.float32)
             obs["graph_node_mask"] = spaces.MultiBinary((k, m))
+        if "retain" in self.controls:
+            obs["kv"] = spaces.Box(-BOUND, BOUND, (len(KV_FEATURES),), np.float32)
         return spaces.Dict(obs)
 
     def _action_space(self) -> spaces.Space:
@@ -262,7 +281,8 @@ class HermesEnv(gym.Env):
             prewarm=ExternalPrewarm(self.prewarm_tick) if "prewarm" in c else make_prewarm(names["prewarm"]),
             router=ExternalRouter() if "route" in c else names["route"],
             autoscaler=ExternalAutoscaler(self.autoscale_tick) if "scale" in c else make_autoscaler(names["scale"]),
-            admission=ExternalAdmission() if ADMIT_PART in c else names[ADMIT_PART])
+            admission=ExternalAdmission() if ADMIT_PART in c else names[ADMIT_PART],
+            retention=ExternalRetention() if "retain" in c else names["retain"])
         self.features.bind(self.sim)
         self.steps = 0
         self._last = (0.0, 0.0, 0, 0.0)  # Simulation.totals at the last step
@@ -368,6 +388,8 @@ class HermesEnv(gym.Env):
             self.candidates = d.queue.waiting[: self.slots]
         elif d.kind == "route":
             self.candidates = [d.request]
+        elif d.kind == "retain":
+            self.candidates = [d.context.request]  # the call that just ended: its application's features
         else:
             self.candidates = []
 
@@ -376,7 +398,8 @@ class HermesEnv(gym.Env):
         if d is None:
             obs = self.features.observation([], "", self.sim.engine.now)
         else:
-            obs = self.features.observation(self.candidates, d.backend, self.sim.engine.now, d.kind,
+            kind = d.kind if d.kind in DECISION_KINDS else None  # a retention decision has no flag of its own
+            obs = self.features.observation(self.candidates, d.backend, self.sim.engine.now, kind,
                                             request=d.request if d.kind == "route" else None,
                                             replica_candidates=d.candidates,
                                             deciding_replica=d.queue.replica if d.queue is not None else None)
@@ -388,7 +411,30 @@ class HermesEnv(gym.Env):
             obs["admission"] = self.features.admission(d.app if d is not None else None, self.sim.engine.now)
         if self.graph_observation:
             obs.update(self._graphs())
+        if "retain" in self.controls:
+            obs["kv"] = self._kv_features()
         return obs
+
+    def _kv_features(self) -> np.ndarray:
+        """The pending retention decision's context and memory (zeros at other decisions)."""
+        d = self.decision
+        out = np.zeros(len(KV_FEATURES), np.float32)
+        if d is None or d.kind != "retain":
+            return out
+        ctx, replica = d.context, d.candidates[0]
+        mem, cap = replica.kvmem, replica.capacity
+        out_s, back_s = self.sim.retention.round_trip(replica, ctx)
+        trip = out_s + back_s
+        nu = ctx.memo
+        p = 0.0 if nu is None or nu.time is None else nu.probability
+        mean = 0.0 if nu is None or nu.time is None else nu.time.mean
+        within = 0.0 if nu is None or nu.time is None or not math.isfinite(trip) else nu.within(trip)
+        host = mem.host.used * replica.block / cap if mem.host is not None else 0.0
+        trip_feature = math.log1p(trip) if math.isfinite(trip) else BOUND / 10  # no host tier: no round trip
+        out[:] = (math.log1p(ctx.tokens), ctx.tokens / cap, replica.kv_used / cap,
+                  mem.pinned_blocks * replica.block / cap, host, trip_feature, p, math.log1p(mean), within,
+                  math.log1p(len(mem.contexts)), math.log1p(len(replica.queue)))
+        return out
 
     def _graph_static(self, template: str) -> tuple[np.ndarray, np.ndarray]:
         """The parts of a template's graph observation that do not depend on progress (kept per template):
@@ -439,6 +485,14 @@ class HermesEnv(gym.Env):
 
     def _part_mask(self, part: str) -> np.ndarray:
         d = self.decision
+        if part == "retain":
+            actions = np.zeros(len(RETAIN_ACTIONS), dtype=bool)
+            if d is not None and d.kind == "retain":
+                host = d.candidates[0].kvmem.host is not None
+                actions[:] = [True, True, host, host, True]  # offloading needs a host tier
+                return np.concatenate([actions, np.ones(PRIORITIES, dtype=bool)])
+            actions[0] = True  # no retention decision now: 0 stands for "nothing" (ignored)
+            return np.concatenate([actions, np.eye(PRIORITIES, dtype=bool)[0]])
         if part == ADMIT_PART and d is not None and d.kind == part:
             now = self.sim.engine.now
             return np.array([True, self.sim.may_defer(d.app, now), self.sim.may_reject(d.app)])
@@ -489,6 +543,18 @@ class HermesEnv(gym.Env):
         penalty, orders = 0.0, []
         for part, values in parts.items():
             mask = self._part_mask(part)
+            if part == "retain":
+                action, priority = int(values[0]), int(values[1])
+                acts, prios = mask[:len(RETAIN_ACTIONS)], mask[len(RETAIN_ACTIONS):]
+                valid = 0 <= action < len(acts) and acts[action] and 0 <= priority < PRIORITIES and prios[priority]
+                if not valid:
+                    penalty += self._invalid(f"retention action ({action}, {priority}) is masked out (valid actions: "
+                                             f"{np.flatnonzero(acts).tolist()}, priorities "
+                                             f"{np.flatnonzero(prios).tolist()})")
+                    action, priority = 1 if acts[1] else 0, int(np.flatnonzero(prios)[0])  # fallback: pin
+                if d.kind == "retain":
+                    orders.append((part, (action, priority)))
+                continue
             if part in CHOICE_PARTS:
                 choice = int(values[0])
                 if not (0 <= choice < len(mask) and mask[choice]):
@@ -524,6 +590,8 @@ class HermesEnv(gym.Env):
                 choice = order
         if d.kind == "schedule":
             self.sim.resolve(d.queue.waiting.index(self.candidates[choice]))
+        elif d.kind == "retain":
+            self.sim.resolve(choice)
         elif d.kind == "route":
             self.sim.resolve(next(i for i, r in enumerate(d.candidates) if r.index == choice))
         elif d.kind == ADMIT_PART:
@@ -681,8 +749,47 @@ class JointEnv(HermesEnv):
     **Action**: ``MultiDiscrete([K] + [3] * T + [R] + [3] * L)``: the slot to admit, one order per tool
     backend, the replica to place on, one order per LLM backend. The orders apply at every decision;
     the slot only at a scheduling decision and the replica only at a routing decision (elsewhere only 0
-    is unmasked for them, and ignored). With ``admission_control=True`` a last ``[3]`` is the admission
-    order, as in Scheduling-v0 (admission decisions pause the simulation too).
+    is unmasked for them, and ignored). Where an LLM backend has a host KV tier (``host_kv_tier``: KV
+    memory is modelled), KVCache-v0's ``[5, 3]`` retention part follows, applied only at a retention
+    decision, and the observation has its ``kv`` key. With ``admission_control=True`` a last ``[3]`` is the
+    admission order, as in Scheduling-v0 (admission decisions pause the simulation too).
 """ + _REWARD_DOC
     controls = PARTS
     admission_allowed = True
+
+    def _controls(self) -> tuple[str, ...]:
+        kv = any(b.host_kv_tier is not None for b in self.experiment.cluster.llm_backends)
+        return (*PARTS, "retain") if kv else PARTS
+
+
+class KVCacheEnv(HermesEnv):
+    __doc__ = """``hermes_env/KVCache-v0``: decide what happens to an application's KV context while it waits.
+
+    The simulation pauses at every *tool boundary*: an LLM call that continues its application's
+    conversation has finished and the application goes on; its context (every block after the template's
+    shared system prompt) is on its replica's GPU, free in the LRU prefix cache until the agent answers
+    (an agent that always releases is vLLM's ``lru``). Everything else follows heuristics
+    (``scheduler`` default ``fcfs``, ``router`` default ``session_sticky``, ``prewarm``, ``autoscaler``).
+    The default experiment is ``agent-kv``: SWE-agent sessions on two Qwen2.5-32B H200 replicas whose KV
+    cache cannot hold every session's context, each with a host-memory tier (docs/simulator.md, "Agentic KV
+    memory").
+""" + _OBSERVATION_DOC + """
+    - ``kv`` ``(11,)``: the pending context's tokens (log) and share of the replica's KV cache, the cache in
+      use and pinned, the host tier in use (fractions of the GPU cache), the copy round trip (log s), the
+      PDGraph forecast of the application's next call to the backend (probability, mean log s, probability
+      within the round trip), the contexts held on the replica and its queue (log). The candidate request
+      (slot 0 of ``requests``) is the call that just ended.
+
+    **Action**: ``MultiDiscrete([5, 3])``: what to do with the context (0 release it to the LRU prefix cache,
+    vLLM's behaviour; 1 keep it pinned on the GPU until the next call, unless memory pressure frees it;
+    2 offload it to host memory and prefetch it when the PDGraph forecast says the next call is near;
+    3 offload it and load it when the next call comes; 4 discard it), and its eviction priority under
+    memory pressure (0 to 2: higher goes first; pressure offloads, with a forecast-timed prefetch). Offloads
+    are masked out without a host tier; a masked-out action pins.
+""" + _REWARD_DOC
+    controls = ("retain",)
+    default_config = "agent-kv"
+
+    def __init__(self, config: str | Path | dict | ExperimentConfig | None = None, overrides: dict | None = None,
+                 scheduler: str = "fcfs", router: str = "session_sticky", **kwargs: Any) -> None:
+        super().__init__(config, overrides, scheduler=scheduler, router=router, **kwargs)

@@ -109,7 +109,8 @@ class DemandModel:
         self._first_use: dict[str, list[np.ndarray]] = {}
         self._remaining: dict[tuple[int, int | None], DiscreteDistribution] = {}
         self._next_use: dict[tuple[int, int | None, str], NextUse] = {}
-        self._copy_points = {}  # (stage index, iteration) -> (values, probs) in seconds
+        self._copy_points = {}  # _points_key -> (values, probs) in seconds
+        self._uppers: dict[tuple[int, int], float] = {}
         for s in range(len(self.space)):
             self._copy_points_of(s)
         # the horizon and the Gittins table depend on the graph and the cost model alone: kept on disk
@@ -124,8 +125,15 @@ class DemandModel:
         self._build()
 
     # -- construction -----------------------------------------------------------------------
+    def _points_key(self, state: int) -> tuple[int, int]:
+        """What a copy's service distribution depends on: its stage, and its loop iteration only when the
+        prompt grows with it (so a 60-iteration loop of one stage is discretised once, not 60 times)."""
+        stage = self.space.stage(state)
+        growth = stage.is_llm and stage.prompt_growth_per_iteration
+        return int(self.space.stage_of[state]), int(self.space.iteration_of[state]) if growth else 0
+
     def _copy_points_of(self, state: int) -> tuple[np.ndarray, np.ndarray]:
-        key = (int(self.space.stage_of[state]), int(self.space.iteration_of[state]))
+        key = self._points_key(state)
         if key not in self._copy_points:
             stage = self.space.stage(state)
             if stage.is_llm:
@@ -140,6 +148,12 @@ class DemandModel:
         return self._copy_points[key]
 
     def _copy_upper(self, state: int) -> float:
+        key = self._points_key(state)
+        if key not in self._uppers:
+            self._uppers[key] = self._copy_upper_of(state)
+        return self._uppers[key]
+
+    def _copy_upper_of(self, state: int) -> float:
         points = self._copy_points_of(state)
         if points is None:
             return self.space.stage(state).service_time.ppf(1 - TAIL)
@@ -185,10 +199,14 @@ class DemandModel:
         self.copy_pmf: list[np.ndarray] = []
         self.stage_pmf: list[np.ndarray] = []
         self.duration_pmf: list[np.ndarray] = []
+        copies: dict[tuple[int, int], np.ndarray] = {}  # per _points_key: states that share it share the pmf
         for s in range(n):
-            points = self._copy_points_of(s)
+            key = self._points_key(s)
             stage = space.stage(s)
-            copy = lat.continuous(stage.service_time) if points is None else lat.points(*points)
+            if key not in copies:
+                points = self._copy_points_of(s)
+                copies[key] = lat.continuous(stage.service_time) if points is None else lat.points(*points)
+            copy = copies[key]
             self.copy_pmf.append(copy)
             if stage.fanout is None:
                 self.stage_pmf.append(copy)

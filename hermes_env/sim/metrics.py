@@ -110,6 +110,7 @@ class Recorder:
         self.stage_wait: dict[str, LogHistogram] = defaultdict(LogHistogram)
         self.token_latency: dict[tuple[str, str], tuple[LogHistogram, LogHistogram]] = {}
         self.failures: Counter[str] = Counter()
+        self.resumed_ttft: dict[str, LogHistogram] = defaultdict(LogHistogram)  # calls resuming a conversation
         self.failed = 0
         # applications with an SLO: how many, how many missed it (failures count), how many would miss it
         # even served alone (their lower bound exceeds it: no policy can meet it)
@@ -163,6 +164,9 @@ class Recorder:
         if tpot is not None:
             hists[1].add(tpot)
 
+    def resumed(self, backend: str, ttft: float) -> None:
+        self.resumed_ttft[backend].add(ttft)
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -197,10 +201,12 @@ def summarise(sim: Any) -> SimulationResult:
         latency = {cls: {"ttft": ttft.summary(), "tpot": tpot.summary()}
                    for (backend, cls), (ttft, tpot) in sorted(rec.token_latency.items()) if backend == name}
         backends[name] = {**b.summary(now), "token_latency": latency}
+        backends[name]["kv_memory"]["resumed_ttft"] = rec.resumed_ttft[name].summary() if name in rec.resumed_ttft \
+            else {}
     tools = [b for n, b in backends.items() if n in sim.tool_backends]
     summary = {
         "seed": sim.seed, "scheduler": sim.scheduler.name, "prewarm": sim.prewarm_policy.name,
-        "router": sim.router_name, "autoscaler": sim.autoscaler.name,
+        "router": sim.router_name, "autoscaler": sim.autoscaler.name, "retention": sim.retention.name,
         "simulated_seconds": now, "applications": len(rec.completion_times) + rec.failed,
         "completed": len(rec.completion_times), "failed": rec.failed, "failure_reasons": dict(rec.failures),
         "stage_requests": sim.stage_requests, "events": sim.engine.events, "admission": sim.admission.name,

@@ -21,6 +21,9 @@ prewarm) and every ``tick`` seconds; it acts through ``sim.scale_up(backend, now
 replica) and ``sim.scale_down(backend, now)`` (drain a warm one). Whatever the autoscaler, a request that
 finds no replica warm or loading starts a load (a cold start on its critical path).
 
+**KV retention** (:mod:`hermes_env.sim.retention`): what happens to an application's KV context between
+its LLM calls (release to the LRU cache, pin, offload to host memory, prefetch, discard); ``lru`` is vLLM's.
+
 **Prewarm.** ``start(sim, now)`` at time 0; ``decide(sim, now)`` at every decision point (an
 application arrives or issues a stage) and, when ``tick`` is set, every ``tick`` seconds. It acts through
 ``sim.prewarm(backend, now)`` and ``sim.release(backend, now)``.
@@ -59,11 +62,12 @@ from hermes_env.errors import ConfigError, require
 _PLUGINS_LOADED = False
 _FAMILIES: dict[str, Callable[..., Any]] = {}  # scheduler families; other kinds' in _KIND_FAMILIES
 _KIND_FAMILIES: dict[str, dict[str, Callable[..., Any]]] = {"scheduler": _FAMILIES, "prewarm": {}, "router": {},
-                                                            "autoscaler": {}}
+                                                            "autoscaler": {}, "retention": {}}
 _SCHEDULERS: dict[str, Callable[..., Any]] = {}
 _PREWARMERS: dict[str, Callable[..., Any]] = {}
 _ROUTERS: dict[str, Callable[..., Any]] = {}
 _AUTOSCALERS: dict[str, Callable[..., Any]] = {}
+_RETENTIONS: dict[str, Callable[..., Any]] = {}
 _ADMISSIONS: dict[str, Callable[..., Any]] = {}
 ADMIT, DEFER, REJECT = 0, 1, 2  # an admission decision (the order of the environments' admission part)
 ADMISSION_ORDERS = ("admit", "defer", "reject")
@@ -169,10 +173,12 @@ register_scheduler = _registrar(_SCHEDULERS)
 register_prewarm = _registrar(_PREWARMERS)
 register_router = _registrar(_ROUTERS)
 register_autoscaler = _registrar(_AUTOSCALERS)
+register_retention = _registrar(_RETENTIONS)
 make_scheduler = _maker(_SCHEDULERS, "scheduler")
 make_prewarm = _maker(_PREWARMERS, "prewarm")
 make_router = _maker(_ROUTERS, "router")
 make_autoscaler = _maker(_AUTOSCALERS, "autoscaler")
+make_retention = _maker(_RETENTIONS, "retention")
 register_admission = _registrar(_ADMISSIONS)
 
 
@@ -199,6 +205,7 @@ scheduler_names = _names(_SCHEDULERS)
 prewarm_names = _names(_PREWARMERS)
 router_names = _names(_ROUTERS)
 autoscaler_names = _names(_AUTOSCALERS)
+retention_names = _names(_RETENTIONS)
 admission_names = _names(_ADMISSIONS)
 
 

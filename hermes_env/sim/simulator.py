@@ -53,6 +53,7 @@ from hermes_env.errors import require
 from hermes_env.pdgraph.demand import DemandModel, Progress
 from hermes_env.pdgraph.graph import PDGraph, Stage, StateSpace
 from hermes_env.pdgraph.sampling import StageRun, sample_realisation, sample_tokens
+from hermes_env.sim import retention as _retention  # noqa: F401 (registers the retention policies)
 from hermes_env.sim.engine import Engine, fewer_collections
 from hermes_env.sim.metrics import Recorder, SimulationResult, summarise
 from hermes_env.sim.policies import (
@@ -63,6 +64,7 @@ from hermes_env.sim.policies import (
     make_admission,
     make_autoscaler,
     make_prewarm,
+    make_retention,
     make_router,
     make_scheduler,
 )
@@ -118,8 +120,9 @@ def shared_demand_model(graph: PDGraph, profiles: tuple[tuple[str, IterationLate
 class Decision:
     """A choice an external policy owes: ``schedule`` (which request ``queue`` admits next at ``backend``),
     ``prewarm`` (which tool backends to warm or release), ``route`` (which of ``candidates`` replicas
-    ``request`` waits at), ``scale`` (which LLM backends load or release a replica) or ``admit`` (whether
-    ``app``, arriving or deferred, is admitted, deferred or rejected)."""
+    ``request`` waits at), ``scale`` (which LLM backends load or release a replica), ``admit`` (whether
+    ``app``, arriving or deferred, is admitted, deferred or rejected) or ``retain`` (what happens to
+    ``context``, an application's KV context on ``candidates[0]``, until its next call)."""
 
     kind: str
     time: float
@@ -129,6 +132,7 @@ class Decision:
     request: Request | None = None
     candidates: list[Replica] | None = None
     app: Application | None = None
+    context: Any = None
 
 
 ARRIVING, DEFERRED, ADMITTED, REJECTED = range(4)  # an application's admission state
@@ -281,7 +285,7 @@ class Simulation:
     def __init__(self, config: ExperimentConfig, scheduler: Any = "fcfs", prewarm: Any = "none", seed: int = 0,
                  router: Any = "shared", autoscaler: Any = "fixed", check_invariants: bool = False,
                  keep_applications: bool = True, rows_to: str | Path | None = None, admission: Any = "none",
-                 timeline: TimelineRecorder | None = None) -> None:
+                 timeline: TimelineRecorder | None = None, retention: Any = "lru") -> None:
         self.config, self.seed, self.check = config, seed, check_invariants
         self.engine = Engine()
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
@@ -293,8 +297,11 @@ class Simulation:
         self._asked: set[int] = set()  # applications whose admission an external policy owes
         self.router_name = router if isinstance(router, str) else router.name
         cluster_rng = np.random.default_rng([seed, 4])
+        self.retention = make_retention(retention) if isinstance(retention, str) else retention
+        self.retention.bind(self)
+        held = None if self.retention.name == "lru" else self.retention  # lru: the engine's own behaviour
         self.llm_backends = {c.name: LLMBackend(c, self.engine, self._queue, self._done, self._failed,
-                                                self._decision_needed, self._router(router))
+                                                self._decision_needed, self._router(router), held)
                              for c in config.cluster.llm_backends}
         self.tool_backends = {c.name: ToolBackend(c, self.engine, WaitQueue(c.name, self.scheduler), cluster_rng,
                                                   self._done, self._decision_needed)
@@ -559,6 +566,10 @@ class Simulation:
             self._asked.add(app.id)
             self.pending.append(Decision("admit", now, "", app=app))
 
+    def request_retention_decision(self, replica: Replica, context: Any, now: float) -> None:
+        """Called by an external retention policy at a tool boundary: pause for the agent's retention choice."""
+        self.pending.append(Decision("retain", now, replica.backend.name, candidates=[replica], context=context))
+
     def run_until_decision(self) -> Decision | None:
         """Run until an external policy owes a choice (returned) or every application has ended (None);
         a planner's decisions (a policy with ``act``) are settled on the way."""
@@ -594,7 +605,8 @@ class Simulation:
         """Settle the oldest pending decision: for a scheduling decision, admit the waiting request at
         ``choice`` (an index of ``decision.queue.waiting``) and let the backend go on; for a routing
         decision, place the request on ``decision.candidates[choice]``; for an admission decision, apply the
-        order ``choice`` (ADMIT, DEFER or REJECT) to ``decision.app``."""
+        order ``choice`` (ADMIT, DEFER or REJECT) to ``decision.app``; for a retention decision, ``choice`` is
+        ``(action, priority)`` (:class:`~hermes_env.sim.retention.ExternalRetention`)."""
         decision = self.pending.popleft()
         now = self.engine.now
         if decision.kind == "schedule":
@@ -608,6 +620,8 @@ class Simulation:
             self._asked.discard(app.id)  # type: ignore[union-attr]
             if app.gate in (ARRIVING, DEFERRED):  # type: ignore[union-attr]
                 self._settle(app, int(choice), now)  # type: ignore[arg-type]
+        elif decision.kind == "retain":
+            self.retention.decide(decision.candidates[0], decision.context, choice, now)  # type: ignore[index]
 
     def _start(self) -> None:
         """Schedule the first arrival and the policies' ticks, once: later calls do nothing."""
@@ -769,13 +783,19 @@ class Simulation:
             if self._agentic is not None:  # the trace row's blocks
                 ids = self._agentic.blocks(app.id, app.cursor, copy)
                 chain = self._blocks.chain(ids, prompt) if backend.cfg.enable_prefix_caching else ()
+                own = len(chain)  # trace blocks may be shared by any session: none is retained as the app's own
             elif copy == 0 and app.cursor == app.trace_run and self._trace.block_ids is not None:
                 chain = self._blocks.chain(self._trace.block_ids[app.id], prompt) if backend.cfg.enable_prefix_caching \
                     else ()
+                own = len(chain)  # a trace's blocks are shared by every request that has them
             else:
                 prompt, chain = self._prompt(app, stage, backend, prompt, prefix)
+                own = 1 if chain and chain[0].shared else 0
             req = Request(app, app.cursor, copy, run.backend, prompt, int(run.output_tokens[copy]),
                           prefix_tokens=prefix, chain=chain, adapter=adapter)
+            req.own = own
+            if stage.context != "fresh":
+                req.resumed = min(history, prompt)
             if self._agentic is not None:
                 reusable = self._agentic.shared_tokens(app.id, app.cursor, copy)
             elif copy or app.cursor != app.trace_run:
@@ -825,10 +845,10 @@ class Simulation:
         elif stage.system_prompt_tokens:
             key = (app.template, stage.name)
             if key not in self._system_prompts:
-                self._system_prompts[key] = Segment(None, 0, stage.system_prompt_tokens)
+                self._system_prompts[key] = Segment(None, 0, stage.system_prompt_tokens, shared=True)
             base = (self._system_prompts[key],)
         elif prefix:  # computed before the run: in the remote store from the start
-            base = (Segment(None, 0, prefix),)
+            base = (Segment(None, 0, prefix, shared=True),)
             if backend.remote is not None:
                 backend.remote.publish(base, prefix)
         else:
@@ -845,7 +865,10 @@ class Simulation:
         if request.output_tokens:  # an LLM request: time to first token, time per output token
             tpot = ((request.finished - request.first_token) / (request.output_tokens - 1)
                     if request.output_tokens > 1 else None)
-            self.recorder.request(request.backend, app.app_class, request.first_token - request.first_enqueued, tpot)
+            ttft = request.first_token - request.first_enqueued
+            self.recorder.request(request.backend, app.app_class, ttft, tpot)
+            if request.resumed:
+                self.recorder.resumed(request.backend, ttft)
             if request.copy == 0:  # the conversation goes on from the first copy's prompt and answer
                 app.context[request.backend] = (request.prompt_tokens + request.output_tokens, request.chain)
             if request.replica is not None:
@@ -874,6 +897,9 @@ class Simulation:
 
     def _end(self, app: Application, now: float) -> None:
         app.completion = now
+        for backend in self.llm_backends.values():
+            if backend.retention is not None:
+                backend.forget(app, now)
         del self.active[app.id]
         self._count_area(now)
         self.in_system -= 1
@@ -938,5 +964,6 @@ class Simulation:
             b.check_invariants()
             for r in b.replicas:
                 waiting = len(r.queue) and (r.queue is not b.queue or r.state == REPLICA_WARM)
-                assert not (waiting and r.state == REPLICA_WARM and r.idle and not r.deciding), \
+                held = r.kvmem is not None and r.kvmem.pinned_blocks > 0  # TTL pins may hold admission back
+                assert not (waiting and r.state == REPLICA_WARM and r.idle and not r.deciding and not held), \
                     f"{b.name}[{r.index}]: an idle warm replica while work waits"
