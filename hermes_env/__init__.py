@@ -4,6 +4,6 @@ Importing the package registers the environments ``hermes_env/Scheduling-v0``, `
 ``hermes_env/Routing-v0``, ``hermes_env/Autoscaling-v0`` and ``hermes_env/Joint-v0``.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"
 
 from hermes_env import envs as envs  # noqa: E402  (registers the environments)
