@@ -50,7 +50,7 @@ from hermes_env.pdgraph.distributions import Discrete
 from hermes_env.pdgraph.fit import fit_pdgraph
 from hermes_env.pdgraph.graph import PDGraph, Stage, StateSpace
 from hermes_env.pdgraph.sampling import StageRun, sample_realisation
-from hermes_env.sim.traces import BLOCK_TOKENS
+from hermes_env.sim.traces import BLOCK_TOKENS, json_lines
 
 FORMAT = "dynamo-agentic"
 WAIT_BACKEND = "api:user"  # no cold start, unlimited capacity: a recorded wait replays as recorded
@@ -139,20 +139,11 @@ def load_agentic(path: str | Path, block_size: int = BLOCK_TOKENS) -> AgenticTra
 @lru_cache(maxsize=8)
 def _load(path: str, mtime: float, block_size: int) -> AgenticTrace:
     raw: list[tuple[int, dict[str, Any]]] = []
-    with open(path) as fh:
-        for line, text in enumerate(fh, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}: line {line}", f"is not JSON ({err.msg})", "write one JSON object a line") \
-                    from None
-            require(isinstance(row, dict), f"{path}: line {line}", "is not a JSON object")
-            both = [k for k in row if k in ALIASES and ALIASES[k] in row]
-            require(not both, f"{path}: line {line}", f"has both {both[0]!r} and {ALIASES[both[0]]!r}" if both else "",
-                    "give one of the two names")
-            raw.append((line, {ALIASES.get(k, k): v for k, v in row.items()}))
+    for line, row in json_lines(path):
+        both = [k for k in row if k in ALIASES and ALIASES[k] in row]
+        require(not both, f"{path}: line {line}", f"has both {both[0]!r} and {ALIASES[both[0]]!r}" if both else "",
+                "give one of the two names")
+        raw.append((line, {ALIASES.get(k, k): v for k, v in row.items()}))
     require(bool(raw), path, "has no rows", "give one JSON object a line")
     return from_dicts([r for _, r in raw], path, [line for line, _ in raw], block_size)
 

@@ -21,10 +21,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -170,8 +172,9 @@ def _ids(raw: list, path: str, line: int) -> tuple[int, ...]:
         raise ConfigError(f"{path}: line {line}", f"prefix block ids {raw!r} are not integers") from None
 
 
-def _mooncake(path: str) -> Trace:
-    times, prompt, output, blocks = [], [], [], []
+def json_lines(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The JSON objects of a JSON-lines file with their line numbers (blank lines skipped); a line that is
+    not a JSON object is an error naming it."""
     with open(path) as fh:
         for line, text in enumerate(fh, 1):
             if not text.strip():
@@ -182,16 +185,22 @@ def _mooncake(path: str) -> Trace:
                 raise ConfigError(f"{path}: line {line}", f"is not JSON ({err.msg})",
                                   "write one JSON object a line") from None
             require(isinstance(row, dict), f"{path}: line {line}", "is not a JSON object")
-            require(not AGENTIC_KEYS & row.keys(), f"{path}: line {line}",
-                    f"has {sorted(AGENTIC_KEYS & row.keys())}: it is an agentic Mooncake row (NVIDIA Dynamo)",
-                    "replay it with format: dynamo-agentic (hermes_env.sim.agentic)")
-            for key in ("timestamp", "input_length", "output_length"):
-                require(key in row, f"{path}: line {line}", f"has no {key!r}",
-                        "a Mooncake trace line has timestamp, input_length, output_length and hash_ids")
-            times.append(_number(row["timestamp"], path, line, "timestamp") / 1000.0)
-            prompt.append(_number(row["input_length"], path, line, "input_length", integer=True))
-            output.append(_number(row["output_length"], path, line, "output_length", integer=True))
-            blocks.append(_ids(row.get("hash_ids", []), path, line))
+            yield line, row
+
+
+def _mooncake(path: str) -> Trace:
+    times, prompt, output, blocks = [], [], [], []
+    for line, row in json_lines(path):
+        require(not AGENTIC_KEYS & row.keys(), f"{path}: line {line}",
+                f"has {sorted(AGENTIC_KEYS & row.keys())}: it is an agentic Mooncake row (NVIDIA Dynamo)",
+                "replay it with format: dynamo-agentic (hermes_env.sim.agentic)")
+        for key in ("timestamp", "input_length", "output_length"):
+            require(key in row, f"{path}: line {line}", f"has no {key!r}",
+                    "a Mooncake trace line has timestamp, input_length, output_length and hash_ids")
+        times.append(_number(row["timestamp"], path, line, "timestamp") / 1000.0)
+        prompt.append(_number(row["input_length"], path, line, "input_length", integer=True))
+        output.append(_number(row["output_length"], path, line, "output_length", integer=True))
+        blocks.append(_ids(row.get("hash_ids", []), path, line))
     require(bool(times), path, "has no requests", "give one JSON object a line")
     return Trace(path, _checked_times(times, path, 1), np.array(prompt, dtype=np.int64),
                  np.array(output, dtype=np.int64), tuple(blocks))
