@@ -45,25 +45,20 @@ def _waiting(backend: Any) -> int:
 KIND_RULES = ("first", "fastest", "cheapest", "efficient")
 
 
-def decode_throughput(backend: Any, kind: Any) -> float:
-    """Decode tokens per second of a full batch (``max_num_seqs``) over 1,024-token contexts on a replica of
-    ``kind``: the speed a kind choice weighs against its price."""
-    n = backend.cfg.max_num_seqs
-    return n / kind.latency.iteration_time(n, kv_tokens=n * 1024, max_context=1024)
-
-
 def kind_to_load(backend: Any, rule: str) -> str | None:
     """The replica kind a scale-out loads, among those with a cold or draining replica: ``first`` (None: the
     backend's own order, the only choice of a backend with one kind), ``fastest`` (most decode throughput),
-    ``cheapest`` (lowest price per replica-hour) or ``efficient`` (lowest price per decode token)."""
+    ``cheapest`` (lowest price per replica-hour) or ``efficient`` (lowest price per decode token; speeds from
+    :meth:`~hermes_env.cluster.config.LLMBackendConfig.decode_throughput`)."""
     if rule == "first" or len(backend.cfg.kinds) == 1:
         return None
     kinds = [k for k in backend.cfg.kinds if backend.can_scale_up(k.name)]
     if not kinds:
         return None
     price = {k.name: k.price_per_gpu_hour * k.gpus_per_replica for k in kinds}
-    score = {"fastest": lambda k: -decode_throughput(backend, k), "cheapest": lambda k: price[k.name],
-             "efficient": lambda k: price[k.name] / decode_throughput(backend, k)}[rule]
+    speed = backend.cfg.decode_throughput
+    score = {"fastest": lambda k: -speed(k), "cheapest": lambda k: price[k.name],
+             "efficient": lambda k: price[k.name] / speed(k)}[rule]
     return min(kinds, key=score).name
 
 

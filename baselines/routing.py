@@ -16,6 +16,16 @@ def _least_outstanding(candidates: list[Any]) -> Any:
     return min(candidates, key=lambda r: (r.outstanding, r.index))
 
 
+def _prefill_per_token(latency: Any) -> float:
+    """Seconds a prompt token costs to prefill (a 1,024-token prompt's time per token)."""
+    return float(latency.prefill_time(1024.0)) / 1024.0
+
+
+def _until_warm(replica: Any, now: float) -> float:
+    """Seconds until a loading replica serves (0 for a warm one)."""
+    return max(replica.ready_at - now, 0.0) if replica.state == LOADING else 0.0
+
+
 @register_router("round_robin")
 class RoundRobin(Router):
     """Each request to the next replica in turn (vLLM production stack's default router)."""
@@ -76,7 +86,7 @@ class PrefixAffinity(Router):
         eligible = [r for r in candidates if r.outstanding <= least + self.load_cap]
         best, best_hit = None, 0
         for r in eligible:
-            hit = r.cache.match(request.chain, request.prompt_tokens) if r.cache is not None and request.chain else 0
+            hit = r.prefix_hit(request)
             if hit > best_hit or (hit == best_hit and best is not None and hit and r.outstanding < best.outstanding):
                 best, best_hit = r, hit
         return best if best is not None else _least_outstanding(candidates)
@@ -108,20 +118,18 @@ class ClairvoyantLeastWork(Router):
 
     def route(self, backend: Any, request: Request, candidates: list[Any], now: float) -> Any:
         lat = backend.cfg.latency
-        prefill_per_token = float(lat.prefill_time(1024.0)) / 1024.0
+        prefill_per_token = _prefill_per_token(lat)
         decode = float(lat.linear_layers(1.0))
 
         def finish(replica: Any) -> float:
             waiting = list(replica.queue) if replica.queue is not backend.queue else []
             admitted = [*replica.running, *replica.prefilling, *replica.staged, *replica.ready]
-            prefill = sum(r.context for r in waiting) + sum(r.context - r.cached - r.loaded - r.computed
+            prefill = sum(r.context for r in waiting) + sum(replica._prefill_left(r)
                                                              for r in admitted if r not in replica.running)
             output = sum(r.output_tokens - r.generated for r in (*waiting, *admitted))
-            hit = replica.cache.match(request.chain, request.prompt_tokens) if replica.cache is not None \
-                and request.chain else 0
+            hit = replica.prefix_hit(request)
             own = (request.prompt_tokens - hit) * prefill_per_token + request.output_tokens * decode
-            loading = max(replica.ready_at - now, 0.0) if replica.state == LOADING else 0.0
-            return loading + prefill * prefill_per_token + output * decode + own
+            return _until_warm(replica, now) + prefill * prefill_per_token + output * decode + own
 
         return min(candidates, key=lambda r: (finish(r), r.index))
 
@@ -146,14 +154,12 @@ class ExpectedFinish(Router):
     @staticmethod
     def expected_finish(backend: Any, replica: Any, request: Request, expected_out: float, now: float) -> float:
         lat = replica.latency
-        prefill_per_token = float(lat.prefill_time(1024.0)) / 1024.0
         waiting = list(replica.queue) if replica.queue is not backend.queue else []
         admitted = [*replica.prefilling, *replica.staged, *replica.ready]
         backlog = sum(r.context for r in waiting) + sum(replica._prefill_left(r) for r in admitted)
-        hit = replica.cache.match(request.chain, request.prompt_tokens) if replica.cache is not None \
-            and request.chain else 0
+        hit = replica.prefix_hit(request)
         batch = min(len(replica.running) + len(admitted) + len(waiting) + 1, backend.cfg.max_num_seqs)
         decode = lat.iteration_time(batch, kv_tokens=batch * request.prompt_tokens,
                                     max_context=request.prompt_tokens)
-        loading = max(replica.ready_at - now, 0.0) if replica.state == LOADING else 0.0
-        return loading + (backlog + request.prompt_tokens - hit) * prefill_per_token + expected_out * decode
+        return (_until_warm(replica, now) + (backlog + request.prompt_tokens - hit) * _prefill_per_token(lat)
+                + expected_out * decode)

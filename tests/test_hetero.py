@@ -7,7 +7,7 @@ import pytest
 import yaml
 from gymnasium.utils.env_checker import check_env
 
-from baselines.autoscaling import decode_throughput, kind_to_load
+from baselines.autoscaling import kind_to_load
 from hermes_env.cluster.config import MODEL_SHAPES
 from hermes_env.cluster.latency import PARAMETERS, load_profile
 from hermes_env.errors import ConfigError
@@ -96,7 +96,7 @@ def test_the_kind_rules_weigh_speed_against_price(slow_profile):
     sim = Simulation(experiment(kinds(slow_profile, fast_warm=0, slow_warm=0, fast_max=2, slow_max=2)), seed=0)
     backend = sim.llm_backends["llm:llama3-8b"]
     fast, slow = backend.cfg.kinds
-    assert decode_throughput(backend, fast) == pytest.approx(2 * decode_throughput(backend, slow))
+    assert backend.cfg.decode_throughput(fast) == pytest.approx(2 * backend.cfg.decode_throughput(slow))
     assert kind_to_load(backend, "fastest") == "fast" and kind_to_load(backend, "cheapest") == "slow"
     # price per decode token: 4 / (2 x) against 1 / x: the slow kind is the efficient one here
     assert kind_to_load(backend, "efficient") == "slow" and kind_to_load(backend, "first") is None

@@ -254,6 +254,16 @@ class LLMBackendConfig:
         """The most prompt plus output tokens one request may have: the context length and the KV cache."""
         return min(self.max_model_len, self.kv_capacity_tokens)
 
+    def decode_throughput(self, kind: ReplicaKind) -> float:
+        """Decode tokens per second of a full batch (``max_num_seqs``) over 1,024-token contexts on a replica of
+        ``kind``: the speed routers, autoscalers and observations weigh a kind by."""
+        n = self.max_num_seqs
+        return n / kind.latency.iteration_time(n, kv_tokens=n * 1024, max_context=1024)
+
+    def prefill_throughput(self, kind: ReplicaKind) -> float:
+        """Prefill tokens per second of a 2,048-token prompt alone on a replica of ``kind``."""
+        return 2048 / float(kind.latency.prefill_time(2048.0))
+
     def load_time(self, kind: ReplicaKind | None = None) -> float:
         """Seconds from the order to load a cold replica of ``kind`` (the first kind by default) until it serves."""
         kind = self.kinds[0] if kind is None else kind

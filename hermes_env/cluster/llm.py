@@ -211,10 +211,11 @@ class Replica:
         """Seconds to fetch the request's reusable prefix from the remote store (0 without one)."""
         if self.remote_cfg is None:
             return 0.0
-        tokens = r.loaded if r.admitted_at >= 0 else self._remote_tokens(r, self._local_hit(r))
+        tokens = r.loaded if r.admitted_at >= 0 else self._remote_tokens(r, self.prefix_hit(r))
         return tokens * self.kv_bytes_per_token / self.remote_cfg.load_bandwidth
 
-    def _local_hit(self, r: Request) -> int:
+    def prefix_hit(self, r: Request) -> int:
+        """Tokens of ``r``'s prompt this replica's prefix cache holds now (whole blocks)."""
         return self.cache.match(r.chain, r.prompt_tokens) if self.cache is not None and r.chain else 0
 
     def _remote_tokens(self, r: Request, hit: int) -> int:
@@ -401,7 +402,7 @@ class Replica:
 
     def _try_admit(self, r: Request, now: float) -> bool:
         """Admit the head of the queue if the budget and the KV cache allow; False stops admission."""
-        hit = self._local_hit(r)
+        hit = self.prefix_hit(r)
         host = self.kvmem.host_hit(r.app, r.chain, hit, r.prompt_tokens - 1) if self.kvmem is not None else 0
         loaded = self._remote_tokens(r, hit + host)
         compute = r.context - hit - host - loaded

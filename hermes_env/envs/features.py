@@ -166,8 +166,7 @@ class FeatureBuilder:
         allowed = {r.index for r in candidates} if candidates else set()
         for r in backend.replicas[: self.replica_rows]:
             own = r.queue is not backend.queue
-            hit = (r.cache.match(request.chain, request.prompt_tokens) / request.prompt_tokens
-                   if request is not None and r.cache is not None and request.chain else 0.0)
+            hit = r.prefix_hit(request) / request.prompt_tokens if request is not None and request.chain else 0.0
             out[r.index] = (r.index in allowed, r.index == deciding, r.state == COLD, r.state == LOADING,
                             r.state == WARM, r.state == DRAINING,
                             math.log1p(max(r.ready_at - now, 0.0)) if r.state == LOADING else 0.0,
@@ -177,14 +176,14 @@ class FeatureBuilder:
                             float(request is not None and request.adapter in r.resident))
         return out
 
-    def kind_profile(self, backend: LLMBackend, kind: Any) -> tuple[float, float, float]:
-        """A replica kind against its backend's first: decode throughput of a full batch over 1k-token
-        contexts and prefill throughput of 2k-token prompts (ratios), and log1p of its price per replica-hour."""
-        n = backend.cfg.max_num_seqs
-        decode = lambda k: n / k.latency.iteration_time(n, kv_tokens=n * 1024, max_context=1024)  # noqa: E731
-        prefill = lambda k: 2048 / float(k.latency.prefill_time(2048.0))  # noqa: E731
-        ref = backend.cfg.kinds[0]
-        return (decode(kind) / decode(ref), prefill(kind) / prefill(ref),
+    @staticmethod
+    def kind_profile(backend: LLMBackend, kind: Any) -> tuple[float, float, float]:
+        """A replica kind against its backend's first: decode and prefill throughput (ratios, from
+        :meth:`~hermes_env.cluster.config.LLMBackendConfig.decode_throughput` and ``prefill_throughput``), and
+        log1p of its price per replica-hour."""
+        cfg, ref = backend.cfg, backend.cfg.kinds[0]
+        return (cfg.decode_throughput(kind) / cfg.decode_throughput(ref),
+                cfg.prefill_throughput(kind) / cfg.prefill_throughput(ref),
                 math.log1p(kind.price_per_gpu_hour * kind.gpus_per_replica))
 
     def kinds(self, max_kinds: int) -> np.ndarray:
