@@ -163,7 +163,7 @@ class Step:
         pairs = sum((past + q) ** 2 - past**2 for _, q, past, dec in self.requests if not dec)
         return {"tokens": prefill + len(decodes), "prefill_tokens": prefill, "decode_batch": len(decodes),
                 "kv_tokens": sum(decodes), "max_context": max(decodes, default=0), "prefill_pairs": pairs,
-                "requests": len(self.requests)}
+                "requests": len(self.requests), "kv_read": sum(past + q for _, q, past, _ in self.requests)}
 
 
 class HFEngine:
