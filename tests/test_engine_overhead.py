@@ -57,3 +57,11 @@ def test_a_negative_overhead_is_named(tmp_path):
     base, _, _ = with_overhead(tmp_path)
     with pytest.raises(ConfigError, match="latency.scheduler_overhead"):
         dataclasses.replace(base, scheduler_overhead=-1e-3)
+
+
+def test_the_transformers_engine_profile_carries_its_measured_overhead():
+    lat = load_profile("llama3-8b-h200-hf")  # fitted to the engine's own iterations (docs/fidelity.md)
+    assert 0 < lat.scheduler_overhead < 5e-3 and lat.errors["iterations"] > 1000
+    # an eager engine: a decode iteration costs tens of milliseconds whatever the batch (launch-bound)
+    one, many = lat.iteration_time(1, 1000, 0, 1000, 1), lat.iteration_time(32, 32_000, 0, 1000, 32)
+    assert 0.02 < one < many < 2 * one

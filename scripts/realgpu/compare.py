@@ -13,9 +13,11 @@ plus overhead) against the measured one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import experiments  # noqa: E402
+from run_e2e import fit, write_profile  # noqa: E402
 
 from hermes_env.cluster.latency import load_profile  # noqa: E402
 from hermes_env.sim import Simulation  # noqa: E402
@@ -74,56 +77,78 @@ def step_errors(steps: list[dict[str, Any]], profile: Any) -> dict[str, float]:
             "total_time_rel_error": float(pred.sum() / real.sum() - 1)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
-    args = parser.parse_args()
-    with gzip.open(args.folder / "runs.json.gz", "rt") as fh:
-        data = json.load(fh)
-    env = data["environment"]
-    profile_path = str(args.folder / "profile.yaml")
-    profile = load_profile(profile_path)
-    bare = args.folder / "profile-no-overhead.yaml"
-    bare.write_text((args.folder / "profile.yaml").read_text().replace("scheduler_overhead:", "scheduler_overhead: 0 #")
-                    .replace("scheduler_overhead_per_request:", "scheduler_overhead_per_request: 0 #"))
-    assert load_profile(str(bare)).scheduler_overhead == 0
-    out: dict[str, Any] = {"environment": env, "runs": []}
+def compare(data: dict[str, Any], profile_path: str) -> dict[str, Any]:
+    """Every run against its simulation on the profile at ``profile_path``."""
+    env, profile = data["environment"], load_profile(profile_path)
+    bare = Path(tempfile.mkdtemp()) / "no-overhead.yaml"  # the same profile, overhead terms off
+    write_profile(dataclasses.replace(profile, scheduler_overhead=0.0, scheduler_overhead_per_request=0.0), bare)
+    out: dict[str, Any] = {"profile": Path(profile_path).name, "runs": []}
     for run in data["runs"]:
         row = {k: run[k] for k in ("kind", "policy", "load", "rate", "span", "seed", "applications", "ended")}
         row["real"] = metrics(run["requests"], run["apps"])
         row["steps"] = step_errors(run["steps"], profile)
         row["event_lateness_s"] = run["event_lateness_s"]
-        for name, path in (("sim", profile_path), ("sim_no_overhead", str(bare))):
-            sim = simulate(run, path, env["engine"])
-            if run["ended"] < run["applications"]:  # a run cut at its deadline: compare the same applications
-                ended = {a["app"] for a in run["apps"]}
-                sim["apps"] = [a for a in sim["apps"] if a["app"] in ended]
-                sim["requests"] = [r for r in sim["requests"] if r["app"] in ended]
-            row[name] = metrics(sim["requests"], sim["apps"])
-            row[f"{name}_same_demands"] = same_demands(run, sim)
+        sim = simulate(run, profile_path, env["engine"])
+        if run["ended"] < run["applications"]:  # a run cut at its deadline: compare the same applications
+            ended = {a["app"] for a in run["apps"]}
+            sim["apps"] = [a for a in sim["apps"] if a["app"] in ended]
+            sim["requests"] = [r for r in sim["requests"] if r["app"] in ended]
+            run = {**run, "requests": [r for r in run["requests"] if r["app"] in ended]}
+        row["same_demands"] = same_demands(run, sim)
+        row["sim"] = metrics(sim["requests"], sim["apps"])
+        plain = simulate(run, str(bare), env["engine"])
+        ended = {a["app"] for a in sim["apps"]}
+        row["sim_no_overhead"] = metrics(plain["requests"], [a for a in plain["apps"] if a["app"] in ended])
+        row["jct"] = {"real": {a["app"]: a["completion"] - a["arrival"] for a in run["apps"] if not a["failed"]},
+                      "sim": {a["app"]: a["completion"] - a["arrival"] for a in sim["apps"] if not a["failed"]}}
         out["runs"].append(row)
         r, s = row["real"]["completion"], row["sim"]["completion"]
-        print(f"{run['kind']:6s} {run['policy']:8s} load {run['load']:.2f}: completion real {r.get('mean', 0):.3f} "
-              f"sim {s.get('mean', 0):.3f} ({s.get('mean', 0) / r.get('mean', 1) - 1:+.1%}); steps "
+        print(f"{out['profile']}: {run['kind']:6s} {run['policy']:8s} load {run['load']:.2f}: completion real "
+              f"{r['mean']:.3f} sim {s['mean']:.3f} ({s['mean'] / r['mean'] - 1:+.1%}); iterations "
               f"{row['steps']['mean_abs_rel_error']:.1%}", flush=True)
     out["ratios"] = ratios(out["runs"])
+    for row in out["runs"]:
+        del row["jct"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--fit-on", default="azure", help="the workload whose replay iterations the second profile "
+                                                          "is fitted to")
+    args = parser.parse_args()
+    with gzip.open(args.folder / "runs.json.gz", "rt") as fh:
+        data = json.load(fh)
+    steps = [s for run in data["runs"] if run["kind"] == args.fit_on for s in run["steps"]]
+    replay, report = fit(steps, "llama3-8b-h200-hf")
+    replay = dataclasses.replace(replay, source=f"scripts/realgpu/compare.py: the {len(steps)} iterations of the "
+                                                f"{args.fit_on} replays on the transformers engine (H200)")
+    write_profile(replay, args.folder / "profile-replay.yaml")
+    out = {"environment": data["environment"], "skipped": data.get("skipped", []), "replay_fit": report,
+           "profiles": [compare(data, str(args.folder / name)) for name in ("profile.yaml", "profile-replay.yaml")]}
     (args.folder / "comparison.json").write_text(json.dumps(out, indent=1) + "\n")
-    (args.folder / "comparison.md").write_text(tables(out) + "\n")
-    print(tables(out))
+    text = "\n\n".join(f"### {p['profile']}\n\n" + tables(p) for p in out["profiles"])
+    (args.folder / "comparison.md").write_text(text + "\n")
+    print(text)
 
 
 def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Gittins over FCFS, mean and P95 completion time, real and simulated, per load of the Hermes-like mix."""
+    """Gittins over FCFS, mean and P95 completion time, real and simulated, per load of the Hermes-like mix, over
+    the applications that ended in both real runs (a run cut at its deadline leaves a few out)."""
     by = {(r["policy"], r["load"]): r for r in runs if r["kind"] == "hermes"}
     out = []
     for load in sorted({load for _, load in by}):
         g, f = by.get(("gittins", load)), by.get(("fcfs", load))
         if g is None or f is None:
             continue
-        row = {"load": load}
-        for name in ("real", "sim", "sim_no_overhead"):
-            for q in ("mean", "p95"):
-                row[f"{name}_{q}"] = g[name]["completion"][q] / f[name]["completion"][q]
+        common = set(g["jct"]["real"]) & set(f["jct"]["real"])
+        row: dict[str, Any] = {"load": load, "applications": len(common)}
+        for name in ("real", "sim"):
+            gv = np.array([g["jct"][name][a] for a in sorted(common)])
+            fv = np.array([f["jct"][name][a] for a in sorted(common)])
+            row[f"{name}_mean"] = float(gv.mean() / fv.mean())
+            row[f"{name}_p95"] = float(np.quantile(gv, 0.95) / np.quantile(fv, 0.95))
         out.append(row)
     return out
 
@@ -132,6 +157,9 @@ def tables(out: dict[str, Any]) -> str:
     lines = ["| workload | policy | load | rate | metric | real mean / P50 / P95 | simulated mean / P50 / P95 | "
              "error mean / P50 / P95 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in out["runs"]:
+        lines.append(f"| {r['kind']} | {r['policy']} | {r['load']:.2f} | {r['rate']:.3g}/s | iteration time "
+                     f"(mean abs error, {r['steps']['iterations']} iterations) | | | "
+                     f"{r['steps']['mean_abs_rel_error']:.1%} (total {r['steps']['total_time_rel_error']:+.1%}) |")
         for m in ("ttft", "tpot", "completion"):
             a, b = r["real"][m], r["sim"][m]
             if not a.get("n") or not b.get("n"):
@@ -143,11 +171,11 @@ def tables(out: dict[str, Any]) -> str:
             err = " / ".join(f"{b[q] / a[q] - 1:+.1%}" for q in ("mean", "p50", "p95"))
             lines.append(f"| {r['kind']} | {r['policy']} | {r['load']:.2f} | {r['rate']:.3g}/s | "
                          f"{m}{' (ms)' if m == 'tpot' else ' (s)'} | {real} | {sim} | {err} |")
-    lines += ["", "| load | Gittins/FCFS mean: real | simulated | P95: real | simulated |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += ["", "| load | applications | Gittins/FCFS mean: real | simulated | P95: real | simulated |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for row in out["ratios"]:
-        lines.append(f"| {row['load']:.2f} | {row['real_mean']:.3f} | {row['sim_mean']:.3f} | {row['real_p95']:.3f} | "
-                     f"{row['sim_p95']:.3f} |")
+        lines.append(f"| {row['load']:.2f} | {row['applications']} | {row['real_mean']:.3f} | {row['sim_mean']:.3f} | "
+                     f"{row['real_p95']:.3f} | {row['sim_p95']:.3f} |")
     return "\n".join(lines)
 
 

@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=60.0, help="seconds after which a run stops")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for everything; later runs are skipped")
     parser.add_argument("--plan", default="", help="runs to make, as kind:policy:load,... (default: all)")
+    parser.add_argument("--capacity", default="", help="azure=R,hermes=R: capacities to use (no search)")
     args = parser.parse_args()
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -206,8 +207,9 @@ def main() -> None:
     experiments.Simulation(experiments.experiment("hermes", 1.0, 40, str(profile_path), hf.describe()),
                            scheduler="gittins", seed=SEED).run()
     span = args.span
-    env["capacity"] = {kind: experiments.capacity(kind, str(profile_path), hf.describe(), 6 * span, light)
-                       for kind, light in (("azure", 1.0), ("hermes", 0.2))}
+    given = {k: float(v) for k, v in (item.split("=") for item in args.capacity.split(",") if item)}
+    env["capacity"] = given or {kind: experiments.capacity(kind, str(profile_path), hf.describe(), 6 * span, light)
+                                for kind, light in (("azure", 1.0), ("hermes", 0.2))}
     print("capacity", env["capacity"], f"{time.perf_counter() - started:.0f}s", flush=True)
     (args.out / "environment.json").write_text(json.dumps(env, indent=1) + "\n")
 
