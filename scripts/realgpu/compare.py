@@ -117,9 +117,15 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--fit-on", default="azure", help="the workload whose replay iterations the second profile "
                                                           "is fitted to")
+    parser.add_argument("--more", type=Path, nargs="*", default=[], help="runs.json.gz files of later runs")
     args = parser.parse_args()
     with gzip.open(args.folder / "runs.json.gz", "rt") as fh:
         data = json.load(fh)
+    for path in args.more:  # runs made later (the same engine settings): each replaces its namesake
+        with gzip.open(path, "rt") as fh:
+            more = json.load(fh)["runs"]
+        names = {(r["kind"], r["policy"], r["load"]) for r in more}
+        data["runs"] = [r for r in data["runs"] if (r["kind"], r["policy"], r["load"]) not in names] + more
     steps = [s for run in data["runs"] if run["kind"] == args.fit_on for s in run["steps"]]
     replay, report = fit(steps, "llama3-8b-h200-hf")
     replay = dataclasses.replace(replay, source=f"scripts/realgpu/compare.py: the {len(steps)} iterations of the "
