@@ -516,7 +516,8 @@ class Replica:
         n_run = len(self.running)
         self.t0, self.planned = now, 0
         self.mixed_time = self._load_stall + self.latency.iteration_time(
-            tokens + n_run, kv_tokens=self._kv_held(), prefill_pairs=pairs, max_context=self._max_context())
+            tokens + n_run, kv_tokens=self._kv_held(), prefill_pairs=pairs, max_context=self._max_context(),
+            requests=n_run + len(self._chunks))
         if n_run and self.mixed_time > self.longest_iteration:
             self.longest_iteration = self.mixed_time
         self.kv_used += n_run + finishing  # every decoding request's next token, and each finished prefill's
@@ -549,6 +550,8 @@ class Replica:
             m = min(m, int((lead - other) / (other_step - lead_step)) + 1)
         self._room(m * n)
         base, step = float(lat.linear_layers(n)) + lead, lead_step  # step: growth of the time per iteration
+        if lat.scheduler_overhead or lat.scheduler_overhead_per_request:  # the engine's time between passes
+            base += lat.overhead(n)
         self.a, self.b = step / 2.0, base - step / 2.0
         self.t0, self.planned = now, m
         self.kv_used += m * n  # reserve the segment's growth
