@@ -112,6 +112,11 @@ class Replica:
         self.resident: dict[str, int] = {}  # LoRA adapter -> admitted requests using it (in LRU order)
         self.adapter_ready: dict[str, float] = {}  # adapters loading -> when they are resident
         self.link_free_at = 0.0
+        # request migration (hermes_env.cluster.migration): batch slots reserved by migrations coming here,
+        # migrations stopping here and arrived here, each handled at the next iteration boundary
+        self.inbound = 0
+        self.leaving: list[Any] = []
+        self.arrived: list[Any] = []
         self.version = 0
         self.busy = False
         self.deciding = False  # suspended in admission until an external policy chooses
@@ -169,7 +174,12 @@ class Replica:
         return ctx0 + self.clock - r.cached
 
     def _batch(self) -> int:
-        return len(self.running) + len(self.prefilling) + len(self.staged) + len(self.ready)
+        return len(self.running) + len(self.prefilling) + len(self.staged) + len(self.ready) + self.inbound
+
+    def context_now(self, request: Request, now: float) -> int:
+        """A running request's context at ``now``, counting the iterations of the segment under way."""
+        done = self._iterations_by(now - self.t0) if self.busy and self.planned > 0 else 0
+        return self.context(request) + done
 
     @property
     def outstanding(self) -> int:
@@ -236,7 +246,12 @@ class Replica:
             return
         if not self.busy:
             self._boundary(now, self.version)
-        elif self.planned > 1 and (self.ready or self._batch() < self.max_batch):
+        elif self.ready or self._batch() < self.max_batch:
+            self.cut(now)
+
+    def cut(self, now: float) -> None:
+        """End the decode segment under way at the end of the iteration in progress (its next boundary)."""
+        if self.planned > 1:
             done = self._iterations_by(now - self.t0)
             if done + 1 < self.planned:
                 self.kv_used -= (self.planned - done - 1) * len(self.running)  # unreserve the cut iterations
@@ -266,12 +281,16 @@ class Replica:
                 self.backend.timeline.iteration(self, now)
             self.busy_seconds += now - self.t0
             self._apply_progress(now)
+        if self.leaving or self.arrived:
+            self.backend.migrator.boundary(self, now)
         self._load_stall = 0.0
         self._plan_chunks()
         self._continue(now)
 
     def _resume(self, now: float) -> None:
         self.deciding = False
+        if self.leaving or self.arrived:
+            self.backend.migrator.boundary(self, now)
         self._continue(now)
 
     def _continue(self, now: float) -> None:
@@ -585,6 +604,35 @@ class Replica:
         self.preemptions += 1
         self.queue.push(victim, now)
 
+    # -- migration hooks (hermes_env.cluster.migration) ------------------------------------------------
+    def detach(self, r: Request) -> None:
+        """Take running ``r`` out of the batch with its KV, which is freed here (its copy is on the link):
+        what it generated so far stays generated."""
+        held = self._leave(r)
+        r.generated = held + r.cached - r.prompt_tokens
+        self.kv_used -= held
+        if self.cache is not None and r.chain:
+            self.cache.release(r.chain)
+        r.cached = r.host = r.loaded = 0
+        r.computed = r.kv = r.context
+
+    def join_migrated(self, r: Request, now: float) -> None:
+        """``r`` arrived with its whole context, reserved here as it was copied: it decodes on in this batch,
+        its KV private (the prompt's blocks enter this prefix cache when it finishes, as they would here)."""
+        if self.cache is not None and r.chain:
+            self.cache.acquire(r.chain)
+        r.replica = self
+        self._join(r)
+
+    def poke_migrated(self, now: float) -> None:
+        """A migrated request arrived: join it at the next boundary (now, if idle)."""
+        if self.deciding:
+            return  # joined when the choice is made
+        if not self.busy:
+            self._boundary(now, self.version)
+        else:
+            self.cut(now)
+
     def compact(self) -> None:
         """Drop the stale entries of the lazy heaps (requests that left or were preempted since), which
         would be skipped when they reach the top: the order of the others, and so every later event, is
@@ -634,6 +682,7 @@ class LLMBackend:
         self.retention = retention  # a retention policy (hermes_env.sim.retention), None: vLLM's LRU release
         self.engine, self.on_done, self.on_failed = engine, on_done, on_failed
         self.on_decision = on_decision  # told when an external policy must choose; gets a resume callback
+        self.migrator: Any = None  # a hermes_env.cluster.migration.Migrator when a migration policy runs
         self.router = router  # None: one shared queue, replicas pull (late binding)
         self.queue = queue_factory(cfg.name, None)
         self.remote = RemoteStore(cfg.block_size) if cfg.remote_store is not None else None
@@ -825,6 +874,8 @@ class LLMBackend:
             return False
         self._set_state(victim, DRAINING, now)
         self.scale_downs += 1
+        if self.migrator is not None:  # drain by migrating its running requests rather than waiting for them
+            self.migrator.drain_next(victim, now)
         self.replica_idle(victim, now)
         return True
 
@@ -870,7 +921,8 @@ class LLMBackend:
                                  "evicted_blocks": sum(r.cache.evicted_blocks for r in reps if r.cache is not None)},
                 "kv_memory": self._kv_memory_summary(now),
                 "replica_loads_on_demand": self.load_starts, "scale_ups": self.scale_ups,
-                "scale_downs": self.scale_downs, "adapter_loads": sum(r.adapter_loads for r in reps)}
+                "scale_downs": self.scale_downs, "adapter_loads": sum(r.adapter_loads for r in reps),
+                **({"migration": self.migrator.summary()} if self.migrator is not None else {})}
 
     def _kv_memory_summary(self, now: float) -> dict[str, Any]:
         """Agentic KV memory figures: re-prefilled tokens of resumed calls (KV thrash), where resumed
@@ -890,6 +942,8 @@ class LLMBackend:
     def check_invariants(self) -> None:
         for r in self.replicas:
             r.check_invariants()
+        if self.migrator is not None:
+            self.migrator.check_invariants()
         assert self._held == sum(r.state != COLD for r in self.replicas)
         assert self._held_gpus == sum(r.kind.gpus_per_replica for r in self.replicas if r.state != COLD)
         assert self._serving == sum(r.state in (WARM, LOADING) for r in self.replicas)
