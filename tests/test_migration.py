@@ -180,3 +180,72 @@ def test_bad_migration_input_is_one_clear_error():
         sim.migrate_between("llm:llama3-8b", 0, 1, 0.0)
     assert {"none", "llumnix", "oracle"} <= set(migration_names())
     assert math.isfinite(MigrationLink.from_dict({"stage_overhead_ms": 0}, "x").stage_time(10, 2))
+
+
+# -- the environments ---------------------------------------------------------------------------------------
+
+ENV_SHORT = {"workload": {"num_applications": 30}}
+
+
+@pytest.mark.parametrize("env_id,config", [("hermes_env/Routing-v0", "migration"), ("hermes_env/Joint-v0", "routing")])
+def test_env_checker_with_migration_control(env_id, config):
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    import hermes_env  # noqa: F401
+
+    env = gym.make(env_id, config=config, overrides=ENV_SHORT, migration_control=True, migration_tick=0.5)
+    space = env.action_space
+    assert space.nvec[-1] == 1 + 4 * 4
+    check_env(env.unwrapped, skip_render_check=True)
+
+
+def test_an_agent_that_never_migrates_is_the_run_without_migration_and_unmasked_moves_start():
+    import gymnasium as gym
+    import numpy as np
+
+    import hermes_env  # noqa: F401
+    from hermes_env.sim.metrics import summarise
+
+    overrides = {"workload": {"num_applications": 120, "arrivals": {"process": "poisson", "rate": 12.0}}}
+    rows = {}
+    for agent in ("never", "greedy"):
+        env = gym.make("hermes_env/Routing-v0", config="migration", overrides=overrides, migration_control=True,
+                       migration_tick=0.5)
+        obs, info = env.reset(seed=5)
+        base, done, moves = env.unwrapped, False, 0
+        while not done:
+            d, mask = base.decision, info["action_mask"]
+            route_mask, move_mask = mask[:4], mask[4:]
+            place = min(d.candidates, key=lambda r: (r.outstanding, r.index)).index if d.kind == "route" else 0
+            assert route_mask[place] and move_mask[0]
+            move = 0
+            if d.kind == "migrate" and agent == "greedy" and move_mask[1:].any():
+                move = int(np.flatnonzero(move_mask)[-1])  # the last unmasked pair
+                started = base.sim.llm_backends[d.backend].migrator.started
+            obs, _, terminated, truncated, info = env.step(np.array([place, move]))
+            if move:
+                assert base.sim.llm_backends[d.backend].migrator.started == started + 1  # unmasked: it starts
+                moves += 1
+            done = terminated or truncated
+        rows[agent] = summarise(base.sim).rows
+        if agent == "never":
+            reference = Simulation(base.experiment, scheduler="gittins", router="least_outstanding",
+                                   seed=base.sim.seed).run()
+            assert rows[agent] == reference.rows
+        else:
+            assert moves > 0 and not info["invalid_action"]
+    assert rows["never"] != rows["greedy"]
+
+
+def test_migration_control_bad_input():
+    import gymnasium as gym
+
+    import hermes_env  # noqa: F401
+
+    with pytest.raises(ConfigError, match="migration_control: is not available on SchedulingEnv"):
+        gym.make("hermes_env/Scheduling-v0", migration_control=True)
+    with pytest.raises(ConfigError, match="migration: is 'llumnix', but migration_control"):
+        gym.make("hermes_env/Routing-v0", migration="llumnix", migration_control=True)
+    with pytest.raises(ConfigError, match="migration_tick"):
+        gym.make("hermes_env/Routing-v0", migration_tick=0)
