@@ -80,15 +80,21 @@ class Llumnix(_Pairing):
 
 @register_migration("oracle")
 class OracleMigration(_Pairing):
-    """Clairvoyant: Llumnix's rules on the future, knowing every running request's output length. A
-    replica's usage is the KV its running requests will hold when they finish (prompt plus whole output)
-    plus its head request's, and the request moved is the one with the most tokens left to decode (it would
-    have grown most where it was), among those that can move."""
+    """Clairvoyant: Llumnix's rules knowing every running request's output length. A replica's usage is the
+    KV its running requests will hold ``LOOKAHEAD`` decode iterations from now (each grows until it
+    finishes, then holds nothing: the requests about to end free their memory, which the non-clairvoyant
+    rule cannot see) plus its head request's; the request moved is the one with the most tokens left to
+    decode (it would have grown longest where it was), among those that can move."""
+
+    LOOKAHEAD = 256  # decode iterations: a few seconds
 
     def usage(self, replica: Any) -> float:
-        return sum(r.prompt_tokens + r.output_tokens for r in replica.running) + _head_demand(replica)
+        ahead = self.LOOKAHEAD
+        held = sum(replica.context(r) + ahead for r in replica.running
+                   if r.prompt_tokens + r.output_tokens > replica.context(r) + ahead)
+        return held + _head_demand(replica)
 
     def pick(self, migrator: Any, source: Any, target: Any) -> Any:
         movable = [r for r in source.running if not migrator.why_not(r, source, target)]
-        return max(movable, key=lambda r: (r.output_tokens - source.context(r) + r.prompt_tokens, -r.seq),
+        return max(movable, key=lambda r: (r.prompt_tokens + r.output_tokens - source.context(r), -r.seq),
                    default=None)

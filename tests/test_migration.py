@@ -249,3 +249,19 @@ def test_migration_control_bad_input():
         gym.make("hermes_env/Routing-v0", migration="llumnix", migration_control=True)
     with pytest.raises(ConfigError, match="migration_tick"):
         gym.make("hermes_env/Routing-v0", migration_tick=0)
+
+
+def test_the_clairvoyant_migration_planner_to_the_end_is_never_worse_than_llumnix():
+    cfg = stressed(40, rate=20.0)
+
+    def cost(policy):
+        sim = Simulation(cfg, router="round_robin", migration=policy, seed=2)
+        sim.run()
+        return sim, sim.totals()[0]  # applications in the system integrated over time: the rollouts' cost
+
+    _, native = cost("llumnix")
+    _, followed = cost("oracle-rollout:llumnix@width=1")  # BASE, deciding through the planner's pauses
+    spec = "oracle-rollout:llumnix@horizon=inf,width=3,every=2"
+    planner, planned = cost(spec)
+    assert followed == native and planned <= followed * (1 + 1e-12)
+    assert planner.migration.plans > 0 and planner.migration.name == spec

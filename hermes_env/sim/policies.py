@@ -66,7 +66,7 @@ from hermes_env.errors import ConfigError, require
 _PLUGINS_LOADED = False
 _FAMILIES: dict[str, Callable[..., Any]] = {}  # scheduler families; other kinds' in _KIND_FAMILIES
 _KIND_FAMILIES: dict[str, dict[str, Callable[..., Any]]] = {"scheduler": _FAMILIES, "prewarm": {}, "router": {},
-                                                            "autoscaler": {}, "retention": {}}
+                                                            "autoscaler": {}, "retention": {}, "migration": {}}
 _SCHEDULERS: dict[str, Callable[..., Any]] = {}
 _PREWARMERS: dict[str, Callable[..., Any]] = {}
 _ROUTERS: dict[str, Callable[..., Any]] = {}
@@ -205,8 +205,11 @@ def make_migration(name: str) -> Any:
     require(isinstance(name, str), "migration", f"must be a policy name, got {name!r}")
     load_plugins()
     prefix, _, arg = name.partition(":")
+    family = _KIND_FAMILIES["migration"].get(prefix) if arg else None
+    if family is not None:  # a planner over a heuristic: rollout:llumnix
+        return family(arg)
     require(prefix in _MIGRATIONS, "migration", f"unknown migration policy {prefix!r}",
-            f"use one of {sorted(_MIGRATIONS)}")
+            f"use one of {sorted(_MIGRATIONS)}" + "".join(f", or {p}:BASE" for p in families("migration")))
     policy = _MIGRATIONS[prefix].from_arg(arg)
     policy.name = name
     return policy
@@ -460,6 +463,7 @@ class ExternalMigration(MigrationPolicy):
     with two or more warm replicas, the simulation pauses for its choice (no move, or a source and a target)."""
 
     name = "external"
+    external = True
 
     def __init__(self, tick: float) -> None:
         self.tick = tick
