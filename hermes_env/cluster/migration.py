@@ -118,8 +118,8 @@ class Migrator:
             return "requests with a LoRA adapter do not migrate"
         if target._batch() >= target.max_batch:
             return "the target's batch is full"
-        if target.free_tokens() < request.prompt_tokens + request.output_tokens:
-            return "the target cannot hold the request's whole context"
+        if target.free_tokens() < source.context(request) + self.link.stop_tokens:
+            return "the target has no room for the request's context"  # (what it will grow to is not known)
         return ""
 
     def pick(self, source: Any, target: Any) -> Request | None:

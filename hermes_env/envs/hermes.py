@@ -749,7 +749,7 @@ class RoutingEnv(HermesEnv):
     ``MultiDiscrete([R, 1 + R * R])``: the replica, and 0 no move or ``1 + s R + t``: move one running request
     from replica ``s`` to replica ``t`` by live migration (the request Llumnix would pick: the shortest
     context that can move; docs/simulator.md, "Request migration"). A pair is unmasked when ``s`` has such a
-    request for ``t`` (``t`` warm with room for its whole context and a batch slot, ``s`` sending nothing
+    request for ``t`` (``t`` warm with room for its context so far and a batch slot, ``s`` sending nothing
     else); a masked-out move is no move. Without ``migration_control``, ``migration`` names the heuristic
     that decides (default ``none``: requests stay where they were admitted; ``llumnix``, ``oracle``).
 """ + _REWARD_DOC
