@@ -2,12 +2,15 @@
 under two dispatchers, at two loads, several seeds, paired.
 
     python benchmarks/migration.py --apps 1000 --seeds 5 --workers 2 --out runs/migration
+    python benchmarks/migration.py --planners --apps 1000 --seeds 3 --workers 2 --out runs/migration-planners
 
 Every policy runs on the same arrivals and demands under each seed (common random numbers), so each ratio to
 ``none`` (under the same router and load) is paired per seed before averaging; ``+-`` is the 95% half-width of
 the mean over seeds. Prints a markdown table (and writes it, with every run's figures as JSON, under ``--out``):
 time to first token and completion time (mean and P99), preemptions, migrations and their mean downtime.
-Figures are indicative (one machine, one run).
+``--planners`` instead runs the planners over Llumnix's rules (round robin, 8/s) beside ``none``, ``llumnix`` and
+``oracle``, with ratios to ``llumnix``: the headroom a planner finds over the heuristic. Figures are indicative
+(one machine, one run).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from hermes_env.sim.metrics import mean_ci
 POLICIES = ("none", "llumnix", "oracle")
 ROUTERS = ("round_robin", "least_outstanding")
 RATES = (8.0, 10.0)  # applications/s on the four replicas: busy, and past where queues build under round robin
+PLANNERS = ("rollout:llumnix@futures=2,width=3,every=2,horizon=20", "oracle-rollout:llumnix@width=3,every=2,horizon=20")
 
 
 def run(cell: tuple[str, float, str, int, int]) -> dict:
@@ -46,6 +50,19 @@ def run(cell: tuple[str, float, str, int, int]) -> dict:
 
 
 METRICS = ("ttft_mean", "ttft_p99", "jct_mean", "jct_p99")
+
+
+def planner_table(rows: list[dict]) -> str:
+    """Each policy against ``llumnix`` on the same seeds (round robin, the one rate)."""
+    base = {r["seed"]: r for r in rows if r["policy"] == "llumnix"}
+    lines = ["| policy | TTFT mean | TTFT P99 | completion mean | completion P99 | preemptions | migrations | "
+             "wall s per run |", "|" + " --- |" * 8]
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        mine = [r for r in rows if r["policy"] == policy]
+        cells = [f"{mean_ci([r[k] / base[r['seed']][k] for r in mine])[0]:.3f}x" for k in METRICS]
+        lines.append(f"| {policy} | " + " | ".join(cells) + f" | {np.mean([r['preemptions'] for r in mine]):.0f} | "
+                     f"{np.mean([r['migrations'] for r in mine]):.0f} | {np.mean([r['wall_s'] for r in mine]):.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def table(rows: list[dict]) -> str:
@@ -81,15 +98,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/migration"))
+    parser.add_argument("--planners", action="store_true", help="the planners against llumnix (round robin, 8/s)")
     args = parser.parse_args()
-    cells = [(router, rate, policy, seed, args.apps) for router in ROUTERS for rate in RATES for policy in POLICIES
-             for seed in range(args.seeds)]
+    if args.planners:
+        cells = [("round_robin", RATES[0], policy, seed, args.apps) for policy in (*POLICIES, *PLANNERS)
+                 for seed in range(args.seeds)]
+    else:
+        cells = [(router, rate, policy, seed, args.apps) for router in ROUTERS for rate in RATES for policy in POLICIES
+                 for seed in range(args.seeds)]
     with ProcessPoolExecutor(args.workers) as pool:
         rows = list(pool.map(run, cells))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "runs.json").write_text(json.dumps(rows, indent=1) + "\n")
-    text = (f"migration experiment, {args.apps} applications, {args.seeds} seeds paired; ratios to none under the "
-            f"same router and rate, +- 95% half-width over seeds\n\n" + table(rows))
+    if args.planners:
+        text = (f"migration experiment, round robin, {RATES[0]:g}/s, {args.apps} applications, {args.seeds} seeds "
+                f"paired; ratios to llumnix\n\n" + planner_table(rows))
+    else:
+        text = (f"migration experiment, {args.apps} applications, {args.seeds} seeds paired; ratios to none under "
+                f"the same router and rate, +- 95% half-width over seeds\n\n" + table(rows))
     (args.out / "table.md").write_text(text)
     print(text, end="")
 
