@@ -11,7 +11,7 @@ from hermes_env.sim.policies import MigrationPolicy, parse_numbers, register_mig
 
 
 class _Pairing(MigrationPolicy):
-    """Llumnix's trigger (Sun et al., OSDI 2024, section 4.4.3): every ``tick`` seconds each replica's
+    """Llumnix's trigger (Sun et al., OSDI 2024), as we read it: every ``tick`` seconds each replica's
     *freeness* is computed; replicas below ``low`` are sources, warm replicas above ``high`` targets, and the
     least free source sends one request to the freest target, the next to the next, while pairs last. A
     draining replica is a source whatever its freeness (Llumnix's scale-in: infinite virtual usage)."""

@@ -12,9 +12,9 @@ decodes on from where it stopped: nothing is recomputed (a preemption would pref
 **What it costs.** A stage of ``n`` tokens takes ``stage_overhead`` (the two engines' handshake) plus the
 host KV tier's copy form (:func:`~hermes_env.cluster.kvtier.copy_time`): ``ceil(n / chunk_tokens)``
 transfers of ``latency_per_transfer`` each and ``n x kv_bytes_per_token / bandwidth``. Copies overlap with
-compute (Llumnix copies with Gloo beside the running engines), so they cost link time and target memory,
-not iterations. A replica sends one migration at a time (its link is a FIFO of one); migrations into one
-target do not slow each other (not modelled).
+compute (Llumnix's copies run beside the engines, on their own communication stack), so they cost link
+time and target memory, not iterations. A replica sends one migration at a time (its link is a FIFO of
+one); migrations into one target do not slow each other (not modelled).
 
 **Memory and places.** The target reserves a batch slot at the start and, before each stage, the KV that
 stage copies (evicting unreferenced prefix-cache blocks if need be); when it has no room the migration is
