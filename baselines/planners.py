@@ -125,10 +125,14 @@ class Planner:
             for k, action in enumerate(candidates):
                 branch = Simulation.from_snapshot(snap)
                 if not self.clairvoyant:  # future j is the same for every candidate: common random numbers
-                    branch.resample_future(np.random.default_rng([self.seed, self.plans, j]))
+                    self.resample(branch, np.random.default_rng([self.seed, self.plans, j]))
                 costs[k] += self._cost(branch, action, now + self.horizon, self.depth)
         best = int(np.argmin(costs))  # ties go to the first: BASE's own choice
         self._apply(sim, d, candidates[best], proposed=True)
+
+    def resample(self, branch: Simulation, rng: np.random.Generator) -> None:
+        """Draw a future a non-clairvoyant policy cannot tell from the true one, on ``branch``."""
+        branch.resample_future(rng)
 
     def follow(self, sim: Simulation, d: Decision) -> None:
         """Settle ``d`` as BASE would."""
@@ -278,6 +282,11 @@ class PlanningMigration(Planner, MigrationPolicy):
 
     def bind(self, sim: Any) -> None:
         self.base.bind(sim)
+
+    def resample(self, branch: Simulation, rng: np.random.Generator) -> None:
+        """Its moves concern running requests: their remaining lengths are redrawn too."""
+        branch.resample_future(rng)
+        branch.resample_admitted(rng)
 
     def decide(self, sim: Any, now: float) -> None:
         sim.request_migration_decisions(now)

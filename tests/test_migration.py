@@ -264,3 +264,32 @@ def test_the_clairvoyant_migration_planner_to_the_end_is_never_worse_than_llumni
     planner, planned = cost(spec)
     assert followed == native and planned <= followed * (1 + 1e-12)
     assert planner.migration.plans > 0 and planner.migration.name == spec
+
+
+def test_resample_admitted_redraws_what_running_requests_have_left_on_a_copy_only():
+    import numpy as np
+
+    sim = Simulation(stressed(), router="round_robin", migration="llumnix", seed=0)
+    sim._start()
+    migrator = sim.llm_backends["llm:llama3-8b"].migrator
+    while not migrator.by_request or sum(len(r.running) for r in migrator.backend.replicas) < 20:
+        sim.engine.step()
+
+    def running(s):
+        return [(r.output_tokens, r.prompt_tokens) for rep in s.llm_backends["llm:llama3-8b"].replicas
+                for r in rep.running]
+
+    before = running(sim)
+    copies = []
+    for _ in range(2):
+        branch = sim.branch()
+        branch.resample_future(np.random.default_rng(1))
+        branch.resample_admitted(np.random.default_rng(1))
+        copies.append(branch)
+    after = running(copies[0])
+    assert running(sim) == before and running(copies[1]) == after  # the original untouched; a function of the rng
+    assert sum(a != b for a, b in zip(after, before, strict=True)) > len(before) // 2
+    for rep in copies[0].llm_backends["llm:llama3-8b"].replicas:
+        assert all(r.output_tokens > rep.context(r) - r.prompt_tokens for r in rep.running)  # beyond what it has
+    copies[0].check = True  # the copy runs on to the end, its migrations going on, with every invariant
+    assert copies[0].run().summary["completed"] + copies[0].recorder.failed == 100

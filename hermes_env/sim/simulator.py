@@ -538,6 +538,14 @@ class Simulation:
             if decision.request is not None:
                 self._redraw_request(decision.request, rng)
 
+    def resample_admitted(self, rng: np.random.Generator) -> None:
+        """Also redraw the output lengths of the LLM requests already admitted (running or about to), beyond
+        what each has generated (:meth:`LLMBackend.resample_admitted`), from the believed graphs: after
+        :meth:`resample_future`, on a copy, for a planner whose decisions concern running requests (migration),
+        which must not know how long they have left."""
+        for backend in self.llm_backends.values():
+            backend.resample_admitted(rng, self._redraw_request, self.engine.now)
+
     def _redraw_request(self, request: Request, rng: np.random.Generator) -> None:
         """A waiting request's demand as its believed stage would draw it: a tool request's service time, an
         LLM request's output (the prompt is known once issued; a preempted request keeps what it has
