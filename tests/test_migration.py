@@ -97,10 +97,10 @@ def test_a_request_that_finishes_during_its_copy_is_not_migrated():
     assert backend.replicas[1].kv_used == 0 and backend.replicas[1].inbound == 0  # the reservation was given back
 
 
-def stressed(n=100, rate=12.0, tools=()):
+def stressed(n=100, rate=12.0, tools=(), output=1200):
     """Long heavy-tailed decodes on four small KV caches at high load: preemptions and queues, round robin."""
     stages = [{"name": "gen", "backend": "llm:llama3-8b", "prompt_tokens": {"dist": "lognormal", "mean": 300, "cv": 1},
-               "output_tokens": {"dist": "lognormal", "mean": 1200, "cv": 1}}]
+               "output_tokens": {"dist": "lognormal", "mean": output, "cv": 1}}]
     return experiment(stages, rate, n, tools=tools, replicas=4, gpu_memory_gb=20)
 
 
@@ -184,8 +184,8 @@ def test_bad_migration_input_is_one_clear_error():
 
 # -- the environments ---------------------------------------------------------------------------------------
 
-# a one-stage template (cheap demand tables) on four KV-bound replicas, with a tool backend for Joint-v0's prewarm
-ENV_EXPERIMENT = stressed(30, tools=[{"name": "api:search", "instances": 1, "capacity": 8, "idle_cost": 0}])
+# a one-stage template with short outputs (cheap demand tables) on four replicas, a tool backend for Joint-v0
+ENV_EXPERIMENT = stressed(30, output=300, tools=[{"name": "api:search", "instances": 1, "capacity": 8, "idle_cost": 0}])
 
 
 @pytest.mark.parametrize("env_id", ["hermes_env/Routing-v0", "hermes_env/Joint-v0"])
