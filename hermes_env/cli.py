@@ -142,6 +142,12 @@ def _simulate(args: argparse.Namespace) -> int:
     print("goodput (applications meeting their SLO per second): " + ", ".join(
         f"{t} {g:.3f}" for t, g in s["goodput"].items()) + f"; admission {s['admission']} rejected "
         + ", ".join(f"{t} {c['rejected']}" for t, c in s["tiers"].items()))
+    for name, b in s["backends"].items():
+        if "migration" in b:
+            m = b["migration"]
+            print(f"migration {s['migration']} on {name}: {m['migrations']} requests moved ({m['aborted']} aborted), "
+                  f"{m['bytes'] / 1e9:.2f} GB copied, downtime mean {1e3 * m['mean_downtime_s']:.1f} ms, longest "
+                  f"{1e3 * m['longest_downtime_s']:.1f} ms")
     print(f"wrote {args.out / 'applications.csv'} and {args.out / 'summary.json'}")
     if timeline is not None:
         written = " and ".join(str(p) for p in (args.timeline, args.timeline_png) if p is not None)
