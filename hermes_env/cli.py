@@ -120,6 +120,7 @@ def _simulate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, router=args.router,
                         autoscaler=args.autoscaler, admission=args.admission, retention=args.retention,
+                        migration=args.migration,
                         seed=args.seed, keep_applications=False, rows_to=args.out / "applications.csv",
                         timeline=timeline).run()
     wall = time.perf_counter() - t0
@@ -141,6 +142,12 @@ def _simulate(args: argparse.Namespace) -> int:
     print("goodput (applications meeting their SLO per second): " + ", ".join(
         f"{t} {g:.3f}" for t, g in s["goodput"].items()) + f"; admission {s['admission']} rejected "
         + ", ".join(f"{t} {c['rejected']}" for t, c in s["tiers"].items()))
+    for name, b in s["backends"].items():
+        if "migration" in b:
+            m = b["migration"]
+            print(f"migration {s['migration']} on {name}: {m['migrations']} requests moved ({m['aborted']} aborted), "
+                  f"{m['bytes'] / 1e9:.2f} GB copied, downtime mean {1e3 * m['mean_downtime_s']:.1f} ms, longest "
+                  f"{1e3 * m['longest_downtime_s']:.1f} ms")
     print(f"wrote {args.out / 'applications.csv'} and {args.out / 'summary.json'}")
     if timeline is not None:
         written = " and ".join(str(p) for p in (args.timeline, args.timeline_png) if p is not None)
@@ -158,7 +165,7 @@ def _bench(args: argparse.Namespace) -> int:
     split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
     cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds,
                                 split(args.routers), split(args.autoscalers), split(args.admissions),
-                                split(args.retentions))
+                                split(args.retentions), split(args.migrations))
     summary = run_bench(cfg, args.out, progress=not args.quiet, resume=args.resume, executor=args.executor,
                         workers=args.workers, address=args.address)
     print(format_table(summary), end="")
@@ -340,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--admission", default="none", help="an admission policy name (none: admit every application)")
     m.add_argument("--retention", default="lru", help="a KV retention policy (lru: vLLM's LRU release; ttl, kvflow, "
                    "infercept, pdgraph, oracle)")
+    m.add_argument("--migration", default="none", help="a request migration policy (none: requests stay where "
+                   "admitted; llumnix, oracle; docs/simulator.md)")
     m.add_argument("--seed", type=_seed, default=0)
     m.add_argument("--out", type=Path, required=True, help="output directory")
     m.add_argument("--timeline", type=Path, metavar="PATH.json",
@@ -361,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--autoscalers", help="comma-separated autoscaler names (default: the config's, or fixed)")
     b.add_argument("--admissions", help="comma-separated admission policy names (default: the config's, or none)")
     b.add_argument("--retentions", help="comma-separated KV retention policies (default: the config's, or lru)")
+    b.add_argument("--migrations", help="comma-separated migration policies (default: the config's, or none)")
     b.add_argument("--seeds", type=_positive, help="number of seeds (default: the config's)")
     b.add_argument("--out", type=Path, required=True, help="output directory")
     b.add_argument("--resume", action="store_true", help="run only the cells missing from --out (without it, earlier "

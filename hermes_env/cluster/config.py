@@ -13,6 +13,7 @@ from typing import Any
 
 from hermes_env.cluster.kvtier import HostTierConfig
 from hermes_env.cluster.latency import IterationLatency, load_profile
+from hermes_env.cluster.migration import MigrationLink
 from hermes_env.errors import require
 from hermes_env.pdgraph.distributions import Distribution, distribution_from_spec
 from hermes_env.pdgraph.graph import backend_kind
@@ -208,7 +209,9 @@ class LLMBackendConfig:
     ``gpu_memory_utilization`` (--gpu-memory-utilization), ``max_model_len`` (--max-model-len). A cold replica
     loads in ``weight_bytes`` over its kind's ``load_from`` tier (``network``, ``nvme`` or ``host_memory``; its
     bandwidth ``load_bandwidth_gbps`` if given, else :data:`LOAD_BANDWIDTH`) plus ``engine_start`` seconds.
-    ``host_kv_tier`` gives each replica a host-memory KV tier (:mod:`hermes_env.cluster.kvtier`)."""
+    ``host_kv_tier`` gives each replica a host-memory KV tier (:mod:`hermes_env.cluster.kvtier`);
+    ``migration_link`` the link and schedule of request migration (:mod:`hermes_env.cluster.migration`), used
+    only when a migration policy runs."""
 
     name: str
     model: ModelShape
@@ -224,6 +227,7 @@ class LLMBackendConfig:
     remote_store: RemoteStoreConfig | None = None
     lora: LoRAConfig | None = None
     host_kv_tier: HostTierConfig | None = None
+    migration_link: MigrationLink = MigrationLink()
 
     @property
     def latency(self) -> IterationLatency:
@@ -273,7 +277,8 @@ class LLMBackendConfig:
     def from_dict(cls, spec: Mapping[str, Any], where: str) -> LLMBackendConfig:
         engine_fields = {"name", "model", "gpu_memory_utilization", "engine", "chunked_prefill",
                          "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens", "block_size",
-                         "max_model_len", "remote_prefix_store", "lora", "source", "replica_kinds", "host_kv_tier"}
+                         "max_model_len", "remote_prefix_store", "lora", "source", "replica_kinds", "host_kv_tier",
+                         "migration_link"}
         check_keys(spec, engine_fields | KIND_FIELDS, where)
         name = spec.get("name")
         require(isinstance(name, str) and backend_kind(name) == "llm", f"{where}.name",
@@ -323,6 +328,7 @@ class LLMBackendConfig:
             lora=None if spec.get("lora") is None else LoRAConfig.from_dict(spec["lora"], f"{where}.lora", model),
             host_kv_tier=None if spec.get("host_kv_tier") is None else HostTierConfig.from_dict(
                 spec["host_kv_tier"], f"{where}.host_kv_tier", min(k.gpus_per_replica for k in kinds)),
+            migration_link=MigrationLink.from_dict(spec.get("migration_link", {}), f"{where}.migration_link"),
         )
         for i, kind in enumerate(cfg.kinds):
             at = where if kinds_spec is None else f"{where}.replica_kinds[{i}]"

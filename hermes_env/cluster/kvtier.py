@@ -88,6 +88,15 @@ def load_kv_transfer(name_or_path: str | Path, where: str = "kv_transfer") -> KV
     return KVTransferProfile.from_dict(load_yaml(path, where), where)
 
 
+def copy_time(tokens: int, bytes_per_token: int, bandwidth: float, latency_per_transfer: float,
+              chunk_tokens: int) -> float:
+    """Seconds to copy ``tokens`` tokens of KV over a link: ``ceil(tokens / chunk_tokens)`` transfers, each
+    costing ``latency_per_transfer``, plus the bytes over ``bandwidth`` (0 for nothing to copy)."""
+    if tokens <= 0:
+        return 0.0
+    return -(-tokens // chunk_tokens) * latency_per_transfer + tokens * bytes_per_token / bandwidth
+
+
 @dataclass(frozen=True)
 class HostTierConfig:
     """A replica's host-memory KV tier: ``capacity`` bytes of the machine's DRAM and the ``transfer`` profile
@@ -98,12 +107,9 @@ class HostTierConfig:
 
     def transfer_time(self, tokens: int, bytes_per_token: int, to_gpu: bool) -> float:
         """Seconds of one context copy of ``tokens`` tokens in one direction."""
-        if tokens <= 0:
-            return 0.0
         t = self.transfer
-        chunks = -(-tokens // t.chunk_tokens)
-        return chunks * t.latency_per_transfer + tokens * bytes_per_token / (t.bandwidth_h2d if to_gpu
-                                                                             else t.bandwidth_d2h)
+        return copy_time(tokens, bytes_per_token, t.bandwidth_h2d if to_gpu else t.bandwidth_d2h,
+                         t.latency_per_transfer, t.chunk_tokens)
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str, gpus_per_replica: int) -> HostTierConfig:

@@ -7,9 +7,11 @@ is a piece of the action: ``schedule`` (which waiting request a backend admits: 
 replica of an LLM backend an arriving request waits at: ``Discrete(R)``) and ``scale`` (per LLM backend:
 nothing, load a replica, release one: ``[3] * L``), and, with ``admission_control=True`` on
 Scheduling-v0 and Joint-v0, ``admit`` (an arriving or deferred application: 0 admit, 1 defer, 2 reject:
-``[3]``). The simulation pauses whenever a controlled part owes a decision; orders parts (prewarm, scale)
-are applied at every decision, choice parts (schedule, route, admit) only at their own kind of decision
-(slot 0 stands for "no choice" otherwise).
+``[3]``), and, with ``migration_control=True`` on Routing-v0 and Joint-v0, ``migrate`` (every
+``migration_tick`` seconds, per LLM backend with two or more warm replicas: 0 no move, ``1 + s R + t`` move a
+running request from replica ``s`` to ``t``: ``[1 + R * R]``). The simulation pauses whenever a controlled
+part owes a decision; orders parts (prewarm, scale) are applied at every decision, choice parts (schedule,
+route, admit, migrate) only at their own kind of decision (slot 0 stands for "no choice" otherwise).
 """
 
 from __future__ import annotations
@@ -41,11 +43,13 @@ from hermes_env.pdgraph.graph import BACKEND_KINDS, END, backend_kind
 from hermes_env.sim.policies import (
     ExternalAdmission,
     ExternalAutoscaler,
+    ExternalMigration,
     ExternalPrewarm,
     ExternalRouter,
     ExternalScheduler,
     make_admission,
     make_autoscaler,
+    make_migration,
     make_prewarm,
     make_retention,
     make_router,
@@ -64,7 +68,8 @@ PRIORITIES = 3  # a retention decision's eviction priority: 0 to 2, higher goes 
 KV_FEATURES = ("context_tokens", "context_share", "kv_in_use", "kv_pinned", "host_in_use", "round_trip",
                "next_use_probability", "next_use_mean", "next_use_within_round_trip", "contexts_held", "queue")
 ADMIT_PART = "admit"  # the admission part, added by admission_control=True
-CHOICE_PARTS = ("schedule", "route", ADMIT_PART)  # parts that choose at their own kind of decision only
+MIGRATE_PART = "migrate"  # the migration part, added by migration_control=True
+CHOICE_PARTS = ("schedule", "route", ADMIT_PART, MIGRATE_PART)  # parts that choose at their own decision only
 BOUND = 1e3  # every feature is a fraction, a flag or a log1p of seconds or tokens: far inside this
 NODE_FEATURES = (*(f"kind_{k}" for k in BACKEND_KINDS), "current", "visit_probability", "mean_demand", "width")
 
@@ -138,6 +143,7 @@ class HermesEnv(gym.Env):
     controls: tuple[str, ...] = ("schedule",)
     default_config = "contended"
     admission_allowed = False  # whether admission_control=True may add the admit part
+    migration_allowed = False  # whether migration_control=True may add the migrate part
 
     def __init__(self, config: str | Path | dict | ExperimentConfig | None = None, overrides: dict | None = None,
                  scheduler: str = "gittins", prewarm: str = "none", router: str = "shared", autoscaler: str = "fixed",
@@ -148,7 +154,8 @@ class HermesEnv(gym.Env):
                  invalid_action: str = "penalty", invalid_action_penalty: float = 1.0,
                  graph_observation: bool = False, render_mode: str | None = None, admission: str = "none",
                  admission_control: bool = False, timeline: str | Path | None = None,
-                 timeline_window: tuple[float, float] | None = None) -> None:
+                 timeline_window: tuple[float, float] | None = None, migration: str = "none",
+                 migration_control: bool = False, migration_tick: float = 1.0) -> None:
         self.experiment = load_experiment(self.default_config if config is None else config, overrides)
         self.controls = self._controls()
         as_integer(slots, "slots", low=1, high=100_000)
@@ -164,6 +171,7 @@ class HermesEnv(gym.Env):
         if prewarm_tick is not None:
             as_number(prewarm_tick, "prewarm_tick", low=0, low_open=True)
         as_number(autoscale_tick, "autoscale_tick", low=0, low_open=True)
+        as_number(migration_tick, "migration_tick", low=0, low_open=True)
         if max_steps is not None:
             as_integer(max_steps, "max_steps", low=1)
         if max_time is not None:
@@ -174,10 +182,10 @@ class HermesEnv(gym.Env):
             TimelineRecorder(timeline_window)  # validates it
         self.episode = -1  # the index of the episode in progress (reset counts them)
         self.policy_names = {"schedule": scheduler, "prewarm": prewarm, "route": router, "scale": autoscaler,
-                             ADMIT_PART: admission, "retain": retention}
+                             ADMIT_PART: admission, "retain": retention, MIGRATE_PART: migration}
         # validate the heuristics' names now
         make_scheduler(scheduler), make_prewarm(prewarm), make_autoscaler(autoscaler), make_admission(admission)
-        make_retention(retention)
+        make_retention(retention), make_migration(migration)
         require(isinstance(admission_control, bool), "admission_control", f"must be True or False, got "
                 f"{admission_control!r}")
         if admission_control:
@@ -189,6 +197,15 @@ class HermesEnv(gym.Env):
                     "once, so the time-in-system reward alone pays the agent to reject", "price a rejection "
                     "(an SLO miss) with slo_miss_weight > 0")
             self.controls = (*self.controls, ADMIT_PART)
+        require(isinstance(migration_control, bool), "migration_control", f"must be True or False, got "
+                f"{migration_control!r}")
+        if migration_control:
+            require(self.migration_allowed, "migration_control", f"is not available on {type(self).__name__}",
+                    "use Routing-v0 or Joint-v0")
+            require(migration == "none", "migration", f"is {migration!r}, but migration_control gives the agent "
+                    "the migration decisions", "leave migration at 'none', or migration_control False")
+            self.controls = (*self.controls, MIGRATE_PART)
+        self.migration_tick = migration_tick
         if router != "shared":
             make_router(router)
         self.slots, self.prewarm_tick, self.autoscale_tick = slots, prewarm_tick, autoscale_tick
@@ -217,7 +234,8 @@ class HermesEnv(gym.Env):
         self.replica_kinds = {b.name: [k.name for k in b.kinds] for b in cluster.llm_backends}
         self._part_sizes = {"schedule": [slots], "prewarm": [3] * len(self.tool_names), "route": [self.replica_rows],
                             "scale": [3 + len(k) * (len(k) > 1) for k in self.replica_kinds.values()],
-                            ADMIT_PART: [3], "retain": [len(RETAIN_ACTIONS), PRIORITIES]}
+                            ADMIT_PART: [3], "retain": [len(RETAIN_ACTIONS), PRIORITIES],
+                            MIGRATE_PART: [1 + self.replica_rows ** 2]}
         self.heterogeneous = any(len(k) > 1 for k in self.replica_kinds.values())
         self.observation_space = self._observation_space()
         self.action_space = self._action_space()
@@ -282,7 +300,8 @@ class HermesEnv(gym.Env):
             router=ExternalRouter() if "route" in c else names["route"],
             autoscaler=ExternalAutoscaler(self.autoscale_tick) if "scale" in c else make_autoscaler(names["scale"]),
             admission=ExternalAdmission() if ADMIT_PART in c else names[ADMIT_PART],
-            retention=ExternalRetention() if "retain" in c else names["retain"])
+            retention=ExternalRetention() if "retain" in c else names["retain"],
+            migration=ExternalMigration(self.migration_tick) if MIGRATE_PART in c else names[MIGRATE_PART])
         self.features.bind(self.sim)
         self.steps = 0
         self._last = (0.0, 0.0, 0, 0.0)  # Simulation.totals at the last step
@@ -496,6 +515,14 @@ class HermesEnv(gym.Env):
         if part == ADMIT_PART and d is not None and d.kind == part:
             now = self.sim.engine.now
             return np.array([True, self.sim.may_defer(d.app, now), self.sim.may_reject(d.app)])
+        if part == MIGRATE_PART and d is not None and d.kind == part:
+            mask = np.zeros(self._part_sizes[part][0], dtype=bool)
+            mask[0] = True
+            backend, rows = self.sim.llm_backends[d.backend], self.replica_rows
+            for src in backend.replicas:
+                for dst in backend.replicas:
+                    mask[1 + src.index * rows + dst.index] = backend.migrator.pick(src, dst) is not None
+            return mask
         if part in CHOICE_PARTS:
             mask = np.zeros(self._part_sizes[part][0], dtype=bool)
             if d is not None and d.kind == part:
@@ -596,6 +623,8 @@ class HermesEnv(gym.Env):
             self.sim.resolve(next(i for i, r in enumerate(d.candidates) if r.index == choice))
         elif d.kind == ADMIT_PART:
             self.sim.resolve(choice)
+        elif d.kind == MIGRATE_PART:
+            self.sim.resolve(divmod(choice - 1, self.replica_rows) if choice else None)
         else:
             self.sim.resolve()
         return penalty
@@ -714,9 +743,19 @@ class RoutingEnv(HermesEnv):
 """ + _OBSERVATION_DOC + """
     **Action**: ``Discrete(R)``, the replica's index within its backend. The mask holds the replicas warm
     or loading (``replicas[:, candidate]``); a masked-out index places the request on the first of them.
+
+    **Migration** (``migration_control=True``): every ``migration_tick`` seconds (default 1) the simulation
+    also pauses once per LLM backend with two or more warm replicas, and the action becomes
+    ``MultiDiscrete([R, 1 + R * R])``: the replica, and 0 no move or ``1 + s R + t``: move one running request
+    from replica ``s`` to replica ``t`` by live migration (the request Llumnix would pick: the shortest
+    context that can move; docs/simulator.md, "Request migration"). A pair is unmasked when ``s`` has such a
+    request for ``t`` (``t`` warm with room for its context so far and a batch slot, ``s`` sending nothing
+    else); a masked-out move is no move. Without ``migration_control``, ``migration`` names the heuristic
+    that decides (default ``none``: requests stay where they were admitted; ``llumnix``, ``oracle``).
 """ + _REWARD_DOC
     controls = ("route",)
     default_config = "routing"
+    migration_allowed = True
 
 
 class AutoscalingEnv(HermesEnv):
@@ -752,10 +791,12 @@ class JointEnv(HermesEnv):
     is unmasked for them, and ignored). Where an LLM backend has a host KV tier (``host_kv_tier``: KV
     memory is modelled), KVCache-v0's ``[5, 3]`` retention part follows, applied only at a retention
     decision, and the observation has its ``kv`` key. With ``admission_control=True`` a last ``[3]`` is the
-    admission order, as in Scheduling-v0 (admission decisions pause the simulation too).
+    admission order, as in Scheduling-v0 (admission decisions pause the simulation too). With
+    ``migration_control=True`` a last ``[1 + R * R]`` is the migration choice, as in Routing-v0.
 """ + _REWARD_DOC
     controls = PARTS
     admission_allowed = True
+    migration_allowed = True
 
     def _controls(self) -> tuple[str, ...]:
         kv = any(b.host_kv_tier is not None for b in self.experiment.cluster.llm_backends)

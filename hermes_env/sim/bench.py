@@ -1,14 +1,15 @@
 """The benchmark: every (scheduler, prewarm) combination on the same workloads, over several seeds.
 
 A bench config (``configs/bench/*.yaml``) names an experiment (cluster and workload), the schedulers,
-prewarm policies, routers, autoscalers, admission and KV retention policies to compare (every combination of them), the
+prewarm policies, routers, autoscalers, admission, KV retention and migration policies to compare (every combination
+of them), the
 number of seeds, the reference combination the ratios are taken against, and optionally ``loads``: multipliers of the
 workload's arrival rate for a sweep. Every combination runs on the same arrivals and realised demands
 under a seed (common random numbers), so differences are the policies'. Figures are means over seeds with
 95% confidence half-widths (Student t).
 
 One *cell* is one simulation: (load, scheduler, prewarm, router, autoscaler, admission, retention,
-seed). Cells are independent, so
+migration, seed). Cells are independent, so
 an executor may run them in any order and anywhere: ``serial`` (this process), ``process`` (a local process pool) or
 ``ray`` (Ray tasks, on a local or remote cluster; the ``[ray]`` extra). Each finished cell is appended to
 ``runs.csv`` at once; on Ctrl-C or SIGTERM the tables and plots are written from the cells finished, and
@@ -44,6 +45,7 @@ from hermes_env.sim.metrics import mean_ci
 from hermes_env.sim.policies import (
     autoscaler_names,
     make_admission,
+    make_migration,
     prewarm_names,
     retention_names,
     router_names,
@@ -57,15 +59,15 @@ from hermes_env.validation import as_integer, as_number, check_keys, check_outpu
 METRICS = ("mean", "p50", "p95", "p99")
 COUNTS = ("cold_starts", "idle_warm_cost", "gpu_seconds", "gpu_cost", "failed")
 EXECUTORS = ("serial", "process", "ray")
-POLICY_KEYS = ("scheduler", "prewarm", "router", "autoscaler", "admission", "retention")
+POLICY_KEYS = ("scheduler", "prewarm", "router", "autoscaler", "admission", "retention", "migration")
 CELL_KEYS = ("load", *POLICY_KEYS, "seed")
 CDF_KEYS = ["load", *POLICY_KEYS, "completion_time"]
 DEFAULT_POLICIES = {"scheduler": "fcfs", "prewarm": "none", "router": "shared", "autoscaler": "fixed",
-                    "admission": "none", "retention": "lru"}
+                    "admission": "none", "retention": "lru", "migration": "none"}
 PER_TIER = ("goodput", "rejected")  # per SLO tier columns (goodput_critical, rejected_sheddable, ...)
 RESULT_FILES = ("runs.csv", "completion_times.csv", "bench.json", "summary.json", "table.txt", "cdf.png",
                 "load_sweep.png")
-Combo = tuple[str, str, str, str, str, str]  # scheduler, prewarm, router, autoscaler, admission, retention
+Combo = tuple[str, ...]  # scheduler, prewarm, router, autoscaler, admission, retention, migration
 
 
 @dataclass(frozen=True)
@@ -77,11 +79,13 @@ class Cell:
     autoscaler: str
     admission: str
     retention: str
+    migration: str
     seed: int
 
     @property
     def combo(self) -> Combo:
-        return (self.scheduler, self.prewarm, self.router, self.autoscaler, self.admission, self.retention)
+        return (self.scheduler, self.prewarm, self.router, self.autoscaler, self.admission, self.retention,
+                self.migration)
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -101,17 +105,19 @@ class BenchConfig:
     autoscalers: tuple[str, ...] = ("fixed",)
     admissions: tuple[str, ...] = ("none",)
     retentions: tuple[str, ...] = ("lru",)
+    migrations: tuple[str, ...] = ("none",)
 
     @classmethod
     def from_yaml(cls, path: str | Path, schedulers: Sequence[str] | None = None,
                   prewarm: Sequence[str] | None = None, seeds: int | None = None,
                   routers: Sequence[str] | None = None, autoscalers: Sequence[str] | None = None,
-                  admissions: Sequence[str] | None = None, retentions: Sequence[str] | None = None) -> BenchConfig:
+                  admissions: Sequence[str] | None = None, retentions: Sequence[str] | None = None,
+                  migrations: Sequence[str] | None = None) -> BenchConfig:
         """A bench YAML by path, or a packaged one by name (``default``, ``hermes``)."""
         path = config_path("bench", path, "bench")
         spec = load_yaml(path, "bench")
         check_keys(spec, ("experiment", "schedulers", "prewarm", "routers", "autoscalers", "admissions", "retentions",
-                          "seeds",
+                          "migrations", "seeds",
                           "reference", "loads", "description"), "bench")
         experiment = spec.get("experiment")
         require(isinstance(experiment, str | Mapping), "bench.experiment", "must be a YAML path or a mapping")
@@ -125,12 +131,13 @@ class BenchConfig:
         lists = {}
         for key, given, default in (("schedulers", schedulers, "fcfs"), ("prewarm", prewarm, "none"),
                                     ("routers", routers, "shared"), ("autoscalers", autoscalers, "fixed"),
-                                    ("admissions", admissions, "none"), ("retentions", retentions, "lru")):
+                                    ("admissions", admissions, "none"), ("retentions", retentions, "lru"),
+                                    ("migrations", migrations, "none")):
             names = given or spec.get(key, [default])
             require(isinstance(names, list | tuple) and len(names) > 0, f"bench.{key}", f"must be a non-empty list "
                     f"of names, got {names!r}", f"write [{default}] for one policy")
             lists[key] = tuple(names)
-        scheds, warms, routes, scales, admits, keeps = lists.values()
+        scheds, warms, routes, scales, admits, keeps, moves = lists.values()
         ref = spec.get("reference") or {}
         check_keys(ref, POLICY_KEYS, "bench.reference")
         ref = {**DEFAULT_POLICIES, **ref}
@@ -146,7 +153,7 @@ class BenchConfig:
         require(len(set(loads)) == len(loads), "bench.loads", "lists a load twice")
         reference = tuple(str(ref[k]) for k in POLICY_KEYS)
         return cls(experiment, base, scheds, warms, n, reference, loads, routes, scales,  # type: ignore[arg-type]
-                   admits, keeps)
+                   admits, keeps, moves)
 
     def check(self) -> None:
         """Build every load's experiment, and every combination's policies on the first, once: bad input
@@ -158,8 +165,8 @@ class BenchConfig:
 
     @property
     def combos(self) -> list[Combo]:
-        combos = [(s, p, r, a, d, k) for s in self.schedulers for p in self.prewarm for r in self.routers
-                  for a in self.autoscalers for d in self.admissions for k in self.retentions]
+        combos = [(s, p, r, a, d, k, m) for s in self.schedulers for p in self.prewarm for r in self.routers
+                  for a in self.autoscalers for d in self.admissions for k in self.retentions for m in self.migrations]
         return combos if self.reference in combos else [self.reference, *combos]
 
     def cells(self) -> list[Cell]:
@@ -192,16 +199,17 @@ class BenchConfig:
         """What a results folder belongs to (``--resume`` refuses a folder of another bench)."""
         return {"experiment": self.experiment, "schedulers": list(self.schedulers), "prewarm": list(self.prewarm),
                 "routers": list(self.routers), "autoscalers": list(self.autoscalers),
-                "admissions": list(self.admissions), "retentions": list(self.retentions), "seeds": self.seeds,
+                "admissions": list(self.admissions), "retentions": list(self.retentions),
+                "migrations": list(self.migrations), "seeds": self.seeds,
                 "reference": list(self.reference), "loads": list(self.loads)}
 
 
 def _check_name(kind: str, name: Any, field: str) -> None:
     """``name`` is a registered policy of ``kind`` (or, for a scheduler, ``FAMILY:ARG``; an admission policy is
     built, its parameters checked)."""
-    if kind == "admission":
+    if kind in ("admission", "migration"):
         try:
-            make_admission(name)
+            (make_admission if kind == "admission" else make_migration)(name)
         except ConfigError as err:
             raise ConfigError(field, err.problem, err.fix) from None
         return
@@ -226,7 +234,7 @@ def run_cell(cfg: BenchConfig, cell: Cell) -> CellResult:
     try:
         result = Simulation(cfg.experiment_at(cell.load), scheduler=cell.scheduler, prewarm=cell.prewarm,
                             router=cell.router, autoscaler=cell.autoscaler, admission=cell.admission,
-                            retention=cell.retention,
+                            retention=cell.retention, migration=cell.migration,
                             seed=cell.seed).run()
     except Exception:  # reported per cell by the caller
         return CellResult(cell, None, [], traceback.format_exc())
@@ -462,7 +470,7 @@ def _summarise(cfg: BenchConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
                 row[f"{key}_ratio"] = row[key] / base if base else math.nan
             rows.append(row)
     varying = [k for k, names in zip(POLICY_KEYS, (cfg.schedulers, cfg.prewarm, cfg.routers, cfg.autoscalers,
-                                                   cfg.admissions, cfg.retentions), strict=True)
+                                                   cfg.admissions, cfg.retentions, cfg.migrations), strict=True)
                if len({*names, cfg.reference[POLICY_KEYS.index(k)]}) > 1]
     return {"reference": list(cfg.reference), "seeds": cfg.seeds, "loads": list(cfg.loads), "rows": rows,
             "varying": varying or ["scheduler"]}

@@ -207,6 +207,7 @@ def summarise(sim: Any) -> SimulationResult:
     summary = {
         "seed": sim.seed, "scheduler": sim.scheduler.name, "prewarm": sim.prewarm_policy.name,
         "router": sim.router_name, "autoscaler": sim.autoscaler.name, "retention": sim.retention.name,
+        "migration": sim.migration.name,
         "simulated_seconds": now, "applications": len(rec.completion_times) + rec.failed,
         "completed": len(rec.completion_times), "failed": rec.failed, "failure_reasons": dict(rec.failures),
         "stage_requests": sim.stage_requests, "events": sim.engine.events, "admission": sim.admission.name,

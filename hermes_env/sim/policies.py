@@ -24,6 +24,10 @@ finds no replica warm or loading starts a load (a cold start on its critical pat
 **KV retention** (:mod:`hermes_env.sim.retention`): what happens to an application's KV context between
 its LLM calls (release to the LRU cache, pin, offload to host memory, prefetch, discard); ``lru`` is vLLM's.
 
+**Migration** (:mod:`hermes_env.cluster.migration`): every ``tick`` seconds ``decide(sim, now)`` may move
+running requests between replicas of an LLM backend through ``sim.migrate(backend, request, target, now)``;
+``none`` (the default) never does, and then nothing of migration runs.
+
 **Prewarm.** ``start(sim, now)`` at time 0; ``decide(sim, now)`` at every decision point (an
 application arrives or issues a stage) and, when ``tick`` is set, every ``tick`` seconds. It acts through
 ``sim.prewarm(backend, now)`` and ``sim.release(backend, now)``.
@@ -62,12 +66,13 @@ from hermes_env.errors import ConfigError, require
 _PLUGINS_LOADED = False
 _FAMILIES: dict[str, Callable[..., Any]] = {}  # scheduler families; other kinds' in _KIND_FAMILIES
 _KIND_FAMILIES: dict[str, dict[str, Callable[..., Any]]] = {"scheduler": _FAMILIES, "prewarm": {}, "router": {},
-                                                            "autoscaler": {}, "retention": {}}
+                                                            "autoscaler": {}, "retention": {}, "migration": {}}
 _SCHEDULERS: dict[str, Callable[..., Any]] = {}
 _PREWARMERS: dict[str, Callable[..., Any]] = {}
 _ROUTERS: dict[str, Callable[..., Any]] = {}
 _AUTOSCALERS: dict[str, Callable[..., Any]] = {}
 _RETENTIONS: dict[str, Callable[..., Any]] = {}
+_MIGRATIONS: dict[str, Callable[..., Any]] = {}
 _ADMISSIONS: dict[str, Callable[..., Any]] = {}
 ADMIT, DEFER, REJECT = 0, 1, 2  # an admission decision (the order of the environments' admission part)
 ADMISSION_ORDERS = ("admit", "defer", "reject")
@@ -174,6 +179,7 @@ register_prewarm = _registrar(_PREWARMERS)
 register_router = _registrar(_ROUTERS)
 register_autoscaler = _registrar(_AUTOSCALERS)
 register_retention = _registrar(_RETENTIONS)
+register_migration = _registrar(_MIGRATIONS)
 make_scheduler = _maker(_SCHEDULERS, "scheduler")
 make_prewarm = _maker(_PREWARMERS, "prewarm")
 make_router = _maker(_ROUTERS, "router")
@@ -194,6 +200,21 @@ def make_admission(name: str) -> Any:
     return policy
 
 
+def make_migration(name: str) -> Any:
+    """A migration policy by name, with its parameters after a colon (``llumnix:50:500``)."""
+    require(isinstance(name, str), "migration", f"must be a policy name, got {name!r}")
+    load_plugins()
+    prefix, _, arg = name.partition(":")
+    family = _KIND_FAMILIES["migration"].get(prefix) if arg else None
+    if family is not None:  # a planner over a heuristic: rollout:llumnix
+        return family(arg)
+    require(prefix in _MIGRATIONS, "migration", f"unknown migration policy {prefix!r}",
+            f"use one of {sorted(_MIGRATIONS)}" + "".join(f", or {p}:BASE" for p in families("migration")))
+    policy = _MIGRATIONS[prefix].from_arg(arg)
+    policy.name = name
+    return policy
+
+
 def _names(registry: dict[str, Callable[..., Any]]) -> Callable[[], list[str]]:
     def names() -> list[str]:
         load_plugins()
@@ -206,6 +227,7 @@ prewarm_names = _names(_PREWARMERS)
 router_names = _names(_ROUTERS)
 autoscaler_names = _names(_AUTOSCALERS)
 retention_names = _names(_RETENTIONS)
+migration_names = _names(_MIGRATIONS)
 admission_names = _names(_ADMISSIONS)
 
 
@@ -410,3 +432,41 @@ class ExternalAutoscaler(Autoscaler):
 
     def decide(self, sim: Any, now: float) -> None:
         sim.request_scale_decision(now)
+
+
+class MigrationPolicy:
+    """Moves running requests between replicas (:mod:`hermes_env.cluster.migration`) every ``tick`` seconds."""
+
+    name = ""
+    tick: float | None = None
+
+    @classmethod
+    def from_arg(cls, arg: str) -> MigrationPolicy:
+        require(not arg, "migration", f"{cls.name!r} takes no parameters, got {arg!r}", f"name it {cls.name}")
+        return cls()
+
+    def bind(self, sim: Any) -> None:
+        """Called once before the run."""
+
+    def decide(self, sim: Any, now: float) -> None:
+        """Called every ``tick`` seconds; acts through ``sim.migrate``."""
+
+
+@register_migration("none")
+class NoMigration(MigrationPolicy):
+    """Requests stay on the replica that admitted them (vLLM's behaviour, the default): nothing of
+    migration runs."""
+
+
+class ExternalMigration(MigrationPolicy):
+    """The migration side of an agent outside the simulation: every ``tick`` seconds, for each LLM backend
+    with two or more warm replicas, the simulation pauses for its choice (no move, or a source and a target)."""
+
+    name = "external"
+    external = True
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick
+
+    def decide(self, sim: Any, now: float) -> None:
+        sim.request_migration_decisions(now)

@@ -45,6 +45,7 @@ from hermes_env.cluster.config import ClusterConfig
 from hermes_env.cluster.latency import IterationLatency, ProfileCost
 from hermes_env.cluster.llm import WARM as REPLICA_WARM
 from hermes_env.cluster.llm import LLMBackend, Replica
+from hermes_env.cluster.migration import Migrator
 from hermes_env.cluster.prefix import Segment, chain_end, extend, truncate
 from hermes_env.cluster.queue import WaitQueue
 from hermes_env.cluster.request import Request, copy_slots
@@ -63,6 +64,7 @@ from hermes_env.sim.policies import (
     REJECT,
     make_admission,
     make_autoscaler,
+    make_migration,
     make_prewarm,
     make_retention,
     make_router,
@@ -121,8 +123,9 @@ class Decision:
     """A choice an external policy owes: ``schedule`` (which request ``queue`` admits next at ``backend``),
     ``prewarm`` (which tool backends to warm or release), ``route`` (which of ``candidates`` replicas
     ``request`` waits at), ``scale`` (which LLM backends load or release a replica), ``admit`` (whether
-    ``app``, arriving or deferred, is admitted, deferred or rejected) or ``retain`` (what happens to
-    ``context``, an application's KV context on ``candidates[0]``, until its next call)."""
+    ``app``, arriving or deferred, is admitted, deferred or rejected), ``retain`` (what happens to
+    ``context``, an application's KV context on ``candidates[0]``, until its next call) or ``migrate``
+    (whether a running request of ``backend`` moves, and from which of its replicas to which)."""
 
     kind: str
     time: float
@@ -285,7 +288,7 @@ class Simulation:
     def __init__(self, config: ExperimentConfig, scheduler: Any = "fcfs", prewarm: Any = "none", seed: int = 0,
                  router: Any = "shared", autoscaler: Any = "fixed", check_invariants: bool = False,
                  keep_applications: bool = True, rows_to: str | Path | None = None, admission: Any = "none",
-                 timeline: TimelineRecorder | None = None, retention: Any = "lru") -> None:
+                 timeline: TimelineRecorder | None = None, retention: Any = "lru", migration: Any = "none") -> None:
         self.config, self.seed, self.check = config, seed, check_invariants
         self.engine = Engine()
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
@@ -303,6 +306,10 @@ class Simulation:
         self.llm_backends = {c.name: LLMBackend(c, self.engine, self._queue, self._done, self._failed,
                                                 self._decision_needed, self._router(router), held)
                              for c in config.cluster.llm_backends}
+        self.migration = make_migration(migration) if isinstance(migration, str) else migration
+        if self.migration.name != "none":  # ``none``: no migrator, the engine's runs bit for bit
+            for backend in self.llm_backends.values():
+                backend.migrator = Migrator(backend, backend.cfg.migration_link)
         self.tool_backends = {c.name: ToolBackend(c, self.engine, WaitQueue(c.name, self.scheduler), cluster_rng,
                                                   self._done, self._decision_needed)
                               for c in config.cluster.tool_backends}
@@ -344,7 +351,7 @@ class Simulation:
         self._last_event = 0.0
         self._shared_ids: dict[int, Any] | None = None  # objects of the experiment, shared by snapshots
         for policy in (self.scheduler, *(b.router for b in self.llm_backends.values() if b.router is not None),
-                       self.admission):
+                       self.admission, self.migration):
             policy.bind(self)
         self.timeline = timeline
         if timeline is not None:
@@ -380,7 +387,8 @@ class Simulation:
         """Run to the end (or ``until``) with the policies given; external policies need
         :meth:`run_until_decision` and :meth:`resolve` instead."""
         for name, policy in (("scheduler", self.scheduler), ("router", self.router_name),
-                             ("autoscaler", self.autoscaler), ("admission", self.admission.name)):
+                             ("autoscaler", self.autoscaler), ("admission", self.admission.name),
+                             ("migration", self.migration)):
             require(not getattr(policy, "external", False) or hasattr(policy, "act"), name,
                     "is external: drive the simulation with run_until_decision() and resolve()")
             require(policy != "external", name, "is external: drive the simulation with run_until_decision() and "
@@ -530,6 +538,14 @@ class Simulation:
             if decision.request is not None:
                 self._redraw_request(decision.request, rng)
 
+    def resample_admitted(self, rng: np.random.Generator) -> None:
+        """Also redraw the output lengths of the LLM requests already admitted (running or about to), beyond
+        what each has generated (:meth:`LLMBackend.resample_admitted`), from the believed graphs: after
+        :meth:`resample_future`, on a copy, for a planner whose decisions concern running requests (migration),
+        which must not know how long they have left."""
+        for backend in self.llm_backends.values():
+            backend.resample_admitted(rng, self._redraw_request, self.engine.now)
+
     def _redraw_request(self, request: Request, rng: np.random.Generator) -> None:
         """A waiting request's demand as its believed stage would draw it: a tool request's service time, an
         LLM request's output (the prompt is known once issued; a preempted request keeps what it has
@@ -570,6 +586,13 @@ class Simulation:
         """Called by an external retention policy at a tool boundary: pause for the agent's retention choice."""
         self.pending.append(Decision("retain", now, replica.backend.name, candidates=[replica], context=context))
 
+    def request_migration_decisions(self, now: float) -> None:
+        """Called by an external migration policy on its tick: pause once for each LLM backend with two or
+        more warm replicas."""
+        for name, backend in self.llm_backends.items():
+            if sum(r.state == REPLICA_WARM for r in backend.replicas) >= 2:
+                self.pending.append(Decision("migrate", now, name))
+
     def run_until_decision(self) -> Decision | None:
         """Run until an external policy owes a choice (returned) or every application has ended (None);
         a planner's decisions (a policy with ``act``) are settled on the way."""
@@ -585,7 +608,8 @@ class Simulation:
     def owner(self, decision: Decision) -> Any:
         """The policy that settles ``decision`` itself (a planner: it has ``act``), or None (an agent)."""
         policy = {"schedule": self.scheduler, "prewarm": self.prewarm_policy, "scale": self.autoscaler,
-                  "admit": self.admission}.get(decision.kind) or self.llm_backends[decision.backend].router
+                  "admit": self.admission, "migrate": self.migration}.get(decision.kind) \
+            or self.llm_backends[decision.backend].router
         return policy if hasattr(policy, "act") else None
 
     def _settle_owned(self, decision: Decision) -> None:
@@ -599,14 +623,15 @@ class Simulation:
     def _drivers(self) -> bool:
         routers = [b.router for b in self.llm_backends.values()]
         return any(hasattr(p, "act") for p in (self.scheduler, self.prewarm_policy, self.autoscaler, self.admission,
-                                                *routers))
+                                                self.migration, *routers))
 
     def resolve(self, choice: int | None = None) -> None:
         """Settle the oldest pending decision: for a scheduling decision, admit the waiting request at
         ``choice`` (an index of ``decision.queue.waiting``) and let the backend go on; for a routing
         decision, place the request on ``decision.candidates[choice]``; for an admission decision, apply the
         order ``choice`` (ADMIT, DEFER or REJECT) to ``decision.app``; for a retention decision, ``choice`` is
-        ``(action, priority)`` (:class:`~hermes_env.sim.retention.ExternalRetention`)."""
+        ``(action, priority)`` (:class:`~hermes_env.sim.retention.ExternalRetention`); for a migration
+        decision, None (no move) or ``(source, target)`` replica indices (:meth:`migrate_between`)."""
         decision = self.pending.popleft()
         now = self.engine.now
         if decision.kind == "schedule":
@@ -622,6 +647,8 @@ class Simulation:
                 self._settle(app, int(choice), now)  # type: ignore[arg-type]
         elif decision.kind == "retain":
             self.retention.decide(decision.candidates[0], decision.context, choice, now)  # type: ignore[index]
+        elif decision.kind == "migrate" and choice is not None:
+            self.migrate_between(decision.backend, *choice, now)  # type: ignore[misc]
 
     def _start(self) -> None:
         """Schedule the first arrival and the policies' ticks, once: later calls do nothing."""
@@ -631,7 +658,7 @@ class Simulation:
         self.prewarm_policy.start(self, 0.0)
         self.autoscaler.start(self, 0.0)
         self.engine.at(float(self.arrival_times[0]), self._arrive, 0)
-        for policy in (self.prewarm_policy, self.autoscaler):
+        for policy in (self.prewarm_policy, self.autoscaler, self.migration):
             if policy.tick:
                 self.engine.at(policy.tick, self._tick, policy)
 
@@ -950,6 +977,29 @@ class Simulation:
         require(backend in self.llm_backends, "scale.backend", f"{backend!r} is not an LLM backend",
                 f"LLM backends: {sorted(self.llm_backends)}")
         return self.llm_backends[backend].scale_down(now)
+
+    def migrate(self, backend: str, request: Request, target: int, now: float) -> bool:
+        """Start moving running ``request`` of an LLM backend to its replica ``target`` (False if it cannot
+        move now: :meth:`~hermes_env.cluster.migration.Migrator.why_not`)."""
+        b = self.llm_backends[backend]
+        require(b.migrator is not None, "migration", "is none: no request migrates",
+                "run with a migration policy (llumnix)")
+        require(0 <= target < len(b.replicas), "migration.target", f"{backend} has no replica {target}",
+                f"give 0 to {len(b.replicas) - 1}")
+        source = next((r for r in b.replicas if request in r.running), None)
+        return source is not None and b.migrator.start(request, source, b.replicas[target], now)
+
+    def migrate_between(self, backend: str, source: int, target: int, now: float) -> bool:
+        """Move one running request from replica ``source`` to ``target`` of an LLM backend, the one Llumnix
+        would pick (:meth:`~hermes_env.cluster.migration.Migrator.pick`); False if none can move."""
+        b = self.llm_backends[backend]
+        require(b.migrator is not None, "migration", "is none: no request migrates",
+                "run with a migration policy (llumnix)")
+        require(0 <= source < len(b.replicas) and 0 <= target < len(b.replicas), "migration",
+                f"{backend} has no replica pair ({source}, {target})", f"give indices 0 to {len(b.replicas) - 1}")
+        src, dst = b.replicas[source], b.replicas[target]
+        request = b.migrator.pick(src, dst)
+        return request is not None and b.migrator.start(request, src, dst, now)
 
     # -- invariants (tests) -------------------------------------------------------------------
     def _check_invariants(self) -> None:
