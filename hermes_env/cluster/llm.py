@@ -66,6 +66,7 @@ from hermes_env.cluster.prefix import PrefixCache, RemoteStore, Segment
 from hermes_env.cluster.queue import DecisionPending, WaitQueue
 from hermes_env.cluster.request import Request
 from hermes_env.cluster.tool import EventScheduler
+from hermes_env.errors import require
 
 COLD, LOADING, WARM, DRAINING = 0, 1, 2, 3
 STATE_NAMES = {COLD: "cold", LOADING: "loading", WARM: "warm", DRAINING: "draining"}
@@ -112,6 +113,11 @@ class Replica:
         self.resident: dict[str, int] = {}  # LoRA adapter -> admitted requests using it (in LRU order)
         self.adapter_ready: dict[str, float] = {}  # adapters loading -> when they are resident
         self.link_free_at = 0.0
+        # prefill/decode disaggregation (hermes_env.cluster.disagg): the replica's pool, split requests whose KV
+        # it holds until a decode replica has it, and those waiting here for their KV to be sent
+        self.role = ""
+        self.sending: dict[Request, int] = {}  # request -> private KV tokens held for it
+        self.incoming: list[Request] = []
         self.version = 0
         self.busy = False
         self.deciding = False  # suspended in admission until an external policy chooses
@@ -175,7 +181,7 @@ class Replica:
     def outstanding(self) -> int:
         """Requests routed to or admitted by this replica and not finished."""
         own = len(self.queue) if self.queue is not self.backend.queue else 0
-        return own + self._batch()
+        return own + self._batch() + len(self.incoming)
 
     @property
     def idle(self) -> bool:
@@ -330,6 +336,8 @@ class Replica:
                     if r.first_token < 0:
                         r.first_token = now
                     self._prefilled(r)
+                    if r.split and self.role == "prefill" and self.backend.handoff.prefilled(self, r, now):
+                        continue  # its KV moves to a decode replica
                     self._join(r)
         heap, running, clock = self._finish, self.running, self.clock
         while heap and heap[0][0] <= clock:
@@ -381,6 +389,8 @@ class Replica:
                     break
             self.ready.pop(0)
             self._start_prefill(r, chunk)
+        if self.incoming:  # prefilled elsewhere: their KV comes first
+            self.backend.handoff.receive(self, now)
         if not self._accepting():
             return
         queue = self.queue
@@ -602,7 +612,8 @@ class Replica:
         assert self.kv_used <= self.capacity, f"{name}: KV {self.kv_used} > capacity {self.capacity}"
         assert self._batch() <= self.max_batch, f"{name}: batch over max_batch"
         staged = [*self.prefilling, *self.staged, *self.ready]
-        held = self._kv_held() - sum(r.cached for r in self.running) + sum(r.kv for r in staged)
+        held = self._kv_held() - sum(r.cached for r in self.running) + sum(r.kv for r in staged) \
+            + sum(self.sending.values())
         shared = self.block * self.cache.blocks if self.cache is not None else 0
         assert 0 <= held + shared <= self.kv_used, f"{name}: requests hold {held} KV tokens and the cache " \
                                                    f"{shared}, accounted {self.kv_used}"
@@ -616,7 +627,8 @@ class Replica:
         if self.lora is not None:
             assert len(self.resident) <= self.lora.max_loras, f"{name}: more adapters resident than max_loras"
         if self.state == COLD:
-            assert not self._batch() and not self.busy, f"{name}: a cold replica holds work"
+            assert not self._batch() and not self.busy and not self.sending and not self.incoming, \
+                f"{name}: a cold replica holds work"
         if self.kvmem is not None:
             self.kvmem.check_invariants(name)
 
@@ -629,7 +641,7 @@ class LLMBackend:
     def __init__(self, cfg: LLMBackendConfig, engine: EventScheduler, queue_factory: Callable[..., WaitQueue],
                  on_done: Callable[[Request, float], None], on_failed: Callable[[Request, float], None],
                  on_decision: Callable[[WaitQueue, float, Callable[[float], None]], None] | None = None,
-                 router: Any = None, retention: Any = None) -> None:
+                 router: Any = None, retention: Any = None, disagg: Any = None) -> None:
         self.cfg, self.name = cfg, cfg.name
         self.retention = retention  # a retention policy (hermes_env.sim.retention), None: vLLM's LRU release
         self.engine, self.on_done, self.on_failed = engine, on_done, on_failed
@@ -640,6 +652,15 @@ class LLMBackend:
         placed = [(kind, n < kind.replicas) for kind in cfg.kinds for n in range(kind.max_replicas)]  # warm first
         self.replicas = [Replica(self, i, self.queue if router is None else queue_factory(cfg.name, i), kind, warm)
                          for i, (kind, warm) in enumerate(placed)]
+        self.handoff: Any = None  # the hand-off path of a disaggregated backend (hermes_env.cluster.disagg)
+        if cfg.disaggregation is not None:
+            from hermes_env.cluster.disagg import Handoff  # it builds on this module
+
+            require(router is not None or getattr(disagg, "name", "colocated") == "colocated", "router",
+                    f"{cfg.name} splits requests ({getattr(disagg, 'name', '')}): the prefill pool needs "
+                    "per-replica queues",
+                    "name a router (least_outstanding, prefix_affinity, ...) instead of shared")
+            self.handoff = Handoff(self, cfg.disaggregation, disagg)
         self.completed = 0
         self.failed = 0
         self.load_starts = 0  # loads ordered because a request found no replica warm or loading
@@ -695,6 +716,8 @@ class LLMBackend:
                 best.poke(now)
             return
         candidates = self.candidates(now)
+        if self.handoff is not None:
+            candidates = self.handoff.first_pool(request, candidates, now)
         replica = candidates[0] if len(candidates) == 1 else self.router.route(self, request, candidates, now)
         if replica is not None:  # None: an external router places it later
             self.place(request, replica, now)
@@ -749,6 +772,8 @@ class LLMBackend:
 
     def finish(self, request: Request, now: float) -> None:
         self.completed += 1
+        if self.handoff is not None:
+            self.handoff.finished(request)
         self.on_done(request, now)
 
     def routed_waiting(self) -> int:
@@ -830,7 +855,8 @@ class LLMBackend:
 
     def replica_idle(self, replica: Replica, now: float) -> None:
         """Called when a replica runs out of work: a draining one goes cold."""
-        if replica.state == DRAINING and replica.idle and (replica.queue is self.queue or not len(replica.queue)):
+        if replica.state == DRAINING and replica.idle and (replica.queue is self.queue or not len(replica.queue)) \
+                and not replica.sending and not replica.incoming:
             self._set_state(replica, COLD, now)
             replica.version += 1
 
@@ -870,7 +896,8 @@ class LLMBackend:
                                  "evicted_blocks": sum(r.cache.evicted_blocks for r in reps if r.cache is not None)},
                 "kv_memory": self._kv_memory_summary(now),
                 "replica_loads_on_demand": self.load_starts, "scale_ups": self.scale_ups,
-                "scale_downs": self.scale_downs, "adapter_loads": sum(r.adapter_loads for r in reps)}
+                "scale_downs": self.scale_downs, "adapter_loads": sum(r.adapter_loads for r in reps),
+                **({"disaggregation": self.handoff.summary()} if self.handoff is not None else {})}
 
     def _kv_memory_summary(self, now: float) -> dict[str, Any]:
         """Agentic KV memory figures: re-prefilled tokens of resumed calls (KV thrash), where resumed
@@ -890,6 +917,8 @@ class LLMBackend:
     def check_invariants(self) -> None:
         for r in self.replicas:
             r.check_invariants()
+        if self.handoff is not None:
+            self.handoff.check_invariants()
         assert self._held == sum(r.state != COLD for r in self.replicas)
         assert self._held_gpus == sum(r.kind.gpus_per_replica for r in self.replicas if r.state != COLD)
         assert self._serving == sum(r.state in (WARM, LOADING) for r in self.replicas)
