@@ -120,8 +120,8 @@ def _simulate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, router=args.router,
                         autoscaler=args.autoscaler, admission=args.admission, retention=args.retention,
-                        seed=args.seed, keep_applications=False, rows_to=args.out / "applications.csv",
-                        timeline=timeline).run()
+                        disagg=args.disagg, seed=args.seed, keep_applications=False,
+                        rows_to=args.out / "applications.csv", timeline=timeline).run()
     wall = time.perf_counter() - t0
     result.write(args.out)
     if timeline is not None:
@@ -141,6 +141,12 @@ def _simulate(args: argparse.Namespace) -> int:
     print("goodput (applications meeting their SLO per second): " + ", ".join(
         f"{t} {g:.3f}" for t, g in s["goodput"].items()) + f"; admission {s['admission']} rejected "
         + ", ".join(f"{t} {c['rejected']}" for t, c in s["tiers"].items()))
+    for name, b in s["backends"].items():
+        d = b.get("disaggregation")
+        if d is not None:
+            print(f"{name} ({d['policy']}, {d['split_requests']} split): TTFT P50 {d['ttft'].get('p50', 0):.3f} s, "
+                  f"P99 {d['ttft'].get('p99', 0):.3f}; TPOT P50 {d['tpot'].get('p50', 0):.4f} s, "
+                  f"P99 {d['tpot'].get('p99', 0):.4f}; goodput {d['goodput']:.3f} requests/s meeting both SLOs")
     print(f"wrote {args.out / 'applications.csv'} and {args.out / 'summary.json'}")
     if timeline is not None:
         written = " and ".join(str(p) for p in (args.timeline, args.timeline_png) if p is not None)
@@ -158,7 +164,7 @@ def _bench(args: argparse.Namespace) -> int:
     split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
     cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds,
                                 split(args.routers), split(args.autoscalers), split(args.admissions),
-                                split(args.retentions))
+                                split(args.retentions), split(args.disaggs))
     summary = run_bench(cfg, args.out, progress=not args.quiet, resume=args.resume, executor=args.executor,
                         workers=args.workers, address=args.address)
     print(format_table(summary), end="")
@@ -340,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--admission", default="none", help="an admission policy name (none: admit every application)")
     m.add_argument("--retention", default="lru", help="a KV retention policy (lru: vLLM's LRU release; ttl, kvflow, "
                    "infercept, pdgraph, oracle)")
+    m.add_argument("--disagg", default="colocated", help="a disaggregation policy, for backends split into prefill "
+                   "and decode pools (colocated: never split; always, distserve, splitwise)")
     m.add_argument("--seed", type=_seed, default=0)
     m.add_argument("--out", type=Path, required=True, help="output directory")
     m.add_argument("--timeline", type=Path, metavar="PATH.json",
@@ -361,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--autoscalers", help="comma-separated autoscaler names (default: the config's, or fixed)")
     b.add_argument("--admissions", help="comma-separated admission policy names (default: the config's, or none)")
     b.add_argument("--retentions", help="comma-separated KV retention policies (default: the config's, or lru)")
+    b.add_argument("--disaggs", help="comma-separated disaggregation policies (default: the config's, or colocated)")
     b.add_argument("--seeds", type=_positive, help="number of seeds (default: the config's)")
     b.add_argument("--out", type=Path, required=True, help="output directory")
     b.add_argument("--resume", action="store_true", help="run only the cells missing from --out (without it, earlier "

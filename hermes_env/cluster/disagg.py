@@ -44,6 +44,8 @@ class Handoff:
         self.split_requests = 0  # requests the policy split
         self.local_decodes = 0  # split requests decoded on their prefill replica (no decode replica serving)
         self.token_slo_met = self.token_requests = 0  # finished requests, and those meeting both TTFT and TPOT SLOs
+        self._prefilled_at: dict[Request, float] = {}  # requests waiting for the decode pool -> since when
+        self.wait_seconds = 0.0  # summed over split requests: from the end of their prefill to their transfer's start
 
     def first_pool(self, request: Request, candidates: list[Any], now: float) -> list[Any]:
         """The replicas ``request`` may be routed to: the prefill pool's if the policy splits it (a request of
@@ -67,6 +69,7 @@ class Handoff:
         target = min(pool, key=lambda d: (d.outstanding, d.index))
         replica.sending[r] = r.context - r.cached  # its private KV; its prompt's blocks stay referenced
         target.incoming.append(r)
+        self._prefilled_at[r] = now
         target.poke(now)
         return True
 
@@ -83,6 +86,7 @@ class Handoff:
                     cache.release(r.chain)
                 return
             replica.incoming.pop(0)
+            self.wait_seconds += now - self._prefilled_at.pop(r)
             sender = r.replica
             done = self.links[sender.index].send(now, r.context - hit, replica.kv_bytes_per_token)
             r.cached, r.host, r.loaded, r.computed = hit, 0, 0, r.context - hit  # nothing left to prefill
@@ -114,7 +118,7 @@ class Handoff:
                 "link": self.cfg.link.name, "split_requests": self.split_requests,
                 "local_decodes": self.local_decodes, "transfers": sum(q.transfers for q in links),
                 "transferred_tokens": sum(q.tokens for q in links),
-                "link_busy_seconds": sum(q.busy_seconds for q in links),
+                "link_busy_seconds": sum(q.busy_seconds for q in links), "decode_wait_seconds": self.wait_seconds,
                 "requests": self.token_requests, "token_slo_met": self.token_slo_met,
                 "ttft_slo_s": self.cfg.ttft_slo, "tpot_slo_s": self.cfg.tpot_slo}
 

@@ -59,6 +59,15 @@ class LogHistogram:
         low = self.LOW * 10 ** ((i - 1) / self.per_decade)
         return float(min(low * 10 ** (frac / self.per_decade), self.peak))
 
+    @classmethod
+    def merged(cls, hists: list[LogHistogram]) -> LogHistogram:
+        """One histogram of the values of ``hists`` (of the same bins)."""
+        out = cls(hists[0].per_decade if hists else 1000)
+        for h in hists:
+            out.counts += h.counts
+            out.count, out.total, out.peak = out.count + h.count, out.total + h.total, max(out.peak, h.peak)
+        return out
+
     def summary(self) -> dict[str, float]:
         if not self.count:
             return {"count": 0}
@@ -206,6 +215,9 @@ def summarise(sim: Any) -> SimulationResult:
         disagg = backends[name].get("disaggregation")
         if disagg is not None:  # DistServe's goodput: requests meeting both TTFT and TPOT SLOs per second
             disagg["goodput"] = per_second(disagg["token_slo_met"], now, float(sim.arrival_times[-1]))
+            hists = [h for (backend, _), h in rec.token_latency.items() if backend == name]
+            disagg["ttft"] = LogHistogram.merged([h[0] for h in hists]).summary()  # every class together
+            disagg["tpot"] = LogHistogram.merged([h[1] for h in hists]).summary()
     tools = [b for n, b in backends.items() if n in sim.tool_backends]
     summary = {
         "seed": sim.seed, "scheduler": sim.scheduler.name, "prewarm": sim.prewarm_policy.name,
