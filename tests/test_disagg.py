@@ -154,3 +154,54 @@ def test_the_pd_disagg_bench_builds_every_cell():
     assert {c[-1] for c in cfg.combos} == {"colocated", "always", "distserve", "splitwise"}
     assert "goodput_requests" in cfg.columns() and "tpot_p99" in cfg.columns()
     assert math.isclose(cfg.experiment_at(1.0).cluster.llm_backends[0].disaggregation.tpot_slo, 0.1)
+
+
+# -- the environments: the split part on Routing-v0 and Joint-v0 where a backend is disaggregated ----------------
+PD = {"workload": {"arrivals": {"window": [0, 30]}}}  # about 60 Mooncake requests
+
+
+@pytest.mark.parametrize("env_id", ["hermes_env/Routing-v0", "hermes_env/Joint-v0"])
+def test_the_env_checkers_pass_on_a_disaggregated_backend(env_id):
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check
+
+    import hermes_env  # noqa: F401  (registers the environments)
+
+    env = gym.make(env_id, config="pd-disagg", overrides=PD).unwrapped
+    assert env.controls[-1] == "split" and env.observation_space["disagg"].shape == (4, 4)
+    check_env(env, skip_render_check=True)
+    sb3_check(gym.make(env_id, config="pd-disagg", overrides=PD).unwrapped, warn=True)
+    assert gym.make("hermes_env/Routing-v0").unwrapped.action_space == gym.spaces.Discrete(4)  # default unchanged
+
+
+def test_the_split_part_splits_the_requests_the_agent_splits():
+    import gymnasium as gym
+    import numpy as np
+
+    import hermes_env  # noqa: F401
+
+    env = gym.make("hermes_env/Routing-v0", config="pd-disagg", overrides=PD, invalid_action="raise").unwrapped
+    assert env.action_space == gym.spaces.MultiDiscrete([4, 2])
+    obs, info = env.reset(seed=0)
+    asked = split = 0
+    while True:
+        d = env.decision
+        mask = env.action_masks()
+        route, can_split = mask[:4], mask[4:]
+        prefill = [i for i in np.flatnonzero(route) if d.candidates[0].backend.replicas[i].role == "prefill"]
+        want = asked % 2 == 0 and can_split[1] and prefill  # every other request split, the rest colocated
+        action = np.array([prefill[0] if want else int(np.flatnonzero(route)[-1]), int(bool(want))])
+        asked, split = asked + 1, split + bool(want)
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            break
+        assert obs["disagg"][0, 0] == 1.0 and obs["disagg"][2, 1] == 1.0  # replicas 0, 1 prefill; 2, 3 decode
+    from hermes_env.sim.metrics import summarise
+
+    d = summarise(env.sim).summary["backends"]["llm:llama3-8b"]["disaggregation"]
+    assert d["policy"] == "external" and d["split_requests"] == split > 0
+    assert d["transfers"] + d["local_decodes"] == split
+    with pytest.raises(ValueError, match="not a prefill replica"):  # split with a decode replica is invalid
+        env.reset(seed=0)
+        env.step(np.array([3, 1]))

@@ -51,13 +51,23 @@ class Handoff:
         """The replicas ``request`` may be routed to: the prefill pool's if the policy splits it (a request of
         one output token has nothing to decode), else ``candidates``."""
         request.split = False
-        if request.output_tokens > 1 and self.policy is not None and self.policy.split(self.backend, request, now):
+        if self.may_split(request, candidates) and self.policy is not None and \
+                self.policy.split(self.backend, request, now):
             pool = [r for r in candidates if r.role == PREFILL]
             if pool:
                 request.split = True
                 self.split_requests += 1
                 return pool
         return candidates
+
+    def may_split(self, request: Request, candidates: list[Any]) -> bool:
+        """Whether ``request`` may be split among ``candidates`` (it has a decode phase, a prefill replica serves)."""
+        return request.output_tokens > 1 and any(r.role == PREFILL for r in candidates)
+
+    def mark_split(self, request: Request) -> None:
+        """An external agent split ``request`` (placed on a prefill replica)."""
+        request.split = True
+        self.split_requests += 1
 
     def prefilled(self, replica: Any, r: Request, now: float) -> bool:
         """``r``'s prefill ended on prefill ``replica``: hold its KV there and queue it for a decode replica.

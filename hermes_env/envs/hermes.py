@@ -7,9 +7,10 @@ is a piece of the action: ``schedule`` (which waiting request a backend admits: 
 replica of an LLM backend an arriving request waits at: ``Discrete(R)``) and ``scale`` (per LLM backend:
 nothing, load a replica, release one: ``[3] * L``), and, with ``admission_control=True`` on
 Scheduling-v0 and Joint-v0, ``admit`` (an arriving or deferred application: 0 admit, 1 defer, 2 reject:
-``[3]``). The simulation pauses whenever a controlled part owes a decision; orders parts (prewarm, scale)
-are applied at every decision, choice parts (schedule, route, admit) only at their own kind of decision
-(slot 0 stands for "no choice" otherwise).
+``[3]``), and on Routing-v0 and Joint-v0 where an LLM backend is split into prefill and decode pools,
+``split`` (the routed request runs colocated, 0, or is split, 1: ``[2]``). The simulation pauses whenever a
+controlled part owes a decision; orders parts (prewarm, scale) are applied at every decision, choice parts
+(schedule, route, admit, split) only at their own kind of decision (slot 0 stands for "no choice" otherwise).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from hermes_env.envs.features import (
     ADMISSION_FEATURES,
     BACKEND_FEATURES,
     DECISION_KINDS,
+    DISAGG_FEATURES,
     GLOBAL_FEATURES,
     KIND_FEATURES,
     REPLICA_FEATURES,
@@ -41,11 +43,13 @@ from hermes_env.pdgraph.graph import BACKEND_KINDS, END, backend_kind
 from hermes_env.sim.policies import (
     ExternalAdmission,
     ExternalAutoscaler,
+    ExternalDisagg,
     ExternalPrewarm,
     ExternalRouter,
     ExternalScheduler,
     make_admission,
     make_autoscaler,
+    make_disagg,
     make_prewarm,
     make_retention,
     make_router,
@@ -64,6 +68,7 @@ PRIORITIES = 3  # a retention decision's eviction priority: 0 to 2, higher goes 
 KV_FEATURES = ("context_tokens", "context_share", "kv_in_use", "kv_pinned", "host_in_use", "round_trip",
                "next_use_probability", "next_use_mean", "next_use_within_round_trip", "contexts_held", "queue")
 ADMIT_PART = "admit"  # the admission part, added by admission_control=True
+SPLIT_PART = "split"  # colocated (0) or split (1), with the route part where a backend is disaggregated
 CHOICE_PARTS = ("schedule", "route", ADMIT_PART)  # parts that choose at their own kind of decision only
 BOUND = 1e3  # every feature is a fraction, a flag or a log1p of seconds or tokens: far inside this
 NODE_FEATURES = (*(f"kind_{k}" for k in BACKEND_KINDS), "current", "visit_probability", "mean_demand", "width")
@@ -148,7 +153,7 @@ class HermesEnv(gym.Env):
                  invalid_action: str = "penalty", invalid_action_penalty: float = 1.0,
                  graph_observation: bool = False, render_mode: str | None = None, admission: str = "none",
                  admission_control: bool = False, timeline: str | Path | None = None,
-                 timeline_window: tuple[float, float] | None = None) -> None:
+                 timeline_window: tuple[float, float] | None = None, disagg: str = "colocated") -> None:
         self.experiment = load_experiment(self.default_config if config is None else config, overrides)
         self.controls = self._controls()
         as_integer(slots, "slots", low=1, high=100_000)
@@ -174,10 +179,10 @@ class HermesEnv(gym.Env):
             TimelineRecorder(timeline_window)  # validates it
         self.episode = -1  # the index of the episode in progress (reset counts them)
         self.policy_names = {"schedule": scheduler, "prewarm": prewarm, "route": router, "scale": autoscaler,
-                             ADMIT_PART: admission, "retain": retention}
+                             ADMIT_PART: admission, "retain": retention, SPLIT_PART: disagg}
         # validate the heuristics' names now
         make_scheduler(scheduler), make_prewarm(prewarm), make_autoscaler(autoscaler), make_admission(admission)
-        make_retention(retention)
+        make_retention(retention), make_disagg(disagg)
         require(isinstance(admission_control, bool), "admission_control", f"must be True or False, got "
                 f"{admission_control!r}")
         if admission_control:
@@ -217,7 +222,7 @@ class HermesEnv(gym.Env):
         self.replica_kinds = {b.name: [k.name for k in b.kinds] for b in cluster.llm_backends}
         self._part_sizes = {"schedule": [slots], "prewarm": [3] * len(self.tool_names), "route": [self.replica_rows],
                             "scale": [3 + len(k) * (len(k) > 1) for k in self.replica_kinds.values()],
-                            ADMIT_PART: [3], "retain": [len(RETAIN_ACTIONS), PRIORITIES]}
+                            ADMIT_PART: [3], "retain": [len(RETAIN_ACTIONS), PRIORITIES], SPLIT_PART: [2]}
         self.heterogeneous = any(len(k) > 1 for k in self.replica_kinds.values())
         self.observation_space = self._observation_space()
         self.action_space = self._action_space()
@@ -227,8 +232,11 @@ class HermesEnv(gym.Env):
 
     def _controls(self) -> tuple[str, ...]:
         """The parts this environment controls (a class's own; Joint-v0 adds retention where KV memory is
-        modelled)."""
+        modelled; Routing-v0 and Joint-v0 add the split choice where a backend is disaggregated)."""
         return type(self).controls
+
+    def _disaggregated(self) -> bool:
+        return any(b.disaggregation is not None for b in self.experiment.cluster.llm_backends)
 
     # -- spaces -----------------------------------------------------------------------------------
     def _observation_space(self) -> spaces.Dict:
@@ -255,6 +263,8 @@ class HermesEnv(gym.Env):
             obs["graph_node_mask"] = spaces.MultiBinary((k, m))
         if "retain" in self.controls:
             obs["kv"] = spaces.Box(-BOUND, BOUND, (len(KV_FEATURES),), np.float32)
+        if SPLIT_PART in self.controls:
+            obs["disagg"] = spaces.Box(-BOUND, BOUND, (self.replica_rows, len(DISAGG_FEATURES)), np.float32)
         return spaces.Dict(obs)
 
     def _action_space(self) -> spaces.Space:
@@ -282,7 +292,8 @@ class HermesEnv(gym.Env):
             router=ExternalRouter() if "route" in c else names["route"],
             autoscaler=ExternalAutoscaler(self.autoscale_tick) if "scale" in c else make_autoscaler(names["scale"]),
             admission=ExternalAdmission() if ADMIT_PART in c else names[ADMIT_PART],
-            retention=ExternalRetention() if "retain" in c else names["retain"])
+            retention=ExternalRetention() if "retain" in c else names["retain"],
+            disagg=ExternalDisagg() if SPLIT_PART in c else names[SPLIT_PART])
         self.features.bind(self.sim)
         self.steps = 0
         self._last = (0.0, 0.0, 0, 0.0)  # Simulation.totals at the last step
@@ -413,6 +424,8 @@ class HermesEnv(gym.Env):
             obs.update(self._graphs())
         if "retain" in self.controls:
             obs["kv"] = self._kv_features()
+        if SPLIT_PART in self.controls:
+            obs["disagg"] = self.features.disagg(self.sim.llm_backends.get(d.backend) if d is not None else None)
         return obs
 
     def _kv_features(self) -> np.ndarray:
@@ -485,6 +498,9 @@ class HermesEnv(gym.Env):
 
     def _part_mask(self, part: str) -> np.ndarray:
         d = self.decision
+        if part == SPLIT_PART:  # 1 only at a routing decision of a disaggregated backend, for a request that decodes
+            handoff = self.sim.llm_backends[d.backend].handoff if d is not None and d.kind == "route" else None
+            return np.array([True, handoff is not None and handoff.may_split(d.request, d.candidates)])
         if part == "retain":
             actions = np.zeros(len(RETAIN_ACTIONS), dtype=bool)
             if d is not None and d.kind == "retain":
@@ -555,6 +571,13 @@ class HermesEnv(gym.Env):
                 if d.kind == "retain":
                     orders.append((part, (action, priority)))
                 continue
+            if part == SPLIT_PART:
+                split = int(values[0])
+                if not (0 <= split < 2 and mask[split]):
+                    penalty += self._invalid(f"split {split} is masked out (valid: {np.flatnonzero(mask).tolist()})")
+                    split = 0  # the fallback: colocated
+                orders.append((part, split))
+                continue
             if part in CHOICE_PARTS:
                 choice = int(values[0])
                 if not (0 <= choice < len(mask) and mask[choice]):
@@ -576,6 +599,14 @@ class HermesEnv(gym.Env):
                     penalty += self._invalid(f"order {order} for {name} is masked out (0 nothing, 1 "
                                              f"{'warm' if part == 'prewarm' else 'load'} one: needs a cold one, 2 "
                                              f"release one: needs one that can go{kinds})")
+        split = dict(orders).get(SPLIT_PART, 0) if d.kind == "route" else 0
+        orders = [o for o in orders if o[0] != SPLIT_PART]
+        if split:  # a split request starts in the prefill pool
+            replica = dict(orders)["route"]
+            if d.candidates[[r.index for r in d.candidates].index(replica)].role != "prefill":
+                penalty += self._invalid(f"split 1 with replica {replica}, not a prefill replica (prefill: "
+                                         f"{[r.index for r in d.candidates if r.role == 'prefill']})")
+                split = 0  # the fallback: colocated on the replica chosen
         now = self.sim.engine.now
         choice = None
         for part, order in orders:
@@ -593,6 +624,8 @@ class HermesEnv(gym.Env):
         elif d.kind == "retain":
             self.sim.resolve(choice)
         elif d.kind == "route":
+            if split:
+                self.sim.llm_backends[d.backend].handoff.mark_split(d.request)
             self.sim.resolve(next(i for i, r in enumerate(d.candidates) if r.index == choice))
         elif d.kind == ADMIT_PART:
             self.sim.resolve(choice)
@@ -714,9 +747,18 @@ class RoutingEnv(HermesEnv):
 """ + _OBSERVATION_DOC + """
     **Action**: ``Discrete(R)``, the replica's index within its backend. The mask holds the replicas warm
     or loading (``replicas[:, candidate]``); a masked-out index places the request on the first of them.
+    Where an LLM backend is split into prefill and decode pools (``disaggregation``), ``MultiDiscrete([R, 2])``:
+    the replica and the split choice (0 colocated: prefill and decode on that replica; 1 split: prefill there,
+    which must be a prefill replica, then decode in the decode pool), the observation has ``disagg`` ``(R, 4)``
+    (each replica's pool, log1p of the KV it holds for split requests, log1p of split requests waiting for its
+    KV room), and split 1 is masked out for a request of one output token or without a prefill replica among the
+    candidates; split 1 with a decode replica is invalid (penalty; the request runs colocated there).
 """ + _REWARD_DOC
     controls = ("route",)
     default_config = "routing"
+
+    def _controls(self) -> tuple[str, ...]:
+        return (*type(self).controls, SPLIT_PART) if self._disaggregated() else type(self).controls
 
 
 class AutoscalingEnv(HermesEnv):
@@ -752,14 +794,16 @@ class JointEnv(HermesEnv):
     is unmasked for them, and ignored). Where an LLM backend has a host KV tier (``host_kv_tier``: KV
     memory is modelled), KVCache-v0's ``[5, 3]`` retention part follows, applied only at a retention
     decision, and the observation has its ``kv`` key. With ``admission_control=True`` a last ``[3]`` is the
-    admission order, as in Scheduling-v0 (admission decisions pause the simulation too).
+    admission order, as in Scheduling-v0 (admission decisions pause the simulation too). Where an LLM backend is
+    disaggregated, Routing-v0's ``[2]`` split part follows the retention part (applied only at a routing decision)
+    and the observation has its ``disagg`` key; the admission part stays last.
 """ + _REWARD_DOC
     controls = PARTS
     admission_allowed = True
 
     def _controls(self) -> tuple[str, ...]:
         kv = any(b.host_kv_tier is not None for b in self.experiment.cluster.llm_backends)
-        return (*PARTS, "retain") if kv else PARTS
+        return (*PARTS, *(("retain",) if kv else ()), *((SPLIT_PART,) if self._disaggregated() else ()))
 
 
 class KVCacheEnv(HermesEnv):

@@ -394,6 +394,17 @@ class Colocated(DisaggPolicy):
         return False
 
 
+class ExternalDisagg(DisaggPolicy):
+    """The disaggregation side of an agent outside the simulation: it chooses with the replica at the routing
+    decision (the environments' ``split`` part marks the request through ``Handoff.mark_split``), so arrival
+    splits nothing by itself."""
+
+    name = "external"
+
+    def split(self, backend: Any, request: Request, now: float) -> bool:
+        return False
+
+
 class Autoscaler:
     name = ""
     tick: float | None = None
