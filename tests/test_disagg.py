@@ -87,6 +87,23 @@ def test_every_request_is_in_one_place_and_no_replica_exceeds_its_kv(tmp_path, p
         assert d["decode_wait_seconds"] > 1.0 and b["preemptions"] >= 0
 
 
+def test_a_decode_pool_of_another_gpu_kind_never_exceeds_its_own_capacity(tmp_path):
+    # two 80 GB prefill replicas, two 24 GB decode replicas (a third of the KV): capacity is per kind
+    kinds = [{"name": "big", "profile": "llama3-8b-h100", "replicas": 2, "gpu_memory_gb": 80},
+             {"name": "small", "profile": "llama3-8b-h100", "replicas": 2, "gpu_memory_gb": 24}]
+    rows = [(0.04 * i, 3000 + 1000 * (i % 6), 150 + 30 * (i % 5)) for i in range(50)]
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival,prompt_tokens,output_tokens\n" + "".join(f"{a},{p},{o}\n" for a, p, o in rows))
+    spec = {k: v for k, v in backend(prefill=2).items() if k not in ("profile", "replicas")}
+    cfg = ExperimentConfig.from_dict({"cluster": {"llm_backends": [{**spec, "replica_kinds": kinds}]},
+                                      "workload": {"arrivals": {"process": "trace", "trace": str(trace)}}})
+    sim = Simulation(cfg, router="least_outstanding", disagg="always", check_invariants=True)
+    d = sim.run().summary["backends"]["llm:llama3-8b"]["disaggregation"]
+    reps = sim.llm_backends["llm:llama3-8b"].replicas
+    assert [r.role for r in reps] == ["prefill", "prefill", "decode", "decode"]
+    assert reps[2].capacity < reps[0].capacity / 2 and d["transfers"] == 50 and d["decode_wait_seconds"] > 0
+
+
 def test_colocated_on_a_split_backend_is_the_backend_without_disaggregation(tmp_path):
     rows = [(0.1 * i, 500 + 300 * (i % 4), 20 + i) for i in range(40)]
     split = experiment(tmp_path, rows, replicas=3)
