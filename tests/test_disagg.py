@@ -87,6 +87,16 @@ def test_every_request_is_in_one_place_and_no_replica_exceeds_its_kv(tmp_path, p
         assert d["decode_wait_seconds"] > 1.0 and b["preemptions"] >= 0
 
 
+def test_a_replica_whose_kv_is_held_for_the_decode_pool_waits_rather_than_fails(tmp_path):
+    # long split prompts (their KV held on the prefill replicas until the one small decode replica takes it) beside
+    # colocated short prompts with long answers: at times every running request on a prefill replica is preempted
+    # and none fits again until a hand-off frees its blocks (this raised "does not fit the KV cache")
+    rows = [(0.02 * i, 5000 if i % 2 else 300, 3000) for i in range(60)]
+    cfg = experiment(tmp_path, rows, replicas=4, prefill=3, gpu_memory_gb=24)
+    summary = Simulation(cfg, router="least_outstanding", disagg="distserve", check_invariants=True).run().summary
+    assert summary["completed"] == 60 and summary["backends"]["llm:llama3-8b"]["preemptions"] > 0
+
+
 def test_a_decode_pool_of_another_gpu_kind_never_exceeds_its_own_capacity(tmp_path):
     # two 80 GB prefill replicas, two 24 GB decode replicas (a third of the KV): capacity is per kind
     kinds = [{"name": "big", "profile": "llama3-8b-h100", "replicas": 2, "gpu_memory_gb": 80},

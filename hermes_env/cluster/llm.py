@@ -286,9 +286,7 @@ class Replica:
             self._admit(now)
             if self._chunks:
                 self._plan_mixed(now)
-            elif self.running:
-                self._plan_segment(now)  # may preempt everything and admit again (a mixed iteration)
-            else:
+            elif not (self.running and self._plan_segment(now)):  # it may preempt everything and admit again
                 self.busy = False  # staged requests call poke when their wait is over
                 if self.backend.timeline is not None:
                     self.backend.timeline.idle(self, now)
@@ -531,7 +529,10 @@ class Replica:
             self.longest_iteration = self.mixed_time
         self.kv_used += n_run + finishing  # every decoding request's next token, and each finished prefill's
 
-    def _plan_segment(self, now: float) -> None:
+    def _plan_segment(self, now: float) -> bool:
+        """Plan a decode segment (True), or a mixed iteration if every running request had to be preempted and
+        one was admitted again; False when none could be and KV in flight holds the cache (the replica waits for
+        it: a staged request's remote prefix or hand-off, a split request's KV not yet taken by the decode pool)."""
         if self.kvmem is not None and len(self.running) > self.free_tokens():  # idle contexts go before a request
             self.kvmem.reclaim(self.backend.retention, len(self.running) - self.free_tokens(), now, False)
         while self.running and len(self.running) > self.free_tokens():  # no room for one more token each
@@ -542,7 +543,9 @@ class Replica:
             self._admit(now)
             if self._chunks:
                 self._plan_mixed(now)
-                return
+                return True
+            if self.staged or self.sending:
+                return False
             raise RuntimeError(f"{self.backend.name}: a single request does not fit the KV cache")
         heap = self._finish
         while self.running.get(heap[0][2], (0, 0, -1))[2] != heap[0][1]:
@@ -562,6 +565,7 @@ class Replica:
         self.a, self.b = step / 2.0, base - step / 2.0
         self.t0, self.planned = now, m
         self.kv_used += m * n  # reserve the segment's growth
+        return True
 
     def _make_room(self, head: Request, need: int, now: float) -> bool:
         """If the policy lets ``head`` take KV memory from running requests (BROS: real-time from

@@ -967,6 +967,6 @@ class Simulation:
             for r in b.replicas:
                 waiting = len(r.queue) and (r.queue is not b.queue or r.state == REPLICA_WARM)
                 held = r.kvmem is not None and r.kvmem.pinned_blocks > 0  # TTL pins may hold admission back
-                held = held or bool(r.sending)  # so may KV waiting for the decode pool (disaggregation)
+                held = held or bool(r.sending) or bool(r.staged)  # so may KV held for a hand-off, or in flight
                 assert not (waiting and r.state == REPLICA_WARM and r.idle and not r.deciding and not held), \
                     f"{b.name}[{r.index}]: an idle warm replica while work waits"
