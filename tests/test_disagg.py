@@ -232,3 +232,39 @@ def test_the_split_part_splits_the_requests_the_agent_splits():
     with pytest.raises(ValueError, match="not a prefill replica"):  # split with a decode replica is invalid
         env.reset(seed=0)
         env.step(np.array([3, 1]))
+
+
+def test_a_snapshot_restores_a_run_with_kv_in_flight_bit_for_bit():
+    import gymnasium as gym
+    import numpy as np
+
+    import hermes_env  # noqa: F401
+
+    env = gym.make("hermes_env/Routing-v0", config="pd-disagg", overrides=PD).unwrapped
+
+    def act() -> np.ndarray:  # split every request that may be, on the first prefill replica; else the last replica
+        mask = env.action_masks()
+        route = np.flatnonzero(mask[:4])
+        prefill = [i for i in route if env.sim.llm_backends["llm:llama3-8b"].replicas[i].role == "prefill"]
+        return np.array([prefill[0], 1]) if mask[5] and prefill else np.array([route[-1], 0])
+
+    def finish() -> list:
+        out = []
+        while True:
+            obs, reward, terminated, truncated, _ = env.step(act())
+            out.append((reward, obs["disagg"].tobytes()))
+            if terminated or truncated:
+                return out
+
+    env.reset(seed=1)
+    b = env.sim.llm_backends["llm:llama3-8b"]
+    busy = lambda: any(r.sending or r.incoming or r.staged or any(q.split for q in r.prefilling)  # noqa: E731
+                       for r in b.replicas)
+    for _ in range(25):
+        env.step(act())
+    while not busy():  # a split request mid-prefill, or its KV waiting or in flight
+        env.step(act())
+    snap = env.snapshot()
+    first = finish()
+    env.restore(snap)
+    assert finish() == first
