@@ -47,6 +47,11 @@ when a request arrives and no replica is warm or loading (a cold start on the re
 A draining replica takes no new requests and goes cold once its work is done. GPU-seconds held (loading,
 warm or draining) are integrated for the metrics.
 
+**Disaggregation** (:mod:`hermes_env.cluster.disagg`). A backend split into prefill and decode pools gives each
+replica a role; a split request leaves its prefill replica's batch when its prefill ends, its KV held there
+(``sending``) until a decode replica takes it (``incoming``, at that replica's boundaries, before its queue) over
+the sender's link; it then joins the decode replica's batch as a prompt with nothing left to prefill.
+
 **Queues and routing.** Without a router the replicas share one queue and each takes work at its next
 iteration boundary (the idle one first, else the one with the smallest batch): late binding, hermes_env
 0.1's only mode. With a router every request is placed on one replica on arrival and waits in that
