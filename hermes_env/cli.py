@@ -120,7 +120,7 @@ def _simulate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, router=args.router,
                         autoscaler=args.autoscaler, admission=args.admission, retention=args.retention,
-                        migration=args.migration,
+                        migration=args.migration, disagg=args.disagg,
                         seed=args.seed, keep_applications=False, rows_to=args.out / "applications.csv",
                         timeline=timeline).run()
     wall = time.perf_counter() - t0
@@ -148,6 +148,11 @@ def _simulate(args: argparse.Namespace) -> int:
             print(f"migration {s['migration']} on {name}: {m['migrations']} requests moved ({m['aborted']} aborted), "
                   f"{m['bytes'] / 1e9:.2f} GB copied, downtime mean {1e3 * m['mean_downtime_s']:.1f} ms, longest "
                   f"{1e3 * m['longest_downtime_s']:.1f} ms")
+        d = b.get("disaggregation")
+        if d is not None:
+            print(f"{name} ({d['policy']}, {d['split_requests']} split): TTFT P50 {d['ttft'].get('p50', 0):.3f} s, "
+                  f"P99 {d['ttft'].get('p99', 0):.3f}; TPOT P50 {d['tpot'].get('p50', 0):.4f} s, "
+                  f"P99 {d['tpot'].get('p99', 0):.4f}; goodput {d['goodput']:.3f} requests/s meeting both SLOs")
     print(f"wrote {args.out / 'applications.csv'} and {args.out / 'summary.json'}")
     if timeline is not None:
         written = " and ".join(str(p) for p in (args.timeline, args.timeline_png) if p is not None)
@@ -165,7 +170,7 @@ def _bench(args: argparse.Namespace) -> int:
     split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
     cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds,
                                 split(args.routers), split(args.autoscalers), split(args.admissions),
-                                split(args.retentions), split(args.migrations))
+                                split(args.retentions), split(args.migrations), split(args.disaggs))
     summary = run_bench(cfg, args.out, progress=not args.quiet, resume=args.resume, executor=args.executor,
                         workers=args.workers, address=args.address)
     print(format_table(summary), end="")
@@ -349,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "infercept, pdgraph, oracle)")
     m.add_argument("--migration", default="none", help="a request migration policy (none: requests stay where "
                    "admitted; llumnix, oracle; docs/simulator.md)")
+    m.add_argument("--disagg", default="colocated", help="a disaggregation policy, for backends split into prefill "
+                   "and decode pools (colocated: never split; always, distserve, splitwise)")
     m.add_argument("--seed", type=_seed, default=0)
     m.add_argument("--out", type=Path, required=True, help="output directory")
     m.add_argument("--timeline", type=Path, metavar="PATH.json",
@@ -371,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--admissions", help="comma-separated admission policy names (default: the config's, or none)")
     b.add_argument("--retentions", help="comma-separated KV retention policies (default: the config's, or lru)")
     b.add_argument("--migrations", help="comma-separated migration policies (default: the config's, or none)")
+    b.add_argument("--disaggs", help="comma-separated disaggregation policies (default: the config's, or colocated)")
     b.add_argument("--seeds", type=_positive, help="number of seeds (default: the config's)")
     b.add_argument("--out", type=Path, required=True, help="output directory")
     b.add_argument("--resume", action="store_true", help="run only the cells missing from --out (without it, earlier "

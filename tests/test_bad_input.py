@@ -143,6 +143,18 @@ ROWS = [
                                                       {"to": "a", "p": 0.5, "max_iterations": 10**8},
                                                       {"to": "end", "p": 0.5}]}]}}]}})), "--out", str(t / "s")],
      "pdgraph 'loopy': has more than 100,000 states"),
+    # prefill/decode disaggregation: a link that would hold a transfer forever, a split without per-replica queues
+    ("simulate a KV link of zero bandwidth", lambda t: ["simulate", _file(t, "e.yaml", yaml.safe_dump({
+        "cluster": {"llm_backends": [{"name": "llm:llama3-8b", "profile": "llama3-8b-h100", "model": "llama3-8b",
+                                      "replicas": 2, "disaggregation": {
+                                          "prefill_replicas": 1, "link": {"bandwidth_gbps": 0, "latency_us": 2},
+                                          "slo": {"ttft_s": 1, "tpot_s": 0.1}}}]},
+        "workload": {"arrivals": {"process": "trace", "trace": _trace(t, "a.csv", GOOD_TRACE)}}})),
+        "--out", str(t / "s")], "disaggregation.link.bandwidth_gbps"),
+    ("simulate a split without a router", lambda t: ["simulate", "pd-disagg", "--disagg", "always",
+                                                     "--out", str(t / "s")], "router: llm:llama3-8b splits"),
+    ("simulate unknown disagg", lambda t: ["simulate", "small", "--disagg", "sometimes", "--out", str(t / "s")],
+     "disagg: unknown disagg 'sometimes'"),
     ("simulate unknown router", lambda t: ["simulate", "small", "--router", "lifo", "--out", str(t / "s")],
      "router: unknown router 'lifo'"),
     ("simulate bad migration parameters", lambda t: ["simulate", "small", "--migration", "llumnix:0:x", "--out",

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from hermes_env.catalog import config_path
+from hermes_env.cluster.link import copy_time
 from hermes_env.cluster.prefix import PrefixCache, Segment, _block_range, _Tier
 from hermes_env.errors import require
 from hermes_env.validation import check_keys, integer, load_yaml, number
@@ -86,15 +87,6 @@ def load_kv_transfer(name_or_path: str | Path, where: str = "kv_transfer") -> KV
     named = path.suffix not in (".yaml", ".yml") and not path.is_file()
     path = config_path("costs", f"kv-transfer-{name_or_path}" if named else name_or_path, where)
     return KVTransferProfile.from_dict(load_yaml(path, where), where)
-
-
-def copy_time(tokens: int, bytes_per_token: int, bandwidth: float, latency_per_transfer: float,
-              chunk_tokens: int) -> float:
-    """Seconds to copy ``tokens`` tokens of KV over a link: ``ceil(tokens / chunk_tokens)`` transfers, each
-    costing ``latency_per_transfer``, plus the bytes over ``bandwidth`` (0 for nothing to copy)."""
-    if tokens <= 0:
-        return 0.0
-    return -(-tokens // chunk_tokens) * latency_per_transfer + tokens * bytes_per_token / bandwidth
 
 
 @dataclass(frozen=True)

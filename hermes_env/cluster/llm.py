@@ -47,6 +47,11 @@ when a request arrives and no replica is warm or loading (a cold start on the re
 A draining replica takes no new requests and goes cold once its work is done. GPU-seconds held (loading,
 warm or draining) are integrated for the metrics.
 
+**Disaggregation** (:mod:`hermes_env.cluster.disagg`). A backend split into prefill and decode pools gives each
+replica a role; a split request leaves its prefill replica's batch when its prefill ends, its KV held there
+(``sending``) until a decode replica takes it (``incoming``, at that replica's boundaries, before its queue) over
+the sender's link; it then joins the decode replica's batch as a prompt with nothing left to prefill.
+
 **Queues and routing.** Without a router the replicas share one queue and each takes work at its next
 iteration boundary (the idle one first, else the one with the smallest batch): late binding, hermes_env
 0.1's only mode. With a router every request is placed on one replica on arrival and waits in that
@@ -67,6 +72,7 @@ from hermes_env.cluster.prefix import PrefixCache, RemoteStore, Segment
 from hermes_env.cluster.queue import DecisionPending, WaitQueue
 from hermes_env.cluster.request import Request
 from hermes_env.cluster.tool import EventScheduler
+from hermes_env.errors import require
 
 COLD, LOADING, WARM, DRAINING = 0, 1, 2, 3
 STATE_NAMES = {COLD: "cold", LOADING: "loading", WARM: "warm", DRAINING: "draining"}
@@ -118,6 +124,11 @@ class Replica:
         self.inbound = 0
         self.leaving: list[Any] = []
         self.arrived: list[Any] = []
+        # prefill/decode disaggregation (hermes_env.cluster.disagg): the replica's pool, split requests whose KV
+        # it holds until a decode replica has it, and those waiting here for their KV to be sent
+        self.role = ""
+        self.sending: dict[Request, int] = {}  # request -> private KV tokens held for it
+        self.incoming: list[Request] = []
         self.version = 0
         self.busy = False
         self.deciding = False  # suspended in admission until an external policy chooses
@@ -186,7 +197,7 @@ class Replica:
     def outstanding(self) -> int:
         """Requests routed to or admitted by this replica and not finished."""
         own = len(self.queue) if self.queue is not self.backend.queue else 0
-        return own + self._batch()
+        return own + self._batch() + len(self.incoming)
 
     @property
     def idle(self) -> bool:
@@ -300,9 +311,7 @@ class Replica:
             self._admit(now)
             if self._chunks:
                 self._plan_mixed(now)
-            elif self.running:
-                self._plan_segment(now)  # may preempt everything and admit again (a mixed iteration)
-            else:
+            elif not (self.running and self._plan_segment(now)):  # it may preempt everything and admit again
                 self.busy = False  # staged requests call poke when their wait is over
                 if self.backend.timeline is not None:
                     self.backend.timeline.idle(self, now)
@@ -350,6 +359,8 @@ class Replica:
                     if r.first_token < 0:
                         r.first_token = now
                     self._prefilled(r)
+                    if r.split and self.role == "prefill" and self.backend.handoff.prefilled(self, r, now):
+                        continue  # its KV moves to a decode replica
                     self._join(r)
         heap, running, clock = self._finish, self.running, self.clock
         while heap and heap[0][0] <= clock:
@@ -401,6 +412,8 @@ class Replica:
                     break
             self.ready.pop(0)
             self._start_prefill(r, chunk)
+        if self.incoming:  # prefilled elsewhere: their KV comes first
+            self.backend.handoff.receive(self, now)
         if not self._accepting():
             return
         queue = self.queue
@@ -542,7 +555,10 @@ class Replica:
             self.longest_iteration = self.mixed_time
         self.kv_used += n_run + finishing  # every decoding request's next token, and each finished prefill's
 
-    def _plan_segment(self, now: float) -> None:
+    def _plan_segment(self, now: float) -> bool:
+        """Plan a decode segment (True), or a mixed iteration if every running request had to be preempted and
+        one was admitted again; False when none could be and KV in flight holds the cache (the replica waits for
+        it: a staged request's remote prefix or hand-off, a split request's KV not yet taken by the decode pool)."""
         if self.kvmem is not None and len(self.running) > self.free_tokens():  # idle contexts go before a request
             self.kvmem.reclaim(self.backend.retention, len(self.running) - self.free_tokens(), now, False)
         while self.running and len(self.running) > self.free_tokens():  # no room for one more token each
@@ -553,7 +569,9 @@ class Replica:
             self._admit(now)
             if self._chunks:
                 self._plan_mixed(now)
-                return
+                return True
+            if self.staged or self.sending:
+                return False
             raise RuntimeError(f"{self.backend.name}: a single request does not fit the KV cache")
         heap = self._finish
         while self.running.get(heap[0][2], (0, 0, -1))[2] != heap[0][1]:
@@ -575,6 +593,7 @@ class Replica:
         self.a, self.b = step / 2.0, base - step / 2.0
         self.t0, self.planned = now, m
         self.kv_used += m * n  # reserve the segment's growth
+        return True
 
     def _make_room(self, head: Request, need: int, now: float) -> bool:
         """If the policy lets ``head`` take KV memory from running requests (BROS: real-time from
@@ -669,7 +688,8 @@ class Replica:
         assert self.kv_used <= self.capacity, f"{name}: KV {self.kv_used} > capacity {self.capacity}"
         assert self._batch() <= self.max_batch, f"{name}: batch over max_batch"
         staged = [*self.prefilling, *self.staged, *self.ready]
-        held = self._kv_held() - sum(r.cached for r in self.running) + sum(r.kv for r in staged)
+        held = self._kv_held() - sum(r.cached for r in self.running) + sum(r.kv for r in staged) \
+            + sum(self.sending.values())
         shared = self.block * self.cache.blocks if self.cache is not None else 0
         assert 0 <= held + shared <= self.kv_used, f"{name}: requests hold {held} KV tokens and the cache " \
                                                    f"{shared}, accounted {self.kv_used}"
@@ -685,7 +705,8 @@ class Replica:
         if self.lora is not None:
             assert len(self.resident) <= self.lora.max_loras, f"{name}: more adapters resident than max_loras"
         if self.state == COLD:
-            assert not self._batch() and not self.busy, f"{name}: a cold replica holds work"
+            assert not self._batch() and not self.busy and not self.sending and not self.incoming, \
+                f"{name}: a cold replica holds work"
         if self.kvmem is not None:
             self.kvmem.check_invariants(name)
 
@@ -698,7 +719,7 @@ class LLMBackend:
     def __init__(self, cfg: LLMBackendConfig, engine: EventScheduler, queue_factory: Callable[..., WaitQueue],
                  on_done: Callable[[Request, float], None], on_failed: Callable[[Request, float], None],
                  on_decision: Callable[[WaitQueue, float, Callable[[float], None]], None] | None = None,
-                 router: Any = None, retention: Any = None) -> None:
+                 router: Any = None, retention: Any = None, disagg: Any = None) -> None:
         self.cfg, self.name = cfg, cfg.name
         self.retention = retention  # a retention policy (hermes_env.sim.retention), None: vLLM's LRU release
         self.engine, self.on_done, self.on_failed = engine, on_done, on_failed
@@ -710,6 +731,15 @@ class LLMBackend:
         placed = [(kind, n < kind.replicas) for kind in cfg.kinds for n in range(kind.max_replicas)]  # warm first
         self.replicas = [Replica(self, i, self.queue if router is None else queue_factory(cfg.name, i), kind, warm)
                          for i, (kind, warm) in enumerate(placed)]
+        self.handoff: Any = None  # the hand-off path of a disaggregated backend (hermes_env.cluster.disagg)
+        if cfg.disaggregation is not None:
+            from hermes_env.cluster.disagg import Handoff  # it builds on this module
+
+            require(router is not None or getattr(disagg, "name", "colocated") == "colocated", "router",
+                    f"{cfg.name} splits requests ({getattr(disagg, 'name', '')}): the prefill pool needs "
+                    "per-replica queues",
+                    "name a router (least_outstanding, prefix_affinity, ...) instead of shared")
+            self.handoff = Handoff(self, cfg.disaggregation, disagg)
         self.completed = 0
         self.failed = 0
         self.load_starts = 0  # loads ordered because a request found no replica warm or loading
@@ -765,6 +795,8 @@ class LLMBackend:
                 best.poke(now)
             return
         candidates = self.candidates(now)
+        if self.handoff is not None:
+            candidates = self.handoff.first_pool(request, candidates, now)
         replica = candidates[0] if len(candidates) == 1 else self.router.route(self, request, candidates, now)
         if replica is not None:  # None: an external router places it later
             self.place(request, replica, now)
@@ -819,6 +851,8 @@ class LLMBackend:
 
     def finish(self, request: Request, now: float) -> None:
         self.completed += 1
+        if self.handoff is not None:
+            self.handoff.finished(request)
         self.on_done(request, now)
 
     def routed_waiting(self) -> int:
@@ -902,7 +936,8 @@ class LLMBackend:
 
     def replica_idle(self, replica: Replica, now: float) -> None:
         """Called when a replica runs out of work: a draining one goes cold."""
-        if replica.state == DRAINING and replica.idle and (replica.queue is self.queue or not len(replica.queue)):
+        if replica.state == DRAINING and replica.idle and (replica.queue is self.queue or not len(replica.queue)) \
+                and not replica.sending and not replica.incoming:
             self._set_state(replica, COLD, now)
             replica.version += 1
 
@@ -957,7 +992,8 @@ class LLMBackend:
                 "kv_memory": self._kv_memory_summary(now),
                 "replica_loads_on_demand": self.load_starts, "scale_ups": self.scale_ups,
                 "scale_downs": self.scale_downs, "adapter_loads": sum(r.adapter_loads for r in reps),
-                **({"migration": self.migrator.summary()} if self.migrator is not None else {})}
+                **({"migration": self.migrator.summary()} if self.migrator is not None else {}),
+                **({"disaggregation": self.handoff.summary()} if self.handoff is not None else {})}
 
     def _kv_memory_summary(self, now: float) -> dict[str, Any]:
         """Agentic KV memory figures: re-prefilled tokens of resumed calls (KV thrash), where resumed
@@ -979,6 +1015,8 @@ class LLMBackend:
             r.check_invariants()
         if self.migrator is not None:
             self.migrator.check_invariants()
+        if self.handoff is not None:
+            self.handoff.check_invariants()
         assert self._held == sum(r.state != COLD for r in self.replicas)
         assert self._held_gpus == sum(r.kind.gpus_per_replica for r in self.replicas if r.state != COLD)
         assert self._serving == sum(r.state in (WARM, LOADING) for r in self.replicas)

@@ -10,7 +10,7 @@ link, on neither replica). It then joins the target's batch at the target's next
 decodes on from where it stopped: nothing is recomputed (a preemption would prefill it again).
 
 **What it costs.** A stage of ``n`` tokens takes ``stage_overhead`` (the two engines' handshake) plus the
-host KV tier's copy form (:func:`~hermes_env.cluster.kvtier.copy_time`): ``ceil(n / chunk_tokens)``
+host KV tier's copy form (:func:`~hermes_env.cluster.link.copy_time`): ``ceil(n / chunk_tokens)``
 transfers of ``latency_per_transfer`` each and ``n x kv_bytes_per_token / bandwidth``. Copies overlap with
 compute (Llumnix's copies run beside the engines, on their own communication stack), so they cost link
 time and target memory, not iterations. A replica sends one migration at a time (its link is a FIFO of
@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hermes_env.cluster.kvtier import copy_time
+from hermes_env.cluster.link import copy_time
 from hermes_env.cluster.request import Request
 from hermes_env.validation import check_keys, integer, number
 

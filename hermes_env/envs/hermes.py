@@ -9,9 +9,11 @@ nothing, load a replica, release one: ``[3] * L``), and, with ``admission_contro
 Scheduling-v0 and Joint-v0, ``admit`` (an arriving or deferred application: 0 admit, 1 defer, 2 reject:
 ``[3]``), and, with ``migration_control=True`` on Routing-v0 and Joint-v0, ``migrate`` (every
 ``migration_tick`` seconds, per LLM backend with two or more warm replicas: 0 no move, ``1 + s R + t`` move a
-running request from replica ``s`` to ``t``: ``[1 + R * R]``). The simulation pauses whenever a controlled
-part owes a decision; orders parts (prewarm, scale) are applied at every decision, choice parts (schedule,
-route, admit, migrate) only at their own kind of decision (slot 0 stands for "no choice" otherwise).
+running request from replica ``s`` to ``t``: ``[1 + R * R]``), and on Routing-v0 and Joint-v0 where an LLM
+backend is split into prefill and decode pools, ``split`` (the routed request runs colocated, 0, or is split, 1:
+``[2]``). The simulation pauses whenever a controlled part owes a decision; orders parts (prewarm, scale) are
+applied at every decision, choice parts (schedule, route, admit, migrate; split with route) only at their own
+kind of decision (slot 0 stands for "no choice" otherwise).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from hermes_env.envs.features import (
     ADMISSION_FEATURES,
     BACKEND_FEATURES,
     DECISION_KINDS,
+    DISAGG_FEATURES,
     GLOBAL_FEATURES,
     KIND_FEATURES,
     REPLICA_FEATURES,
@@ -43,12 +46,14 @@ from hermes_env.pdgraph.graph import BACKEND_KINDS, END, backend_kind
 from hermes_env.sim.policies import (
     ExternalAdmission,
     ExternalAutoscaler,
+    ExternalDisagg,
     ExternalMigration,
     ExternalPrewarm,
     ExternalRouter,
     ExternalScheduler,
     make_admission,
     make_autoscaler,
+    make_disagg,
     make_migration,
     make_prewarm,
     make_retention,
@@ -69,6 +74,7 @@ KV_FEATURES = ("context_tokens", "context_share", "kv_in_use", "kv_pinned", "hos
                "next_use_probability", "next_use_mean", "next_use_within_round_trip", "contexts_held", "queue")
 ADMIT_PART = "admit"  # the admission part, added by admission_control=True
 MIGRATE_PART = "migrate"  # the migration part, added by migration_control=True
+SPLIT_PART = "split"  # colocated (0) or split (1), with the route part where a backend is disaggregated
 CHOICE_PARTS = ("schedule", "route", ADMIT_PART, MIGRATE_PART)  # parts that choose at their own decision only
 BOUND = 1e3  # every feature is a fraction, a flag or a log1p of seconds or tokens: far inside this
 NODE_FEATURES = (*(f"kind_{k}" for k in BACKEND_KINDS), "current", "visit_probability", "mean_demand", "width")
@@ -155,7 +161,7 @@ class HermesEnv(gym.Env):
                  graph_observation: bool = False, render_mode: str | None = None, admission: str = "none",
                  admission_control: bool = False, timeline: str | Path | None = None,
                  timeline_window: tuple[float, float] | None = None, migration: str = "none",
-                 migration_control: bool = False, migration_tick: float = 1.0) -> None:
+                 migration_control: bool = False, migration_tick: float = 1.0, disagg: str = "colocated") -> None:
         self.experiment = load_experiment(self.default_config if config is None else config, overrides)
         self.controls = self._controls()
         as_integer(slots, "slots", low=1, high=100_000)
@@ -182,10 +188,11 @@ class HermesEnv(gym.Env):
             TimelineRecorder(timeline_window)  # validates it
         self.episode = -1  # the index of the episode in progress (reset counts them)
         self.policy_names = {"schedule": scheduler, "prewarm": prewarm, "route": router, "scale": autoscaler,
-                             ADMIT_PART: admission, "retain": retention, MIGRATE_PART: migration}
+                             ADMIT_PART: admission, "retain": retention, MIGRATE_PART: migration,
+                             SPLIT_PART: disagg}
         # validate the heuristics' names now
         make_scheduler(scheduler), make_prewarm(prewarm), make_autoscaler(autoscaler), make_admission(admission)
-        make_retention(retention), make_migration(migration)
+        make_retention(retention), make_migration(migration), make_disagg(disagg)
         require(isinstance(admission_control, bool), "admission_control", f"must be True or False, got "
                 f"{admission_control!r}")
         if admission_control:
@@ -235,7 +242,7 @@ class HermesEnv(gym.Env):
         self._part_sizes = {"schedule": [slots], "prewarm": [3] * len(self.tool_names), "route": [self.replica_rows],
                             "scale": [3 + len(k) * (len(k) > 1) for k in self.replica_kinds.values()],
                             ADMIT_PART: [3], "retain": [len(RETAIN_ACTIONS), PRIORITIES],
-                            MIGRATE_PART: [1 + self.replica_rows ** 2]}
+                            MIGRATE_PART: [1 + self.replica_rows ** 2], SPLIT_PART: [2]}
         self.heterogeneous = any(len(k) > 1 for k in self.replica_kinds.values())
         self.observation_space = self._observation_space()
         self.action_space = self._action_space()
@@ -245,8 +252,11 @@ class HermesEnv(gym.Env):
 
     def _controls(self) -> tuple[str, ...]:
         """The parts this environment controls (a class's own; Joint-v0 adds retention where KV memory is
-        modelled)."""
+        modelled; Routing-v0 and Joint-v0 add the split choice where a backend is disaggregated)."""
         return type(self).controls
+
+    def _disaggregated(self) -> bool:
+        return any(b.disaggregation is not None for b in self.experiment.cluster.llm_backends)
 
     # -- spaces -----------------------------------------------------------------------------------
     def _observation_space(self) -> spaces.Dict:
@@ -273,6 +283,8 @@ class HermesEnv(gym.Env):
             obs["graph_node_mask"] = spaces.MultiBinary((k, m))
         if "retain" in self.controls:
             obs["kv"] = spaces.Box(-BOUND, BOUND, (len(KV_FEATURES),), np.float32)
+        if SPLIT_PART in self.controls:
+            obs["disagg"] = spaces.Box(-BOUND, BOUND, (self.replica_rows, len(DISAGG_FEATURES)), np.float32)
         return spaces.Dict(obs)
 
     def _action_space(self) -> spaces.Space:
@@ -301,7 +313,8 @@ class HermesEnv(gym.Env):
             autoscaler=ExternalAutoscaler(self.autoscale_tick) if "scale" in c else make_autoscaler(names["scale"]),
             admission=ExternalAdmission() if ADMIT_PART in c else names[ADMIT_PART],
             retention=ExternalRetention() if "retain" in c else names["retain"],
-            migration=ExternalMigration(self.migration_tick) if MIGRATE_PART in c else names[MIGRATE_PART])
+            migration=ExternalMigration(self.migration_tick) if MIGRATE_PART in c else names[MIGRATE_PART],
+            disagg=ExternalDisagg() if SPLIT_PART in c else names[SPLIT_PART])
         self.features.bind(self.sim)
         self.steps = 0
         self._last = (0.0, 0.0, 0, 0.0)  # Simulation.totals at the last step
@@ -432,6 +445,8 @@ class HermesEnv(gym.Env):
             obs.update(self._graphs())
         if "retain" in self.controls:
             obs["kv"] = self._kv_features()
+        if SPLIT_PART in self.controls:
+            obs["disagg"] = self.features.disagg(self.sim.llm_backends.get(d.backend) if d is not None else None)
         return obs
 
     def _kv_features(self) -> np.ndarray:
@@ -504,6 +519,9 @@ class HermesEnv(gym.Env):
 
     def _part_mask(self, part: str) -> np.ndarray:
         d = self.decision
+        if part == SPLIT_PART:  # 1 only at a routing decision of a disaggregated backend, for a request that decodes
+            handoff = self.sim.llm_backends[d.backend].handoff if d is not None and d.kind == "route" else None
+            return np.array([True, handoff is not None and handoff.may_split(d.request, d.candidates)])
         if part == "retain":
             actions = np.zeros(len(RETAIN_ACTIONS), dtype=bool)
             if d is not None and d.kind == "retain":
@@ -582,6 +600,13 @@ class HermesEnv(gym.Env):
                 if d.kind == "retain":
                     orders.append((part, (action, priority)))
                 continue
+            if part == SPLIT_PART:
+                split = int(values[0])
+                if not (0 <= split < 2 and mask[split]):
+                    penalty += self._invalid(f"split {split} is masked out (valid: {np.flatnonzero(mask).tolist()})")
+                    split = 0  # the fallback: colocated
+                orders.append((part, split))
+                continue
             if part in CHOICE_PARTS:
                 choice = int(values[0])
                 if not (0 <= choice < len(mask) and mask[choice]):
@@ -603,6 +628,14 @@ class HermesEnv(gym.Env):
                     penalty += self._invalid(f"order {order} for {name} is masked out (0 nothing, 1 "
                                              f"{'warm' if part == 'prewarm' else 'load'} one: needs a cold one, 2 "
                                              f"release one: needs one that can go{kinds})")
+        split = dict(orders).get(SPLIT_PART, 0) if d.kind == "route" else 0
+        orders = [o for o in orders if o[0] != SPLIT_PART]
+        if split:  # a split request starts in the prefill pool
+            replica = dict(orders)["route"]
+            if d.candidates[[r.index for r in d.candidates].index(replica)].role != "prefill":
+                penalty += self._invalid(f"split 1 with replica {replica}, not a prefill replica (prefill: "
+                                         f"{[r.index for r in d.candidates if r.role == 'prefill']})")
+                split = 0  # the fallback: colocated on the replica chosen
         now = self.sim.engine.now
         choice = None
         for part, order in orders:
@@ -620,6 +653,8 @@ class HermesEnv(gym.Env):
         elif d.kind == "retain":
             self.sim.resolve(choice)
         elif d.kind == "route":
+            if split:
+                self.sim.llm_backends[d.backend].handoff.mark_split(d.request)
             self.sim.resolve(next(i for i, r in enumerate(d.candidates) if r.index == choice))
         elif d.kind == ADMIT_PART:
             self.sim.resolve(choice)
@@ -752,10 +787,19 @@ class RoutingEnv(HermesEnv):
     request for ``t`` (``t`` warm with room for its context so far and a batch slot, ``s`` sending nothing
     else); a masked-out move is no move. Without ``migration_control``, ``migration`` names the heuristic
     that decides (default ``none``: requests stay where they were admitted; ``llumnix``, ``oracle``).
+    Where an LLM backend is split into prefill and decode pools (``disaggregation``), ``MultiDiscrete([R, 2])``:
+    the replica and the split choice (0 colocated: prefill and decode on that replica; 1 split: prefill there,
+    which must be a prefill replica, then decode in the decode pool), the observation has ``disagg`` ``(R, 4)``
+    (each replica's pool, log1p of the KV it holds for split requests, log1p of split requests waiting for its
+    KV room), and split 1 is masked out for a request of one output token or without a prefill replica among the
+    candidates; split 1 with a decode replica is invalid (penalty; the request runs colocated there).
 """ + _REWARD_DOC
     controls = ("route",)
     default_config = "routing"
     migration_allowed = True
+
+    def _controls(self) -> tuple[str, ...]:
+        return (*type(self).controls, SPLIT_PART) if self._disaggregated() else type(self).controls
 
 
 class AutoscalingEnv(HermesEnv):
@@ -791,8 +835,10 @@ class JointEnv(HermesEnv):
     is unmasked for them, and ignored). Where an LLM backend has a host KV tier (``host_kv_tier``: KV
     memory is modelled), KVCache-v0's ``[5, 3]`` retention part follows, applied only at a retention
     decision, and the observation has its ``kv`` key. With ``admission_control=True`` a last ``[3]`` is the
-    admission order, as in Scheduling-v0 (admission decisions pause the simulation too). With
-    ``migration_control=True`` a last ``[1 + R * R]`` is the migration choice, as in Routing-v0.
+    admission order, as in Scheduling-v0 (admission decisions pause the simulation too). Where an LLM backend is
+    disaggregated, Routing-v0's ``[2]`` split part follows the retention part (applied only at a routing decision)
+    and the observation has its ``disagg`` key; then the admission part, and with ``migration_control=True`` a
+    last ``[1 + R * R]``, the migration choice, as in Routing-v0.
 """ + _REWARD_DOC
     controls = PARTS
     admission_allowed = True
@@ -800,7 +846,7 @@ class JointEnv(HermesEnv):
 
     def _controls(self) -> tuple[str, ...]:
         kv = any(b.host_kv_tier is not None for b in self.experiment.cluster.llm_backends)
-        return (*PARTS, "retain") if kv else PARTS
+        return (*PARTS, *(("retain",) if kv else ()), *((SPLIT_PART,) if self._disaggregated() else ()))
 
 
 class KVCacheEnv(HermesEnv):

@@ -27,6 +27,9 @@ its LLM calls (release to the LRU cache, pin, offload to host memory, prefetch, 
 **Migration** (:mod:`hermes_env.cluster.migration`): every ``tick`` seconds ``decide(sim, now)`` may move
 running requests between replicas of an LLM backend through ``sim.migrate(backend, request, target, now)``;
 ``none`` (the default) never does, and then nothing of migration runs.
+**Disaggregation.** On a backend split into prefill and decode pools (:mod:`hermes_env.cluster.disagg`),
+``split(backend, request, now)`` says, as the request arrives, whether it prefills in the prefill pool and
+decodes in the decode pool (True) or runs colocated on one replica (False); ``colocated`` never splits.
 
 **Prewarm.** ``start(sim, now)`` at time 0; ``decide(sim, now)`` at every decision point (an
 application arrives or issues a stage) and, when ``tick`` is set, every ``tick`` seconds. It acts through
@@ -66,13 +69,15 @@ from hermes_env.errors import ConfigError, require
 _PLUGINS_LOADED = False
 _FAMILIES: dict[str, Callable[..., Any]] = {}  # scheduler families; other kinds' in _KIND_FAMILIES
 _KIND_FAMILIES: dict[str, dict[str, Callable[..., Any]]] = {"scheduler": _FAMILIES, "prewarm": {}, "router": {},
-                                                            "autoscaler": {}, "retention": {}, "migration": {}}
+                                                            "autoscaler": {}, "retention": {}, "migration": {},
+                                                            "disagg": {}}
 _SCHEDULERS: dict[str, Callable[..., Any]] = {}
 _PREWARMERS: dict[str, Callable[..., Any]] = {}
 _ROUTERS: dict[str, Callable[..., Any]] = {}
 _AUTOSCALERS: dict[str, Callable[..., Any]] = {}
 _RETENTIONS: dict[str, Callable[..., Any]] = {}
 _MIGRATIONS: dict[str, Callable[..., Any]] = {}
+_DISAGGS: dict[str, Callable[..., Any]] = {}
 _ADMISSIONS: dict[str, Callable[..., Any]] = {}
 ADMIT, DEFER, REJECT = 0, 1, 2  # an admission decision (the order of the environments' admission part)
 ADMISSION_ORDERS = ("admit", "defer", "reject")
@@ -180,11 +185,13 @@ register_router = _registrar(_ROUTERS)
 register_autoscaler = _registrar(_AUTOSCALERS)
 register_retention = _registrar(_RETENTIONS)
 register_migration = _registrar(_MIGRATIONS)
+register_disagg = _registrar(_DISAGGS)
 make_scheduler = _maker(_SCHEDULERS, "scheduler")
 make_prewarm = _maker(_PREWARMERS, "prewarm")
 make_router = _maker(_ROUTERS, "router")
 make_autoscaler = _maker(_AUTOSCALERS, "autoscaler")
 make_retention = _maker(_RETENTIONS, "retention")
+make_disagg = _maker(_DISAGGS, "disagg")
 register_admission = _registrar(_ADMISSIONS)
 
 
@@ -228,6 +235,7 @@ router_names = _names(_ROUTERS)
 autoscaler_names = _names(_AUTOSCALERS)
 retention_names = _names(_RETENTIONS)
 migration_names = _names(_MIGRATIONS)
+disagg_names = _names(_DISAGGS)
 admission_names = _names(_ADMISSIONS)
 
 
@@ -386,6 +394,37 @@ class SharedQueue(Router):
     """No routing: the replicas of a backend share one queue and each takes work at its next iteration
     boundary (late binding), as hermes_env 0.1 modelled every backend. A marker: the backend needs no
     router object for it."""
+
+
+class DisaggPolicy:
+    name = ""
+
+    def bind(self, sim: Any) -> None:
+        """Called once before the run."""
+
+    def split(self, backend: Any, request: Request, now: float) -> bool:
+        """Whether ``request`` is split (prefill pool, then decode pool) or runs colocated."""
+        raise NotImplementedError
+
+
+@register_disagg("colocated")
+class Colocated(DisaggPolicy):
+    """Every request prefills and decodes on one replica, of either pool: the backend as without
+    disaggregation (its replicas all mixed)."""
+
+    def split(self, backend: Any, request: Request, now: float) -> bool:
+        return False
+
+
+class ExternalDisagg(DisaggPolicy):
+    """The disaggregation side of an agent outside the simulation: it chooses with the replica at the routing
+    decision (the environments' ``split`` part marks the request through ``Handoff.mark_split``), so arrival
+    splits nothing by itself."""
+
+    name = "external"
+
+    def split(self, backend: Any, request: Request, now: float) -> bool:
+        return False
 
 
 class Autoscaler:

@@ -64,6 +64,7 @@ from hermes_env.sim.policies import (
     REJECT,
     make_admission,
     make_autoscaler,
+    make_disagg,
     make_migration,
     make_prewarm,
     make_retention,
@@ -280,7 +281,8 @@ def copy_state(pairs: list[tuple[Any, Any]], sim_state: dict[str, Any], shared: 
 
 class Simulation:
     """One run of an experiment under a scheduler, a prewarm policy, a router, an autoscaler and an
-    admission policy (names from the registries, or policy objects). ``keep_applications=False`` keeps
+    admission policy, a KV retention policy and a disaggregation policy (names from the registries, or policy
+    objects; ``disagg`` acts only on backends configured with ``disaggregation``). ``keep_applications=False`` keeps
     memory flat over long runs (the summary does not need the applications), and ``rows_to`` streams the
     per-application rows to a CSV file as applications end. ``timeline`` records the run's life for a person
     to look at (:mod:`hermes_env.sim.timeline`; None, the default, costs nothing)."""
@@ -288,7 +290,8 @@ class Simulation:
     def __init__(self, config: ExperimentConfig, scheduler: Any = "fcfs", prewarm: Any = "none", seed: int = 0,
                  router: Any = "shared", autoscaler: Any = "fixed", check_invariants: bool = False,
                  keep_applications: bool = True, rows_to: str | Path | None = None, admission: Any = "none",
-                 timeline: TimelineRecorder | None = None, retention: Any = "lru", migration: Any = "none") -> None:
+                 timeline: TimelineRecorder | None = None, retention: Any = "lru", migration: Any = "none",
+                 disagg: Any = "colocated") -> None:
         self.config, self.seed, self.check = config, seed, check_invariants
         self.engine = Engine()
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
@@ -303,8 +306,10 @@ class Simulation:
         self.retention = make_retention(retention) if isinstance(retention, str) else retention
         self.retention.bind(self)
         held = None if self.retention.name == "lru" else self.retention  # lru: the engine's own behaviour
+        self.disagg = make_disagg(disagg) if isinstance(disagg, str) else disagg
+        self.disagg.bind(self)
         self.llm_backends = {c.name: LLMBackend(c, self.engine, self._queue, self._done, self._failed,
-                                                self._decision_needed, self._router(router), held)
+                                                self._decision_needed, self._router(router), held, self.disagg)
                              for c in config.cluster.llm_backends}
         self.migration = make_migration(migration) if isinstance(migration, str) else migration
         if self.migration.name != "none":  # ``none``: no migrator, the engine's runs bit for bit
@@ -890,9 +895,7 @@ class Simulation:
         if self.timeline is not None and request.backend in self.llm_backends:
             self.timeline.llm_done(request, now)
         if request.output_tokens:  # an LLM request: time to first token, time per output token
-            tpot = ((request.finished - request.first_token) / (request.output_tokens - 1)
-                    if request.output_tokens > 1 else None)
-            ttft = request.first_token - request.first_enqueued
+            ttft, tpot = request.ttft, request.tpot
             self.recorder.request(request.backend, app.app_class, ttft, tpot)
             if request.resumed:
                 self.recorder.resumed(request.backend, ttft)
@@ -1015,5 +1018,6 @@ class Simulation:
             for r in b.replicas:
                 waiting = len(r.queue) and (r.queue is not b.queue or r.state == REPLICA_WARM)
                 held = r.kvmem is not None and r.kvmem.pinned_blocks > 0  # TTL pins may hold admission back
+                held = held or bool(r.sending) or bool(r.staged)  # so may KV held for a hand-off, or in flight
                 assert not (waiting and r.state == REPLICA_WARM and r.idle and not r.deciding and not held), \
                     f"{b.name}[{r.index}]: an idle warm replica while work waits"
