@@ -176,6 +176,14 @@ def test_a_splitting_policy_needs_a_router(tmp_path):
     Simulation(cfg, disagg="colocated")  # the shared queue serves a backend whose requests are never split
 
 
+def test_migration_is_refused_on_a_disaggregated_backend(tmp_path):
+    cfg = experiment(tmp_path, [(0.0, 100, 10)])
+    with pytest.raises(ConfigError, match="disaggregated") as err:
+        Simulation(cfg, router="least_outstanding", migration="llumnix")
+    assert "\n" not in str(err.value)
+    Simulation(cfg, router="least_outstanding", migration="none")
+
+
 def test_the_pd_disagg_bench_builds_every_cell():
     cfg = BenchConfig.from_yaml("pd-disagg")
     assert {c[-1] for c in cfg.combos} == {"colocated", "always", "distserve", "splitwise"}

@@ -314,6 +314,10 @@ class Simulation:
         self.migration = make_migration(migration) if isinstance(migration, str) else migration
         if self.migration.name != "none":  # ``none``: no migrator, the engine's runs bit for bit
             for backend in self.llm_backends.values():
+                # a split request's KV is on two replicas during its hand-off; moving it too is not modelled
+                require(backend.cfg.disaggregation is None, "migration", f"is {self.migration.name!r}, but LLM "
+                        f"backend {backend.cfg.name!r} is disaggregated (request migration between pools is "
+                        "not modelled)", "use migration 'none' with a disaggregated backend")
                 backend.migrator = Migrator(backend, backend.cfg.migration_link)
         self.tool_backends = {c.name: ToolBackend(c, self.engine, WaitQueue(c.name, self.scheduler), cluster_rng,
                                                   self._done, self._decision_needed)
