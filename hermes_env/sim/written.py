@@ -24,7 +24,7 @@ from typing import Any
 
 from hermes_env.errors import ConfigError, require
 
-SPEC = re.compile(r"^(?P<path>.+\.py):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
+SPEC = re.compile(r"^(?P<path>[^:]+\.py):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 # per kind: the base class (module, name) and the methods a written policy must define, at least one of them
 INTERFACES: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "scheduler": ("hermes_env.sim.policies", "SchedulingPolicy", ("key", "select"),
