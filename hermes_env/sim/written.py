@@ -45,6 +45,10 @@ INTERFACES: dict[str, tuple[str, str, tuple[str, ...], str]] = {
 _MODULES: dict[tuple[str, int, int], Any] = {}  # (resolved path, mtime_ns, size) -> the loaded module
 
 
+class OtherKind(ConfigError):
+    """The policy is not of the kind asked for (it does not subclass its base class)."""
+
+
 def is_written(spec: Any) -> bool:
     """Whether ``spec`` names a written policy (``FILE.py:Name``)."""
     return isinstance(spec, str) and SPEC.match(spec) is not None
@@ -115,8 +119,9 @@ def make_written(kind: str, spec: str, **kwargs: Any) -> Any:
 def _check(kind: str, spec: str, cls: type, base: type) -> None:
     """``cls`` subclasses ``base`` and defines at least one of the kind's methods itself (not the base's)."""
     methods = INTERFACES[kind][2]
-    require(issubclass(cls, base), kind, f"{spec!r}: {cls.__name__} is not a {kind} (it does not subclass "
-            f"{base.__name__})", needs(kind))
+    if not issubclass(cls, base):
+        raise OtherKind(kind, f"{spec!r}: {cls.__name__} is not a {kind} (it does not subclass {base.__name__})",
+                        needs(kind))
     own = [m for m in methods if callable(getattr(cls, m, None)) and getattr(cls, m) is not getattr(base, m, None)]
     require(bool(own), kind, f"{spec!r}: {cls.__name__} defines none of {', '.join(methods)}", needs(kind))
 
@@ -131,9 +136,10 @@ def kind_of(spec: str, field: str = "policy") -> str:
         try:
             make_written(kind, spec)
             fits.append(kind)
-        except ConfigError as err:
-            if "is not a" not in err.problem:  # a missing file or name, an import error, a missing method
-                errors[kind] = err
+        except OtherKind:
+            continue
+        except ConfigError as err:  # a missing file or name, an import error, a missing method
+            errors[kind] = err
     if fits:
         return fits[0]
     if errors:
