@@ -129,3 +129,26 @@ def _planner_over_native(task: Task):
     orders = make_autoscaler("rollout:fixed@futures=1,horizon=10,width=3,every=10")
     orders.price(**planner_weights(task, task.env()))
     return ResidualAutoscaler(make_autoscaler("queue_threshold"), orders)
+
+
+def test_a_residual_episode_restored_from_a_snapshot_replays_bit_for_bit() -> None:
+    env = gym.make("hermes_env/Autoscaling-v0", overrides=BUSY, residual="queue_threshold").unwrapped
+    env.reset(seed=0, options={"simulation_seed": 5})
+    orders = [np.array([k % 3]) for k in range(40)]
+
+    def run_on() -> list[float]:
+        rewards = []
+        for action in orders:
+            mask = env.action_masks()
+            _, reward, terminated, truncated, _ = env.step(action if mask[int(action[0])] else np.array([0]))
+            rewards.append(reward)
+            if terminated or truncated:
+                break
+        return rewards
+
+    for _ in range(4):
+        env.step(np.array([0]))
+    snap = env.snapshot()
+    first = run_on()
+    env.restore(snap)
+    assert run_on() == first and len(first) > 10

@@ -106,7 +106,8 @@ def test_the_interface_is_checked_per_kind_and_a_file_loads_once(tmp_path) -> No
     assert kind_of(spec) == "router" and kind_of(f"{AUTOSCALERS}:BacklogStep") == "autoscaler"
     assert make_scheduler(f"rollout:{SCHEDULERS}:FirstComeFirstServed").base.name.endswith(":FirstComeFirstServed")
     plain = tmp_path / "plain.py"
-    plain.write_text("class Foo:\n    def route(self, backend, request, candidates, now):\n        return candidates[0]\n")
+    plain.write_text("class Foo:\n    def route(self, backend, request, candidates, now):\n"
+                     "        return candidates[0]\n")
     with pytest.raises(ConfigError, match="'.*plain.py:Foo' is a policy of no decision kind .subclass one of "
                                           "hermes_env.sim.policies.SchedulingPolicy .scheduler."):
         kind_of(f"{plain}:Foo")
