@@ -125,3 +125,21 @@ def test_the_leaderboard_has_a_written_column_for_the_tasks_of_its_kind(tasks, t
     assert "old table" not in text
     with pytest.raises(ConfigError, match="is a router, and none of the tasks takes one"):
         leaderboard(out, [str(tasks["schedule"])], progress=False, written=(f"{ROUTERS}:LeastOutstanding",))
+
+
+def test_a_bench_takes_written_policies_and_checks_them_before_any_run(tmp_path, capsys) -> None:
+    def bench(schedulers: str) -> Path:
+        path = tmp_path / "bench.yaml"
+        path.write_text("description: tiny\nexperiment: {cluster: contended, workload: {num_applications: 20, "
+                        "arrivals: {process: poisson, rate: 1.0}, applications: [{template: rag}]}}\n"
+                        f"schedulers: [{schedulers}]\nprewarm: [none]\nseeds: 1\n"
+                        "reference: {scheduler: fcfs, prewarm: none}\n")
+        return path
+
+    spec = f"{SCHEDULERS}:FirstComeFirstServed"
+    assert main(["bench", "--config", str(bench(f"fcfs, {spec}")), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    rows = [line.split() for line in (tmp_path / "b" / "table.txt").read_text().splitlines() if " 1.00x" in line]
+    assert [r[1] for r in rows] == ["fcfs", spec] and rows[0][2:] == rows[1][2:]  # the same run, bit for bit
+    capsys.readouterr()
+    assert main(["bench", "--config", str(bench(f"{ROUTERS}:LeastOutstanding")), "--out", str(tmp_path / "c")]) == 2
+    assert "bench.schedulers: " in capsys.readouterr().err and not (tmp_path / "c").exists()
