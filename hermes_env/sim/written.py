@@ -2,8 +2,9 @@
 wherever a policy name goes (``hermes-env evaluate --policy``, ``simulate --scheduler``, a bench's lists, a
 task's heuristics, a planner's base: ``rollout:path/to/file.py:Name``).
 
-``Name`` is a class (or a factory: any callable taking no argument) defined in the file; what it builds must
-be a peer of the built-in heuristics of its decision kind, with the interface they use
+The path holds no colon (``rollout:FILE.py:Name`` is then the planner family over it). ``Name`` is a class (or
+a factory: any callable taking no argument) defined in the file; what it builds must be a peer of the
+built-in heuristics of its decision kind, with the interface they use
 (:mod:`hermes_env.sim.policies`): it subclasses the kind's base class and defines the kind's methods
 (:data:`INTERFACES`; docs/tasks.md, "Written policies", says what each receives and may read). The file is
 loaded with importlib from its path, once per version of the file (its modification time and size), under
