@@ -127,6 +127,14 @@ def test_the_leaderboard_has_a_written_column_for_the_tasks_of_its_kind(tasks, t
         leaderboard(out, [str(tasks["schedule"])], progress=False, written=(f"{ROUTERS}:LeastOutstanding",))
 
 
+def test_the_leaderboard_command_checks_written_policies_before_any_episode(tasks, tmp_path, capsys) -> None:
+    args = ["leaderboard", "--out", str(tmp_path / "t.md"), "--tasks", str(tasks["schedule"]), "--written"]
+    assert main([*args, f"{SCHEDULERS}:Nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hermes-env: --written: '{SCHEDULERS}:Nope': ") and "defines no 'Nope'" in err
+    assert err.count("\n") == 1 and not (tmp_path / "t.md").exists()
+
+
 def test_a_bench_takes_written_policies_and_checks_them_before_any_run(tmp_path, capsys) -> None:
     def bench(schedulers: str) -> Path:
         path = tmp_path / "bench.yaml"
