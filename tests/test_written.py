@@ -28,7 +28,8 @@ def _task(tmp_path: Path, name: str, env: str, kwargs: str, simplest: str, heuri
 
 @pytest.fixture
 def tasks(tmp_path: Path) -> dict[str, Path]:
-    return {"schedule": _task(tmp_path, "sched", "Scheduling-v0", "{config: small}", "fcfs", "[fcfs, sjf]"),
+    return {"schedule": _task(tmp_path, "sched", "Scheduling-v0", "{config: small, overrides: {workload: "
+                              "{num_applications: 60}}}", "fcfs", "[fcfs, sjf]"),
             "route": _task(tmp_path, "route", "Routing-v0",
                            "{overrides: {workload: {num_applications: 40}}}", "round_robin",
                            "[round_robin, least_outstanding]"),
