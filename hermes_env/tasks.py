@@ -30,6 +30,9 @@ Policies (:func:`run_policy`): a registered heuristic for the part the task's en
 ``agent:NAME`` a checkpoint shipped in agents/checkpoints). Families of policies acting in the environment
 (``agent``) are announced by the ``hermes_env.env_policy_families`` entry-point group: ``agents`` registers
 itself, the core never imports it, and without the ``[rl]`` extra an ``agent:`` policy is one error naming it.
+A written policy, ``path/to/file.py:Name`` (:mod:`hermes_env.sim.written`), runs as a heuristic does. On a task
+whose ``env_kwargs`` name a ``residual`` autoscaler, a headless policy's scale orders add to that native
+heuristic, as an agent's would (``fixed``: the native heuristic alone).
 
 A task file is checked whole when it loads (its fields, its environment's keyword arguments, its heuristics'
 names, its seed ranges); :func:`evaluate` then builds the environment and both policies before any episode
