@@ -23,6 +23,7 @@ simulated run of it, with the run's own times.
 
 ``hermes-env tasks`` lists the task suite; ``hermes-env evaluate --task NAME --policy SPEC`` scores a policy
 on a task's held-out seeds; ``hermes-env leaderboard`` regenerates docs/tasks.md (:mod:`hermes_env.tasks`).
+Wherever a policy name goes, ``path/to/file.py:Name`` names a written policy (:mod:`hermes_env.sim.written`).
 
 ``hermes-env templates`` analyses every application of the library under a cost model and prints,
 per application, its demand at arrival (mean and quantiles of total service), its Gittins index, its
@@ -299,7 +300,8 @@ def _leaderboard(args: argparse.Namespace) -> int:
     from hermes_env.tasks import leaderboard
 
     check_output(args.out, "--out", folder=False)
-    leaderboard(args.out, args.tasks.split(",") if args.tasks else None, workers=args.workers, planner=args.planner)
+    leaderboard(args.out, args.tasks.split(",") if args.tasks else None, workers=args.workers, planner=args.planner,
+                written=tuple(x for x in (args.written or "").split(",") if x))
     print(f"wrote {args.out}")
     return 0
 
@@ -345,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("simulate", help="run one headless simulation and write per-application CSV and summary JSON")
     m.add_argument("config", help="experiment: a name (configs/experiments) or a YAML path (cluster + workload)")
-    m.add_argument("--scheduler", default="fcfs", help="a scheduler name (see docs/simulator.md), or ppo:PATH")
+    m.add_argument("--scheduler", default="fcfs", help="a scheduler name (see docs/simulator.md), ppo:PATH or a "
+                   "written one, FILE.py:Name (as for every policy flag)")
     m.add_argument("--prewarm", default="none", help="a prewarm policy name")
     m.add_argument("--router", default="shared", help="a router name (shared: one queue per backend)")
     m.add_argument("--autoscaler", default="fixed", help="an autoscaler name")
@@ -422,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts.set_defaults(run=_tasks)
     e = sub.add_parser("evaluate", help="score a policy on a task's held-out seeds (normalised score with a CI)")
     e.add_argument("--task", required=True, help="a task name (hermes-env tasks) or a task YAML")
-    e.add_argument("--policy", required=True, help="a heuristic name, random, ppo:PATH, rllib:PATH or agent:PATH")
+    e.add_argument("--policy", required=True, help="a heuristic name, random, ppo:PATH, rllib:PATH, agent:PATH, or a "
+                   "written policy FILE.py:Name (docs/tasks.md, Written policies)")
     e.add_argument("--seeds", type=_positive, help="use the first N held-out seeds (default: all)")
     e.add_argument("--heldout", action="store_true", help="on the task's held-out workload")
     e.set_defaults(run=_evaluate)
@@ -432,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--workers", type=_positive, default=1, help="tasks evaluated in parallel processes")
     lb.add_argument("--planner", default="", help="fill the planner column with this spec, {best} standing for "
                     "the task's best heuristic (e.g. 'rollout:{best}'; slow)")
+    lb.add_argument("--written", help="comma-separated written policies (FILE.py:Name), each scored on the tasks "
+                    "of its decision kind: the written column and its section")
     lb.set_defaults(run=_leaderboard)
     for entry_point in entry_points(group="hermes_env.commands"):  # e.g. `train`, from agents (no torch import)
         entry_point.load()(sub)

@@ -51,6 +51,7 @@ from hermes_env.sim.policies import (
     ExternalPrewarm,
     ExternalRouter,
     ExternalScheduler,
+    ResidualAutoscaler,
     make_admission,
     make_autoscaler,
     make_disagg,
@@ -161,7 +162,8 @@ class HermesEnv(gym.Env):
                  graph_observation: bool = False, render_mode: str | None = None, admission: str = "none",
                  admission_control: bool = False, timeline: str | Path | None = None,
                  timeline_window: tuple[float, float] | None = None, migration: str = "none",
-                 migration_control: bool = False, migration_tick: float = 1.0, disagg: str = "colocated") -> None:
+                 migration_control: bool = False, migration_tick: float = 1.0, disagg: str = "colocated",
+                 residual: str | None = None) -> None:
         self.experiment = load_experiment(self.default_config if config is None else config, overrides)
         self.controls = self._controls()
         as_integer(slots, "slots", low=1, high=100_000)
@@ -215,6 +217,12 @@ class HermesEnv(gym.Env):
         self.migration_tick = migration_tick
         if router != "shared":
             make_router(router)
+        if residual is not None:
+            require(isinstance(residual, str), "residual", f"must be an autoscaler name, got {residual!r}")
+            require("scale" in self.controls, "residual", f"is for the agent's scale orders, which "
+                    f"{type(self).__name__} does not take", "use Autoscaling-v0 or Joint-v0, or leave residual unset")
+            ResidualAutoscaler(make_autoscaler(residual), ExternalAutoscaler(autoscale_tick))  # validates it
+        self.residual = residual
         self.slots, self.prewarm_tick, self.autoscale_tick = slots, prewarm_tick, autoscale_tick
         self.max_steps, self.max_time = max_steps, max_time
         self.reward_scale, self.idle_cost_weight, self.slo_miss_weight = reward_scale, idle_cost_weight, slo_miss_weight
@@ -310,7 +318,7 @@ class HermesEnv(gym.Env):
             scheduler=ExternalScheduler() if "schedule" in c else make_scheduler(names["schedule"]),
             prewarm=ExternalPrewarm(self.prewarm_tick) if "prewarm" in c else make_prewarm(names["prewarm"]),
             router=ExternalRouter() if "route" in c else names["route"],
-            autoscaler=ExternalAutoscaler(self.autoscale_tick) if "scale" in c else make_autoscaler(names["scale"]),
+            autoscaler=self._scale_policy() if "scale" in c else make_autoscaler(names["scale"]),
             admission=ExternalAdmission() if ADMIT_PART in c else names[ADMIT_PART],
             retention=ExternalRetention() if "retain" in c else names["retain"],
             migration=ExternalMigration(self.migration_tick) if MIGRATE_PART in c else names[MIGRATE_PART],
@@ -324,6 +332,11 @@ class HermesEnv(gym.Env):
         self.decision = self.sim.run_until_decision()
         self._refresh()
         return self._observation(), self._info(0.0, invalid=False)
+
+    def _scale_policy(self) -> Any:
+        """The agent's side of autoscaling: its orders alone, or added to the native heuristic ``residual``."""
+        agent = ExternalAutoscaler(self.autoscale_tick)
+        return agent if self.residual is None else ResidualAutoscaler(make_autoscaler(self.residual), agent)
 
     def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
         self._require_episode("step")
@@ -817,6 +830,14 @@ class AutoscalingEnv(HermesEnv):
     cold when its work is done). A backend of ``K > 1`` replica kinds (GPU types) has ``3 + K`` orders: 3 + k
     loads a replica of kind k (its config's ``replica_kinds`` order); 1 loads the first cold one. A
     masked-out order is skipped.
+
+    **Residual control** (``residual="queue_threshold"``, any registered autoscaler; default None): the named
+    native heuristic keeps running inside the simulation at its own cadence (its tick, and every decision
+    point if it reacts) and the agent's orders add to it every ``autoscale_tick`` seconds. At an instant
+    where both are due the agent acts after the native tick, so its observation and mask show the native
+    heuristic's orders; the native heuristic may reverse an order at its next tick. The mask is the
+    backend's own rule, as without residual control (a release needs a warm replica and keeps one while
+    the shared queue has work). Ordering nothing gives the native heuristic's run, bit for bit.
 """ + _REWARD_DOC
     controls = ("scale",)
     default_config = "autoscaling"

@@ -57,6 +57,7 @@ from hermes_env.sim.policies import (
 from hermes_env.sim.policies import families as kind_families
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
 from hermes_env.sim.workload import TIERS, resolve_path
+from hermes_env.sim.written import is_written, make_written
 from hermes_env.validation import as_integer, as_number, check_keys, check_output, load_yaml
 
 METRICS = ("mean", "p50", "p95", "p99")
@@ -217,9 +218,12 @@ class BenchConfig:
 def _check_name(kind: str, name: Any, field: str) -> None:
     """``name`` is a registered policy of ``kind`` (or, for a scheduler, ``FAMILY:ARG``; an admission policy is
     built, its parameters checked)."""
-    if kind in ("admission", "migration"):
+    if kind in ("admission", "migration") or is_written(name):  # built: parameters, file and interface checked
         try:
-            (make_admission if kind == "admission" else make_migration)(name)
+            if is_written(name):
+                make_written(kind, name)
+            else:
+                (make_admission if kind == "admission" else make_migration)(name)
         except ConfigError as err:
             raise ConfigError(field, err.problem, err.fix) from None
         return
@@ -227,7 +231,8 @@ def _check_name(kind: str, name: Any, field: str) -> None:
              "autoscaler": autoscaler_names, "retention": retention_names, "disagg": disagg_names}[kind]()
     families = scheduler_families() if kind == "scheduler" else kind_families(kind) if kind == "disagg" else []
     ok = isinstance(name, str) and (name in known or (":" in name and name.partition(":")[0] in families))
-    require(ok, field, f"unknown {kind} {name!r}", f"use some of {known}" + "".join(f", or {p}:ARG" for p in families))
+    require(ok, field, f"unknown {kind} {name!r}", f"use some of {known}" + "".join(f", or {p}:ARG" for p in families)
+            + ", or a written one, FILE.py:Name")
 
 
 @dataclass

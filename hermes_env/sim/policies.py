@@ -21,6 +21,9 @@ prewarm) and every ``tick`` seconds; it acts through ``sim.scale_up(backend, now
 replica) and ``sim.scale_down(backend, now)`` (drain a warm one). Whatever the autoscaler, a request that
 finds no replica warm or loading starts a load (a cold start on its critical path).
 
+**Residual autoscaling** (:class:`ResidualAutoscaler`): a *native* autoscaler runs at its own cadence
+and a second policy's orders (an agent's, a planner's) add to it at that policy's cadence.
+
 **KV retention** (:mod:`hermes_env.sim.retention`): what happens to an application's KV context between
 its LLM calls (release to the LRU cache, pin, offload to host memory, prefetch, discard); ``lru`` is vLLM's.
 
@@ -48,6 +51,9 @@ the simulation pauses for it as for an agent (between events, so it may copy the
 option: ``Simulation.snapshot``) and calls ``act``, which must resolve the decision. Such policies run
 headless and inside the environments like any other (``rollout:BASE`` in baselines).
 
+**Written policies** (:mod:`hermes_env.sim.written`): ``path/to/file.py:Name`` wherever a name goes: a class
+(or factory) in a file, subclassing the kind's base class here with the methods above.
+
 Policies register by name (``@register_scheduler("fcfs")``); ``make_scheduler("fcfs")`` builds one.
 Packages announce more through entry points, loaded only when needed: the ``hermes_env.policies`` group
 (``baselines``, light) on the first lookup of a name, and the ``hermes_env.scheduler_families`` group
@@ -65,6 +71,7 @@ from typing import Any
 
 from hermes_env.cluster.request import Request
 from hermes_env.errors import ConfigError, require
+from hermes_env.sim.written import is_written, make_written
 
 _PLUGINS_LOADED = False
 _FAMILIES: dict[str, Callable[..., Any]] = {}  # scheduler families; other kinds' in _KIND_FAMILIES
@@ -167,14 +174,15 @@ def _maker(registry: dict[str, Callable[..., Any]], kind: str) -> Callable[..., 
     def make(name: str, **kwargs: Any) -> Any:
         require(isinstance(name, str), kind, f"must be a policy name, got {name!r}")
         load_plugins()  # light: baselines may register families (blackbox:N) as well as names
+        if is_written(name):  # path/to/file.py:Name (hermes_env.sim.written)
+            return make_written(kind, name, **kwargs)
         prefix, _, arg = name.partition(":")
         family = (_family(prefix) if kind == "scheduler" else _KIND_FAMILIES[kind].get(prefix)) if arg else None
         if family is not None:
             return family(arg, **kwargs)
         prefixes = families(kind)
         require(name in registry, kind, f"unknown {kind} {name!r}",
-                f"use one of {sorted(registry)}" + (f" or {', '.join(p + ':ARG' for p in prefixes)}"
-                                                    if prefixes else ""))
+                f"use one of {sorted(registry)}" + "".join(f", {p}:ARG" for p in prefixes) + " or FILE.py:Name")
         return registry[name](**kwargs)
     return make
 
@@ -199,6 +207,8 @@ def make_admission(name: str) -> Any:
     """An admission policy by name, with its parameters after a colon (``queue_threshold:8:16``)."""
     require(isinstance(name, str), "admission", f"must be a policy name, got {name!r}")
     load_plugins()
+    if is_written(name):
+        return make_written("admission", name)
     prefix, _, arg = name.partition(":")
     require(prefix in _ADMISSIONS, "admission", f"unknown admission policy {prefix!r}",
             f"use one of {sorted(_ADMISSIONS)}")
@@ -509,3 +519,23 @@ class ExternalMigration(MigrationPolicy):
 
     def decide(self, sim: Any, now: float) -> None:
         sim.request_migration_decisions(now)
+class ResidualAutoscaler(Autoscaler):
+    """Residual control: ``native`` (a heuristic) runs as it would alone, on its own tick and, if it reacts,
+    at every decision point, and ``orders`` (an agent's :class:`ExternalAutoscaler`, a planner, any
+    autoscaler) adds its loads and releases at its own cadence. Conflicts resolve by time: at an instant where
+    both are due, the orders act after the native heuristic's tick (they see its loads and releases, and
+    have the last word until its next tick, which may reverse them: the native heuristic keeps its own
+    state). Every order goes through the backend's own rules (``can_scale_up``: a cold or draining replica;
+    ``can_scale_down``: a warm one, keeping one while the shared queue has work), so neither can go below
+    them. With orders that never order anything the run is the native heuristic's alone, bit for bit."""
+
+    def __init__(self, native: Autoscaler, orders: Autoscaler) -> None:
+        require(not hasattr(native, "act") and not isinstance(native, ResidualAutoscaler), "residual",
+                f"the native autoscaler must be a heuristic, got {native.name!r}", "name a registered autoscaler")
+        self.native, self.orders = native, orders
+        self.parts = (native, orders)  # ticked one by one by the simulation, the orders behind
+        self.name = f"residual:{native.name}+{orders.name}"
+
+    def start(self, sim: Any, now: float) -> None:
+        self.native.start(sim, now)
+        self.orders.start(sim, now)

@@ -297,6 +297,8 @@ class Simulation:
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
         self.prewarm_policy = make_prewarm(prewarm) if isinstance(prewarm, str) else prewarm
         self.autoscaler = make_autoscaler(autoscaler) if isinstance(autoscaler, str) else autoscaler
+        # the autoscalers that decide (a residual one's native heuristic, then its orders; else the one)
+        self._scalers: tuple[Any, ...] = getattr(self.autoscaler, "parts", (self.autoscaler,))
         self.admission = make_admission(admission) if isinstance(admission, str) else admission
         self._admits = self.admission.name != "none"  # ``none`` is never asked: 0.2's runs, bit for bit
         self._deferred: dict[int, Application] = {}  # deferred applications, by id, in the order deferred
@@ -396,7 +398,7 @@ class Simulation:
         """Run to the end (or ``until``) with the policies given; external policies need
         :meth:`run_until_decision` and :meth:`resolve` instead."""
         for name, policy in (("scheduler", self.scheduler), ("router", self.router_name),
-                             ("autoscaler", self.autoscaler), ("admission", self.admission.name),
+                             *(("autoscaler", p) for p in self._scalers), ("admission", self.admission.name),
                              ("migration", self.migration)):
             require(not getattr(policy, "external", False) or hasattr(policy, "act"), name,
                     "is external: drive the simulation with run_until_decision() and resolve()")
@@ -616,7 +618,7 @@ class Simulation:
 
     def owner(self, decision: Decision) -> Any:
         """The policy that settles ``decision`` itself (a planner: it has ``act``), or None (an agent)."""
-        policy = {"schedule": self.scheduler, "prewarm": self.prewarm_policy, "scale": self.autoscaler,
+        policy = {"schedule": self.scheduler, "prewarm": self.prewarm_policy, "scale": self._scalers[-1],
                   "admit": self.admission, "migrate": self.migration}.get(decision.kind) \
             or self.llm_backends[decision.backend].router
         return policy if hasattr(policy, "act") else None
@@ -631,7 +633,7 @@ class Simulation:
 
     def _drivers(self) -> bool:
         routers = [b.router for b in self.llm_backends.values()]
-        return any(hasattr(p, "act") for p in (self.scheduler, self.prewarm_policy, self.autoscaler, self.admission,
+        return any(hasattr(p, "act") for p in (self.scheduler, self.prewarm_policy, *self._scalers, self.admission,
                                                 self.migration, *routers))
 
     def resolve(self, choice: int | None = None) -> None:
@@ -667,22 +669,28 @@ class Simulation:
         self.prewarm_policy.start(self, 0.0)
         self.autoscaler.start(self, 0.0)
         self.engine.at(float(self.arrival_times[0]), self._arrive, 0)
-        for policy in (self.prewarm_policy, self.autoscaler, self.migration):
-            if policy.tick:
-                self.engine.at(policy.tick, self._tick, policy)
+        for policy in (self.prewarm_policy, *self._scalers, self.migration):
+            if policy.tick:  # a residual autoscaler's orders act behind its native heuristic at an instant
+                self.engine.at(policy.tick, self._tick, policy, len(self._scalers) > 1 and policy is self._scalers[-1])
 
     def _finished(self) -> bool:
         return self.ended == self.config.workload.num_applications
 
     def _decision_point(self, now: float) -> None:
         self.prewarm_policy.decide(self, now)
-        if self.autoscaler.reacts:
-            self.autoscaler.decide(self, now)
+        for scaler in self._scalers:
+            if scaler.reacts:
+                scaler.decide(self, now)
 
-    def _tick(self, now: float, policy: Any) -> None:
+    def _tick(self, now: float, policy: Any, behind: bool = False, queued: bool = False) -> None:
+        """``policy.decide`` every ``policy.tick`` seconds; ``behind``: after every other event due at the same
+        instant (the tick is queued again at ``now``, behind them: a residual autoscaler's orders)."""
+        if behind and not queued:
+            self.engine.at(now, self._tick, policy, True, True)
+            return
         policy.decide(self, now)
         if not self._finished():
-            self.engine.at(now + policy.tick, self._tick, policy)
+            self.engine.at(now + policy.tick, self._tick, policy, behind)
 
     # -- applications -----------------------------------------------------------------------------
     def peek_realisation(self, i: int) -> tuple[StageRun, ...]:
