@@ -23,24 +23,18 @@ import argparse
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hermes_env.sim.metrics import mean_ci
-from hermes_env.tasks import Task, _merge, run_policy, task_names
+from hermes_env.tasks import Task, run_policy, task_names
 
 
 def shortened(name: str, fraction: float) -> Task:
     """The task with ``fraction`` of its applications per episode (at least 30)."""
-    task = Task.from_yaml(name)
-    if fraction >= 1.0:
-        return task
-    n = max(30, round(fraction * task.env().experiment.workload.num_applications))
-    overrides = _merge(task.env_kwargs.get("overrides") or {}, {"workload": {"num_applications": n}})
-    return replace(task, env_kwargs={**task.env_kwargs, "overrides": overrides})
+    return Task.from_yaml(name).shortened(fraction)
 
 
 def one_run(job: tuple[str, float, str, int]) -> dict[str, Any]:
