@@ -286,14 +286,16 @@ def roll_in(job: dict[str, Any]) -> dict[str, Any]:
     done, step = False, 0
     while not done:
         mask = info["action_mask"]
+        t0 = time.perf_counter()
         x = featurise(obs, env) if env.decision is not None else None
+        featurised = time.perf_counter() - t0
         every = cfg.label_every if net is not None else 1  # the teacher driving labels every decision
         label = teacher.label(env) if x is not None and step % every == 0 else None
         mine = None
         if net is not None and x is not None:
             t0 = time.perf_counter()
             mine = greedy(net, x, mask)
-            acted += time.perf_counter() - t0
+            acted += time.perf_counter() - t0 + featurised  # the student's whole decision: its input too
         if label is not None:
             xs.append(x), masks.append(mask), ys.append(label)
             seen += 1
@@ -465,7 +467,7 @@ def eval_job(job: tuple[dict, str, str, int, bool]) -> dict[str, Any]:
     from hermes_env.tasks import episode
 
     cfg, spec, path, seed, heldout = job
-    task = DistillConfig(**cfg).shortened()
+    task = DistillConfig(**cfg).shortened()  # (cfg's fraction: the distilled size, or the evaluation's)
     t0 = time.perf_counter()
     if spec == "learned":
         torch.set_num_threads(1)
@@ -478,11 +480,13 @@ def eval_job(job: tuple[dict, str, str, int, bool]) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0}
 
 
-def evaluate(path: Path, workers: int, seeds: tuple[int, ...] | None = None, planner: bool = True) -> dict:
+def evaluate(path: Path, workers: int, seeds: tuple[int, ...] | None = None, planner: bool = True,
+             fraction: float | None = None) -> dict:
     """The checkpoint, the best heuristic and the planner (the teacher, headless) on the task's held-out
-    seeds and held-out workload at the distilled size, paired; writes ``eval.json`` beside the model."""
+    seeds and held-out workload, paired, at the distilled size (or ``fraction`` of the task's applications);
+    writes ``eval.json`` (``eval-FRACTION.json``) beside the model."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = ckpt["config"]
+    cfg = ckpt["config"] if fraction is None else {**ckpt["config"], "fraction": fraction}
     task = DistillConfig(**cfg).shortened()
     seeds = seeds or task.eval_seeds
     specs = ["learned", ckpt["best"]] + ([ckpt["teacher"]] if planner else [])
@@ -505,7 +509,8 @@ def evaluate(path: Path, workers: int, seeds: tuple[int, ...] | None = None, pla
             out["captured"] = float(np.sum(b - np.array(per["learned"])) / np.sum(margin)) if np.sum(
                 margin) > 0 else math.nan
         result["heldout_workload" if h else "heldout_seeds"] = out
-    (path.parent / "eval.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    name = "eval.json" if fraction is None else f"eval-{fraction:g}.json"
+    (path.parent / name).write_text(json.dumps(result, indent=1, default=float) + "\n")
     return result
 
 
@@ -521,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output directory (model.pt, curve.csv)")
     parser.add_argument("--evaluate", action="store_true", help="then evaluate on the held-out seeds (eval.json)")
     parser.add_argument("--no-planner", action="store_true", help="evaluate without the (slow) planner")
+    parser.add_argument("--evaluate-at", type=float, help="then also at this fraction of the task's "
+                        "applications (1: the task's own size), without the planner")
     args = parser.parse_args(argv)
     try:
         require(bool(args.config) != bool(args.task), "--config", "give --config or --task, not both or neither")
@@ -537,6 +544,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.evaluate:
             print(json.dumps({k: v for k, v in evaluate(path, args.workers, planner=not args.no_planner).items()
                               if k != "runs"}, default=float), flush=True)
+        if args.evaluate_at is not None:
+            print(json.dumps({k: v for k, v in evaluate(path, args.workers, planner=False,
+                                                        fraction=args.evaluate_at).items() if k != "runs"},
+                             default=float), flush=True)
     except ConfigError as err:
         print(f"python -m agents.distill: {err}")
         return 2
