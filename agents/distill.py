@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from baselines.autoscaling import _serving
 from baselines.planners import BASE, CLASSES, FAMILIES, NOTHING
 from hermes_env.catalog import config_path
-from hermes_env.cluster.llm import LOADING, WARM
 from hermes_env.errors import ConfigError, require
 from hermes_env.sim.metrics import mean_ci
 from hermes_env.tasks import Task, episode_objective, planner_weights, run_policy, task_names
@@ -255,7 +255,8 @@ class Teacher:
 
 
 def serving(sim: Any) -> dict[str, int]:
-    return {name: sum(r.state in (WARM, LOADING) for r in b.replicas) for name, b in sim.llm_backends.items()}
+    """Per LLM backend, the replicas warm or loading (as the reference autoscalers count them)."""
+    return {name: _serving(b) for name, b in sim.llm_backends.items()}
 
 
 def backend_queues(backend: Any) -> list[Any]:
