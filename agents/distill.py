@@ -474,10 +474,10 @@ def eval_job(job: tuple[dict, str, str, int, bool]) -> dict[str, Any]:
         torch.set_num_threads(1)
         env = task.env(heldout)
         act = distilled_policy(path, env)
-        objective, _ = episode_objective(task, env, episode(env, act, seed))
+        objective, bound = episode_objective(task, env, episode(env, act, seed))
     else:
-        objective, _ = run_policy(task, spec, seed, heldout)
-    return {"policy": spec, "seed": seed, "heldout": heldout, "objective": objective,
+        objective, bound = run_policy(task, spec, seed, heldout)
+    return {"policy": spec, "seed": seed, "heldout": heldout, "objective": objective, "bound": bound,
             "seconds": time.perf_counter() - t0}
 
 
@@ -501,7 +501,11 @@ def evaluate(path: Path, workers: int, seeds: tuple[int, ...] | None = None, pla
         per = {s: [next(r["objective"] for r in runs if r["policy"] == s and r["seed"] == x and r["heldout"] == h)
                    for x in seeds] for s in specs}
         b = np.array(per[ckpt["best"]])
+        bound = np.array([next(r["bound"] for r in runs if r["policy"] == ckpt["best"] and r["seed"] == x and
+                               r["heldout"] == h) for x in seeds])
         out = {s: mean_ci(v) for s, v in per.items()}
+        out["learned_minus_best"] = mean_ci(list(np.array(per["learned"]) - b))  # the leaderboard's columns
+        out["gap_closed"] = mean_ci(list((b - np.array(per["learned"])) / (b - bound)))
         out["learned_vs_best"] = mean_ci(list((b - np.array(per["learned"])) / b))
         if planner:
             p = np.array(per[ckpt["teacher"]])
