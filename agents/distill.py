@@ -249,8 +249,11 @@ class Teacher:
             for i, name in enumerate(env.llm_names):
                 action[i] = 1 if after[name] > before[name] else 2 if after[name] < before[name] else 0
         elif choice != NOTHING:
-            verb, name = choice
-            action[env.llm_names.index(name)] = 1 if verb == "load" else 2
+            verb, name, *kind = choice  # ("load", backend[, replica kind]) or ("release", backend)
+            kinds = env.replica_kinds[name]
+            i = env.llm_names.index(name)
+            action[i] = 2 if verb == "release" else 3 + kinds.index(kind[0]) if kind and kind[0] and len(kinds) > 1 \
+                else 1
         return action
 
 
