@@ -44,15 +44,19 @@ from torch import nn
 from baselines.autoscaling import _serving
 from baselines.planners import BASE, CLASSES, FAMILIES, NOTHING
 from hermes_env.catalog import config_path
+from hermes_env.envs.features import GLOBAL_FEATURES
 from hermes_env.errors import ConfigError, require
 from hermes_env.sim.metrics import mean_ci
 from hermes_env.tasks import Task, episode_objective, planner_weights, run_policy, task_names
 from hermes_env.validation import load_yaml
 
-FORMAT = "hermes-distill-1"
+FORMAT = "hermes-distill-2"
 WINDOWS = (5.0, 10.0, 20.0, 40.0, 80.0)  # seconds ahead of the declared-arrivals clock
 ORDER_KEYS = ("backends", "replicas", "global", "kinds")  # what the order student reads (those present)
 CONTEXT_KEYS = ("backends", "global")  # the cluster summary of the slot student
+# global features that tie a policy to the episode's length (the simulated time, the shares of the workload
+# ended): left out, so that a student trained on shortened episodes reads a longer one's states alike
+EPISODE_BOUND = [GLOBAL_FEATURES.index(n) for n in ("time", "completed_fraction", "failed_fraction")]
 TEACHABLE = {"hermes_env/Autoscaling-v0": "scale", "hermes_env/Scheduling-v0": "schedule"}
 SLOT = {"scale": "autoscaler", "schedule": "scheduler"}  # the Simulation attribute the teacher takes over
 
@@ -123,15 +127,19 @@ def arrival_clock(env: Any) -> np.ndarray:
     return np.log1p([min(arrivals.expected_arrivals(now + w) - base, left) for w in WINDOWS]).astype(np.float32)
 
 
+def part(obs: dict[str, np.ndarray], key: str) -> np.ndarray:
+    return np.delete(obs[key], EPISODE_BOUND) if key == "global" else obs[key].ravel()
+
+
 def order_input(obs: dict[str, np.ndarray], env: Any) -> np.ndarray:
     """The order student's input: its observation keys flattened, then the arrival clock."""
-    return np.concatenate([*(obs[k].ravel() for k in ORDER_KEYS if k in obs), arrival_clock(env)]).astype(np.float32)
+    return np.concatenate([*(part(obs, k) for k in ORDER_KEYS if k in obs), arrival_clock(env)]).astype(np.float32)
 
 
 def slot_input(obs: dict[str, np.ndarray], env: Any) -> np.ndarray:
     """The slot student's input: each request row followed by the cluster summary and the arrival clock
     (rows past the mask are zeros)."""
-    context = np.concatenate([*(obs[k].ravel() for k in CONTEXT_KEYS), arrival_clock(env)])
+    context = np.concatenate([*(part(obs, k) for k in CONTEXT_KEYS), arrival_clock(env)])
     rows = obs["requests"]
     out = np.concatenate([rows, np.broadcast_to(context, (len(rows), len(context)))], axis=1)
     return (out * obs["request_mask"][:, None]).astype(np.float32)
@@ -534,8 +542,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output directory (model.pt, curve.csv)")
     parser.add_argument("--evaluate", action="store_true", help="then evaluate on the held-out seeds (eval.json)")
     parser.add_argument("--no-planner", action="store_true", help="evaluate without the (slow) planner")
-    parser.add_argument("--evaluate-at", type=float, help="then also at this fraction of the task's "
-                        "applications (1: the task's own size), without the planner")
+    parser.add_argument("--evaluate-at", default="", help="then also at these fractions of the task's "
+                        "applications (comma-separated; 1: the task's own size)")
+    parser.add_argument("--planner-at", default="", help="of those fractions, the ones where the (slow) planner "
+                        "is evaluated too")
     args = parser.parse_args(argv)
     try:
         require(bool(args.config) != bool(args.task), "--config", "give --config or --task, not both or neither")
@@ -552,9 +562,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.evaluate:
             print(json.dumps({k: v for k, v in evaluate(path, args.workers, planner=not args.no_planner).items()
                               if k != "runs"}, default=float), flush=True)
-        if args.evaluate_at is not None:
-            print(json.dumps({k: v for k, v in evaluate(path, args.workers, planner=False,
-                                                        fraction=args.evaluate_at).items() if k != "runs"},
+        planned = {float(f) for f in filter(None, args.planner_at.split(","))}
+        for fraction in (float(f) for f in filter(None, args.evaluate_at.split(","))):
+            print(json.dumps({k: v for k, v in evaluate(path, args.workers, planner=fraction in planned,
+                                                        fraction=fraction).items() if k != "runs"},
                              default=float), flush=True)
     except ConfigError as err:
         print(f"python -m agents.distill: {err}")
