@@ -10,10 +10,10 @@ rolls in the current student, labels every state it visits with the teacher's ch
 and retrains from scratch on everything labelled so far (Ross, Gordon and Bagnell 2011). Roll-ins of
 different seeds run in parallel processes.
 
-The student: on an order environment (``Autoscaling-v0``) an MLP over the backends, replicas, global and
-kinds features plus the clock of the workload's *declared* arrival process (the expected arrivals in the
-next 5 to 80 s, as the planner's resampled futures know it: no realised arrival is read), with one masked
-softmax per backend; on ``Scheduling-v0`` one self-attention layer over the candidate requests' rows (each
+The student: on an order environment (``Autoscaling-v0``) an MLP over the backends, replicas, global (less
+those tied to the episode's length) and kinds features plus the clock of the workload's *declared* arrival
+process (the expected arrivals in the next 5 to 80 s, as the planner's resampled futures know it: no
+realised arrival is read), with one masked softmax per backend; on ``Scheduling-v0`` one self-attention layer over the candidate requests' rows (each
 row with the cluster summary), a score per slot, masked (it scores any number of requests).
 
 The checkpoint (``model.pt``) is loaded by ``agent:PATH`` (:func:`agents.scheduler.agent_policy`), with
