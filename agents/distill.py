@@ -13,8 +13,9 @@ different seeds run in parallel processes.
 The student: on an order environment (``Autoscaling-v0``) an MLP over the backends, replicas, global (less
 those tied to the episode's length) and kinds features plus the clock of the workload's *declared* arrival
 process (the expected arrivals in the next 5 to 80 s, as the planner's resampled futures know it: no
-realised arrival is read), with one masked softmax per backend; on ``Scheduling-v0`` one self-attention layer over the candidate requests' rows (each
-row with the cluster summary), a score per slot, masked (it scores any number of requests).
+realised arrival is read), with one masked softmax per backend; on ``Scheduling-v0`` one self-attention
+layer over the candidate requests' rows (each row with the cluster summary), a score per slot, masked (it
+scores any number of requests).
 
 The checkpoint (``model.pt``) is loaded by ``agent:PATH`` (:func:`agents.scheduler.agent_policy`), with
 ``curve.csv`` beside it: per iteration the labels, the student's accuracy against the teacher on the states
