@@ -79,12 +79,15 @@ def load_checkpoint(path: str, field: str) -> MaskablePPO:
                           f"{err})", "give a model.zip written by hermes-env train") from None
 
 
-def checkpoint_path(path: str, field: str = "scheduler") -> str:
-    """A checkpoint file's path, or the shipped checkpoint of that name (agents/checkpoints/NAME.zip)."""
-    if not Path(path).exists() and (SHIPPED / f"{path}.zip").is_file():
-        path = str(SHIPPED / f"{path}.zip")
+def checkpoint_path(path: str, field: str = "scheduler", suffixes: tuple[str, ...] = (".zip",)) -> str:
+    """A checkpoint file's path, or the shipped checkpoint of that name (agents/checkpoints/NAME.zip, or
+    NAME.pt for a distilled one where ``suffixes`` allows it)."""
+    for suffix in suffixes:
+        if not Path(path).exists() and (SHIPPED / f"{path}{suffix}").is_file():
+            path = str(SHIPPED / f"{path}{suffix}")
+    shipped = sorted(p.stem for s in suffixes for p in SHIPPED.glob(f"*{s}"))
     require(Path(path).is_file() or Path(f"{path}.zip").is_file(), field, f"no checkpoint {path!r}",
-            f"give a model.zip path or one of {sorted(p.stem for p in SHIPPED.glob('*.zip'))}")
+            f"give a model.zip path or one of {shipped}")
     return path
 
 
@@ -96,8 +99,14 @@ def learned_scheduler(path: str) -> LearnedScheduler:
 
 def agent_policy(path: str, env: Any) -> Callable[[Any, np.ndarray], Any]:
     """``agent:PATH`` loads a checkpoint file, ``agent:NAME`` a checkpoint shipped in agents/checkpoints: the
-    deterministic action of the checkpoint in ``env``, whose spaces must be those it was trained in."""
-    model = load_checkpoint(checkpoint_path(path, "policy"), "policy")
+    deterministic action of the checkpoint in ``env``, whose spaces must be those it was trained in (a
+    ``.pt`` file: a student distilled from a planner, :func:`agents.distill.distilled_policy`)."""
+    file = checkpoint_path(path, "policy", (".zip", ".pt"))
+    if file.endswith(".pt"):  # a student distilled from a planner (agents/distill.py)
+        from agents.distill import distilled_policy
+
+        return distilled_policy(file, env)
+    model = load_checkpoint(file, "policy")
     for kind in ("observation_space", "action_space"):
         require(getattr(model, kind) == getattr(env, kind), "policy", f"agent:{path} was trained with another "
                 f"{kind.replace('_', ' ')} than this task's environment has",

@@ -113,22 +113,29 @@ class Planner:
         if now < self._next_plan:
             self.follow(sim, d)
             return
+        candidates, costs = self.plan(sim, d)
+        best = int(np.argmin(costs))  # ties go to the first: BASE's own choice
+        self._apply(sim, d, candidates[best], proposed=True)
+
+    def plan(self, sim: Simulation, d: Decision) -> tuple[list[Any], np.ndarray]:
+        """The candidates at ``sim``'s pending decision ``d`` (BASE's first) and each one's rollout cost summed
+        over the futures (one candidate: not planned, cost 0); ``sim`` is left as it was. A distilled policy's
+        teacher (agents/distill.py) asks this on a copy of an environment's simulation."""
+        now = sim.engine.now
         snap = sim.snapshot()  # before BASE is asked (a router's turn), so that each copy asks it once
         candidates = self.candidates(sim, d)
+        costs = np.zeros(len(candidates))
         if len(candidates) < 2:
-            self._apply(sim, d, candidates[0], proposed=True)
-            return
+            return candidates, costs
         self._next_plan = now + self.every
         self.plans += 1
-        costs = np.zeros(len(candidates))
         for j in range(self.futures):
             for k, action in enumerate(candidates):
                 branch = Simulation.from_snapshot(snap)
                 if not self.clairvoyant:  # future j is the same for every candidate: common random numbers
                     self.resample(branch, np.random.default_rng([self.seed, self.plans, j]))
                 costs[k] += self._cost(branch, action, now + self.horizon, self.depth)
-        best = int(np.argmin(costs))  # ties go to the first: BASE's own choice
-        self._apply(sim, d, candidates[best], proposed=True)
+        return candidates, costs
 
     def resample(self, branch: Simulation, rng: np.random.Generator) -> None:
         """Draw a future a non-clairvoyant policy cannot tell from the true one, on ``branch``."""

@@ -42,7 +42,7 @@ runs, so bad input fails before any work.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,15 @@ class Task:
                    choice(spec, "objective", where, OBJECTIVES), simplest, tuple(heuristics), seeds["train_seeds"],
                    seeds["eval_seeds"], _text(spec, "found", where, ""), clairvoyant, dict(heldout),
                    tuple(_texts(spec, "learned", where)))
+
+    def shortened(self, fraction: float) -> Task:
+        """The task with ``fraction`` of its applications per episode (at least 30; 1 or more: the task
+        itself), so that slow policies (planners, their distilled students' teachers) fit a small machine."""
+        if fraction >= 1.0:
+            return self
+        n = max(30, round(fraction * self.env().experiment.workload.num_applications))
+        overrides = _merge(self.env_kwargs.get("overrides") or {}, {"workload": {"num_applications": n}})
+        return replace(self, env_kwargs={**self.env_kwargs, "overrides": overrides})
 
     def env(self, heldout: bool = False) -> Any:
         import gymnasium as gym

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from hermes_env.sim.metrics import mean_ci
-from hermes_env.tasks import Task, _merge, run_policy, task_names
+from hermes_env.tasks import Task, run_policy, task_names
 
 
 def shortened(name: str, fraction: float, residual: str = "") -> Task:
@@ -45,11 +45,7 @@ def shortened(name: str, fraction: float, residual: str = "") -> Task:
     task = Task.from_yaml(name)
     if residual:
         task = replace(task, env_kwargs={**task.env_kwargs, "residual": residual}, heuristics=("fixed",))
-    if fraction >= 1.0:
-        return task
-    n = max(30, round(fraction * task.env().experiment.workload.num_applications))
-    overrides = _merge(task.env_kwargs.get("overrides") or {}, {"workload": {"num_applications": n}})
-    return replace(task, env_kwargs={**task.env_kwargs, "overrides": overrides})
+    return task.shortened(fraction)
 
 
 def one_run(job: tuple[str, float, str, int, str]) -> dict[str, Any]:

@@ -225,24 +225,32 @@ class ArrivalConfig:
         rate = self.rate if self.process == "poisson" else self.trace_data().rate
         return now + np.cumsum(rng.exponential(1.0 / rate, n))
 
+    def _pieces(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
+        """A time-varying schedule's durations, rates, start times within the cycle, period, and expected
+        count at each piece's end."""
+        durations = np.array([d for d, _ in self.schedule])
+        rates = np.array([r for _, r in self.schedule])
+        starts = np.concatenate(([0.0], np.cumsum(durations)[:-1]))
+        return durations, rates, starts, float(starts[-1] + durations[-1]), np.cumsum(durations * rates)
+
+    def expected_arrivals(self, t: float) -> float:
+        """The expected number of arrivals from 0 to ``t``: what a policy that knows the process (not its
+        draws) forecasts (a time-varying schedule's cumulative rate; a trace's mean rate)."""
+        if self.process != "time_varying":
+            return (self.rate if self.process in ("poisson", "bursty") else self.trace_data().rate) * t
+        durations, rates, starts, period, expected = self._pieces()
+        c, within = divmod(t, period)
+        i = min(int(np.searchsorted(starts, within, side="right")) - 1, len(rates) - 1)
+        return c * expected[-1] + (expected[i] - durations[i] * rates[i]) + rates[i] * (within - starts[i])
+
     def _time_varying(self, n: int, rng: np.random.Generator, start: float = 0.0) -> np.ndarray:
         """``n`` arrivals of the cycling schedule after ``start``, by inverting its cumulative rate: unit-rate
         Poisson arrivals ``E_k`` (cumulative sums of exponentials) beyond the expected count at ``start`` map
         to the times at which the schedule's expected count reaches them. Work is proportional to the arrivals
         (times the log of the pieces), whatever the idle time between them: thinning at the peak rate drew
         candidates through every idle gap, and a long gap after a busy piece hung."""
-        durations = np.array([d for d, _ in self.schedule])
-        rates = np.array([r for _, r in self.schedule])
-        starts = np.concatenate(([0.0], np.cumsum(durations)[:-1]))
-        period = starts[-1] + durations[-1]
-        expected = np.cumsum(durations * rates)  # the schedule's expected count at each piece's end
-
-        def count(t: float) -> float:  # the expected count from 0 to t
-            c, within = divmod(t, period)
-            i = min(int(np.searchsorted(starts, within, side="right")) - 1, len(rates) - 1)
-            return c * expected[-1] + (expected[i] - durations[i] * rates[i]) + rates[i] * (within - starts[i])
-
-        offset = count(start) if start > 0 else 0.0
+        durations, rates, starts, period, expected = self._pieces()
+        offset = self.expected_arrivals(start) if start > 0 else 0.0
         cycles, within = np.divmod(offset + np.cumsum(rng.exponential(1.0, n)), expected[-1])
         piece = np.minimum(np.searchsorted(expected, within, side="right"), len(rates) - 1)  # never a rate-0 piece
         before = expected[piece] - durations[piece] * rates[piece]
