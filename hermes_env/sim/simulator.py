@@ -297,8 +297,6 @@ class Simulation:
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
         self.prewarm_policy = make_prewarm(prewarm) if isinstance(prewarm, str) else prewarm
         self.autoscaler = make_autoscaler(autoscaler) if isinstance(autoscaler, str) else autoscaler
-        # the autoscalers that decide (a residual one's native heuristic, then its orders; else the one)
-        self._scalers: tuple[Any, ...] = getattr(self.autoscaler, "parts", (self.autoscaler,))
         self.admission = make_admission(admission) if isinstance(admission, str) else admission
         self._admits = self.admission.name != "none"  # ``none`` is never asked: 0.2's runs, bit for bit
         self._deferred: dict[int, Application] = {}  # deferred applications, by id, in the order deferred
@@ -377,6 +375,12 @@ class Simulation:
         if not isinstance(router, str):
             return router
         return None if router == "shared" else make_router(router)
+
+    @property
+    def _scalers(self) -> tuple[Any, ...]:
+        """The autoscalers that decide (a residual one's native heuristic, then its orders; else the one),
+        read from ``autoscaler`` each time, so that a planner installed on a copy takes its place."""
+        return getattr(self.autoscaler, "parts", (self.autoscaler,))
 
     def __getstate__(self) -> dict:
         # PDGraph analyses are shared across simulations and rebuilt on demand, and the snapshots' memo of
