@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from hermes_env._mypyc import mypyc_attr
 from hermes_env.errors import ConfigError, require
 from hermes_env.pdgraph.cost import LinearTokenCost
 from hermes_env.validation import load_yaml, parse_yaml
@@ -36,6 +37,7 @@ from hermes_env.validation import load_yaml, parse_yaml
 PARAMETERS = ("floor", "per_token", "sharpness", "per_kv_token", "per_prefill_pair", "per_max_context")
 
 
+@mypyc_attr(native_class=False)  # frozen: copied and pickled as Python does
 @dataclass(frozen=True)
 class IterationLatency:
     floor: float
@@ -177,6 +179,7 @@ def _errors(err: np.ndarray) -> dict[str, Any]:
             "max_rel_error": round(float(err.max()), 4)}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ProfileCost:
     """A PDGraph cost model from latency profiles: an LLM request's service is its isolated time."""
 
@@ -204,6 +207,6 @@ def load_cost_model(path: str | Path) -> LinearTokenCost | ProfileCost:
             "must have exactly one of 'profiles' (backend -> latency profile) or 'backends' (linear costs)")
     if "backends" in spec:
         return LinearTokenCost.from_dict(spec)
-    require(isinstance(spec["profiles"], Mapping) and spec["profiles"], "cost.profiles",
+    require(isinstance(spec["profiles"], Mapping) and bool(spec["profiles"]), "cost.profiles",
             "must map LLM backends to profile names or YAML paths")
     return ProfileCost({backend: load_profile(profile) for backend, profile in spec["profiles"].items()})
