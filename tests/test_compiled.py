@@ -150,9 +150,10 @@ def test_compiled_classes_copy_and_pickle_with_their_state() -> None:
     assert np.array_equal(twin.counts, hist.counts)
 
 
-def test_stale_compiled_modules_are_never_used(tmp_path: Path) -> None:
+def test_stale_compiled_modules_are_never_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In a source checkout, a compiled module older than its source (an edit not rebuilt) sends the whole
     package to the source, with a warning naming the module."""
+    monkeypatch.delenv("HERMES_ENV_PURE", raising=False)
     pkg = tmp_path / "hermes_env"
     (pkg / "sim").mkdir(parents=True)
     (tmp_path / "setup.py").write_text("")
