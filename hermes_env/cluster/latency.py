@@ -54,7 +54,7 @@ class IterationLatency:
     def __post_init__(self) -> None:
         for key in PARAMETERS:
             v = getattr(self, key)
-            require(isinstance(v, int | float) and np.isfinite(v) and v >= 0, f"latency.{key}",
+            require(isinstance(v, int | float) and bool(np.isfinite(v)) and v >= 0, f"latency.{key}",
                     f"must be a finite number >= 0, got {v!r}")
         require(self.sharpness >= 1, "latency.sharpness", f"must be >= 1, got {self.sharpness}")
 
