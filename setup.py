@@ -27,6 +27,7 @@ COMPILED = [
     "hermes_env/cluster/prefix.py",
     "hermes_env/cluster/queue.py",
     "hermes_env/cluster/latency.py",
+    "hermes_env/cluster/llm.py",
     "hermes_env/sim/engine.py",
     "hermes_env/sim/metrics.py",
     "hermes_env/envs/features.py",

@@ -17,9 +17,11 @@ empty.) A class whose code reads or writes its ``__dict__`` says ``native_class=
 
 from __future__ import annotations
 
+import copy
 import importlib.machinery
 import os
 import sys
+import types
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,3 +99,15 @@ def choose_build() -> None:
                       "Python source; rebuild them with `make compiled` (or delete the .so files)", stacklevel=3)
     if (pure or stale) and not any(isinstance(finder, _SourceOnly) for finder in sys.meta_path):
         sys.meta_path.insert(0, _SourceOnly())  # type: ignore[arg-type]
+    elif compiled_modules():
+        copy._deepcopy_dispatch[types.BuiltinMethodType] = _deepcopy_builtin_method  # type: ignore[attr-defined]
+
+
+def _deepcopy_builtin_method(method: Any, memo: dict) -> Any:
+    """A deep copy of a compiled class's bound method is bound to the copy of its instance, as Python copies a
+    method (``copy._deepcopy_method``): a snapshot's events then call the copied replica, not the original.
+    Other built-in methods stay shared, as copy has them (atomic)."""
+    owner = getattr(method, "__self__", None)
+    if owner is None or not hasattr(type(owner), "__mypyc_attrs__"):
+        return method
+    return getattr(copy.deepcopy(owner, memo), method.__name__)

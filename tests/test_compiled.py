@@ -14,6 +14,7 @@ import os
 import pickle
 import subprocess
 import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def run_figures(pure: bool) -> dict:
     if pure:
         env["HERMES_ENV_PURE"] = "1"
     done = subprocess.run([sys.executable, "-c", FIGURES], cwd=ROOT, env=env, capture_output=True, text=True,
-                          check=False)
+                          check=False, timeout=600)  # a restored copy driving the original's replicas never ends
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
@@ -120,9 +121,11 @@ def test_hermes_env_pure_runs_the_source_in_a_fresh_process() -> None:
 
 def test_compiled_classes_copy_and_pickle_with_their_state() -> None:
     """Instances of compiled classes (no ``__dict__``, no ``__slots__`` attribute) and of an interpreted
-    subclass of one (the host KV tier) keep every attribute through deepcopy and pickle."""
+    subclass of one (the host KV tier) keep every attribute through deepcopy and pickle, and a copied bound
+    method of a compiled class is bound to the copy (a snapshot's events call the copied replicas)."""
     from hermes_env.cluster.kvtier import HostTier
     from hermes_env.cluster.prefix import PrefixCache, Segment
+    from hermes_env.cluster.queue import WaitQueue
     from hermes_env.cluster.request import Request
     from hermes_env.sim.metrics import LogHistogram
 
@@ -145,6 +148,9 @@ def test_compiled_classes_copy_and_pickle_with_their_state() -> None:
     assert copied["host"].cached_end == {seg: 32} and copied["host"].capacity == 100 and copied["host"].used == 2
     assert copied["cache"].cached_end is not cache.cached_end
     assert (copied["req"].generated, copied["req"].key, copied["req"].prompt_tokens) == (3, (1.5, 2), 64)
+    queue = WaitQueue("llm:a", types.SimpleNamespace(external=True))  # its _select: its own bound method
+    twin_queue, twin_select = copy.deepcopy((queue, queue._select))
+    assert twin_select.__self__ is twin_queue and twin_queue._select.__self__ is twin_queue  # not the original's
     twin = pickle.loads(pickle.dumps(hist))
     assert (twin.count, twin.total, twin.peak) == (hist.count, hist.total, hist.peak)
     assert np.array_equal(twin.counts, hist.counts)

@@ -21,6 +21,7 @@ and writes ``profiles/<name>.yaml`` with the held-out errors; this module only r
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -54,7 +55,7 @@ class IterationLatency:
     def __post_init__(self) -> None:
         for key in PARAMETERS:
             v = getattr(self, key)
-            require(isinstance(v, int | float) and bool(np.isfinite(v)) and v >= 0, f"latency.{key}",
+            require(isinstance(v, int | float) and math.isfinite(v) and v >= 0, f"latency.{key}",
                     f"must be a finite number >= 0, got {v!r}")
         require(self.sharpness >= 1, "latency.sharpness", f"must be >= 1, got {self.sharpness}")
 
@@ -80,8 +81,8 @@ class IterationLatency:
         prompt = np.asarray(prompt, dtype=float)
         return self.linear_layers(prompt) + self.per_prefill_pair * prompt**2
 
-    def isolated_service_time(self, prompt: np.ndarray, output: np.ndarray, cached: np.ndarray | float = 0.0
-                              ) -> np.ndarray:
+    def isolated_service_time(self, prompt: np.ndarray | int, output: np.ndarray | int,
+                              cached: np.ndarray | float = 0.0) -> np.ndarray:
         """Seconds to serve a request alone: its prefill (which yields the first token; the first ``cached``
         prompt tokens already in KV, so only the rest is computed, attending to the whole prompt) and
         ``output - 1`` decode steps at batch 1 whose context grows from ``prompt + 1``."""
@@ -133,7 +134,7 @@ def _features(row: Mapping[str, str]) -> tuple[float, float, float, float]:
 
 
 def _predict(theta: np.ndarray, x: np.ndarray) -> np.ndarray:
-    model = IterationLatency(*theta)
+    model = IterationLatency(*theta.tolist())  # floats, not numpy scalars (compiled, its checks are bools)
     n, kv, pairs, longest = x.T
     return (model.linear_layers(n) + np.maximum(model.per_kv_token * kv, model.per_max_context * longest)
             + model.per_prefill_pair * pairs)

@@ -60,6 +60,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from hermes_env._mypyc import mypyc_attr
 from hermes_env.cluster.config import LLMBackendConfig, ReplicaKind
 from hermes_env.cluster.kvtier import KVMemory
 from hermes_env.cluster.prefix import PrefixCache, RemoteStore, Segment
@@ -71,6 +72,7 @@ COLD, LOADING, WARM, DRAINING = 0, 1, 2, 3
 STATE_NAMES = {COLD: "cold", LOADING: "loading", WARM: "warm", DRAINING: "draining"}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Replica:
     """One model replica. Running requests are kept against an iteration *clock* (decode tokens produced
     per running request since the replica started): a request admitted at clock ``c`` with context ``x``
@@ -224,7 +226,7 @@ class Replica:
             return 0
         if self.cache is None:
             return r.prefix_tokens  # CALVO as hermes_env 0.1 modelled it: exactly the reusable prefix
-        return max(0, self.backend.remote.lookup(r.chain, r.prompt_tokens - 1) - hit)
+        return max(0, self.backend.remote.lookup(r.chain, r.prompt_tokens - 1) - hit)  # type: ignore[union-attr]
 
     def _prefill_left(self, r: Request) -> int:
         return r.context - r.cached - r.host - r.loaded - r.computed
@@ -388,10 +390,10 @@ class Replica:
         admissible = self._adapter_slot if self.lora is not None and queue.ordered_by_key else None
         try:
             while len(queue) and self._batch() < self.max_batch and (self._left > 0 or not self.chunked):
-                r = queue.peek(now, admissible)
-                if r is None or r.adapter is not None and not self._adapter_slot(r.adapter):
+                head = queue.peek(now, admissible)
+                if head is None or head.adapter is not None and not self._adapter_slot(head.adapter):
                     break  # every request left is skipped, or a select policy's choice waits at the head
-                if not self._try_admit(r, now):
+                if not self._try_admit(head, now):
                     break
         finally:
             queue.end_pass()
@@ -440,9 +442,9 @@ class Replica:
         if self.kvmem is not None:
             ready_at = self.backend.claim_context(self, r.app, host, now)
         if r.loaded:
-            load = r.loaded * self.kv_bytes_per_token / self.remote_cfg.load_bandwidth
+            load = r.loaded * self.kv_bytes_per_token / self.remote_cfg.load_bandwidth  # type: ignore[union-attr]
             self.load_seconds += load
-            if self.remote_cfg.mode == "async":  # fetch on the link while the GPU works
+            if self.remote_cfg.mode == "async":  # type: ignore[union-attr]  # fetch on the link while the GPU works
                 self.link_free_at = max(now, self.link_free_at) + load
                 ready_at = max(ready_at, self.link_free_at)
             else:
@@ -474,7 +476,7 @@ class Replica:
         """Whether a request for ``adapter`` can be admitted now: resident, loading, or loadable."""
         if adapter in self.resident or adapter in self.adapter_ready:
             return True
-        if len(self.resident) < self.lora.max_loras:
+        if len(self.resident) < self.lora.max_loras:  # type: ignore[union-attr]
             return True
         return any(n == 0 and a not in self.adapter_ready for a, n in self.resident.items())
 
@@ -483,11 +485,11 @@ class Replica:
         if adapter in self.resident:
             self.resident[adapter] = self.resident.pop(adapter) + 1  # most recently used last
             return self.adapter_ready.get(adapter, now)
-        if len(self.resident) >= self.lora.max_loras:
+        if len(self.resident) >= self.lora.max_loras:  # type: ignore[union-attr]
             victim = next(a for a, n in self.resident.items() if n == 0 and a not in self.adapter_ready)
             del self.resident[victim]
         self.resident[adapter] = 1
-        ready = now + self.lora.load_time()
+        ready = now + self.lora.load_time()  # type: ignore[union-attr]
         self.adapter_ready[adapter] = ready
         self.adapter_loads += 1
         self.backend.engine.at(ready, self._adapter_loaded, adapter, ready)
@@ -621,6 +623,7 @@ class Replica:
             self.kvmem.check_invariants(name)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LLMBackend:
     """The replicas of one model, their queues and their lifecycle (see the module docstring)."""
 
@@ -695,9 +698,10 @@ class LLMBackend:
                 best.poke(now)
             return
         candidates = self.candidates(now)
-        replica = candidates[0] if len(candidates) == 1 else self.router.route(self, request, candidates, now)
-        if replica is not None:  # None: an external router places it later
-            self.place(request, replica, now)
+        placed: Replica | None  # compiled, a router's None must not be taken for a Replica
+        placed = candidates[0] if len(candidates) == 1 else self.router.route(self, request, candidates, now)
+        if placed is not None:  # None: an external router places it later
+            self.place(request, placed, now)
 
     def candidates(self, now: float) -> list[Replica]:
         """Replicas a router may place a request on: warm or loading (one is loaded if none is)."""
@@ -729,7 +733,7 @@ class LLMBackend:
         for other in self.replicas:
             if other is not replica and other.kvmem is not None and app in other.kvmem.contexts:
                 other.kvmem.drop(app, now)
-        return replica.kvmem.claim(app, host_tokens, now)
+        return replica.kvmem.claim(app, host_tokens, now)  # type: ignore[union-attr]
 
     def _context_arrives(self, app: Any, now: float) -> None:
         """``app``'s next request arrived: a policy that prefetches on arrival (KVFlow) starts here."""
