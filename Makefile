@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	HERMES_ENV_COMPILE=0 $(PY) -m pip install --quiet -e ".[dev,rl,ray]"
+	$(PY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))" \
+	  | xargs $(PY) -m pip install --quiet  # the build's own requirements (mypyc), for make compiled
 	touch $(STAMP)
 
 # The simulator's hot modules (setup.py's COMPILED) compiled by mypyc from their one Python source, in place
