@@ -6,7 +6,9 @@ the core), the prewarm policies ``keepalive``, ``hybrid``, ``pdgraph`` and ``ora
 ``always`` are in the core), the routers ``round_robin``, ``random``, ``least_outstanding``, ``least_kv``,
 ``prefix_affinity``, ``session_sticky`` and ``oracle`` (``shared`` is in the core) and the autoscalers
 ``keepalive``, ``queue_threshold``, ``pdgraph`` and ``oracle`` (``fixed`` is in the core), the
-admission policies ``token_bucket``, ``queue_threshold`` and ``oracle`` (``none`` is in the core); and, for
+admission policies ``token_bucket``, ``queue_threshold`` and ``oracle`` (``none`` is in the core), the
+migration policies ``llumnix`` and ``oracle`` (``none`` is in the core), the disaggregation policies ``always``,
+``distserve`` and ``splitwise`` (``colocated`` is in the core); and, for
 every decision kind, the planner families ``rollout:BASE``, ``search:BASE``, ``oracle-rollout:BASE`` and
 ``oracle-search:BASE`` (:mod:`baselines.planners`). The package
 is an entry point of the ``hermes_env.policies`` group, so the simulator and ``hermes-env`` find these
@@ -14,7 +16,8 @@ names without an import. ``EnvPolicy`` runs any of them on the Gymnasium environ
 depends only on the environment core, never on torch.
 """
 
-from baselines import admission, autoscaling, planners, prewarm, routing, scheduling
+from baselines import admission, autoscaling, disagg, migration, planners, prewarm, routing, scheduling
 from baselines.adapters import EnvPolicy
 
-__all__ = ["EnvPolicy", "admission", "autoscaling", "planners", "prewarm", "routing", "scheduling"]
+__all__ = ["EnvPolicy", "admission", "autoscaling", "disagg", "migration", "planners", "prewarm", "routing",
+           "scheduling"]

@@ -1,23 +1,24 @@
 """Planner baselines: rollout and search over copies of the simulation, the achievable references.
 
 ``rollout:BASE`` (any registered heuristic of the decision's kind: ``rollout:gittins`` a scheduler,
-``rollout:prefix_affinity`` a router, ``rollout:on_demand`` a prewarm policy, ``rollout:queue_threshold``
-an autoscaler) decides as BASE does except at its *planning* decisions, where it copies the simulation
-(:meth:`~hermes_env.sim.simulator.Simulation.snapshot`), tries each candidate action, rolls each copy out
-with BASE for ``horizon`` simulated seconds and keeps the cheapest on average over ``futures`` sampled
-futures (Bertsekas's rollout algorithm: one step of policy improvement over BASE). The futures are drawn
-with :meth:`~hermes_env.sim.simulator.Simulation.resample_future` (what a non-clairvoyant policy cannot
-know, from the PDGraphs the schedulers believe), the same ones for every candidate (common random
-numbers). ``search:BASE`` looks two planning decisions ahead: each candidate, then at the next planning
-decision within the horizon the best of its candidates on the same future, then BASE (hindsight
-optimisation over sampled futures: iterated rollout of depth 2). ``oracle-rollout:BASE`` and
-``oracle-search:BASE`` plan on the true future (one copy, no resampling): clairvoyant references, not
-achievable; with an infinite horizon the first is never worse than BASE on the same workload (policy
-improvement).
+``rollout:prefix_affinity`` a router, ``rollout:on_demand`` a prewarm policy, ``rollout:queue_threshold`` an
+autoscaler, ``rollout:llumnix`` a migration policy) decides as BASE does except at its *planning* decisions,
+where it copies the simulation (:meth:`~hermes_env.sim.simulator.Simulation.snapshot`), tries each candidate
+action, rolls each copy out with BASE for ``horizon`` simulated seconds and keeps the cheapest on average over
+``futures`` sampled futures (Bertsekas's rollout algorithm: one step of policy improvement over BASE). The
+futures are drawn with :meth:`~hermes_env.sim.simulator.Simulation.resample_future` (what a non-clairvoyant
+policy cannot know, from the PDGraphs the schedulers believe), the same ones for every candidate (common random
+numbers). ``search:BASE`` looks two planning decisions ahead: each candidate, then at the next planning decision
+within the horizon the best of its candidates on the same future, then BASE (hindsight optimisation over sampled
+futures: iterated rollout of depth 2). ``oracle-rollout:BASE`` and ``oracle-search:BASE`` plan on the true
+future (one copy, no resampling): clairvoyant references, not achievable; with an infinite horizon the first is
+never worse than BASE on the same workload (policy improvement).
 
 Options follow an ``@``: ``rollout:gittins@futures=8,horizon=30,width=3,every=0,seed=0``. ``width``: the
 candidates tried (scheduling: BASE's first choices in its order; routing: every replica; prewarm and
-scaling: BASE's own orders, nothing, then one warm/release (load/release) order per backend); ``every``:
+scaling: BASE's own orders, nothing, then one warm/release (load/release) order per backend; migration:
+BASE's own moves, no move, then one move per pair of replicas that can make one, the busiest source and
+the freest target first); ``every``:
 seconds between planning decisions (the others are BASE's), so that frequent decision points (prewarm
 and autoscalers that react to every arrival) cost a bounded number of plans. The rollout cost is the
 environments' reward: applications in the system integrated over time, plus ``price``'s weights times
@@ -36,10 +37,12 @@ import numpy as np
 from hermes_env.errors import require
 from hermes_env.sim.policies import (
     Autoscaler,
+    MigrationPolicy,
     PrewarmPolicy,
     Router,
     SchedulingPolicy,
     make_autoscaler,
+    make_migration,
     make_prewarm,
     make_router,
     make_scheduler,
@@ -47,13 +50,16 @@ from hermes_env.sim.policies import (
 )
 from hermes_env.sim.simulator import Decision, Simulation
 
-KINDS = {"scheduler": "schedule", "router": "route", "prewarm": "prewarm", "autoscaler": "scale"}
-MAKERS = {"scheduler": make_scheduler, "router": make_router, "prewarm": make_prewarm, "autoscaler": make_autoscaler}
+KINDS = {"scheduler": "schedule", "router": "route", "prewarm": "prewarm", "autoscaler": "scale",
+         "migration": "migrate"}
+MAKERS = {"scheduler": make_scheduler, "router": make_router, "prewarm": make_prewarm, "autoscaler": make_autoscaler,
+          "migration": make_migration}
 DEFAULTS = {  # futures, horizon (s), width, every (s)
     "schedule": {"futures": 4, "horizon": 60.0, "width": 3, "every": 0.0},
     "route": {"futures": 4, "horizon": 60.0, "width": 8, "every": 0.0},
     "prewarm": {"futures": 4, "horizon": 60.0, "width": 6, "every": 5.0},
     "scale": {"futures": 4, "horizon": 60.0, "width": 4, "every": 5.0},
+    "migrate": {"futures": 4, "horizon": 30.0, "width": 4, "every": 1.0},
 }
 BASE, NOTHING = "base", "nothing"
 
@@ -76,7 +82,7 @@ def parse_options(spec: str, decision: str) -> tuple[str, dict[str, float]]:
 
 
 class Planner:
-    """The machinery shared by the four kinds (see the module docstring)."""
+    """The machinery shared by the five kinds (see the module docstring)."""
 
     external = True
 
@@ -119,10 +125,14 @@ class Planner:
             for k, action in enumerate(candidates):
                 branch = Simulation.from_snapshot(snap)
                 if not self.clairvoyant:  # future j is the same for every candidate: common random numbers
-                    branch.resample_future(np.random.default_rng([self.seed, self.plans, j]))
+                    self.resample(branch, np.random.default_rng([self.seed, self.plans, j]))
                 costs[k] += self._cost(branch, action, now + self.horizon, self.depth)
         best = int(np.argmin(costs))  # ties go to the first: BASE's own choice
         self._apply(sim, d, candidates[best], proposed=True)
+
+    def resample(self, branch: Simulation, rng: np.random.Generator) -> None:
+        """Draw a future a non-clairvoyant policy cannot tell from the true one, on ``branch``."""
+        branch.resample_future(rng)
 
     def follow(self, sim: Simulation, d: Decision) -> None:
         """Settle ``d`` as BASE would."""
@@ -144,6 +154,12 @@ class Planner:
             first = self.base.route(backend, d.request, d.candidates, now).index
             return [first, *(r.index for r in d.candidates if r.index != first)][:self.width]
         orders: list[Any] = [BASE, NOTHING]
+        if d.kind == "migrate":
+            backend = sim.llm_backends[d.backend]
+            pairs = [(s, t) for s in backend.replicas for t in backend.replicas
+                     if backend.migrator.pick(s, t) is not None]
+            pairs.sort(key=lambda p: (p[0].free_tokens() - p[1].free_tokens(), p[0].index, p[1].index))
+            return (orders + [("move", s.index, t.index) for s, t in pairs])[:self.width]
         if d.kind == "prewarm":
             for name, b in sim.tool_backends.items():
                 orders += [("warm", name)] * b.can_prewarm() + [("release", name)] * b.can_release()
@@ -163,6 +179,11 @@ class Planner:
         elif d.kind == "route":
             sim.resolve(next(i for i, r in enumerate(d.candidates) if r.index == action))
         else:
+            if d.kind == "migrate":
+                if action == BASE:
+                    owner.base.decide(sim, now)
+                sim.resolve(action[1:] if isinstance(action, tuple) else None)
+                return
             if action == BASE:
                 owner.base.decide(sim, now)
             elif action != NOTHING:
@@ -251,8 +272,28 @@ class PlanningAutoscaler(Planner, Autoscaler):
         sim.request_scale_decision(now)
 
 
+class PlanningMigration(Planner, MigrationPolicy):
+    """A planner over migration decisions: every BASE tick, one decision per LLM backend with two or more
+    warm replicas (BASE's moves on every backend when its own option is taken)."""
+
+    def __init__(self, spec: str, depth: int = 1, clairvoyant: bool = False) -> None:
+        super().__init__("migration", spec, depth, clairvoyant)
+        self.tick = self.base.tick
+
+    def bind(self, sim: Any) -> None:
+        self.base.bind(sim)
+
+    def resample(self, branch: Simulation, rng: np.random.Generator) -> None:
+        """Its moves concern running requests: their remaining lengths are redrawn too."""
+        branch.resample_future(rng)
+        branch.resample_admitted(rng)
+
+    def decide(self, sim: Any, now: float) -> None:
+        sim.request_migration_decisions(now)
+
+
 CLASSES = {"scheduler": PlanningScheduler, "router": PlanningRouter, "prewarm": PlanningPrewarm,
-           "autoscaler": PlanningAutoscaler}
+           "autoscaler": PlanningAutoscaler, "migration": PlanningMigration}
 FAMILIES = {"rollout": (1, False), "search": (2, False), "oracle-rollout": (1, True), "oracle-search": (2, True)}
 
 

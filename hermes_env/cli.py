@@ -23,6 +23,7 @@ simulated run of it, with the run's own times.
 
 ``hermes-env tasks`` lists the task suite; ``hermes-env evaluate --task NAME --policy SPEC`` scores a policy
 on a task's held-out seeds; ``hermes-env leaderboard`` regenerates docs/tasks.md (:mod:`hermes_env.tasks`).
+Wherever a policy name goes, ``path/to/file.py:Name`` names a written policy (:mod:`hermes_env.sim.written`).
 
 ``hermes-env templates`` analyses every application of the library under a cost model and prints,
 per application, its demand at arrival (mean and quantiles of total service), its Gittins index, its
@@ -120,6 +121,7 @@ def _simulate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = Simulation(config, scheduler=args.scheduler, prewarm=args.prewarm, router=args.router,
                         autoscaler=args.autoscaler, admission=args.admission, retention=args.retention,
+                        migration=args.migration, disagg=args.disagg,
                         seed=args.seed, keep_applications=False, rows_to=args.out / "applications.csv",
                         timeline=timeline).run()
     wall = time.perf_counter() - t0
@@ -141,6 +143,17 @@ def _simulate(args: argparse.Namespace) -> int:
     print("goodput (applications meeting their SLO per second): " + ", ".join(
         f"{t} {g:.3f}" for t, g in s["goodput"].items()) + f"; admission {s['admission']} rejected "
         + ", ".join(f"{t} {c['rejected']}" for t, c in s["tiers"].items()))
+    for name, b in s["backends"].items():
+        if "migration" in b:
+            m = b["migration"]
+            print(f"migration {s['migration']} on {name}: {m['migrations']} requests moved ({m['aborted']} aborted), "
+                  f"{m['bytes'] / 1e9:.2f} GB copied, downtime mean {1e3 * m['mean_downtime_s']:.1f} ms, longest "
+                  f"{1e3 * m['longest_downtime_s']:.1f} ms")
+        d = b.get("disaggregation")
+        if d is not None:
+            print(f"{name} ({d['policy']}, {d['split_requests']} split): TTFT P50 {d['ttft'].get('p50', 0):.3f} s, "
+                  f"P99 {d['ttft'].get('p99', 0):.3f}; TPOT P50 {d['tpot'].get('p50', 0):.4f} s, "
+                  f"P99 {d['tpot'].get('p99', 0):.4f}; goodput {d['goodput']:.3f} requests/s meeting both SLOs")
     print(f"wrote {args.out / 'applications.csv'} and {args.out / 'summary.json'}")
     if timeline is not None:
         written = " and ".join(str(p) for p in (args.timeline, args.timeline_png) if p is not None)
@@ -158,7 +171,7 @@ def _bench(args: argparse.Namespace) -> int:
     split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
     cfg = BenchConfig.from_yaml(args.config, split(args.schedulers), split(args.prewarm), args.seeds,
                                 split(args.routers), split(args.autoscalers), split(args.admissions),
-                                split(args.retentions))
+                                split(args.retentions), split(args.migrations), split(args.disaggs))
     summary = run_bench(cfg, args.out, progress=not args.quiet, resume=args.resume, executor=args.executor,
                         workers=args.workers, address=args.address)
     print(format_table(summary), end="")
@@ -287,7 +300,8 @@ def _leaderboard(args: argparse.Namespace) -> int:
     from hermes_env.tasks import leaderboard
 
     check_output(args.out, "--out", folder=False)
-    leaderboard(args.out, args.tasks.split(",") if args.tasks else None, workers=args.workers, planner=args.planner)
+    leaderboard(args.out, args.tasks.split(",") if args.tasks else None, workers=args.workers, planner=args.planner,
+                written=tuple(x for x in (args.written or "").split(",") if x))
     print(f"wrote {args.out}")
     return 0
 
@@ -333,13 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("simulate", help="run one headless simulation and write per-application CSV and summary JSON")
     m.add_argument("config", help="experiment: a name (configs/experiments) or a YAML path (cluster + workload)")
-    m.add_argument("--scheduler", default="fcfs", help="a scheduler name (see docs/simulator.md), or ppo:PATH")
+    m.add_argument("--scheduler", default="fcfs", help="a scheduler name (see docs/simulator.md), ppo:PATH or a "
+                   "written one, FILE.py:Name (as for every policy flag)")
     m.add_argument("--prewarm", default="none", help="a prewarm policy name")
     m.add_argument("--router", default="shared", help="a router name (shared: one queue per backend)")
     m.add_argument("--autoscaler", default="fixed", help="an autoscaler name")
     m.add_argument("--admission", default="none", help="an admission policy name (none: admit every application)")
     m.add_argument("--retention", default="lru", help="a KV retention policy (lru: vLLM's LRU release; ttl, kvflow, "
                    "infercept, pdgraph, oracle)")
+    m.add_argument("--migration", default="none", help="a request migration policy (none: requests stay where "
+                   "admitted; llumnix, oracle; docs/simulator.md)")
+    m.add_argument("--disagg", default="colocated", help="a disaggregation policy, for backends split into prefill "
+                   "and decode pools (colocated: never split; always, distserve, splitwise)")
     m.add_argument("--seed", type=_seed, default=0)
     m.add_argument("--out", type=Path, required=True, help="output directory")
     m.add_argument("--timeline", type=Path, metavar="PATH.json",
@@ -361,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--autoscalers", help="comma-separated autoscaler names (default: the config's, or fixed)")
     b.add_argument("--admissions", help="comma-separated admission policy names (default: the config's, or none)")
     b.add_argument("--retentions", help="comma-separated KV retention policies (default: the config's, or lru)")
+    b.add_argument("--migrations", help="comma-separated migration policies (default: the config's, or none)")
+    b.add_argument("--disaggs", help="comma-separated disaggregation policies (default: the config's, or colocated)")
     b.add_argument("--seeds", type=_positive, help="number of seeds (default: the config's)")
     b.add_argument("--out", type=Path, required=True, help="output directory")
     b.add_argument("--resume", action="store_true", help="run only the cells missing from --out (without it, earlier "
@@ -404,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts.set_defaults(run=_tasks)
     e = sub.add_parser("evaluate", help="score a policy on a task's held-out seeds (normalised score with a CI)")
     e.add_argument("--task", required=True, help="a task name (hermes-env tasks) or a task YAML")
-    e.add_argument("--policy", required=True, help="a heuristic name, random, ppo:PATH, rllib:PATH or agent:PATH")
+    e.add_argument("--policy", required=True, help="a heuristic name, random, ppo:PATH, rllib:PATH, agent:PATH, or a "
+                   "written policy FILE.py:Name (docs/tasks.md, Written policies)")
     e.add_argument("--seeds", type=_positive, help="use the first N held-out seeds (default: all)")
     e.add_argument("--heldout", action="store_true", help="on the task's held-out workload")
     e.set_defaults(run=_evaluate)
@@ -414,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--workers", type=_positive, default=1, help="tasks evaluated in parallel processes")
     lb.add_argument("--planner", default="", help="fill the planner column with this spec, {best} standing for "
                     "the task's best heuristic (e.g. 'rollout:{best}'; slow)")
+    lb.add_argument("--written", help="comma-separated written policies (FILE.py:Name), each scored on the tasks "
+                    "of its decision kind: the written column and its section")
     lb.set_defaults(run=_leaderboard)
     for entry_point in entry_points(group="hermes_env.commands"):  # e.g. `train`, from agents (no torch import)
         entry_point.load()(sub)

@@ -30,6 +30,9 @@ Policies (:func:`run_policy`): a registered heuristic for the part the task's en
 ``agent:NAME`` a checkpoint shipped in agents/checkpoints). Families of policies acting in the environment
 (``agent``) are announced by the ``hermes_env.env_policy_families`` entry-point group: ``agents`` registers
 itself, the core never imports it, and without the ``[rl]`` extra an ``agent:`` policy is one error naming it.
+A written policy, ``path/to/file.py:Name`` (:mod:`hermes_env.sim.written`), runs as a heuristic does. On a task
+whose ``env_kwargs`` name a ``residual`` autoscaler, a headless policy's scale orders add to that native
+heuristic, as an agent's would (``fixed``: the native heuristic alone).
 
 A task file is checked whole when it loads (its fields, its environment's keyword arguments, its heuristics'
 names, its seed ranges); :func:`evaluate` then builds the environment and both policies before any episode
@@ -48,7 +51,14 @@ import numpy as np
 from hermes_env.catalog import config_path, names
 from hermes_env.errors import ConfigError, require
 from hermes_env.sim.metrics import mean_ci
-from hermes_env.sim.policies import load_family, make_autoscaler, make_prewarm, make_router, make_scheduler
+from hermes_env.sim.policies import (
+    ResidualAutoscaler,
+    load_family,
+    make_autoscaler,
+    make_prewarm,
+    make_router,
+    make_scheduler,
+)
 from hermes_env.validation import as_integer, check_keys, choice, load_yaml
 
 OBJECTIVES = ("mean", "p95", "slo_miss", "cost")
@@ -224,6 +234,9 @@ def _prepare(task: Task, spec: str, seed: int, heldout: bool = False) -> tuple[A
 
     policies = {arg: env.policy_names[part] for part, arg in POLICY_ARGS.items()}
     policies.update(_heuristic(task.part, spec, "policy"))
+    if env.residual is not None:  # the heuristic's orders add to the native autoscaler, as the agent's would
+        native, orders = make_autoscaler(env.residual), make_autoscaler(policies["autoscaler"])
+        policies["autoscaler"] = ResidualAutoscaler(native, orders)
     sim = Simulation(env.experiment, seed=seed, keep_applications=False, admission=env.policy_names["admit"],
                      **policies)
     price_planners(task, env, sim)
@@ -245,7 +258,8 @@ def planner_weights(task: Task, env: Any) -> dict[str, float]:
 def price_planners(task: Task, env: Any, sim: Any) -> None:
     """Give every planner among ``sim``'s policies (those with ``price``) the task's rollout cost."""
     routers = [b.router for b in sim.llm_backends.values()]
-    for policy in {id(p): p for p in (sim.scheduler, sim.prewarm_policy, sim.autoscaler, *routers)}.values():
+    scalers = getattr(sim.autoscaler, "parts", (sim.autoscaler,))  # a residual autoscaler's native and orders
+    for policy in {id(p): p for p in (sim.scheduler, sim.prewarm_policy, *scalers, *routers)}.values():
         if hasattr(policy, "price"):
             policy.price(**planner_weights(task, env))
 
@@ -319,45 +333,63 @@ def format_score(result: dict[str, Any]) -> str:
 
 
 def leaderboard(out: Path, tasks: list[str] | None = None, progress: bool = True, workers: int = 1,
-                planner: str = "") -> str:
+                planner: str = "", written: tuple[str, ...] = ()) -> str:
     """Evaluate every task's references and learned policies and write the table (docs/tasks.md); tasks
     run in ``workers`` processes (each task's runs stay in one, so results do not depend on it). With
     ``planner`` (a spec where ``{best}`` stands for the task's best heuristic: ``rollout:{best}``), the
-    planner column holds that achievable reference (slow: it copies the simulation at its decisions)."""
+    planner column holds that achievable reference (slow: it copies the simulation at its decisions).
+    ``written`` policies (``FILE.py:Name``, :mod:`hermes_env.sim.written`) go to every task of their decision
+    kind, on the same seeds: the written column holds the best of them on the training seeds (chosen as the
+    best heuristic is), and a section pairs each with the best heuristic. Whatever follows :data:`KEPT` in
+    ``out`` (hand-written documentation) is kept."""
     import subprocess
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
 
+    from hermes_env.sim.written import kind_of
+
     names = tasks or task_names()
+    kinds = {spec: kind_of(spec, "--written") for spec in written}  # each built once, its kind known
+    fitting = {}
     for name in names:  # every task and learned policy is built once before the first episode runs
         task = Task.from_yaml(name)
         for spec in task.learned:
             _prepare(task, spec, task.eval_seeds[0])
         if task.heldout:
             task.env(heldout=True)
-    row = partial(_task_row, planner=planner)
+        fitting[name] = tuple(spec for spec, kind in kinds.items() if POLICY_ARGS.get(task.part) == kind)
+    for spec, kind in kinds.items():
+        require(any(spec in specs for specs in fitting.values()), "--written", f"{spec!r} is a {kind}, and none "
+                "of the tasks takes one", f"add a task of that decision kind, or leave {spec!r} out")
+    row = partial(_task_row, planner=planner, written=fitting)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             rows = list(pool.map(row, names))
     else:
         rows = [row(name) for name in names]
     if progress:
-        for task, best, scores, learned, _ in rows:
+        for task, best, scores, learned, _, mine in rows:
             print(f"{task.name}: best heuristic {best}; " + "; ".join(
-                format_score(r) for r in (*scores.values(), *learned.values())))
+                format_score(r) for r in (*scores.values(), *learned.values(), *mine.values())))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    text = _markdown(rows, commit)
+    kept = out.read_text().partition(KEPT)[2] if out.is_file() else ""
+    text = _markdown(rows, commit) + (f"\n{KEPT}{kept}" if kept else "")
     out.write_text(text)
     return text
 
 
-def _task_row(name: str, planner: str = "") -> tuple:
+KEPT = "<!-- written by hand below: kept when the leaderboard is regenerated -->"
+
+
+def _task_row(name: str, planner: str = "", written: dict[str, tuple[str, ...]] | None = None) -> tuple:
     """One task's references (the best heuristic chosen on the training seeds, scored on the held-out
-    ones; the planner on it, when asked), learned policies and held-out workload."""
+    ones; the planner on it, when asked), learned policies, held-out workload and written policies (those of
+    ``written[name]``, the best of them chosen on the training seeds as the best heuristic is)."""
     task = Task.from_yaml(name)
-    train = {h: np.mean([run_policy(task, h, s)[0] for s in task.train_seeds]) for h in task.heuristics}
-    best = min(train, key=train.get)
+    mine = (written or {}).get(name, ())
+    train = {h: np.mean([run_policy(task, h, s)[0] for s in task.train_seeds]) for h in (*task.heuristics, *mine)}
+    best = min(task.heuristics, key=train.get)
     simplest = evaluate(task, task.simplest)
     references = [("random", "random"), ("best heuristic", best)]
     if planner and task.part != "joint":
@@ -371,7 +403,9 @@ def _task_row(name: str, planner: str = "") -> tuple:
         base = evaluate(task, task.simplest, heldout=True)
         heldout = {spec: evaluate(task, spec, heldout=True, simplest=base["simplest_runs"])
                    for spec in (best, *task.learned)}
-    return task, best, scores, learned, heldout
+    ranked = sorted(mine, key=train.get)  # the best written policy first
+    written_scores = {spec: evaluate(task, spec, simplest=simplest["runs"]) for spec in ranked}
+    return task, best, scores, learned, heldout, written_scores
 
 
 def _pm(value: tuple[float, float], mean: str = ".3g", half: str = ".2g") -> str:
@@ -396,18 +430,22 @@ def _markdown(rows: list, commit: str) -> str:
              "its reusable prefixes cached): a bound, not a target. The best heuristic is chosen on the "
              "training seeds. The planner is the achievable reference (`hermes-env leaderboard --planner "
              "'rollout:{best}'`): one-step rollout of the best heuristic over futures it samples, never the "
-             "true one (baselines/planners.py); '-' where it was not run.", "",
-             "| task | objective | random | simplest | best heuristic | learned | planner (achievable) | "
+             "true one (baselines/planners.py); '-' where it was not run. The written column holds the best on the "
+             "training seeds of the written policies of the task's decision kind (`hermes-env leaderboard --written "
+             "FILE.py:Name,...`; \"Written policies\" below).", "",
+             "| task | objective | random | simplest | best heuristic | learned | planner (achievable) | written | "
              "clairvoyant heuristic | bound | best heuristic normalised | learned normalised | "
-             "seeds (train / held-out) |", "| --- " * 12 + "|"]
-    for task, best, scores, learned, _ in rows:
+             "seeds (train / held-out) |", "| --- " * 13 + "|"]
+    for task, best, scores, learned, _, mine in rows:
         spec, lr = next(iter(learned.items())) if learned else ("", None)
         pl = scores.get("planner")
         planned = f"{cell(pl)} (`{pl['policy']}`)" if pl else "-"
+        top = next(iter(mine.values()), None)  # the best written policy on the training seeds
+        mine_cell = f"{cell(top)} (`{top['policy']}`)" if top else "-"
         lines.append(f"| `{task.name}` | {task.objective} | {cell(scores['random'])} | {cell(scores['simplest'])} "
                      f"(`{task.simplest}`) | {cell(scores['best heuristic'])} (`{best}`) | "
                      f"{cell(lr) + f' (`{spec}`)' if lr else '-'} | "
-                     f"{planned} | "
+                     f"{planned} | {mine_cell} | "
                      f"{cell(scores['clairvoyant']) if 'clairvoyant' in scores else '-'} | "
                      f"{scores['simplest']['bound'][0]:.4g} | "
                      f"{norm(scores['best heuristic'])} | {norm(lr) if lr else '-'} | "
@@ -419,7 +457,7 @@ def _markdown(rows: list, commit: str) -> str:
               "closed, on the held-out seeds and on the held-out workload.", "",
               "| task | learned | held-out seeds: learned - best | gap closed | held-out workload: learned - best | "
               "gap closed | target met |", "| --- " * 7 + "|"]
-    for task, best, scores, learned, heldout in rows:
+    for task, best, scores, learned, heldout, _ in rows:
         for spec, result in learned.items():
             seeds = paired(result, scores["best heuristic"])
             work = paired(heldout[spec], heldout[best]) if spec in heldout else None
@@ -428,8 +466,21 @@ def _markdown(rows: list, commit: str) -> str:
             lines.append(f"| `{task.name}` | `{spec}` | {_pm(seeds['difference'])} | {_pm(seeds['gap_closed'])} | "
                          f"{_pm(work['difference']) if work else '-'} | {_pm(work['gap_closed']) if work else '-'} | "
                          f"{'yes' if met else 'no'} |")
+    if any(mine for *_, mine in rows):
+        lines += ["", "## Written policies against the best heuristic", "",
+                  "Every written policy of the task's decision kind, on the same held-out seeds and workloads: its "
+                  "objective and normalised score, and paired with the best heuristic, the difference (negative: "
+                  "the written policy is better) and the share of the gap to the bound it closes, each +- its 95% "
+                  "confidence half-width.", "",
+                  "| task | written policy | objective | normalised | written - best | gap closed |",
+                  "| --- " * 6 + "|"]
+        for task, _best, scores, _, _, mine in rows:
+            for spec, result in mine.items():
+                vs = paired(result, scores["best heuristic"])
+                lines.append(f"| `{task.name}` | `{spec}` | {cell(result)} | {norm(result)} | "
+                             f"{_pm(vs['difference'])} | {_pm(vs['gap_closed'])} |")
     lines += ["", "## The tasks", ""]
-    for task, _best, _, _learned, heldout in rows:
+    for task, _best, _, _learned, heldout, _ in rows:
         lines += [f"**`{task.name}`** ({task.env_id}, {task.objective}): {task.description} How it was found: "
                   f"{task.found}"]
         for r in heldout.values():

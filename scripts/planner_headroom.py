@@ -3,6 +3,7 @@ the task's training seeds, paired, with a 95% interval.
 
     python scripts/planner_headroom.py --seeds 3 --fraction 0.2 --workers 2 --out runs/planner_headroom
     python scripts/planner_headroom.py --tasks sched-bursty-mean --seeds 10 --workers 16   # a bigger machine
+    python scripts/planner_headroom.py --tasks autoscaling-cycles-cost --residual queue_threshold --fraction 0.2
 
 For every task (Joint-v0 ones are skipped: a planner takes one decision kind), every heuristic the task
 lists runs on the first ``--seeds`` training seeds and the best (lowest mean objective) is the planner's
@@ -15,6 +16,11 @@ a small machine; ``--options`` sets the planner's
 futures, horizon, width and cadence (baselines/planners.py). Runs (task, policy, seed) are spread over
 ``--workers`` processes; each result is a function of its inputs alone, whatever the split, so a sweep
 stopped midway resumes from ``OUT/runs.jsonl``.
+
+``--residual NAME`` (autoscaling tasks) runs the tasks with residual control (docs/environments.md): the
+native autoscaler NAME runs in every episode and the only heuristic is ``fixed`` (the native heuristic alone,
+nothing added), so the planner is ``rollout:fixed``: its candidates (nothing, a load, a release) add to the
+native heuristic's orders. Compare its objective with a run without ``--residual`` on the same seeds.
 """
 
 from __future__ import annotations
@@ -33,9 +39,12 @@ from hermes_env.sim.metrics import mean_ci
 from hermes_env.tasks import Task, _merge, run_policy, task_names
 
 
-def shortened(name: str, fraction: float) -> Task:
-    """The task with ``fraction`` of its applications per episode (at least 30)."""
+def shortened(name: str, fraction: float, residual: str = "") -> Task:
+    """The task with ``fraction`` of its applications per episode (at least 30); with ``residual``, its scale
+    orders added to that native autoscaler and ``fixed`` (the native heuristic alone) its only heuristic."""
     task = Task.from_yaml(name)
+    if residual:
+        task = replace(task, env_kwargs={**task.env_kwargs, "residual": residual}, heuristics=("fixed",))
     if fraction >= 1.0:
         return task
     n = max(30, round(fraction * task.env().experiment.workload.num_applications))
@@ -43,14 +52,14 @@ def shortened(name: str, fraction: float) -> Task:
     return replace(task, env_kwargs={**task.env_kwargs, "overrides": overrides})
 
 
-def one_run(job: tuple[str, float, str, int]) -> dict[str, Any]:
-    """One episode: (task, fraction, policy, seed) -> its objective and wall time."""
-    name, fraction, spec, seed = job
-    task = shortened(name, fraction)
+def one_run(job: tuple[str, float, str, int, str]) -> dict[str, Any]:
+    """One episode: (task, fraction, policy, seed, residual) -> its objective and wall time."""
+    name, fraction, spec, seed, residual = job
+    task = shortened(name, fraction, residual)
     start = time.perf_counter()
     objective, _ = run_policy(task, spec, seed)
-    return {"task": name, "fraction": fraction, "policy": spec, "seed": seed, "objective": objective,
-            "seconds": time.perf_counter() - start}
+    return {"task": name, "fraction": fraction, "policy": spec, "seed": seed, "residual": residual,
+            "objective": objective, "seconds": time.perf_counter() - start}
 
 
 def main() -> None:
@@ -60,16 +69,19 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=1.0, help="of each task's applications per episode")
     parser.add_argument("--options", default="futures=2,horizon=30", help="the planner's options")
     parser.add_argument("--planner", default="rollout", help="rollout, search, oracle-rollout or oracle-search")
+    parser.add_argument("--residual", default="", help="a native autoscaler the planner's orders add to "
+                        "(autoscaling tasks; see above)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/planner_headroom"))
     args = parser.parse_args()
     names = args.tasks.split(",") if args.tasks else [n for n in task_names()
                                                       if Task.from_yaml(n).part != "joint"]
-    tasks = {n: shortened(n, args.fraction) for n in names}
+    tasks = {n: shortened(n, args.fraction, args.residual) for n in names}
     seeds = {n: t.train_seeds[:args.seeds] for n, t in tasks.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "runs.jsonl"
-    done = {(r["task"], r["fraction"], r["policy"], r["seed"]): r for r in map(json.loads, path.open())} \
+    done = {(r["task"], r["fraction"], r["policy"], r["seed"], r.get("residual", "")): r
+            for r in map(json.loads, path.open())} \
         if path.is_file() else {}  # a sweep resumes: its runs are functions of their inputs
     log = path.open("a")
 
@@ -82,14 +94,15 @@ def main() -> None:
         return out
 
     with ProcessPoolExecutor(args.workers) as pool:
-        heuristics = [(n, args.fraction, h, s) for n, t in tasks.items() for h in t.heuristics for s in seeds[n]]
+        heuristics = [(n, args.fraction, h, s, args.residual) for n, t in tasks.items() for h in t.heuristics
+                      for s in seeds[n]]
         runs = run_all(heuristics)
         best = {}
         for n, t in tasks.items():
             means = {h: np.mean([r["objective"] for r in runs if r["task"] == n and r["policy"] == h])
                      for h in t.heuristics}
             best[n] = min(means, key=means.get)
-        planners = [(n, args.fraction, f"{args.planner}:{best[n]}@{args.options}", s)
+        planners = [(n, args.fraction, f"{args.planner}:{best[n]}@{args.options}", s, args.residual)
                     for n in tasks for s in seeds[n]]
         runs += run_all(planners)
     (args.out / "runs.json").write_text(json.dumps(runs, indent=1) + "\n")
@@ -102,7 +115,8 @@ def table(tasks: dict[str, Task], seeds: dict[str, tuple[int, ...]], best: dict[
           args: argparse.Namespace) -> str:
     size = (f"{args.fraction:g} of each task's applications per episode, at least 30" if args.fraction < 1
             else "the tasks' own episodes")
-    lines = [f"Planner `{args.planner}:BEST@{args.options}` against each task's best heuristic on its first "
+    residual = f", its orders added to the native `{args.residual}` (residual control)" if args.residual else ""
+    lines = [f"Planner `{args.planner}:BEST@{args.options}`{residual} against each task's best heuristic on its first "
              f"{args.seeds} training seeds ({size}); margin = (best - planner) / best per seed, mean +- 95% "
              "half-width (positive: the planner is better). Wall seconds per planner episode on this machine "
              "(indicative).", "",

@@ -13,6 +13,8 @@ from typing import Any
 
 from hermes_env.cluster.kvtier import HostTierConfig
 from hermes_env.cluster.latency import IterationLatency, load_profile
+from hermes_env.cluster.link import KVLink
+from hermes_env.cluster.migration import MigrationLink
 from hermes_env.errors import require
 from hermes_env.pdgraph.distributions import Distribution, distribution_from_spec
 from hermes_env.pdgraph.graph import backend_kind
@@ -191,6 +193,39 @@ class ReplicaKind:
         )
 
 
+@dataclass(frozen=True)
+class DisaggregationConfig:
+    """Prefill/decode disaggregation (DistServe, Splitwise): the first ``prefill_replicas`` replicas of the
+    backend (in index order, over its kinds) form the prefill pool, the others the decode pool. A request the
+    backend's disaggregation policy splits prefills in the prefill pool, its KV then moves over ``link``
+    (:class:`~hermes_env.cluster.link.KVLink`) to a decode replica, where it decodes; any other request runs
+    colocated (prefill and decode on one replica, of either pool). ``ttft_slo`` and ``tpot_slo`` (seconds) are
+    the per-request targets of DistServe's goodput (requests meeting both, per second) and of the rules that
+    read them."""
+
+    prefill_replicas: int
+    link: KVLink
+    ttft_slo: float
+    tpot_slo: float
+
+    @classmethod
+    def from_dict(cls, spec: Any, where: str, replicas: int) -> DisaggregationConfig:
+        require(isinstance(spec, Mapping), where, "must be a mapping",
+                "give prefill_replicas, link and slo: {ttft_s, tpot_s}")
+        check_keys(spec, {"prefill_replicas", "link", "slo"}, where)
+        require(replicas >= 2, where, f"needs two replicas or more, the backend has {replicas}",
+                "raise the backend's replicas (max_gpus) or remove disaggregation")
+        prefill = integer(spec, "prefill_replicas", where, low=1, high=replicas - 1)
+        require("link" in spec, f"{where}.link", "is missing", "name a link (nvlink, network) or give a mapping")
+        slo = spec.get("slo")
+        require(isinstance(slo, Mapping), f"{where}.slo", "is missing or not a mapping",
+                "give the per-request targets, e.g. {ttft_s: 2.0, tpot_s: 0.1}")
+        check_keys(slo, {"ttft_s", "tpot_s"}, f"{where}.slo")
+        return cls(prefill, KVLink.from_spec(spec["link"], f"{where}.link"),
+                   number(slo, "ttft_s", f"{where}.slo", low=0, low_open=True, high=1e6),
+                   number(slo, "tpot_s", f"{where}.slo", low=0, low_open=True, high=1e6))
+
+
 KIND_FIELDS = {"name", "profile", "replicas", "max_gpus", "gpus_per_replica", "gpu_memory_gb", "price_per_gpu_hour",
                "load_from", "load_bandwidth_gbps", "engine_start_s"}
 
@@ -208,7 +243,10 @@ class LLMBackendConfig:
     ``gpu_memory_utilization`` (--gpu-memory-utilization), ``max_model_len`` (--max-model-len). A cold replica
     loads in ``weight_bytes`` over its kind's ``load_from`` tier (``network``, ``nvme`` or ``host_memory``; its
     bandwidth ``load_bandwidth_gbps`` if given, else :data:`LOAD_BANDWIDTH`) plus ``engine_start`` seconds.
-    ``host_kv_tier`` gives each replica a host-memory KV tier (:mod:`hermes_env.cluster.kvtier`)."""
+    ``host_kv_tier`` gives each replica a host-memory KV tier (:mod:`hermes_env.cluster.kvtier`);
+    ``migration_link`` the link and schedule of request migration (:mod:`hermes_env.cluster.migration`), used
+    only when a migration policy runs; ``disaggregation`` splits the replicas into prefill and decode pools
+    (:class:`DisaggregationConfig`)."""
 
     name: str
     model: ModelShape
@@ -224,6 +262,8 @@ class LLMBackendConfig:
     remote_store: RemoteStoreConfig | None = None
     lora: LoRAConfig | None = None
     host_kv_tier: HostTierConfig | None = None
+    migration_link: MigrationLink = MigrationLink()
+    disaggregation: DisaggregationConfig | None = None
 
     @property
     def latency(self) -> IterationLatency:
@@ -273,7 +313,8 @@ class LLMBackendConfig:
     def from_dict(cls, spec: Mapping[str, Any], where: str) -> LLMBackendConfig:
         engine_fields = {"name", "model", "gpu_memory_utilization", "engine", "chunked_prefill",
                          "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens", "block_size",
-                         "max_model_len", "remote_prefix_store", "lora", "source", "replica_kinds", "host_kv_tier"}
+                         "max_model_len", "remote_prefix_store", "lora", "source", "replica_kinds", "host_kv_tier",
+                         "migration_link", "disaggregation"}
         check_keys(spec, engine_fields | KIND_FIELDS, where)
         name = spec.get("name")
         require(isinstance(name, str) and backend_kind(name) == "llm", f"{where}.name",
@@ -323,7 +364,14 @@ class LLMBackendConfig:
             lora=None if spec.get("lora") is None else LoRAConfig.from_dict(spec["lora"], f"{where}.lora", model),
             host_kv_tier=None if spec.get("host_kv_tier") is None else HostTierConfig.from_dict(
                 spec["host_kv_tier"], f"{where}.host_kv_tier", min(k.gpus_per_replica for k in kinds)),
+            migration_link=MigrationLink.from_dict(spec.get("migration_link", {}), f"{where}.migration_link"),
+            disaggregation=None if spec.get("disaggregation") is None else DisaggregationConfig.from_dict(
+                spec["disaggregation"], f"{where}.disaggregation", sum(k.max_replicas for k in kinds)),
         )
+        if cfg.disaggregation is not None:  # a hand-off moves a request's KV alone: adapters and host contexts stay
+            for field, value in (("lora", cfg.lora), ("host_kv_tier", cfg.host_kv_tier)):
+                require(value is None, f"{where}.disaggregation", f"is not modelled together with {field}",
+                        f"remove {field} or disaggregation")
         for i, kind in enumerate(cfg.kinds):
             at = where if kinds_spec is None else f"{where}.replica_kinds[{i}]"
             require(cfg.kv_capacity(kind) >= cfg.block_size, f"{at}.gpu_memory_gb",

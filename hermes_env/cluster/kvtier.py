@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from hermes_env.catalog import config_path
+from hermes_env.cluster.link import copy_time
 from hermes_env.cluster.prefix import PrefixCache, Segment, _block_range, _Tier
 from hermes_env.errors import require
 from hermes_env.validation import check_keys, integer, load_yaml, number
@@ -98,12 +99,9 @@ class HostTierConfig:
 
     def transfer_time(self, tokens: int, bytes_per_token: int, to_gpu: bool) -> float:
         """Seconds of one context copy of ``tokens`` tokens in one direction."""
-        if tokens <= 0:
-            return 0.0
         t = self.transfer
-        chunks = -(-tokens // t.chunk_tokens)
-        return chunks * t.latency_per_transfer + tokens * bytes_per_token / (t.bandwidth_h2d if to_gpu
-                                                                             else t.bandwidth_d2h)
+        return copy_time(tokens, bytes_per_token, t.bandwidth_h2d if to_gpu else t.bandwidth_d2h,
+                         t.latency_per_transfer, t.chunk_tokens)
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], where: str, gpus_per_replica: int) -> HostTierConfig:

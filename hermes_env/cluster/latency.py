@@ -8,11 +8,16 @@ request. The model, in seconds:
         + per_prefill_pair * sum(prompt^2)         causal prefill attention
         + max(per_kv_token * sum(decode contexts), decode attention: bound by reading every cached token,
               per_max_context * max(decode context))  or, on an under-filled GPU, by the longest sequence
+        + scheduler_overhead                           the engine's CPU time between two forward passes
+        + scheduler_overhead_per_request * requests    (scheduling, input tensors, output handling)
 
 The decode-attention kernel gives each sequence's KV heads a few thread blocks and does not split one
 long context across the GPU, so a small batch over long contexts takes the longest sequence's serial time
 (a batch of 1 to 8 over 32k tokens costs the same) and a large batch takes its bytes' time: the larger of
 the two, not their sum (the sum, fitted to 8k-token shapes, was 30% off at 131k; docs/latency.md).
+
+The two overhead terms are optional (0 by default, as in every profile timed as CUDA-graph forward passes):
+a profile measured on a whole engine gives them (docs/fidelity.md, the transformers engine on the H200).
 
 ``scripts/fit_latency.py`` fits it to ``profiles/<name>.csv`` (measured by ``scripts/profile_gpu.py``)
 and writes ``profiles/<name>.yaml`` with the held-out errors; this module only reads the YAML.
@@ -36,6 +41,7 @@ from hermes_env.pdgraph.cost import LinearTokenCost
 from hermes_env.validation import load_yaml, parse_yaml
 
 PARAMETERS = ("floor", "per_token", "sharpness", "per_kv_token", "per_prefill_pair", "per_max_context")
+OVERHEADS = ("scheduler_overhead", "scheduler_overhead_per_request")  # optional, 0 by default
 
 
 @mypyc_attr(native_class=False)  # frozen: copied and pickled as Python does
@@ -47,13 +53,15 @@ class IterationLatency:
     per_kv_token: float
     per_prefill_pair: float
     per_max_context: float
+    scheduler_overhead: float = 0.0
+    scheduler_overhead_per_request: float = 0.0
     name: str = ""
     source: str = ""
     derived: bool = False
     errors: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        for key in PARAMETERS:
+        for key in PARAMETERS + OVERHEADS:
             v = getattr(self, key)
             require(isinstance(v, int | float) and math.isfinite(v) and v >= 0, f"latency.{key}",
                     f"must be a finite number >= 0, got {v!r}")
@@ -69,13 +77,18 @@ class IterationLatency:
         """Seconds of decode attention over ``kv_tokens`` cached tokens in all, the longest ``max_context``."""
         return max(self.per_kv_token * kv_tokens, self.per_max_context * max_context)
 
+    def overhead(self, requests: float) -> float:
+        """Seconds the engine spends between two forward passes over a batch of ``requests`` requests."""
+        return self.scheduler_overhead + self.scheduler_overhead_per_request * requests
+
     def iteration_time(self, tokens: float, kv_tokens: float = 0.0, prefill_pairs: float = 0.0,
-                       max_context: float = 0.0) -> float:
-        """Seconds for one iteration over ``tokens`` tokens whose decoding requests hold ``kv_tokens``
-        cached tokens in all (the longest ``max_context``) and whose prompts sum to ``prefill_pairs``
-        squared tokens."""
-        return float(self.linear_layers(tokens) + self.decode_attention(kv_tokens, max_context)
-                     + self.per_prefill_pair * prefill_pairs)
+                       max_context: float = 0.0, requests: float = 0.0) -> float:
+        """Seconds for one iteration over ``tokens`` tokens of ``requests`` requests whose decoding requests
+        hold ``kv_tokens`` cached tokens in all (the longest ``max_context``) and whose prompts sum to
+        ``prefill_pairs`` squared tokens."""
+        t = float(self.linear_layers(tokens) + self.decode_attention(kv_tokens, max_context)
+                  + self.per_prefill_pair * prefill_pairs)
+        return t + self.overhead(requests) if self.scheduler_overhead or self.scheduler_overhead_per_request else t
 
     def prefill_time(self, prompt: np.ndarray | float) -> np.ndarray | float:
         prompt = np.asarray(prompt, dtype=float)
@@ -85,7 +98,8 @@ class IterationLatency:
                               cached: np.ndarray | float = 0.0) -> np.ndarray:
         """Seconds to serve a request alone: its prefill (which yields the first token; the first ``cached``
         prompt tokens already in KV, so only the rest is computed, attending to the whole prompt) and
-        ``output - 1`` decode steps at batch 1 whose context grows from ``prompt + 1``."""
+        ``output - 1`` decode steps at batch 1 whose context grows from ``prompt + 1``, each iteration with
+        the engine's overhead for one request."""
         prompt = np.asarray(prompt, dtype=float)
         cached = np.asarray(cached, dtype=float)
         steps = np.asarray(output, dtype=float) - 1.0
@@ -93,7 +107,9 @@ class IterationLatency:
         per_step = float(self.linear_layers(1.0))
         prefill = self.linear_layers(prompt - cached) + self.per_prefill_pair * (prompt**2 - cached**2)
         # alone, the sequence is both the whole cache and the longest context
-        return prefill + steps * per_step + max(self.per_kv_token, self.per_max_context) * context_sum
+        out = prefill + steps * per_step + max(self.per_kv_token, self.per_max_context) * context_sum
+        return out + (steps + 1.0) * self.overhead(1.0) if self.scheduler_overhead or \
+            self.scheduler_overhead_per_request else out
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -106,7 +122,7 @@ class IterationLatency:
         missing = [k for k in PARAMETERS if k not in spec]
         if missing:
             raise ConfigError(f"{where}.{missing[0]}", "is missing", f"a latency profile gives {', '.join(PARAMETERS)}")
-        unknown = set(spec) - set(PARAMETERS) - {"name", "source", "derived", "errors"}
+        unknown = set(spec) - set(PARAMETERS) - set(OVERHEADS) - {"name", "source", "derived", "errors"}
         if unknown:
             raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not a latency parameter")
         return cls(**{k: spec[k] for k in spec})
@@ -167,6 +183,15 @@ def fit_iteration_latency(csv_path: str | Path, extrapolate_beyond: int = 32_768
     return theta, report
 
 
+def fit_iterations(x: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The six parameters fitted (relative error) to iterations given as rows of (tokens, decode KV tokens,
+    prefill pairs, longest decode context) and their measured ``seconds`` (a whole engine's own iterations,
+    scripts/realgpu), and the fit's predictions for those rows."""
+    x, seconds = np.asarray(x, dtype=float), np.asarray(seconds, dtype=float)
+    theta = _least_squares(x, seconds)
+    return theta, _predict(theta, x)
+
+
 def _least_squares(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     from scipy.optimize import least_squares  # fitting only: keeps `import hermes_env` light
 
@@ -194,7 +219,8 @@ class ProfileCost:
 
     def fingerprint(self) -> dict[str, list[float]]:
         """What the service times depend on (the table cache's key: :mod:`hermes_env.pdgraph.tablecache`)."""
-        return {name: [getattr(p, k) for k in PARAMETERS] for name, p in self.per_backend.items()}
+        return {name: [getattr(p, k) for k in PARAMETERS] + [getattr(p, k) for k in OVERHEADS if getattr(p, k)]
+                for name, p in self.per_backend.items()}
 
 
 def load_cost_model(path: str | Path) -> LinearTokenCost | ProfileCost:

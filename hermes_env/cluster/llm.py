@@ -47,6 +47,11 @@ when a request arrives and no replica is warm or loading (a cold start on the re
 A draining replica takes no new requests and goes cold once its work is done. GPU-seconds held (loading,
 warm or draining) are integrated for the metrics.
 
+**Disaggregation** (:mod:`hermes_env.cluster.disagg`). A backend split into prefill and decode pools gives each
+replica a role; a split request leaves its prefill replica's batch when its prefill ends, its KV held there
+(``sending``) until a decode replica takes it (``incoming``, at that replica's boundaries, before its queue) over
+the sender's link; it then joins the decode replica's batch as a prompt with nothing left to prefill.
+
 **Queues and routing.** Without a router the replicas share one queue and each takes work at its next
 iteration boundary (the idle one first, else the one with the smallest batch): late binding, hermes_env
 0.1's only mode. With a router every request is placed on one replica on arrival and waits in that
@@ -63,10 +68,12 @@ from typing import Any
 from hermes_env._mypyc import mypyc_attr
 from hermes_env.cluster.config import LLMBackendConfig, ReplicaKind
 from hermes_env.cluster.kvtier import KVMemory
+from hermes_env.cluster.migration import ON_LINK
 from hermes_env.cluster.prefix import PrefixCache, RemoteStore, Segment
 from hermes_env.cluster.queue import DecisionPending, WaitQueue
 from hermes_env.cluster.request import Request
 from hermes_env.cluster.tool import EventScheduler
+from hermes_env.errors import require
 
 COLD, LOADING, WARM, DRAINING = 0, 1, 2, 3
 STATE_NAMES = {COLD: "cold", LOADING: "loading", WARM: "warm", DRAINING: "draining"}
@@ -114,6 +121,16 @@ class Replica:
         self.resident: dict[str, int] = {}  # LoRA adapter -> admitted requests using it (in LRU order)
         self.adapter_ready: dict[str, float] = {}  # adapters loading -> when they are resident
         self.link_free_at = 0.0
+        # request migration (hermes_env.cluster.migration): batch slots reserved by migrations coming here,
+        # migrations stopping here and arrived here, each handled at the next iteration boundary
+        self.inbound = 0
+        self.leaving: list[Any] = []
+        self.arrived: list[Any] = []
+        # prefill/decode disaggregation (hermes_env.cluster.disagg): the replica's pool, split requests whose KV
+        # it holds until a decode replica has it, and those waiting here for their KV to be sent
+        self.role = ""
+        self.sending: dict[Request, int] = {}  # request -> private KV tokens held for it
+        self.incoming: list[Request] = []
         self.version = 0
         self.busy = False
         self.deciding = False  # suspended in admission until an external policy chooses
@@ -171,13 +188,18 @@ class Replica:
         return ctx0 + self.clock - r.cached
 
     def _batch(self) -> int:
-        return len(self.running) + len(self.prefilling) + len(self.staged) + len(self.ready)
+        return len(self.running) + len(self.prefilling) + len(self.staged) + len(self.ready) + self.inbound
+
+    def context_now(self, request: Request, now: float) -> int:
+        """A running request's context at ``now``, counting the iterations of the segment under way."""
+        done = self._iterations_by(now - self.t0) if self.busy and self.planned > 0 else 0
+        return self.context(request) + done
 
     @property
     def outstanding(self) -> int:
         """Requests routed to or admitted by this replica and not finished."""
         own = len(self.queue) if self.queue is not self.backend.queue else 0
-        return own + self._batch()
+        return own + self._batch() + len(self.incoming)
 
     @property
     def idle(self) -> bool:
@@ -238,7 +260,12 @@ class Replica:
             return
         if not self.busy:
             self._boundary(now, self.version)
-        elif self.planned > 1 and (self.ready or self._batch() < self.max_batch):
+        elif self.ready or self._batch() < self.max_batch:
+            self.cut(now)
+
+    def cut(self, now: float) -> None:
+        """End the decode segment under way at the end of the iteration in progress (its next boundary)."""
+        if self.planned > 1:
             done = self._iterations_by(now - self.t0)
             if done + 1 < self.planned:
                 self.kv_used -= (self.planned - done - 1) * len(self.running)  # unreserve the cut iterations
@@ -268,12 +295,16 @@ class Replica:
                 self.backend.timeline.iteration(self, now)
             self.busy_seconds += now - self.t0
             self._apply_progress(now)
+        if self.leaving or self.arrived:
+            self.backend.migrator.boundary(self, now)
         self._load_stall = 0.0
         self._plan_chunks()
         self._continue(now)
 
     def _resume(self, now: float) -> None:
         self.deciding = False
+        if self.leaving or self.arrived:
+            self.backend.migrator.boundary(self, now)
         self._continue(now)
 
     def _continue(self, now: float) -> None:
@@ -282,9 +313,7 @@ class Replica:
             self._admit(now)
             if self._chunks:
                 self._plan_mixed(now)
-            elif self.running:
-                self._plan_segment(now)  # may preempt everything and admit again (a mixed iteration)
-            else:
+            elif not (self.running and self._plan_segment(now)):  # it may preempt everything and admit again
                 self.busy = False  # staged requests call poke when their wait is over
                 if self.backend.timeline is not None:
                     self.backend.timeline.idle(self, now)
@@ -332,6 +361,8 @@ class Replica:
                     if r.first_token < 0:
                         r.first_token = now
                     self._prefilled(r)
+                    if r.split and self.role == "prefill" and self.backend.handoff.prefilled(self, r, now):
+                        continue  # its KV moves to a decode replica
                     self._join(r)
         heap, running, clock = self._finish, self.running, self.clock
         while heap and heap[0][0] <= clock:
@@ -383,6 +414,8 @@ class Replica:
                     break
             self.ready.pop(0)
             self._start_prefill(r, chunk)
+        if self.incoming:  # prefilled elsewhere: their KV comes first
+            self.backend.handoff.receive(self, now)
         if not self._accepting():
             return
         queue = self.queue
@@ -518,12 +551,16 @@ class Replica:
         n_run = len(self.running)
         self.t0, self.planned = now, 0
         self.mixed_time = self._load_stall + self.latency.iteration_time(
-            tokens + n_run, kv_tokens=self._kv_held(), prefill_pairs=pairs, max_context=self._max_context())
+            tokens + n_run, kv_tokens=self._kv_held(), prefill_pairs=pairs, max_context=self._max_context(),
+            requests=n_run + len(self._chunks))
         if n_run and self.mixed_time > self.longest_iteration:
             self.longest_iteration = self.mixed_time
         self.kv_used += n_run + finishing  # every decoding request's next token, and each finished prefill's
 
-    def _plan_segment(self, now: float) -> None:
+    def _plan_segment(self, now: float) -> bool:
+        """Plan a decode segment (True), or a mixed iteration if every running request had to be preempted and
+        one was admitted again; False when none could be and KV in flight holds the cache (the replica waits for
+        it: a staged request's remote prefix or hand-off, a split request's KV not yet taken by the decode pool)."""
         if self.kvmem is not None and len(self.running) > self.free_tokens():  # idle contexts go before a request
             self.kvmem.reclaim(self.backend.retention, len(self.running) - self.free_tokens(), now, False)
         while self.running and len(self.running) > self.free_tokens():  # no room for one more token each
@@ -534,7 +571,9 @@ class Replica:
             self._admit(now)
             if self._chunks:
                 self._plan_mixed(now)
-                return
+                return True
+            if self.staged or self.sending:
+                return False
             raise RuntimeError(f"{self.backend.name}: a single request does not fit the KV cache")
         heap = self._finish
         while self.running.get(heap[0][2], (0, 0, -1))[2] != heap[0][1]:
@@ -551,9 +590,12 @@ class Replica:
             m = min(m, int((lead - other) / (other_step - lead_step)) + 1)
         self._room(m * n)
         base, step = float(lat.linear_layers(n)) + lead, lead_step  # step: growth of the time per iteration
+        if lat.scheduler_overhead or lat.scheduler_overhead_per_request:  # the engine's time between passes
+            base += lat.overhead(n)
         self.a, self.b = step / 2.0, base - step / 2.0
         self.t0, self.planned = now, m
         self.kv_used += m * n  # reserve the segment's growth
+        return True
 
     def _make_room(self, head: Request, need: int, now: float) -> bool:
         """If the policy lets ``head`` take KV memory from running requests (BROS: real-time from
@@ -587,6 +629,50 @@ class Replica:
         self.preemptions += 1
         self.queue.push(victim, now)
 
+    # -- migration hooks (hermes_env.cluster.migration) ------------------------------------------------
+    def detach(self, r: Request) -> None:
+        """Take running ``r`` out of the batch with its KV, which is freed here (its copy is on the link):
+        what it generated so far stays generated."""
+        held = self._leave(r)
+        r.generated = held + r.cached - r.prompt_tokens
+        self.kv_used -= held
+        if self.cache is not None and r.chain:
+            self.cache.release(r.chain)
+        r.cached = r.host = r.loaded = 0
+        r.computed = r.kv = r.context
+
+    def join_migrated(self, r: Request, now: float) -> None:
+        """``r`` arrived with its whole context, reserved here as it was copied: it decodes on in this batch,
+        its KV private (the prompt's blocks enter this prefix cache when it finishes, as they would here)."""
+        if self.cache is not None and r.chain:
+            self.cache.acquire(r.chain)
+        r.replica = self
+        self._join(r)
+
+    def poke_migrated(self, now: float) -> None:
+        """A migrated request arrived: join it at the next boundary (now, if idle)."""
+        if self.deciding:
+            return  # joined when the choice is made
+        if not self.busy:
+            self._boundary(now, self.version)
+        else:
+            self.cut(now)
+
+    def redraw_admitted(self, rng: Any, redraw: Callable[[Request, Any], None], now: float) -> None:
+        """Redraw the output lengths of the admitted requests (``redraw``), each beyond what it has generated by
+        ``now``; a running request gets a new admission id, so that its finish follows the new length (a finish
+        inside the segment under way comes at the segment's end). For a planner's copy only."""
+        for r in (*self.prefilling, *sorted(self.staged, key=lambda r: (r.admitted_at, r.seq)), *self.ready):
+            redraw(r, rng)
+        for r, (ctx0, _, _) in list(self.running.items()):
+            r.generated = self.context_now(r, now) - r.prompt_tokens
+            redraw(r, rng)
+            self._admissions += 1
+            finish = r.prompt_tokens + r.output_tokens - ctx0  # the clock at which its context is whole
+            self.running[r] = (ctx0, finish, self._admissions)
+            heapq.heappush(self._finish, (finish, self._admissions, r))
+            heapq.heappush(self._longest, (-ctx0, self._admissions, r))
+
     def compact(self) -> None:
         """Drop the stale entries of the lazy heaps (requests that left or were preempted since), which
         would be skipped when they reach the top: the order of the others, and so every later event, is
@@ -604,11 +690,14 @@ class Replica:
         assert self.kv_used <= self.capacity, f"{name}: KV {self.kv_used} > capacity {self.capacity}"
         assert self._batch() <= self.max_batch, f"{name}: batch over max_batch"
         staged = [*self.prefilling, *self.staged, *self.ready]
-        held = self._kv_held() - sum(r.cached for r in self.running) + sum(r.kv for r in staged)
+        held = self._kv_held() - sum(r.cached for r in self.running) + sum(r.kv for r in staged) \
+            + sum(self.sending.values())
         shared = self.block * self.cache.blocks if self.cache is not None else 0
         assert 0 <= held + shared <= self.kv_used, f"{name}: requests hold {held} KV tokens and the cache " \
                                                    f"{shared}, accounted {self.kv_used}"
         assert self.sum_ctx0 == sum(v[0] for v in self.running.values())
+        for r, (ctx0, finish, _) in self.running.items():  # a request finishes when its context is whole
+            assert finish == r.prompt_tokens + r.output_tokens - ctx0, f"{name}: {r} finishes at the wrong clock"
         if self.cache is not None:
             self.cache.check_invariants()
             for r in self.running:  # the blocks a running request reads are never evicted under it
@@ -618,7 +707,8 @@ class Replica:
         if self.lora is not None:
             assert len(self.resident) <= self.lora.max_loras, f"{name}: more adapters resident than max_loras"
         if self.state == COLD:
-            assert not self._batch() and not self.busy, f"{name}: a cold replica holds work"
+            assert not self._batch() and not self.busy and not self.sending and not self.incoming, \
+                f"{name}: a cold replica holds work"
         if self.kvmem is not None:
             self.kvmem.check_invariants(name)
 
@@ -632,17 +722,27 @@ class LLMBackend:
     def __init__(self, cfg: LLMBackendConfig, engine: EventScheduler, queue_factory: Callable[..., WaitQueue],
                  on_done: Callable[[Request, float], None], on_failed: Callable[[Request, float], None],
                  on_decision: Callable[[WaitQueue, float, Callable[[float], None]], None] | None = None,
-                 router: Any = None, retention: Any = None) -> None:
+                 router: Any = None, retention: Any = None, disagg: Any = None) -> None:
         self.cfg, self.name = cfg, cfg.name
         self.retention = retention  # a retention policy (hermes_env.sim.retention), None: vLLM's LRU release
         self.engine, self.on_done, self.on_failed = engine, on_done, on_failed
         self.on_decision = on_decision  # told when an external policy must choose; gets a resume callback
+        self.migrator: Any = None  # a hermes_env.cluster.migration.Migrator when a migration policy runs
         self.router = router  # None: one shared queue, replicas pull (late binding)
         self.queue = queue_factory(cfg.name, None)
         self.remote = RemoteStore(cfg.block_size) if cfg.remote_store is not None else None
         placed = [(kind, n < kind.replicas) for kind in cfg.kinds for n in range(kind.max_replicas)]  # warm first
         self.replicas = [Replica(self, i, self.queue if router is None else queue_factory(cfg.name, i), kind, warm)
                          for i, (kind, warm) in enumerate(placed)]
+        self.handoff: Any = None  # the hand-off path of a disaggregated backend (hermes_env.cluster.disagg)
+        if cfg.disaggregation is not None:
+            from hermes_env.cluster.disagg import Handoff  # it builds on this module
+
+            require(router is not None or getattr(disagg, "name", "colocated") == "colocated", "router",
+                    f"{cfg.name} splits requests ({getattr(disagg, 'name', '')}): the prefill pool needs "
+                    "per-replica queues",
+                    "name a router (least_outstanding, prefix_affinity, ...) instead of shared")
+            self.handoff = Handoff(self, cfg.disaggregation, disagg)
         self.completed = 0
         self.failed = 0
         self.load_starts = 0  # loads ordered because a request found no replica warm or loading
@@ -698,6 +798,8 @@ class LLMBackend:
                 best.poke(now)
             return
         candidates = self.candidates(now)
+        if self.handoff is not None:
+            candidates = self.handoff.first_pool(request, candidates, now)
         placed: Replica | None  # compiled, a router's None must not be taken for a Replica
         placed = candidates[0] if len(candidates) == 1 else self.router.route(self, request, candidates, now)
         if placed is not None:  # None: an external router places it later
@@ -753,6 +855,8 @@ class LLMBackend:
 
     def finish(self, request: Request, now: float) -> None:
         self.completed += 1
+        if self.handoff is not None:
+            self.handoff.finished(request)
         self.on_done(request, now)
 
     def routed_waiting(self) -> int:
@@ -829,12 +933,15 @@ class LLMBackend:
             return False
         self._set_state(victim, DRAINING, now)
         self.scale_downs += 1
+        if self.migrator is not None:  # drain by migrating its running requests rather than waiting for them
+            self.migrator.drain_next(victim, now)
         self.replica_idle(victim, now)
         return True
 
     def replica_idle(self, replica: Replica, now: float) -> None:
         """Called when a replica runs out of work: a draining one goes cold."""
-        if replica.state == DRAINING and replica.idle and (replica.queue is self.queue or not len(replica.queue)):
+        if replica.state == DRAINING and replica.idle and (replica.queue is self.queue or not len(replica.queue)) \
+                and not replica.sending and not replica.incoming:
             self._set_state(replica, COLD, now)
             replica.version += 1
 
@@ -846,6 +953,20 @@ class LLMBackend:
         for queue in queues.values():
             for request in queue:
                 redraw(request, rng)
+
+    def resample_admitted(self, rng: Any, redraw: Callable[[Request, Any], None], now: float) -> None:
+        """Redraw what :meth:`resample_future` keeps: the output lengths of admitted requests, beyond what each
+        has generated (:meth:`Replica.redraw_admitted`; a migrating request's too, its migration going on).
+        For a planner that decides about running requests (migration), on a copy."""
+        moving = self.migrator.by_request.values() if self.migrator is not None else ()
+        alive = [m for m in moving if m.source.running.get(m.request, (0, 0, -1))[2] == m.admission]
+        for replica in self.replicas:
+            replica.redraw_admitted(rng, redraw, now)
+        for m in moving:
+            if m.phase == ON_LINK:
+                redraw(m.request, rng)
+        for m in alive:
+            m.admission = m.source.running[m.request][2]
 
     def compact(self) -> None:
         """Drop stale bookkeeping of the replicas (see :meth:`Replica.compact`)."""
@@ -874,7 +995,9 @@ class LLMBackend:
                                  "evicted_blocks": sum(r.cache.evicted_blocks for r in reps if r.cache is not None)},
                 "kv_memory": self._kv_memory_summary(now),
                 "replica_loads_on_demand": self.load_starts, "scale_ups": self.scale_ups,
-                "scale_downs": self.scale_downs, "adapter_loads": sum(r.adapter_loads for r in reps)}
+                "scale_downs": self.scale_downs, "adapter_loads": sum(r.adapter_loads for r in reps),
+                **({"migration": self.migrator.summary()} if self.migrator is not None else {}),
+                **({"disaggregation": self.handoff.summary()} if self.handoff is not None else {})}
 
     def _kv_memory_summary(self, now: float) -> dict[str, Any]:
         """Agentic KV memory figures: re-prefilled tokens of resumed calls (KV thrash), where resumed
@@ -894,6 +1017,10 @@ class LLMBackend:
     def check_invariants(self) -> None:
         for r in self.replicas:
             r.check_invariants()
+        if self.migrator is not None:
+            self.migrator.check_invariants()
+        if self.handoff is not None:
+            self.handoff.check_invariants()
         assert self._held == sum(r.state != COLD for r in self.replicas)
         assert self._held_gpus == sum(r.kind.gpus_per_replica for r in self.replicas if r.state != COLD)
         assert self._serving == sum(r.state in (WARM, LOADING) for r in self.replicas)

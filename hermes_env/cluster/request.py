@@ -42,7 +42,7 @@ class Request:
     __slots__ = ("app", "run_index", "copy", "backend", "prompt_tokens", "output_tokens", "service_time",
                  "enqueued", "first_enqueued", "started", "first_token", "finished", "generated", "key",
                  "preemptions", "seq", "prefix_tokens", "chain", "adapter", "replica", "cached", "loaded",
-                 "computed", "kv", "failed", "admitted_at", "host", "resumed", "own")
+                 "computed", "kv", "failed", "admitted_at", "host", "resumed", "own", "split")
 
     def __init__(self, app: Any, run_index: int, copy: int, backend: str, prompt_tokens: int = 0,
                  output_tokens: int = 0, service_time: float = 0.0, prefix_tokens: int = 0,
@@ -69,6 +69,7 @@ class Request:
         self.preemptions = 0
         self.seq = 0
         self.failed = ""
+        self.split = False  # prefilled on a prefill replica, decoded on a decode one (hermes_env.cluster.disagg)
 
     def __deepcopy__(self, memo: dict) -> Request:
         return copy_slots(self, memo)
@@ -77,6 +78,16 @@ class Request:
     def context(self) -> int:
         """Tokens of context it holds once prefilled: its prompt and what it has generated."""
         return self.prompt_tokens + self.generated
+
+    @property
+    def ttft(self) -> float:
+        """Time to first token: from first reaching the backend to its first output token."""
+        return self.first_token - self.first_enqueued
+
+    @property
+    def tpot(self) -> float | None:
+        """Time per output token after the first (None for a one-token answer)."""
+        return (self.finished - self.first_token) / (self.output_tokens - 1) if self.output_tokens > 1 else None
 
     def __repr__(self) -> str:
         return f"Request({self.backend}, run={self.run_index}, copy={self.copy}, key={self.key!r})"

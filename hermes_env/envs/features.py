@@ -34,6 +34,8 @@ BACKEND_FEATURES = ("deciding", *(f"kind_{k}" for k in BACKEND_KINDS), "queue_le
                     "cold", "time_until_warm", "kv_used", "demand_within_warmup", "demand_within_minute")
 REPLICA_FEATURES = ("candidate", "deciding", "cold", "loading", "warm", "draining", "time_until_warm", "queue_length",
                     "queued_prompt_tokens", "batch", "kv_in_use", "prefix_hit", "adapter_resident")
+# only on a cluster with a disaggregated backend (prefill/decode pools): per replica of the decision's backend
+DISAGG_FEATURES = ("prefill_pool", "decode_pool", "sending_tokens", "incoming")
 # only on a cluster with a backend of several replica kinds (GPU types): per LLM backend and kind, and per replica
 KIND_FEATURES = ("decode_speed", "prefill_speed", "price", "kv_capacity", "serving", "cold")
 REPLICA_KIND_FEATURES = ("decode_speed", "prefill_speed", "price")
@@ -207,6 +209,17 @@ class FeatureBuilder:
         if backend is not None:
             for r in backend.replicas[: self.replica_rows]:
                 out[r.index] = self.kind_profile(backend, r.kind)
+        return out
+
+    def disagg(self, backend: LLMBackend | None) -> np.ndarray:
+        """Per replica of the decision's LLM backend (zeros otherwise, and on a backend without disaggregation):
+        its pool, log1p of the KV tokens it holds for split requests waiting for the decode pool or in flight,
+        and log1p of the split requests waiting for its KV room."""
+        out = np.zeros((self.replica_rows, len(DISAGG_FEATURES)), dtype=np.float32)
+        if backend is not None and backend.handoff is not None:
+            for r in backend.replicas[: self.replica_rows]:
+                out[r.index] = (r.role == "prefill", r.role == "decode", math.log1p(sum(r.sending.values())),
+                                math.log1p(len(r.incoming)))
         return out
 
     def observation(self, candidates: list[Request], deciding: str, now: float, decision_kind: str | None = None,

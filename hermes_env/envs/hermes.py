@@ -7,9 +7,13 @@ is a piece of the action: ``schedule`` (which waiting request a backend admits: 
 replica of an LLM backend an arriving request waits at: ``Discrete(R)``) and ``scale`` (per LLM backend:
 nothing, load a replica, release one: ``[3] * L``), and, with ``admission_control=True`` on
 Scheduling-v0 and Joint-v0, ``admit`` (an arriving or deferred application: 0 admit, 1 defer, 2 reject:
-``[3]``). The simulation pauses whenever a controlled part owes a decision; orders parts (prewarm, scale)
-are applied at every decision, choice parts (schedule, route, admit) only at their own kind of decision
-(slot 0 stands for "no choice" otherwise).
+``[3]``), and, with ``migration_control=True`` on Routing-v0 and Joint-v0, ``migrate`` (every
+``migration_tick`` seconds, per LLM backend with two or more warm replicas: 0 no move, ``1 + s R + t`` move a
+running request from replica ``s`` to ``t``: ``[1 + R * R]``), and on Routing-v0 and Joint-v0 where an LLM
+backend is split into prefill and decode pools, ``split`` (the routed request runs colocated, 0, or is split, 1:
+``[2]``). The simulation pauses whenever a controlled part owes a decision; orders parts (prewarm, scale) are
+applied at every decision, choice parts (schedule, route, admit, migrate; split with route) only at their own
+kind of decision (slot 0 stands for "no choice" otherwise).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from hermes_env.envs.features import (
     ADMISSION_FEATURES,
     BACKEND_FEATURES,
     DECISION_KINDS,
+    DISAGG_FEATURES,
     GLOBAL_FEATURES,
     KIND_FEATURES,
     REPLICA_FEATURES,
@@ -41,11 +46,16 @@ from hermes_env.pdgraph.graph import BACKEND_KINDS, END, backend_kind
 from hermes_env.sim.policies import (
     ExternalAdmission,
     ExternalAutoscaler,
+    ExternalDisagg,
+    ExternalMigration,
     ExternalPrewarm,
     ExternalRouter,
     ExternalScheduler,
+    ResidualAutoscaler,
     make_admission,
     make_autoscaler,
+    make_disagg,
+    make_migration,
     make_prewarm,
     make_retention,
     make_router,
@@ -64,7 +74,9 @@ PRIORITIES = 3  # a retention decision's eviction priority: 0 to 2, higher goes 
 KV_FEATURES = ("context_tokens", "context_share", "kv_in_use", "kv_pinned", "host_in_use", "round_trip",
                "next_use_probability", "next_use_mean", "next_use_within_round_trip", "contexts_held", "queue")
 ADMIT_PART = "admit"  # the admission part, added by admission_control=True
-CHOICE_PARTS = ("schedule", "route", ADMIT_PART)  # parts that choose at their own kind of decision only
+MIGRATE_PART = "migrate"  # the migration part, added by migration_control=True
+SPLIT_PART = "split"  # colocated (0) or split (1), with the route part where a backend is disaggregated
+CHOICE_PARTS = ("schedule", "route", ADMIT_PART, MIGRATE_PART)  # parts that choose at their own decision only
 BOUND = 1e3  # every feature is a fraction, a flag or a log1p of seconds or tokens: far inside this
 NODE_FEATURES = (*(f"kind_{k}" for k in BACKEND_KINDS), "current", "visit_probability", "mean_demand", "width")
 
@@ -138,6 +150,7 @@ class HermesEnv(gym.Env):
     controls: tuple[str, ...] = ("schedule",)
     default_config = "contended"
     admission_allowed = False  # whether admission_control=True may add the admit part
+    migration_allowed = False  # whether migration_control=True may add the migrate part
 
     def __init__(self, config: str | Path | dict | ExperimentConfig | None = None, overrides: dict | None = None,
                  scheduler: str = "gittins", prewarm: str = "none", router: str = "shared", autoscaler: str = "fixed",
@@ -148,7 +161,9 @@ class HermesEnv(gym.Env):
                  invalid_action: str = "penalty", invalid_action_penalty: float = 1.0,
                  graph_observation: bool = False, render_mode: str | None = None, admission: str = "none",
                  admission_control: bool = False, timeline: str | Path | None = None,
-                 timeline_window: tuple[float, float] | None = None) -> None:
+                 timeline_window: tuple[float, float] | None = None, migration: str = "none",
+                 migration_control: bool = False, migration_tick: float = 1.0, disagg: str = "colocated",
+                 residual: str | None = None) -> None:
         self.experiment = load_experiment(self.default_config if config is None else config, overrides)
         self.controls = self._controls()
         as_integer(slots, "slots", low=1, high=100_000)
@@ -164,6 +179,7 @@ class HermesEnv(gym.Env):
         if prewarm_tick is not None:
             as_number(prewarm_tick, "prewarm_tick", low=0, low_open=True)
         as_number(autoscale_tick, "autoscale_tick", low=0, low_open=True)
+        as_number(migration_tick, "migration_tick", low=0, low_open=True)
         if max_steps is not None:
             as_integer(max_steps, "max_steps", low=1)
         if max_time is not None:
@@ -174,10 +190,11 @@ class HermesEnv(gym.Env):
             TimelineRecorder(timeline_window)  # validates it
         self.episode = -1  # the index of the episode in progress (reset counts them)
         self.policy_names = {"schedule": scheduler, "prewarm": prewarm, "route": router, "scale": autoscaler,
-                             ADMIT_PART: admission, "retain": retention}
+                             ADMIT_PART: admission, "retain": retention, MIGRATE_PART: migration,
+                             SPLIT_PART: disagg}
         # validate the heuristics' names now
         make_scheduler(scheduler), make_prewarm(prewarm), make_autoscaler(autoscaler), make_admission(admission)
-        make_retention(retention)
+        make_retention(retention), make_migration(migration), make_disagg(disagg)
         require(isinstance(admission_control, bool), "admission_control", f"must be True or False, got "
                 f"{admission_control!r}")
         if admission_control:
@@ -189,8 +206,23 @@ class HermesEnv(gym.Env):
                     "once, so the time-in-system reward alone pays the agent to reject", "price a rejection "
                     "(an SLO miss) with slo_miss_weight > 0")
             self.controls = (*self.controls, ADMIT_PART)
+        require(isinstance(migration_control, bool), "migration_control", f"must be True or False, got "
+                f"{migration_control!r}")
+        if migration_control:
+            require(self.migration_allowed, "migration_control", f"is not available on {type(self).__name__}",
+                    "use Routing-v0 or Joint-v0")
+            require(migration == "none", "migration", f"is {migration!r}, but migration_control gives the agent "
+                    "the migration decisions", "leave migration at 'none', or migration_control False")
+            self.controls = (*self.controls, MIGRATE_PART)
+        self.migration_tick = migration_tick
         if router != "shared":
             make_router(router)
+        if residual is not None:
+            require(isinstance(residual, str), "residual", f"must be an autoscaler name, got {residual!r}")
+            require("scale" in self.controls, "residual", f"is for the agent's scale orders, which "
+                    f"{type(self).__name__} does not take", "use Autoscaling-v0 or Joint-v0, or leave residual unset")
+            ResidualAutoscaler(make_autoscaler(residual), ExternalAutoscaler(autoscale_tick))  # validates it
+        self.residual = residual
         self.slots, self.prewarm_tick, self.autoscale_tick = slots, prewarm_tick, autoscale_tick
         self.max_steps, self.max_time = max_steps, max_time
         self.reward_scale, self.idle_cost_weight, self.slo_miss_weight = reward_scale, idle_cost_weight, slo_miss_weight
@@ -217,7 +249,8 @@ class HermesEnv(gym.Env):
         self.replica_kinds = {b.name: [k.name for k in b.kinds] for b in cluster.llm_backends}
         self._part_sizes = {"schedule": [slots], "prewarm": [3] * len(self.tool_names), "route": [self.replica_rows],
                             "scale": [3 + len(k) * (len(k) > 1) for k in self.replica_kinds.values()],
-                            ADMIT_PART: [3], "retain": [len(RETAIN_ACTIONS), PRIORITIES]}
+                            ADMIT_PART: [3], "retain": [len(RETAIN_ACTIONS), PRIORITIES],
+                            MIGRATE_PART: [1 + self.replica_rows ** 2], SPLIT_PART: [2]}
         self.heterogeneous = any(len(k) > 1 for k in self.replica_kinds.values())
         self.observation_space = self._observation_space()
         self.action_space = self._action_space()
@@ -227,8 +260,11 @@ class HermesEnv(gym.Env):
 
     def _controls(self) -> tuple[str, ...]:
         """The parts this environment controls (a class's own; Joint-v0 adds retention where KV memory is
-        modelled)."""
+        modelled; Routing-v0 and Joint-v0 add the split choice where a backend is disaggregated)."""
         return type(self).controls
+
+    def _disaggregated(self) -> bool:
+        return any(b.disaggregation is not None for b in self.experiment.cluster.llm_backends)
 
     # -- spaces -----------------------------------------------------------------------------------
     def _observation_space(self) -> spaces.Dict:
@@ -255,6 +291,8 @@ class HermesEnv(gym.Env):
             obs["graph_node_mask"] = spaces.MultiBinary((k, m))
         if "retain" in self.controls:
             obs["kv"] = spaces.Box(-BOUND, BOUND, (len(KV_FEATURES),), np.float32)
+        if SPLIT_PART in self.controls:
+            obs["disagg"] = spaces.Box(-BOUND, BOUND, (self.replica_rows, len(DISAGG_FEATURES)), np.float32)
         return spaces.Dict(obs)
 
     def _action_space(self) -> spaces.Space:
@@ -280,9 +318,11 @@ class HermesEnv(gym.Env):
             scheduler=ExternalScheduler() if "schedule" in c else make_scheduler(names["schedule"]),
             prewarm=ExternalPrewarm(self.prewarm_tick) if "prewarm" in c else make_prewarm(names["prewarm"]),
             router=ExternalRouter() if "route" in c else names["route"],
-            autoscaler=ExternalAutoscaler(self.autoscale_tick) if "scale" in c else make_autoscaler(names["scale"]),
+            autoscaler=self._scale_policy() if "scale" in c else make_autoscaler(names["scale"]),
             admission=ExternalAdmission() if ADMIT_PART in c else names[ADMIT_PART],
-            retention=ExternalRetention() if "retain" in c else names["retain"])
+            retention=ExternalRetention() if "retain" in c else names["retain"],
+            migration=ExternalMigration(self.migration_tick) if MIGRATE_PART in c else names[MIGRATE_PART],
+            disagg=ExternalDisagg() if SPLIT_PART in c else names[SPLIT_PART])
         self.features.bind(self.sim)
         self.steps = 0
         self._last = (0.0, 0.0, 0, 0.0)  # Simulation.totals at the last step
@@ -292,6 +332,11 @@ class HermesEnv(gym.Env):
         self.decision = self.sim.run_until_decision()
         self._refresh()
         return self._observation(), self._info(0.0, invalid=False)
+
+    def _scale_policy(self) -> Any:
+        """The agent's side of autoscaling: its orders alone, or added to the native heuristic ``residual``."""
+        agent = ExternalAutoscaler(self.autoscale_tick)
+        return agent if self.residual is None else ResidualAutoscaler(make_autoscaler(self.residual), agent)
 
     def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
         self._require_episode("step")
@@ -413,6 +458,8 @@ class HermesEnv(gym.Env):
             obs.update(self._graphs())
         if "retain" in self.controls:
             obs["kv"] = self._kv_features()
+        if SPLIT_PART in self.controls:
+            obs["disagg"] = self.features.disagg(self.sim.llm_backends.get(d.backend) if d is not None else None)
         return obs
 
     def _kv_features(self) -> np.ndarray:
@@ -485,6 +532,9 @@ class HermesEnv(gym.Env):
 
     def _part_mask(self, part: str) -> np.ndarray:
         d = self.decision
+        if part == SPLIT_PART:  # 1 only at a routing decision of a disaggregated backend, for a request that decodes
+            handoff = self.sim.llm_backends[d.backend].handoff if d is not None and d.kind == "route" else None
+            return np.array([True, handoff is not None and handoff.may_split(d.request, d.candidates)])
         if part == "retain":
             actions = np.zeros(len(RETAIN_ACTIONS), dtype=bool)
             if d is not None and d.kind == "retain":
@@ -496,6 +546,14 @@ class HermesEnv(gym.Env):
         if part == ADMIT_PART and d is not None and d.kind == part:
             now = self.sim.engine.now
             return np.array([True, self.sim.may_defer(d.app, now), self.sim.may_reject(d.app)])
+        if part == MIGRATE_PART and d is not None and d.kind == part:
+            mask = np.zeros(self._part_sizes[part][0], dtype=bool)
+            mask[0] = True
+            backend, rows = self.sim.llm_backends[d.backend], self.replica_rows
+            for src in backend.replicas:
+                for dst in backend.replicas:
+                    mask[1 + src.index * rows + dst.index] = backend.migrator.pick(src, dst) is not None
+            return mask
         if part in CHOICE_PARTS:
             mask = np.zeros(self._part_sizes[part][0], dtype=bool)
             if d is not None and d.kind == part:
@@ -555,6 +613,13 @@ class HermesEnv(gym.Env):
                 if d.kind == "retain":
                     orders.append((part, (action, priority)))
                 continue
+            if part == SPLIT_PART:
+                split = int(values[0])
+                if not (0 <= split < 2 and mask[split]):
+                    penalty += self._invalid(f"split {split} is masked out (valid: {np.flatnonzero(mask).tolist()})")
+                    split = 0  # the fallback: colocated
+                orders.append((part, split))
+                continue
             if part in CHOICE_PARTS:
                 choice = int(values[0])
                 if not (0 <= choice < len(mask) and mask[choice]):
@@ -576,6 +641,14 @@ class HermesEnv(gym.Env):
                     penalty += self._invalid(f"order {order} for {name} is masked out (0 nothing, 1 "
                                              f"{'warm' if part == 'prewarm' else 'load'} one: needs a cold one, 2 "
                                              f"release one: needs one that can go{kinds})")
+        split = dict(orders).get(SPLIT_PART, 0) if d.kind == "route" else 0
+        orders = [o for o in orders if o[0] != SPLIT_PART]
+        if split:  # a split request starts in the prefill pool
+            replica = dict(orders)["route"]
+            if d.candidates[[r.index for r in d.candidates].index(replica)].role != "prefill":
+                penalty += self._invalid(f"split 1 with replica {replica}, not a prefill replica (prefill: "
+                                         f"{[r.index for r in d.candidates if r.role == 'prefill']})")
+                split = 0  # the fallback: colocated on the replica chosen
         now = self.sim.engine.now
         choice = None
         for part, order in orders:
@@ -593,9 +666,13 @@ class HermesEnv(gym.Env):
         elif d.kind == "retain":
             self.sim.resolve(choice)
         elif d.kind == "route":
+            if split:
+                self.sim.llm_backends[d.backend].handoff.mark_split(d.request)
             self.sim.resolve(next(i for i, r in enumerate(d.candidates) if r.index == choice))
         elif d.kind == ADMIT_PART:
             self.sim.resolve(choice)
+        elif d.kind == MIGRATE_PART:
+            self.sim.resolve(divmod(choice - 1, self.replica_rows) if choice else None)
         else:
             self.sim.resolve()
         return penalty
@@ -714,9 +791,28 @@ class RoutingEnv(HermesEnv):
 """ + _OBSERVATION_DOC + """
     **Action**: ``Discrete(R)``, the replica's index within its backend. The mask holds the replicas warm
     or loading (``replicas[:, candidate]``); a masked-out index places the request on the first of them.
+
+    **Migration** (``migration_control=True``): every ``migration_tick`` seconds (default 1) the simulation
+    also pauses once per LLM backend with two or more warm replicas, and the action becomes
+    ``MultiDiscrete([R, 1 + R * R])``: the replica, and 0 no move or ``1 + s R + t``: move one running request
+    from replica ``s`` to replica ``t`` by live migration (the request Llumnix would pick: the shortest
+    context that can move; docs/simulator.md, "Request migration"). A pair is unmasked when ``s`` has such a
+    request for ``t`` (``t`` warm with room for its context so far and a batch slot, ``s`` sending nothing
+    else); a masked-out move is no move. Without ``migration_control``, ``migration`` names the heuristic
+    that decides (default ``none``: requests stay where they were admitted; ``llumnix``, ``oracle``).
+    Where an LLM backend is split into prefill and decode pools (``disaggregation``), ``MultiDiscrete([R, 2])``:
+    the replica and the split choice (0 colocated: prefill and decode on that replica; 1 split: prefill there,
+    which must be a prefill replica, then decode in the decode pool), the observation has ``disagg`` ``(R, 4)``
+    (each replica's pool, log1p of the KV it holds for split requests, log1p of split requests waiting for its
+    KV room), and split 1 is masked out for a request of one output token or without a prefill replica among the
+    candidates; split 1 with a decode replica is invalid (penalty; the request runs colocated there).
 """ + _REWARD_DOC
     controls = ("route",)
     default_config = "routing"
+    migration_allowed = True
+
+    def _controls(self) -> tuple[str, ...]:
+        return (*type(self).controls, SPLIT_PART) if self._disaggregated() else type(self).controls
 
 
 class AutoscalingEnv(HermesEnv):
@@ -734,6 +830,14 @@ class AutoscalingEnv(HermesEnv):
     cold when its work is done). A backend of ``K > 1`` replica kinds (GPU types) has ``3 + K`` orders: 3 + k
     loads a replica of kind k (its config's ``replica_kinds`` order); 1 loads the first cold one. A
     masked-out order is skipped.
+
+    **Residual control** (``residual="queue_threshold"``, any registered autoscaler; default None): the named
+    native heuristic keeps running inside the simulation at its own cadence (its tick, and every decision
+    point if it reacts) and the agent's orders add to it every ``autoscale_tick`` seconds. At an instant
+    where both are due the agent acts after the native tick, so its observation and mask show the native
+    heuristic's orders; the native heuristic may reverse an order at its next tick. The mask is the
+    backend's own rule, as without residual control (a release needs a warm replica and keeps one while
+    the shared queue has work). Ordering nothing gives the native heuristic's run, bit for bit.
 """ + _REWARD_DOC
     controls = ("scale",)
     default_config = "autoscaling"
@@ -752,14 +856,18 @@ class JointEnv(HermesEnv):
     is unmasked for them, and ignored). Where an LLM backend has a host KV tier (``host_kv_tier``: KV
     memory is modelled), KVCache-v0's ``[5, 3]`` retention part follows, applied only at a retention
     decision, and the observation has its ``kv`` key. With ``admission_control=True`` a last ``[3]`` is the
-    admission order, as in Scheduling-v0 (admission decisions pause the simulation too).
+    admission order, as in Scheduling-v0 (admission decisions pause the simulation too). Where an LLM backend is
+    disaggregated, Routing-v0's ``[2]`` split part follows the retention part (applied only at a routing decision)
+    and the observation has its ``disagg`` key; then the admission part, and with ``migration_control=True`` a
+    last ``[1 + R * R]``, the migration choice, as in Routing-v0.
 """ + _REWARD_DOC
     controls = PARTS
     admission_allowed = True
+    migration_allowed = True
 
     def _controls(self) -> tuple[str, ...]:
         kv = any(b.host_kv_tier is not None for b in self.experiment.cluster.llm_backends)
-        return (*PARTS, "retain") if kv else PARTS
+        return (*PARTS, *(("retain",) if kv else ()), *((SPLIT_PART,) if self._disaggregated() else ()))
 
 
 class KVCacheEnv(HermesEnv):

@@ -1,19 +1,21 @@
 """The benchmark: every (scheduler, prewarm) combination on the same workloads, over several seeds.
 
 A bench config (``configs/bench/*.yaml``) names an experiment (cluster and workload), the schedulers,
-prewarm policies, routers, autoscalers, admission and KV retention policies to compare (every combination of them), the
+prewarm policies, routers, autoscalers, admission, KV retention, migration and disaggregation policies to compare
+(every combination of them), the
 number of seeds, the reference combination the ratios are taken against, and optionally ``loads``: multipliers of the
 workload's arrival rate for a sweep. Every combination runs on the same arrivals and realised demands
 under a seed (common random numbers), so differences are the policies'. Figures are means over seeds with
 95% confidence half-widths (Student t).
 
-One *cell* is one simulation: (load, scheduler, prewarm, router, autoscaler, admission, retention,
-seed). Cells are independent, so
-an executor may run them in any order and anywhere: ``serial`` (this process), ``process`` (a local process pool) or
-``ray`` (Ray tasks, on a local or remote cluster; the ``[ray]`` extra). Each finished cell is appended to
-``runs.csv`` at once; on Ctrl-C or SIGTERM the tables and plots are written from the cells finished, and
-``--resume`` runs only the missing ones. Once every cell is done, ``runs.csv`` is rewritten in the
-canonical cell order, so the files do not depend on the executor or on interruptions.
+One *cell* is one simulation: (load, scheduler, prewarm, router, autoscaler, admission, retention, migration,
+disagg, seed). On an experiment with a disaggregated backend each cell also reports its requests' TTFT and TPOT
+(P50, P99) and DistServe's goodput (requests meeting both SLOs per second, ``goodput_requests``).
+Cells are independent, so an executor may run them in any order and anywhere: ``serial`` (this process),
+``process`` (a local process pool) or ``ray`` (Ray tasks, on a local or remote cluster; the ``[ray]`` extra).
+Each finished cell is appended to ``runs.csv`` at once; on Ctrl-C or SIGTERM the tables and plots are written
+from the cells finished, and ``--resume`` runs only the missing ones. Once every cell is done, ``runs.csv`` is
+rewritten in the canonical cell order, so the files do not depend on the executor or on interruptions.
 
 Before any cell runs, everything the cells will use is built once (every load's experiment, every
 combination's policies, the reference's included, the executor), so bad input is one error, not a failure
@@ -43,29 +45,34 @@ from hermes_env.errors import ConfigError, require
 from hermes_env.sim.metrics import mean_ci
 from hermes_env.sim.policies import (
     autoscaler_names,
+    disagg_names,
     make_admission,
+    make_migration,
     prewarm_names,
     retention_names,
     router_names,
     scheduler_families,
     scheduler_names,
 )
+from hermes_env.sim.policies import families as kind_families
 from hermes_env.sim.simulator import ExperimentConfig, Simulation, inline_parts
 from hermes_env.sim.workload import TIERS, resolve_path
+from hermes_env.sim.written import is_written, make_written
 from hermes_env.validation import as_integer, as_number, check_keys, check_output, load_yaml
 
 METRICS = ("mean", "p50", "p95", "p99")
 COUNTS = ("cold_starts", "idle_warm_cost", "gpu_seconds", "gpu_cost", "failed")
 EXECUTORS = ("serial", "process", "ray")
-POLICY_KEYS = ("scheduler", "prewarm", "router", "autoscaler", "admission", "retention")
+POLICY_KEYS = ("scheduler", "prewarm", "router", "autoscaler", "admission", "retention", "migration", "disagg")
 CELL_KEYS = ("load", *POLICY_KEYS, "seed")
 CDF_KEYS = ["load", *POLICY_KEYS, "completion_time"]
 DEFAULT_POLICIES = {"scheduler": "fcfs", "prewarm": "none", "router": "shared", "autoscaler": "fixed",
-                    "admission": "none", "retention": "lru"}
+                    "admission": "none", "retention": "lru", "migration": "none", "disagg": "colocated"}
 PER_TIER = ("goodput", "rejected")  # per SLO tier columns (goodput_critical, rejected_sheddable, ...)
 RESULT_FILES = ("runs.csv", "completion_times.csv", "bench.json", "summary.json", "table.txt", "cdf.png",
                 "load_sweep.png")
-Combo = tuple[str, str, str, str, str, str]  # scheduler, prewarm, router, autoscaler, admission, retention
+Combo = tuple[str, ...]  # scheduler, prewarm, router, autoscaler, admission, retention, migration, disagg
+TOKEN_METRICS = ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99")  # of a disaggregated backend's requests
 
 
 @dataclass(frozen=True)
@@ -77,11 +84,14 @@ class Cell:
     autoscaler: str
     admission: str
     retention: str
+    migration: str
+    disagg: str
     seed: int
 
     @property
     def combo(self) -> Combo:
-        return (self.scheduler, self.prewarm, self.router, self.autoscaler, self.admission, self.retention)
+        return (self.scheduler, self.prewarm, self.router, self.autoscaler, self.admission, self.retention,
+                self.migration, self.disagg)
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -101,17 +111,20 @@ class BenchConfig:
     autoscalers: tuple[str, ...] = ("fixed",)
     admissions: tuple[str, ...] = ("none",)
     retentions: tuple[str, ...] = ("lru",)
+    migrations: tuple[str, ...] = ("none",)
+    disaggs: tuple[str, ...] = ("colocated",)
 
     @classmethod
     def from_yaml(cls, path: str | Path, schedulers: Sequence[str] | None = None,
                   prewarm: Sequence[str] | None = None, seeds: int | None = None,
                   routers: Sequence[str] | None = None, autoscalers: Sequence[str] | None = None,
-                  admissions: Sequence[str] | None = None, retentions: Sequence[str] | None = None) -> BenchConfig:
+                  admissions: Sequence[str] | None = None, retentions: Sequence[str] | None = None,
+                  migrations: Sequence[str] | None = None, disaggs: Sequence[str] | None = None) -> BenchConfig:
         """A bench YAML by path, or a packaged one by name (``default``, ``hermes``)."""
         path = config_path("bench", path, "bench")
         spec = load_yaml(path, "bench")
         check_keys(spec, ("experiment", "schedulers", "prewarm", "routers", "autoscalers", "admissions", "retentions",
-                          "seeds",
+                          "migrations", "disaggs", "seeds",
                           "reference", "loads", "description"), "bench")
         experiment = spec.get("experiment")
         require(isinstance(experiment, str | Mapping), "bench.experiment", "must be a YAML path or a mapping")
@@ -125,12 +138,13 @@ class BenchConfig:
         lists = {}
         for key, given, default in (("schedulers", schedulers, "fcfs"), ("prewarm", prewarm, "none"),
                                     ("routers", routers, "shared"), ("autoscalers", autoscalers, "fixed"),
-                                    ("admissions", admissions, "none"), ("retentions", retentions, "lru")):
+                                    ("admissions", admissions, "none"), ("retentions", retentions, "lru"),
+                                    ("migrations", migrations, "none"), ("disaggs", disaggs, "colocated")):
             names = given or spec.get(key, [default])
             require(isinstance(names, list | tuple) and len(names) > 0, f"bench.{key}", f"must be a non-empty list "
                     f"of names, got {names!r}", f"write [{default}] for one policy")
             lists[key] = tuple(names)
-        scheds, warms, routes, scales, admits, keeps = lists.values()
+        scheds, warms, routes, scales, admits, keeps, moves, splits = lists.values()
         ref = spec.get("reference") or {}
         check_keys(ref, POLICY_KEYS, "bench.reference")
         ref = {**DEFAULT_POLICIES, **ref}
@@ -146,7 +160,7 @@ class BenchConfig:
         require(len(set(loads)) == len(loads), "bench.loads", "lists a load twice")
         reference = tuple(str(ref[k]) for k in POLICY_KEYS)
         return cls(experiment, base, scheds, warms, n, reference, loads, routes, scales,  # type: ignore[arg-type]
-                   admits, keeps)
+                   admits, keeps, moves, splits)
 
     def check(self) -> None:
         """Build every load's experiment, and every combination's policies on the first, once: bad input
@@ -158,8 +172,9 @@ class BenchConfig:
 
     @property
     def combos(self) -> list[Combo]:
-        combos = [(s, p, r, a, d, k) for s in self.schedulers for p in self.prewarm for r in self.routers
-                  for a in self.autoscalers for d in self.admissions for k in self.retentions]
+        combos = [(s, p, r, a, d, k, m, g) for s in self.schedulers for p in self.prewarm for r in self.routers
+                  for a in self.autoscalers for d in self.admissions for k in self.retentions for m in self.migrations
+                  for g in self.disaggs]
         return combos if self.reference in combos else [self.reference, *combos]
 
     def cells(self) -> list[Cell]:
@@ -185,31 +200,39 @@ class BenchConfig:
         return [t for t in TIERS if t in present]
 
     def columns(self) -> list[str]:
+        split = any(b.disaggregation is not None for b in self.experiment_at(self.loads[0]).cluster.llm_backends)
         return [*CELL_KEYS, *(f"jct_{m}" for m in METRICS), *(f"slo_{c}" for c in self.slo_classes()),
-                *COUNTS, "goodput", *(f"{k}_{t}" for k in PER_TIER for t in self.tiers())]
+                *COUNTS, "goodput", *(f"{k}_{t}" for k in PER_TIER for t in self.tiers()),
+                *((*TOKEN_METRICS, "goodput_requests") if split else ())]
 
     def identity(self) -> dict[str, Any]:
         """What a results folder belongs to (``--resume`` refuses a folder of another bench)."""
         return {"experiment": self.experiment, "schedulers": list(self.schedulers), "prewarm": list(self.prewarm),
                 "routers": list(self.routers), "autoscalers": list(self.autoscalers),
-                "admissions": list(self.admissions), "retentions": list(self.retentions), "seeds": self.seeds,
+                "admissions": list(self.admissions), "retentions": list(self.retentions),
+                **({"migrations": list(self.migrations)} if self.migrations != ("none",) else {}),
+                **({"disaggs": list(self.disaggs)} if self.disaggs != ("colocated",) else {}), "seeds": self.seeds,
                 "reference": list(self.reference), "loads": list(self.loads)}
 
 
 def _check_name(kind: str, name: Any, field: str) -> None:
     """``name`` is a registered policy of ``kind`` (or, for a scheduler, ``FAMILY:ARG``; an admission policy is
     built, its parameters checked)."""
-    if kind == "admission":
+    if kind in ("admission", "migration") or is_written(name):  # built: parameters, file and interface checked
         try:
-            make_admission(name)
+            if is_written(name):
+                make_written(kind, name)
+            else:
+                (make_admission if kind == "admission" else make_migration)(name)
         except ConfigError as err:
             raise ConfigError(field, err.problem, err.fix) from None
         return
     known = {"scheduler": scheduler_names, "prewarm": prewarm_names, "router": router_names,
-             "autoscaler": autoscaler_names, "retention": retention_names}[kind]()
-    families = scheduler_families() if kind == "scheduler" else []
+             "autoscaler": autoscaler_names, "retention": retention_names, "disagg": disagg_names}[kind]()
+    families = scheduler_families() if kind == "scheduler" else kind_families(kind) if kind == "disagg" else []
     ok = isinstance(name, str) and (name in known or (":" in name and name.partition(":")[0] in families))
-    require(ok, field, f"unknown {kind} {name!r}", f"use some of {known}" + "".join(f", or {p}:ARG" for p in families))
+    require(ok, field, f"unknown {kind} {name!r}", f"use some of {known}" + "".join(f", or {p}:ARG" for p in families)
+            + ", or a written one, FILE.py:Name")
 
 
 @dataclass
@@ -226,7 +249,7 @@ def run_cell(cfg: BenchConfig, cell: Cell) -> CellResult:
     try:
         result = Simulation(cfg.experiment_at(cell.load), scheduler=cell.scheduler, prewarm=cell.prewarm,
                             router=cell.router, autoscaler=cell.autoscaler, admission=cell.admission,
-                            retention=cell.retention,
+                            retention=cell.retention, migration=cell.migration, disagg=cell.disagg,
                             seed=cell.seed).run()
     except Exception:  # reported per cell by the caller
         return CellResult(cell, None, [], traceback.format_exc())
@@ -237,6 +260,10 @@ def run_cell(cfg: BenchConfig, cell: Cell) -> CellResult:
                            **{k: float(s[k]) for k in COUNTS}, "goodput": s["goodput"]["all"],
                            **{f"goodput_{t}": c["goodput"] for t, c in s["tiers"].items()},
                            **{f"rejected_{t}": float(c["rejected"]) for t, c in s["tiers"].items()}}
+    split = [b["disaggregation"] for b in s["backends"].values() if "disaggregation" in b]
+    if split:  # the disaggregated backend's requests (the first, if several)
+        row.update({m: split[0][m[:4]].get(m[5:], math.nan) for m in TOKEN_METRICS})
+        row["goodput_requests"] = sum(d["goodput"] for d in split)
     times = [r["completion_time"] for r in result.rows] if cell.seed == 0 else []
     return CellResult(cell, row, times)
 
@@ -449,7 +476,7 @@ def _summarise(cfg: BenchConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
                 row[f"jct_{m}"], row[f"jct_{m}_ci95"] = mean_ci([r[f"jct_{m}"] for r in mine])
                 row[f"jct_{m}_ratio"] = float(np.mean([a[f"jct_{m}"] / b[f"jct_{m}"] for a, b in paired])) \
                     if paired else math.nan
-            for key in sorted({k for r in mine for k in r if k.startswith(("slo_", "rejected_"))}):
+            for key in sorted({k for r in mine for k in r if k.startswith(("slo_", "rejected_", "ttft_", "tpot_"))}):
                 row[key] = float(np.mean([r[key] for r in mine if key in r]))
             for key in sorted({k for r in mine for k in r if k.startswith("goodput")}):  # paired, as jct
                 row[key], row[f"{key}_ci95"] = mean_ci([r[key] for r in mine if key in r])
@@ -462,7 +489,8 @@ def _summarise(cfg: BenchConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
                 row[f"{key}_ratio"] = row[key] / base if base else math.nan
             rows.append(row)
     varying = [k for k, names in zip(POLICY_KEYS, (cfg.schedulers, cfg.prewarm, cfg.routers, cfg.autoscalers,
-                                                   cfg.admissions, cfg.retentions), strict=True)
+                                                   cfg.admissions, cfg.retentions, cfg.migrations, cfg.disaggs),
+                                                   strict=True)
                if len({*names, cfg.reference[POLICY_KEYS.index(k)]}) > 1]
     return {"reference": list(cfg.reference), "seeds": cfg.seeds, "loads": list(cfg.loads), "rows": rows,
             "varying": varying or ["scheduler"]}
@@ -506,6 +534,18 @@ def format_table(summary: Mapping[str, Any]) -> str:
                     for k in (*(f"goodput_{t}" for t in tiers), "goodput")]
             lines.append(f"{r['load']:4.2g} {label(r, keys):{w}s} " + " ".join(f"{g:>20s}" for g in good) + " "
                          + " ".join(f"{r.get(f'rejected_{t}', math.nan):14.1f}" for t in tiers))
+    if any("ttft_p50" in r for r in summary["rows"]):
+        lines += ["", f"prefill/decode: the disaggregated backend's requests, time to first token and time per output "
+                  f"token after it (s, P50 and P99, mean over seeds); goodput = requests meeting both SLOs per "
+                  f"second, +- 95% CI, x = ratio to {ref}"]
+        head = f"{'load':>4s} {'+'.join(keys):{w}s} " + " ".join(f"{m:>9s}" for m in TOKEN_METRICS) + \
+            f" {'goodput':>20s}"
+        lines += [head, "-" * len(head)]
+        for r in summary["rows"]:
+            good = (f"{r['goodput_requests']:5.3f}+-{r['goodput_requests_ci95']:5.3f} "
+                    f"{r['goodput_requests_ratio']:4.2f}x")
+            lines.append(f"{r['load']:4.2g} {label(r, keys):{w}s} " + " ".join(f"{r[m]:9.4f}" for m in TOKEN_METRICS)
+                         + f" {good:>20s}")
     missing = summary.get("missing_cells", 0)
     if missing:
         why = "interrupted" if summary.get("interrupted") else "failed"

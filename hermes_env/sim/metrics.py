@@ -63,6 +63,15 @@ class LogHistogram:
         low = self.LOW * 10 ** ((i - 1) / self.per_decade)
         return float(min(low * 10 ** (frac / self.per_decade), self.peak))
 
+    @classmethod
+    def merged(cls, hists: list[LogHistogram]) -> LogHistogram:
+        """One histogram of the values of ``hists`` (of the same bins)."""
+        out = cls(hists[0].per_decade if hists else 1000)
+        for h in hists:
+            out.counts += h.counts
+            out.count, out.total, out.peak = out.count + h.count, out.total + h.total, max(out.peak, h.peak)
+        return out
+
     def summary(self) -> dict[str, float]:
         if not self.count:
             return {"count": 0}
@@ -209,10 +218,18 @@ def summarise(sim: Any) -> SimulationResult:
         backends[name] = {**b.summary(now), "token_latency": latency}
         backends[name]["kv_memory"]["resumed_ttft"] = rec.resumed_ttft[name].summary() if name in rec.resumed_ttft \
             else {}
+        disagg = backends[name].get("disaggregation")
+        if disagg is not None:  # DistServe's goodput: requests meeting both TTFT and TPOT SLOs per second
+            disagg["goodput"] = per_second(disagg["token_slo_met"], now, float(sim.arrival_times[-1]))
+            hists = [h for (backend, _), h in rec.token_latency.items() if backend == name]
+            disagg["ttft"] = LogHistogram.merged([h[0] for h in hists]).summary()  # every class together
+            disagg["tpot"] = LogHistogram.merged([h[1] for h in hists]).summary()
     tools = [b for n, b in backends.items() if n in sim.tool_backends]
     summary = {
         "seed": sim.seed, "scheduler": sim.scheduler.name, "prewarm": sim.prewarm_policy.name,
         "router": sim.router_name, "autoscaler": sim.autoscaler.name, "retention": sim.retention.name,
+        "migration": sim.migration.name,
+        "disagg": sim.disagg.name,
         "simulated_seconds": now, "applications": len(rec.completion_times) + rec.failed,
         "completed": len(rec.completion_times), "failed": rec.failed, "failure_reasons": dict(rec.failures),
         "stage_requests": sim.stage_requests, "events": sim.engine.events, "admission": sim.admission.name,
@@ -240,12 +257,18 @@ def tier_summary(rec: Recorder, now: float, last_arrival: float) -> dict[str, An
     their SLO per second, per tier and ``all``. The time is that of the last arrival (``now`` if earlier),
     the same for every policy under a seed, so that goodputs compare as the counts do (a policy that sheds
     work does not gain by ending sooner)."""
-    span = min(now, last_arrival)
-    rate = (lambda met: met / span) if span > 0 else (lambda met: 0.0)
-    tiers = {t: {**c, "goodput": rate(c["slo_met"])} for t, c in sorted(rec.tiers.items())}
+    tiers: dict[str, dict[str, Any]] = {t: {**c, "goodput": per_second(c["slo_met"], now, last_arrival)}
+                                        for t, c in sorted(rec.tiers.items())}
     goodput = {t: c["goodput"] for t, c in tiers.items()}
-    goodput["all"] = rate(sum(c["slo_met"] for c in tiers.values()))
+    goodput["all"] = per_second(sum(c["slo_met"] for c in tiers.values()), now, last_arrival)
     return {"tiers": tiers, "goodput": goodput}
+
+
+def per_second(count: int, now: float, last_arrival: float) -> float:
+    """A goodput: ``count`` over the time of the last arrival (``now`` if earlier), the same for every policy
+    under a seed (see :func:`tier_summary`)."""
+    span = min(now, last_arrival)
+    return count / span if span > 0 else 0.0
 
 
 def mean_ci(values: Any) -> tuple[float, float]:

@@ -21,8 +21,18 @@ prewarm) and every ``tick`` seconds; it acts through ``sim.scale_up(backend, now
 replica) and ``sim.scale_down(backend, now)`` (drain a warm one). Whatever the autoscaler, a request that
 finds no replica warm or loading starts a load (a cold start on its critical path).
 
+**Residual autoscaling** (:class:`ResidualAutoscaler`): a *native* autoscaler runs at its own cadence
+and a second policy's orders (an agent's, a planner's) add to it at that policy's cadence.
+
 **KV retention** (:mod:`hermes_env.sim.retention`): what happens to an application's KV context between
 its LLM calls (release to the LRU cache, pin, offload to host memory, prefetch, discard); ``lru`` is vLLM's.
+
+**Migration** (:mod:`hermes_env.cluster.migration`): every ``tick`` seconds ``decide(sim, now)`` may move
+running requests between replicas of an LLM backend through ``sim.migrate(backend, request, target, now)``;
+``none`` (the default) never does, and then nothing of migration runs.
+**Disaggregation.** On a backend split into prefill and decode pools (:mod:`hermes_env.cluster.disagg`),
+``split(backend, request, now)`` says, as the request arrives, whether it prefills in the prefill pool and
+decodes in the decode pool (True) or runs colocated on one replica (False); ``colocated`` never splits.
 
 **Prewarm.** ``start(sim, now)`` at time 0; ``decide(sim, now)`` at every decision point (an
 application arrives or issues a stage) and, when ``tick`` is set, every ``tick`` seconds. It acts through
@@ -41,6 +51,9 @@ the simulation pauses for it as for an agent (between events, so it may copy the
 option: ``Simulation.snapshot``) and calls ``act``, which must resolve the decision. Such policies run
 headless and inside the environments like any other (``rollout:BASE`` in baselines).
 
+**Written policies** (:mod:`hermes_env.sim.written`): ``path/to/file.py:Name`` wherever a name goes: a class
+(or factory) in a file, subclassing the kind's base class here with the methods above.
+
 Policies register by name (``@register_scheduler("fcfs")``); ``make_scheduler("fcfs")`` builds one.
 Packages announce more through entry points, loaded only when needed: the ``hermes_env.policies`` group
 (``baselines``, light) on the first lookup of a name, and the ``hermes_env.scheduler_families`` group
@@ -58,16 +71,20 @@ from typing import Any
 
 from hermes_env.cluster.request import Request
 from hermes_env.errors import ConfigError, require
+from hermes_env.sim.written import is_written, make_written
 
 _PLUGINS_LOADED = False
 _FAMILIES: dict[str, Callable[..., Any]] = {}  # scheduler families; other kinds' in _KIND_FAMILIES
 _KIND_FAMILIES: dict[str, dict[str, Callable[..., Any]]] = {"scheduler": _FAMILIES, "prewarm": {}, "router": {},
-                                                            "autoscaler": {}, "retention": {}}
+                                                            "autoscaler": {}, "retention": {}, "migration": {},
+                                                            "disagg": {}}
 _SCHEDULERS: dict[str, Callable[..., Any]] = {}
 _PREWARMERS: dict[str, Callable[..., Any]] = {}
 _ROUTERS: dict[str, Callable[..., Any]] = {}
 _AUTOSCALERS: dict[str, Callable[..., Any]] = {}
 _RETENTIONS: dict[str, Callable[..., Any]] = {}
+_MIGRATIONS: dict[str, Callable[..., Any]] = {}
+_DISAGGS: dict[str, Callable[..., Any]] = {}
 _ADMISSIONS: dict[str, Callable[..., Any]] = {}
 ADMIT, DEFER, REJECT = 0, 1, 2  # an admission decision (the order of the environments' admission part)
 ADMISSION_ORDERS = ("admit", "defer", "reject")
@@ -157,14 +174,15 @@ def _maker(registry: dict[str, Callable[..., Any]], kind: str) -> Callable[..., 
     def make(name: str, **kwargs: Any) -> Any:
         require(isinstance(name, str), kind, f"must be a policy name, got {name!r}")
         load_plugins()  # light: baselines may register families (blackbox:N) as well as names
+        if is_written(name):  # path/to/file.py:Name (hermes_env.sim.written)
+            return make_written(kind, name, **kwargs)
         prefix, _, arg = name.partition(":")
         family = (_family(prefix) if kind == "scheduler" else _KIND_FAMILIES[kind].get(prefix)) if arg else None
         if family is not None:
             return family(arg, **kwargs)
         prefixes = families(kind)
         require(name in registry, kind, f"unknown {kind} {name!r}",
-                f"use one of {sorted(registry)}" + (f" or {', '.join(p + ':ARG' for p in prefixes)}"
-                                                    if prefixes else ""))
+                f"use one of {sorted(registry)}" + "".join(f", {p}:ARG" for p in prefixes) + " or FILE.py:Name")
         return registry[name](**kwargs)
     return make
 
@@ -174,11 +192,14 @@ register_prewarm = _registrar(_PREWARMERS)
 register_router = _registrar(_ROUTERS)
 register_autoscaler = _registrar(_AUTOSCALERS)
 register_retention = _registrar(_RETENTIONS)
+register_migration = _registrar(_MIGRATIONS)
+register_disagg = _registrar(_DISAGGS)
 make_scheduler = _maker(_SCHEDULERS, "scheduler")
 make_prewarm = _maker(_PREWARMERS, "prewarm")
 make_router = _maker(_ROUTERS, "router")
 make_autoscaler = _maker(_AUTOSCALERS, "autoscaler")
 make_retention = _maker(_RETENTIONS, "retention")
+make_disagg = _maker(_DISAGGS, "disagg")
 register_admission = _registrar(_ADMISSIONS)
 
 
@@ -186,10 +207,27 @@ def make_admission(name: str) -> Any:
     """An admission policy by name, with its parameters after a colon (``queue_threshold:8:16``)."""
     require(isinstance(name, str), "admission", f"must be a policy name, got {name!r}")
     load_plugins()
+    if is_written(name):
+        return make_written("admission", name)
     prefix, _, arg = name.partition(":")
     require(prefix in _ADMISSIONS, "admission", f"unknown admission policy {prefix!r}",
             f"use one of {sorted(_ADMISSIONS)}")
     policy = _ADMISSIONS[prefix].from_arg(arg)
+    policy.name = name
+    return policy
+
+
+def make_migration(name: str) -> Any:
+    """A migration policy by name, with its parameters after a colon (``llumnix:50:500``)."""
+    require(isinstance(name, str), "migration", f"must be a policy name, got {name!r}")
+    load_plugins()
+    prefix, _, arg = name.partition(":")
+    family = _KIND_FAMILIES["migration"].get(prefix) if arg else None
+    if family is not None:  # a planner over a heuristic: rollout:llumnix
+        return family(arg)
+    require(prefix in _MIGRATIONS, "migration", f"unknown migration policy {prefix!r}",
+            f"use one of {sorted(_MIGRATIONS)}" + "".join(f", or {p}:BASE" for p in families("migration")))
+    policy = _MIGRATIONS[prefix].from_arg(arg)
     policy.name = name
     return policy
 
@@ -206,6 +244,8 @@ prewarm_names = _names(_PREWARMERS)
 router_names = _names(_ROUTERS)
 autoscaler_names = _names(_AUTOSCALERS)
 retention_names = _names(_RETENTIONS)
+migration_names = _names(_MIGRATIONS)
+disagg_names = _names(_DISAGGS)
 admission_names = _names(_ADMISSIONS)
 
 
@@ -366,6 +406,37 @@ class SharedQueue(Router):
     router object for it."""
 
 
+class DisaggPolicy:
+    name = ""
+
+    def bind(self, sim: Any) -> None:
+        """Called once before the run."""
+
+    def split(self, backend: Any, request: Request, now: float) -> bool:
+        """Whether ``request`` is split (prefill pool, then decode pool) or runs colocated."""
+        raise NotImplementedError
+
+
+@register_disagg("colocated")
+class Colocated(DisaggPolicy):
+    """Every request prefills and decodes on one replica, of either pool: the backend as without
+    disaggregation (its replicas all mixed)."""
+
+    def split(self, backend: Any, request: Request, now: float) -> bool:
+        return False
+
+
+class ExternalDisagg(DisaggPolicy):
+    """The disaggregation side of an agent outside the simulation: it chooses with the replica at the routing
+    decision (the environments' ``split`` part marks the request through ``Handoff.mark_split``), so arrival
+    splits nothing by itself."""
+
+    name = "external"
+
+    def split(self, backend: Any, request: Request, now: float) -> bool:
+        return False
+
+
 class Autoscaler:
     name = ""
     tick: float | None = None
@@ -410,3 +481,61 @@ class ExternalAutoscaler(Autoscaler):
 
     def decide(self, sim: Any, now: float) -> None:
         sim.request_scale_decision(now)
+
+
+class MigrationPolicy:
+    """Moves running requests between replicas (:mod:`hermes_env.cluster.migration`) every ``tick`` seconds."""
+
+    name = ""
+    tick: float | None = None
+
+    @classmethod
+    def from_arg(cls, arg: str) -> MigrationPolicy:
+        require(not arg, "migration", f"{cls.name!r} takes no parameters, got {arg!r}", f"name it {cls.name}")
+        return cls()
+
+    def bind(self, sim: Any) -> None:
+        """Called once before the run."""
+
+    def decide(self, sim: Any, now: float) -> None:
+        """Called every ``tick`` seconds; acts through ``sim.migrate``."""
+
+
+@register_migration("none")
+class NoMigration(MigrationPolicy):
+    """Requests stay on the replica that admitted them (vLLM's behaviour, the default): nothing of
+    migration runs."""
+
+
+class ExternalMigration(MigrationPolicy):
+    """The migration side of an agent outside the simulation: every ``tick`` seconds, for each LLM backend
+    with two or more warm replicas, the simulation pauses for its choice (no move, or a source and a target)."""
+
+    name = "external"
+    external = True
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick
+
+    def decide(self, sim: Any, now: float) -> None:
+        sim.request_migration_decisions(now)
+class ResidualAutoscaler(Autoscaler):
+    """Residual control: ``native`` (a heuristic) runs as it would alone, on its own tick and, if it reacts,
+    at every decision point, and ``orders`` (an agent's :class:`ExternalAutoscaler`, a planner, any
+    autoscaler) adds its loads and releases at its own cadence. Conflicts resolve by time: at an instant where
+    both are due, the orders act after the native heuristic's tick (they see its loads and releases, and
+    have the last word until its next tick, which may reverse them: the native heuristic keeps its own
+    state). Every order goes through the backend's own rules (``can_scale_up``: a cold or draining replica;
+    ``can_scale_down``: a warm one, keeping one while the shared queue has work), so neither can go below
+    them. With orders that never order anything the run is the native heuristic's alone, bit for bit."""
+
+    def __init__(self, native: Autoscaler, orders: Autoscaler) -> None:
+        require(not hasattr(native, "act") and not isinstance(native, ResidualAutoscaler), "residual",
+                f"the native autoscaler must be a heuristic, got {native.name!r}", "name a registered autoscaler")
+        self.native, self.orders = native, orders
+        self.parts = (native, orders)  # ticked one by one by the simulation, the orders behind
+        self.name = f"residual:{native.name}+{orders.name}"
+
+    def start(self, sim: Any, now: float) -> None:
+        self.native.start(sim, now)
+        self.orders.start(sim, now)

@@ -45,6 +45,7 @@ from hermes_env.cluster.config import ClusterConfig
 from hermes_env.cluster.latency import IterationLatency, ProfileCost
 from hermes_env.cluster.llm import WARM as REPLICA_WARM
 from hermes_env.cluster.llm import LLMBackend, Replica
+from hermes_env.cluster.migration import Migrator
 from hermes_env.cluster.prefix import Segment, chain_end, extend, truncate
 from hermes_env.cluster.queue import WaitQueue
 from hermes_env.cluster.request import Request, copy_slots
@@ -63,6 +64,8 @@ from hermes_env.sim.policies import (
     REJECT,
     make_admission,
     make_autoscaler,
+    make_disagg,
+    make_migration,
     make_prewarm,
     make_retention,
     make_router,
@@ -121,8 +124,9 @@ class Decision:
     """A choice an external policy owes: ``schedule`` (which request ``queue`` admits next at ``backend``),
     ``prewarm`` (which tool backends to warm or release), ``route`` (which of ``candidates`` replicas
     ``request`` waits at), ``scale`` (which LLM backends load or release a replica), ``admit`` (whether
-    ``app``, arriving or deferred, is admitted, deferred or rejected) or ``retain`` (what happens to
-    ``context``, an application's KV context on ``candidates[0]``, until its next call)."""
+    ``app``, arriving or deferred, is admitted, deferred or rejected), ``retain`` (what happens to
+    ``context``, an application's KV context on ``candidates[0]``, until its next call) or ``migrate``
+    (whether a running request of ``backend`` moves, and from which of its replicas to which)."""
 
     kind: str
     time: float
@@ -277,7 +281,8 @@ def copy_state(pairs: list[tuple[Any, Any]], sim_state: dict[str, Any], shared: 
 
 class Simulation:
     """One run of an experiment under a scheduler, a prewarm policy, a router, an autoscaler and an
-    admission policy (names from the registries, or policy objects). ``keep_applications=False`` keeps
+    admission policy, a KV retention policy and a disaggregation policy (names from the registries, or policy
+    objects; ``disagg`` acts only on backends configured with ``disaggregation``). ``keep_applications=False`` keeps
     memory flat over long runs (the summary does not need the applications), and ``rows_to`` streams the
     per-application rows to a CSV file as applications end. ``timeline`` records the run's life for a person
     to look at (:mod:`hermes_env.sim.timeline`; None, the default, costs nothing)."""
@@ -285,12 +290,15 @@ class Simulation:
     def __init__(self, config: ExperimentConfig, scheduler: Any = "fcfs", prewarm: Any = "none", seed: int = 0,
                  router: Any = "shared", autoscaler: Any = "fixed", check_invariants: bool = False,
                  keep_applications: bool = True, rows_to: str | Path | None = None, admission: Any = "none",
-                 timeline: TimelineRecorder | None = None, retention: Any = "lru") -> None:
+                 timeline: TimelineRecorder | None = None, retention: Any = "lru", migration: Any = "none",
+                 disagg: Any = "colocated") -> None:
         self.config, self.seed, self.check = config, seed, check_invariants
         self.engine = Engine()
         self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
         self.prewarm_policy = make_prewarm(prewarm) if isinstance(prewarm, str) else prewarm
         self.autoscaler = make_autoscaler(autoscaler) if isinstance(autoscaler, str) else autoscaler
+        # the autoscalers that decide (a residual one's native heuristic, then its orders; else the one)
+        self._scalers: tuple[Any, ...] = getattr(self.autoscaler, "parts", (self.autoscaler,))
         self.admission = make_admission(admission) if isinstance(admission, str) else admission
         self._admits = self.admission.name != "none"  # ``none`` is never asked: 0.2's runs, bit for bit
         self._deferred: dict[int, Application] = {}  # deferred applications, by id, in the order deferred
@@ -300,9 +308,19 @@ class Simulation:
         self.retention = make_retention(retention) if isinstance(retention, str) else retention
         self.retention.bind(self)
         held = None if self.retention.name == "lru" else self.retention  # lru: the engine's own behaviour
+        self.disagg = make_disagg(disagg) if isinstance(disagg, str) else disagg
+        self.disagg.bind(self)
         self.llm_backends = {c.name: LLMBackend(c, self.engine, self._queue, self._done, self._failed,
-                                                self._decision_needed, self._router(router), held)
+                                                self._decision_needed, self._router(router), held, self.disagg)
                              for c in config.cluster.llm_backends}
+        self.migration = make_migration(migration) if isinstance(migration, str) else migration
+        if self.migration.name != "none":  # ``none``: no migrator, the engine's runs bit for bit
+            for backend in self.llm_backends.values():
+                # a split request's KV is on two replicas during its hand-off; moving it too is not modelled
+                require(backend.cfg.disaggregation is None, "migration", f"is {self.migration.name!r}, but LLM "
+                        f"backend {backend.cfg.name!r} is disaggregated (request migration between pools is "
+                        "not modelled)", "use migration 'none' with a disaggregated backend")
+                backend.migrator = Migrator(backend, backend.cfg.migration_link)
         self.tool_backends = {c.name: ToolBackend(c, self.engine, WaitQueue(c.name, self.scheduler), cluster_rng,
                                                   self._done, self._decision_needed)
                               for c in config.cluster.tool_backends}
@@ -344,7 +362,7 @@ class Simulation:
         self._last_event = 0.0
         self._shared_ids: dict[int, Any] | None = None  # objects of the experiment, shared by snapshots
         for policy in (self.scheduler, *(b.router for b in self.llm_backends.values() if b.router is not None),
-                       self.admission):
+                       self.admission, self.migration):
             policy.bind(self)
         self.timeline = timeline
         if timeline is not None:
@@ -380,7 +398,8 @@ class Simulation:
         """Run to the end (or ``until``) with the policies given; external policies need
         :meth:`run_until_decision` and :meth:`resolve` instead."""
         for name, policy in (("scheduler", self.scheduler), ("router", self.router_name),
-                             ("autoscaler", self.autoscaler), ("admission", self.admission.name)):
+                             *(("autoscaler", p) for p in self._scalers), ("admission", self.admission.name),
+                             ("migration", self.migration)):
             require(not getattr(policy, "external", False) or hasattr(policy, "act"), name,
                     "is external: drive the simulation with run_until_decision() and resolve()")
             require(policy != "external", name, "is external: drive the simulation with run_until_decision() and "
@@ -530,6 +549,14 @@ class Simulation:
             if decision.request is not None:
                 self._redraw_request(decision.request, rng)
 
+    def resample_admitted(self, rng: np.random.Generator) -> None:
+        """Also redraw the output lengths of the LLM requests already admitted (running or about to), beyond
+        what each has generated (:meth:`LLMBackend.resample_admitted`), from the believed graphs: after
+        :meth:`resample_future`, on a copy, for a planner whose decisions concern running requests (migration),
+        which must not know how long they have left."""
+        for backend in self.llm_backends.values():
+            backend.resample_admitted(rng, self._redraw_request, self.engine.now)
+
     def _redraw_request(self, request: Request, rng: np.random.Generator) -> None:
         """A waiting request's demand as its believed stage would draw it: a tool request's service time, an
         LLM request's output (the prompt is known once issued; a preempted request keeps what it has
@@ -570,6 +597,13 @@ class Simulation:
         """Called by an external retention policy at a tool boundary: pause for the agent's retention choice."""
         self.pending.append(Decision("retain", now, replica.backend.name, candidates=[replica], context=context))
 
+    def request_migration_decisions(self, now: float) -> None:
+        """Called by an external migration policy on its tick: pause once for each LLM backend with two or
+        more warm replicas."""
+        for name, backend in self.llm_backends.items():
+            if sum(r.state == REPLICA_WARM for r in backend.replicas) >= 2:
+                self.pending.append(Decision("migrate", now, name))
+
     def run_until_decision(self) -> Decision | None:
         """Run until an external policy owes a choice (returned) or every application has ended (None);
         a planner's decisions (a policy with ``act``) are settled on the way."""
@@ -584,8 +618,9 @@ class Simulation:
 
     def owner(self, decision: Decision) -> Any:
         """The policy that settles ``decision`` itself (a planner: it has ``act``), or None (an agent)."""
-        policy = {"schedule": self.scheduler, "prewarm": self.prewarm_policy, "scale": self.autoscaler,
-                  "admit": self.admission}.get(decision.kind) or self.llm_backends[decision.backend].router
+        policy = {"schedule": self.scheduler, "prewarm": self.prewarm_policy, "scale": self._scalers[-1],
+                  "admit": self.admission, "migrate": self.migration}.get(decision.kind) \
+            or self.llm_backends[decision.backend].router
         return policy if hasattr(policy, "act") else None
 
     def _settle_owned(self, decision: Decision) -> None:
@@ -598,15 +633,16 @@ class Simulation:
 
     def _drivers(self) -> bool:
         routers = [b.router for b in self.llm_backends.values()]
-        return any(hasattr(p, "act") for p in (self.scheduler, self.prewarm_policy, self.autoscaler, self.admission,
-                                                *routers))
+        return any(hasattr(p, "act") for p in (self.scheduler, self.prewarm_policy, *self._scalers, self.admission,
+                                                self.migration, *routers))
 
     def resolve(self, choice: int | None = None) -> None:
         """Settle the oldest pending decision: for a scheduling decision, admit the waiting request at
         ``choice`` (an index of ``decision.queue.waiting``) and let the backend go on; for a routing
         decision, place the request on ``decision.candidates[choice]``; for an admission decision, apply the
         order ``choice`` (ADMIT, DEFER or REJECT) to ``decision.app``; for a retention decision, ``choice`` is
-        ``(action, priority)`` (:class:`~hermes_env.sim.retention.ExternalRetention`)."""
+        ``(action, priority)`` (:class:`~hermes_env.sim.retention.ExternalRetention`); for a migration
+        decision, None (no move) or ``(source, target)`` replica indices (:meth:`migrate_between`)."""
         decision = self.pending.popleft()
         now = self.engine.now
         if decision.kind == "schedule":
@@ -622,6 +658,8 @@ class Simulation:
                 self._settle(app, int(choice), now)  # type: ignore[arg-type]
         elif decision.kind == "retain":
             self.retention.decide(decision.candidates[0], decision.context, choice, now)  # type: ignore[index]
+        elif decision.kind == "migrate" and choice is not None:
+            self.migrate_between(decision.backend, *choice, now)  # type: ignore[misc]
 
     def _start(self) -> None:
         """Schedule the first arrival and the policies' ticks, once: later calls do nothing."""
@@ -631,22 +669,28 @@ class Simulation:
         self.prewarm_policy.start(self, 0.0)
         self.autoscaler.start(self, 0.0)
         self.engine.at(float(self.arrival_times[0]), self._arrive, 0)
-        for policy in (self.prewarm_policy, self.autoscaler):
-            if policy.tick:
-                self.engine.at(policy.tick, self._tick, policy)
+        for policy in (self.prewarm_policy, *self._scalers, self.migration):
+            if policy.tick:  # a residual autoscaler's orders act behind its native heuristic at an instant
+                self.engine.at(policy.tick, self._tick, policy, len(self._scalers) > 1 and policy is self._scalers[-1])
 
     def _finished(self) -> bool:
         return self.ended == self.config.workload.num_applications
 
     def _decision_point(self, now: float) -> None:
         self.prewarm_policy.decide(self, now)
-        if self.autoscaler.reacts:
-            self.autoscaler.decide(self, now)
+        for scaler in self._scalers:
+            if scaler.reacts:
+                scaler.decide(self, now)
 
-    def _tick(self, now: float, policy: Any) -> None:
+    def _tick(self, now: float, policy: Any, behind: bool = False, queued: bool = False) -> None:
+        """``policy.decide`` every ``policy.tick`` seconds; ``behind``: after every other event due at the same
+        instant (the tick is queued again at ``now``, behind them: a residual autoscaler's orders)."""
+        if behind and not queued:
+            self.engine.at(now, self._tick, policy, True, True)
+            return
         policy.decide(self, now)
         if not self._finished():
-            self.engine.at(now + policy.tick, self._tick, policy)
+            self.engine.at(now + policy.tick, self._tick, policy, behind)
 
     # -- applications -----------------------------------------------------------------------------
     def peek_realisation(self, i: int) -> tuple[StageRun, ...]:
@@ -863,9 +907,7 @@ class Simulation:
         if self.timeline is not None and request.backend in self.llm_backends:
             self.timeline.llm_done(request, now)
         if request.output_tokens:  # an LLM request: time to first token, time per output token
-            tpot = ((request.finished - request.first_token) / (request.output_tokens - 1)
-                    if request.output_tokens > 1 else None)
-            ttft = request.first_token - request.first_enqueued
+            ttft, tpot = request.ttft, request.tpot
             self.recorder.request(request.backend, app.app_class, ttft, tpot)
             if request.resumed:
                 self.recorder.resumed(request.backend, ttft)
@@ -951,6 +993,29 @@ class Simulation:
                 f"LLM backends: {sorted(self.llm_backends)}")
         return self.llm_backends[backend].scale_down(now)
 
+    def migrate(self, backend: str, request: Request, target: int, now: float) -> bool:
+        """Start moving running ``request`` of an LLM backend to its replica ``target`` (False if it cannot
+        move now: :meth:`~hermes_env.cluster.migration.Migrator.why_not`)."""
+        b = self.llm_backends[backend]
+        require(b.migrator is not None, "migration", "is none: no request migrates",
+                "run with a migration policy (llumnix)")
+        require(0 <= target < len(b.replicas), "migration.target", f"{backend} has no replica {target}",
+                f"give 0 to {len(b.replicas) - 1}")
+        source = next((r for r in b.replicas if request in r.running), None)
+        return source is not None and b.migrator.start(request, source, b.replicas[target], now)
+
+    def migrate_between(self, backend: str, source: int, target: int, now: float) -> bool:
+        """Move one running request from replica ``source`` to ``target`` of an LLM backend, the one Llumnix
+        would pick (:meth:`~hermes_env.cluster.migration.Migrator.pick`); False if none can move."""
+        b = self.llm_backends[backend]
+        require(b.migrator is not None, "migration", "is none: no request migrates",
+                "run with a migration policy (llumnix)")
+        require(0 <= source < len(b.replicas) and 0 <= target < len(b.replicas), "migration",
+                f"{backend} has no replica pair ({source}, {target})", f"give indices 0 to {len(b.replicas) - 1}")
+        src, dst = b.replicas[source], b.replicas[target]
+        request = b.migrator.pick(src, dst)
+        return request is not None and b.migrator.start(request, src, dst, now)
+
     # -- invariants (tests) -------------------------------------------------------------------
     def _check_invariants(self) -> None:
         now = self.engine.now
@@ -965,5 +1030,6 @@ class Simulation:
             for r in b.replicas:
                 waiting = len(r.queue) and (r.queue is not b.queue or r.state == REPLICA_WARM)
                 held = r.kvmem is not None and r.kvmem.pinned_blocks > 0  # TTL pins may hold admission back
+                held = held or bool(r.sending) or bool(r.staged)  # so may KV held for a hand-off, or in flight
                 assert not (waiting and r.state == REPLICA_WARM and r.idle and not r.deciding and not held), \
                     f"{b.name}[{r.index}]: an idle warm replica while work waits"
