@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -732,7 +733,8 @@ class LLMBackend:
         self.queue = queue_factory(cfg.name, None)
         self.remote = RemoteStore(cfg.block_size) if cfg.remote_store is not None else None
         placed = [(kind, n < kind.replicas) for kind in cfg.kinds for n in range(kind.max_replicas)]  # warm first
-        self.replicas = [Replica(self, i, self.queue if router is None else queue_factory(cfg.name, i), kind, warm)
+        make = sys.modules[__name__].Replica  # looked up when called: a patched llm.Replica holds compiled too
+        self.replicas = [make(self, i, self.queue if router is None else queue_factory(cfg.name, i), kind, warm)
                          for i, (kind, warm) in enumerate(placed)]
         self.handoff: Any = None  # the hand-off path of a disaggregated backend (hermes_env.cluster.disagg)
         if cfg.disaggregation is not None:
