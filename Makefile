@@ -10,13 +10,29 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,rl,ray]"
+	HERMES_ENV_COMPILE=0 $(PY) -m pip install --quiet -e ".[dev,rl,ray]"
+	$(PY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))" \
+	  | xargs $(PY) -m pip install --quiet  # the build's own requirements (mypyc), for make compiled
 	touch $(STAMP)
 
-.PHONY: install bench test lint benchmarks conformance
-install: $(STAMP)
+# The simulator's hot modules (setup.py's COMPILED) compiled by mypyc from their one Python source, in place
+# beside it, and built again whenever one of them changes (docs/performance.md). HERMES_ENV_COMPILE=0 make test
+# tests the pure build instead; exported, so that the tests and the wheel check know which build they test.
+HERMES_ENV_COMPILE ?= 1
+export HERMES_ENV_COMPILE
+COMPILED_SOURCES := $(shell sed -n 's/^    "\(hermes_env\/.*\.py\)",$$/\1/p' setup.py)
+COMPILED_STAMP := $(VENV)/.compiled-$(HERMES_ENV_COMPILE)
 
-bench: $(STAMP)
+$(COMPILED_STAMP): $(STAMP) setup.py hermes_env/_mypyc.py $(COMPILED_SOURCES)
+	rm -f $(VENV)/.compiled-* *__mypyc.*.so $(patsubst %.py,%.*.so,$(COMPILED_SOURCES))
+	if [ "$(HERMES_ENV_COMPILE)" != 0 ]; then $(PY) setup.py --quiet build_ext --inplace > /dev/null; fi
+	touch $@
+
+.PHONY: install compiled bench test lint benchmarks conformance
+install: $(STAMP)
+compiled: $(COMPILED_STAMP)
+
+bench: $(COMPILED_STAMP)
 	$(VENV)/bin/hermes-env bench --config configs/bench/default.yaml --out runs/bench
 
 lint: $(STAMP)
@@ -25,11 +41,11 @@ lint: $(STAMP)
 # The suite on two workers (pytest-xdist), then the wheel a `pip install` user gets, installed without torch
 # and used from elsewhere. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
-test: lint
+test: lint $(COMPILED_STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 	bash scripts/check_wheel.sh
 
-benchmarks: $(STAMP)
+benchmarks: $(COMPILED_STAMP)
 	$(PY) benchmarks/gittins_lookup.py
 	$(PY) benchmarks/simulator_speed.py
 	$(PY) benchmarks/env_speed.py

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What a user of `pip install hermes_env` gets: build the wheel, install it (core dependencies only, no
-# torch) into a fresh virtual environment, and use it from a directory that is not the repository.
+# torch) into a fresh virtual environment, and use it from a directory that is not the repository. The wheel
+# is compiled (setup.py) unless HERMES_ENV_COMPILE=0.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-$root/.venv/bin/python}
@@ -26,7 +27,13 @@ for env_id in ("hermes_env/Scheduling-v0", "hermes_env/Prewarm-v0", "hermes_env/
 load_cost_model("h100-measured")
 for kind in ("experiments", "clusters", "workloads", "costs", "bench", "train", "tasks"):
     assert names(kind), f"no {kind} configs in the wheel"
-print("wheel: environments and named configs work from", __import__("os").getcwd())
+import os
+
+from hermes_env._mypyc import running_compiled
+
+# make test exports HERMES_ENV_COMPILE=1: the wheel must then hold and run the mypyc-compiled modules
+assert os.environ.get("HERMES_ENV_COMPILE") != "1" or running_compiled(), "the wheel runs no compiled module"
+print("wheel: environments and named configs work from", os.getcwd(), f"({len(running_compiled())} compiled modules)")
 PY
 "$tmp/venv/bin/hermes-env" --help > /dev/null
 "$tmp/venv/bin/hermes-env" templates > /dev/null

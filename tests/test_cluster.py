@@ -47,13 +47,15 @@ def test_round_robin_alternates_and_session_sticky_keeps_an_application_on_one_r
     for router in ("round_robin", "session_sticky"):
         sim = Simulation(cfg, router=router, seed=1)
         seen: dict[int, set] = {}
-        real = sim.llm_backends["llm:llama3-8b"].place
+        policy = sim.llm_backends["llm:llama3-8b"].router  # spied on, not the backend (compiled, it takes no
+        real = policy.route                                # instance attribute over a method)
 
-        def spy(request, replica, now, seen=seen, real=real):
+        def spy(backend, request, candidates, now, seen=seen, real=real):
+            replica = real(backend, request, candidates, now)
             seen.setdefault(request.app.id, set()).add(replica.index)
-            real(request, replica, now)
+            return replica
 
-        sim.llm_backends["llm:llama3-8b"].place = spy
+        policy.route = spy
         sim.run()
         replicas_of[router] = seen
     assert all(len(s) == 1 for s in replicas_of["session_sticky"].values())

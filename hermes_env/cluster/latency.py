@@ -26,6 +26,7 @@ and writes ``profiles/<name>.yaml`` with the held-out errors; this module only r
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from hermes_env._mypyc import mypyc_attr
 from hermes_env.errors import ConfigError, require
 from hermes_env.pdgraph.cost import LinearTokenCost
 from hermes_env.validation import load_yaml, parse_yaml
@@ -42,6 +44,7 @@ PARAMETERS = ("floor", "per_token", "sharpness", "per_kv_token", "per_prefill_pa
 OVERHEADS = ("scheduler_overhead", "scheduler_overhead_per_request")  # optional, 0 by default
 
 
+@mypyc_attr(native_class=False)  # frozen: copied and pickled as Python does
 @dataclass(frozen=True)
 class IterationLatency:
     floor: float
@@ -60,7 +63,7 @@ class IterationLatency:
     def __post_init__(self) -> None:
         for key in PARAMETERS + OVERHEADS:
             v = getattr(self, key)
-            require(isinstance(v, int | float) and np.isfinite(v) and v >= 0, f"latency.{key}",
+            require(isinstance(v, int | float) and math.isfinite(v) and v >= 0, f"latency.{key}",
                     f"must be a finite number >= 0, got {v!r}")
         require(self.sharpness >= 1, "latency.sharpness", f"must be >= 1, got {self.sharpness}")
 
@@ -91,8 +94,8 @@ class IterationLatency:
         prompt = np.asarray(prompt, dtype=float)
         return self.linear_layers(prompt) + self.per_prefill_pair * prompt**2
 
-    def isolated_service_time(self, prompt: np.ndarray, output: np.ndarray, cached: np.ndarray | float = 0.0
-                              ) -> np.ndarray:
+    def isolated_service_time(self, prompt: np.ndarray | int, output: np.ndarray | int,
+                              cached: np.ndarray | float = 0.0) -> np.ndarray:
         """Seconds to serve a request alone: its prefill (which yields the first token; the first ``cached``
         prompt tokens already in KV, so only the rest is computed, attending to the whole prompt) and
         ``output - 1`` decode steps at batch 1 whose context grows from ``prompt + 1``, each iteration with
@@ -147,7 +150,7 @@ def _features(row: Mapping[str, str]) -> tuple[float, float, float, float]:
 
 
 def _predict(theta: np.ndarray, x: np.ndarray) -> np.ndarray:
-    model = IterationLatency(*theta)
+    model = IterationLatency(*theta.tolist())  # floats, not numpy scalars (compiled, its checks are bools)
     n, kv, pairs, longest = x.T
     return (model.linear_layers(n) + np.maximum(model.per_kv_token * kv, model.per_max_context * longest)
             + model.per_prefill_pair * pairs)
@@ -202,6 +205,7 @@ def _errors(err: np.ndarray) -> dict[str, Any]:
             "max_rel_error": round(float(err.max()), 4)}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ProfileCost:
     """A PDGraph cost model from latency profiles: an LLM request's service is its isolated time."""
 
@@ -230,6 +234,6 @@ def load_cost_model(path: str | Path) -> LinearTokenCost | ProfileCost:
             "must have exactly one of 'profiles' (backend -> latency profile) or 'backends' (linear costs)")
     if "backends" in spec:
         return LinearTokenCost.from_dict(spec)
-    require(isinstance(spec["profiles"], Mapping) and spec["profiles"], "cost.profiles",
+    require(isinstance(spec["profiles"], Mapping) and bool(spec["profiles"]), "cost.profiles",
             "must map LLM backends to profile names or YAML paths")
     return ProfileCost({backend: load_profile(profile) for backend, profile in spec["profiles"].items()})

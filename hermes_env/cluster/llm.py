@@ -62,9 +62,11 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
+from hermes_env._mypyc import mypyc_attr
 from hermes_env.cluster.config import LLMBackendConfig, ReplicaKind
 from hermes_env.cluster.kvtier import KVMemory
 from hermes_env.cluster.migration import ON_LINK
@@ -78,6 +80,7 @@ COLD, LOADING, WARM, DRAINING = 0, 1, 2, 3
 STATE_NAMES = {COLD: "cold", LOADING: "loading", WARM: "warm", DRAINING: "draining"}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Replica:
     """One model replica. Running requests are kept against an iteration *clock* (decode tokens produced
     per running request since the replica started): a request admitted at clock ``c`` with context ``x``
@@ -246,7 +249,7 @@ class Replica:
             return 0
         if self.cache is None:
             return r.prefix_tokens  # CALVO as hermes_env 0.1 modelled it: exactly the reusable prefix
-        return max(0, self.backend.remote.lookup(r.chain, r.prompt_tokens - 1) - hit)
+        return max(0, self.backend.remote.lookup(r.chain, r.prompt_tokens - 1) - hit)  # type: ignore[union-attr]
 
     def _prefill_left(self, r: Request) -> int:
         return r.context - r.cached - r.host - r.loaded - r.computed
@@ -421,10 +424,10 @@ class Replica:
         admissible = self._adapter_slot if self.lora is not None and queue.ordered_by_key else None
         try:
             while len(queue) and self._batch() < self.max_batch and (self._left > 0 or not self.chunked):
-                r = queue.peek(now, admissible)
-                if r is None or r.adapter is not None and not self._adapter_slot(r.adapter):
+                head = queue.peek(now, admissible)
+                if head is None or head.adapter is not None and not self._adapter_slot(head.adapter):
                     break  # every request left is skipped, or a select policy's choice waits at the head
-                if not self._try_admit(r, now):
+                if not self._try_admit(head, now):
                     break
         finally:
             queue.end_pass()
@@ -473,9 +476,9 @@ class Replica:
         if self.kvmem is not None:
             ready_at = self.backend.claim_context(self, r.app, host, now)
         if r.loaded:
-            load = r.loaded * self.kv_bytes_per_token / self.remote_cfg.load_bandwidth
+            load = r.loaded * self.kv_bytes_per_token / self.remote_cfg.load_bandwidth  # type: ignore[union-attr]
             self.load_seconds += load
-            if self.remote_cfg.mode == "async":  # fetch on the link while the GPU works
+            if self.remote_cfg.mode == "async":  # type: ignore[union-attr]  # fetch on the link while the GPU works
                 self.link_free_at = max(now, self.link_free_at) + load
                 ready_at = max(ready_at, self.link_free_at)
             else:
@@ -507,7 +510,7 @@ class Replica:
         """Whether a request for ``adapter`` can be admitted now: resident, loading, or loadable."""
         if adapter in self.resident or adapter in self.adapter_ready:
             return True
-        if len(self.resident) < self.lora.max_loras:
+        if len(self.resident) < self.lora.max_loras:  # type: ignore[union-attr]
             return True
         return any(n == 0 and a not in self.adapter_ready for a, n in self.resident.items())
 
@@ -516,11 +519,11 @@ class Replica:
         if adapter in self.resident:
             self.resident[adapter] = self.resident.pop(adapter) + 1  # most recently used last
             return self.adapter_ready.get(adapter, now)
-        if len(self.resident) >= self.lora.max_loras:
+        if len(self.resident) >= self.lora.max_loras:  # type: ignore[union-attr]
             victim = next(a for a, n in self.resident.items() if n == 0 and a not in self.adapter_ready)
             del self.resident[victim]
         self.resident[adapter] = 1
-        ready = now + self.lora.load_time()
+        ready = now + self.lora.load_time()  # type: ignore[union-attr]
         self.adapter_ready[adapter] = ready
         self.adapter_loads += 1
         self.backend.engine.at(ready, self._adapter_loaded, adapter, ready)
@@ -711,6 +714,7 @@ class Replica:
             self.kvmem.check_invariants(name)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LLMBackend:
     """The replicas of one model, their queues and their lifecycle (see the module docstring)."""
 
@@ -729,7 +733,8 @@ class LLMBackend:
         self.queue = queue_factory(cfg.name, None)
         self.remote = RemoteStore(cfg.block_size) if cfg.remote_store is not None else None
         placed = [(kind, n < kind.replicas) for kind in cfg.kinds for n in range(kind.max_replicas)]  # warm first
-        self.replicas = [Replica(self, i, self.queue if router is None else queue_factory(cfg.name, i), kind, warm)
+        make = sys.modules[__name__].Replica  # looked up when called: a patched llm.Replica holds compiled too
+        self.replicas = [make(self, i, self.queue if router is None else queue_factory(cfg.name, i), kind, warm)
                          for i, (kind, warm) in enumerate(placed)]
         self.handoff: Any = None  # the hand-off path of a disaggregated backend (hermes_env.cluster.disagg)
         if cfg.disaggregation is not None:
@@ -797,9 +802,10 @@ class LLMBackend:
         candidates = self.candidates(now)
         if self.handoff is not None:
             candidates = self.handoff.first_pool(request, candidates, now)
-        replica = candidates[0] if len(candidates) == 1 else self.router.route(self, request, candidates, now)
-        if replica is not None:  # None: an external router places it later
-            self.place(request, replica, now)
+        placed: Replica | None  # compiled, a router's None must not be taken for a Replica
+        placed = candidates[0] if len(candidates) == 1 else self.router.route(self, request, candidates, now)
+        if placed is not None:  # None: an external router places it later
+            self.place(request, placed, now)
 
     def candidates(self, now: float) -> list[Replica]:
         """Replicas a router may place a request on: warm or loading (one is loaded if none is)."""
@@ -831,7 +837,7 @@ class LLMBackend:
         for other in self.replicas:
             if other is not replica and other.kvmem is not None and app in other.kvmem.contexts:
                 other.kvmem.drop(app, now)
-        return replica.kvmem.claim(app, host_tokens, now)
+        return replica.kvmem.claim(app, host_tokens, now)  # type: ignore[union-attr]
 
     def _context_arrives(self, app: Any, now: float) -> None:
         """``app``'s next request arrived: a policy that prefetches on arrival (KVFlow) starts here."""

@@ -31,18 +31,22 @@ import copy
 import heapq
 import itertools
 from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from hermes_env._mypyc import attributes, mypyc_attr
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Segment:
     """A run of ``size`` tokens that starts ``start`` tokens into a conversation, after ``parent``."""
 
     __slots__ = ("parent", "start", "size", "depth", "uid", "shared")
-    _ids = itertools.count()
+    _ids: ClassVar[itertools.count[int]] = itertools.count()
 
     def __init__(self, parent: Segment | None, start: int, size: int, shared: bool = False) -> None:
         self.parent, self.start, self.size = parent, start, size
         self.shared = shared  # read by many applications (a system prompt, a prefix computed before the run)
-        self.depth = 0 if parent is None else parent.depth + 1
+        self.depth: int = 0 if parent is None else parent.depth + 1
         self.uid = next(Segment._ids)  # a stable order for ties (never the memory address)
 
     def __repr__(self) -> str:
@@ -54,6 +58,7 @@ class Segment:
         return self
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class GrowingSegment(Segment):
     """A segment whose ``size`` may still grow (a trace block first seen as a prompt's partial tail): copied
     with the simulation like any state."""
@@ -61,7 +66,7 @@ class GrowingSegment(Segment):
     __slots__ = ()
 
     def __deepcopy__(self, memo: dict) -> GrowingSegment:
-        new = object.__new__(GrowingSegment)
+        new = GrowingSegment.__new__(GrowingSegment)
         memo[id(self)] = new
         new.parent, new.start, new.size = copy.deepcopy(self.parent, memo), self.start, self.size
         new.depth, new.uid = self.depth, self.uid
@@ -97,6 +102,7 @@ def _block_range(seg: Segment, end: int, block: int) -> tuple[int, int]:
     return first, last
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class _Tier:
     """Cached block ends per segment, always a prefix of the blocks ending in the segment."""
 
@@ -108,16 +114,25 @@ class _Tier:
         """Its entries are segments (shared by copies) and numbers, so a copy copies the containers alone, at
         C speed (a simulation's snapshot copies every cache); with a trace's growing segments among them it
         is copied like any state."""
-        new = object.__new__(type(self))
+        cls: Any = type(self)
+        new = cls.__new__(cls)
         memo[id(self)] = new
         plain = all(type(seg) is Segment for seg in (*self.cached_end, *getattr(self, "refs", ())))
-        for name, value in self.__dict__.items():
+        for name, value in attributes(self).items():
             if plain and type(value) in (dict, list):
                 value = type(value)(value)
             elif not isinstance(value, int):
                 value = copy.deepcopy(value, memo)
-            new.__dict__[name] = value
+            setattr(new, name, value)
         return new
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Every attribute, those of a subclass included (compiled, the class would pickle only its own)."""
+        return attributes(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def lookup(self, chain: Sequence[Segment], limit: int) -> int:
         """Tokens of the longest run of cached blocks from the start of ``chain``, at most ``limit``."""
@@ -154,6 +169,7 @@ class _Tier:
         return added
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RemoteStore(_Tier):
     """Every block computed anywhere in the cluster, and prefixes computed before the run; never evicted."""
 
@@ -161,6 +177,7 @@ class RemoteStore(_Tier):
         self._extend(chain, upto)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class PrefixCache(_Tier):
     """One replica's cache of full KV blocks, with reference counts per segment and LRU eviction."""
 

@@ -20,6 +20,7 @@ import heapq
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from hermes_env._mypyc import mypyc_attr
 from hermes_env.cluster.request import Request
 
 
@@ -27,6 +28,7 @@ class DecisionPending(Exception):
     """An external policy must choose among the waiting requests before the backend can go on."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WaitQueue:
     """Requests waiting at a backend (``replica`` is None) or at one replica of an LLM backend."""
 
@@ -35,7 +37,7 @@ class WaitQueue:
         self.replica = replica
         self.policy = policy
         self.external = bool(getattr(policy, "external", False))
-        self._select = getattr(policy, "select", None) or (self._external_choice if self.external else None)
+        self._select: Any = getattr(policy, "select", None) or (self._external_choice if self.external else None)
         self._heaps: dict[str | None, list[tuple[Any, int, Request]]] = {}  # per LoRA adapter (key-ordered)
         self._size = 0
         self._list: list[Request] = []

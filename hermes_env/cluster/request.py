@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from hermes_env._mypyc import mypyc_attr, slot_names
+
 _ATOMIC = frozenset((int, float, str, bool, type(None)))
 
 
@@ -12,14 +14,16 @@ def copy_slots(obj: Any, memo: dict) -> Any:
     """A deep copy of an object with ``__slots__`` that copies numbers and strings by reference and the rest
     through ``memo`` (a simulation's snapshot copies every request and application in the system: this
     skips the generic reduce path, a few times faster). Slots added later are copied the same way."""
-    new = object.__new__(type(obj))
+    cls: Any = type(obj)
+    new = cls.__new__(cls)
     memo[id(obj)] = new
-    for name in type(obj).__slots__:
+    for name in slot_names(cls):
         value = getattr(obj, name)
-        object.__setattr__(new, name, value if type(value) in _ATOMIC else copy.deepcopy(value, memo))
+        setattr(new, name, value if type(value) in _ATOMIC else copy.deepcopy(value, memo))
     return new
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Request:
     """Demand and timestamps of one request. ``app`` is the simulator's application object (opaque here).
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from hermes_env._mypyc import mypyc_attr
 from hermes_env.cluster.llm import COLD, DRAINING, LOADING, WARM, LLMBackend
 from hermes_env.cluster.request import Request
 from hermes_env.cluster.tool import WARM as TOOL_WARM
@@ -47,6 +48,7 @@ ADMISSION_FEATURES = ("deciding", "tier_critical", "tier_standard", "tier_shedda
                       "deferred_now", "requests_waiting")
 
 
+@mypyc_attr(native_class=False)
 class FeatureBuilder:
     """Builds the fixed-shape arrays of the observation. One builder serves an environment's episodes:
     ``bind`` it to each new simulation; its cache of PDGraph statistics carries over."""

@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from hermes_env._mypyc import mypyc_attr
 from hermes_env.errors import ConfigError, require
 from hermes_env.validation import as_number
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Distribution(ABC):
     """A non-negative random quantity (seconds, tokens or a fan-out width)."""
 
@@ -67,6 +69,7 @@ class Distribution(ABC):
         return hash(repr(self))
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Deterministic(Distribution):
     kind = "deterministic"
     is_discrete = True
@@ -98,13 +101,14 @@ class Deterministic(Distribution):
         return {"dist": self.kind, "value": self.value}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Discrete(Distribution):
     """Point masses ``values`` with probabilities ``probs`` (an empirical distribution)."""
 
     kind = "discrete"
     is_discrete = True
 
-    def __init__(self, values: Sequence[float], probs: Sequence[float]) -> None:
+    def __init__(self, values: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray) -> None:
         v = np.asarray(values, dtype=float)
         p = np.asarray(probs, dtype=float)
         order = np.argsort(v, kind="stable")
@@ -120,7 +124,7 @@ class Discrete(Distribution):
         return np.concatenate([[0.0], self._cum])[i]
 
     def ppf(self, q: float) -> float:
-        return float(self.values[min(np.searchsorted(self._cum, q - 1e-12), len(self.values) - 1)])
+        return float(self.values[min(int(np.searchsorted(self._cum, q - 1e-12)), len(self.values) - 1)])
 
     @property
     def mean(self) -> float:
@@ -137,6 +141,7 @@ class Discrete(Distribution):
         return {"dist": self.kind, "values": self.values.tolist(), "probs": self.probs.tolist()}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Exponential(Distribution):
     kind = "exponential"
 
@@ -164,12 +169,13 @@ class Exponential(Distribution):
         return {"dist": self.kind, "mean": self._mean}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class HyperExponential(Distribution):
     """A mixture of exponentials: the classic high-variance (heavy-ish tailed) size model."""
 
     kind = "hyperexponential"
 
-    def __init__(self, means: Sequence[float], probs: Sequence[float]) -> None:
+    def __init__(self, means: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray) -> None:
         self.means = np.asarray(means, dtype=float)
         self.probs = np.asarray(probs, dtype=float) / np.sum(probs)
 
@@ -200,6 +206,7 @@ class HyperExponential(Distribution):
         return {"dist": self.kind, "means": self.means.tolist(), "probs": self.probs.tolist()}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class _ScipyBacked(Distribution):
     """A continuous distribution whose CDF and quantiles come from a frozen scipy distribution, built
     (and scipy.stats imported, 0.4 to 0.9 s) only when a CDF or quantile is first asked for: sampling
@@ -223,6 +230,7 @@ class _ScipyBacked(Distribution):
         return float(self._frozen.ppf(q))
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LogNormal(_ScipyBacked):
     """ln X ~ Normal(mu, sigma). Specs may give ``mean`` and ``cv`` instead of mu and sigma."""
 
@@ -254,6 +262,7 @@ class LogNormal(_ScipyBacked):
         return {"dist": self.kind, "mu": self.mu, "sigma": self.sigma}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Gamma(_ScipyBacked):
     """Gamma(shape, scale). Specs may give ``mean`` and ``cv`` instead."""
 
@@ -285,6 +294,7 @@ class Gamma(_ScipyBacked):
         return {"dist": self.kind, "shape": self.shape, "scale": self.scale}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Histogram(Distribution):
     """Piecewise-uniform density over bins ``edges[i]..edges[i+1]`` with weights ``weights[i]``.
 
@@ -293,7 +303,7 @@ class Histogram(Distribution):
 
     kind = "histogram"
 
-    def __init__(self, edges: Sequence[float], weights: Sequence[float]) -> None:
+    def __init__(self, edges: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray) -> None:
         self.edges = np.asarray(edges, dtype=float)
         self.weights = np.asarray(weights, dtype=float) / np.sum(weights)
         self._cum = np.concatenate([[0.0], np.cumsum(self.weights)])

@@ -7,10 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from hermes_env._mypyc import mypyc_attr
 from hermes_env.pdgraph.cost import CostModel
 from hermes_env.pdgraph.graph import Stage, StateSpace
 
 
+@mypyc_attr(native_class=False)  # frozen: copied and pickled as Python does
 @dataclass(frozen=True)
 class StageRun:
     """One visit to a stage: ``width`` parallel copies, each with its own demand."""
@@ -34,9 +36,11 @@ class StageRun:
             return self.tool_time
         if cost is None:
             raise ValueError(f"stage {self.stage!r} runs on {self.backend}: pricing its tokens needs a cost model")
-        return np.asarray(cost.llm_service_time(self.backend, self.prompt_tokens, self.output_tokens), dtype=float)
+        prompt, output = self.prompt_tokens, self.output_tokens  # both arrays on an LLM stage (no tool_time)
+        return np.asarray(cost.llm_service_time(self.backend, prompt, output), dtype=float)  # type: ignore[arg-type]
 
 
+@mypyc_attr(native_class=False)  # frozen: copied and pickled as Python does
 @dataclass(frozen=True)
 class Realisation:
     application: str

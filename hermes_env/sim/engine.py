@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from hermes_env._mypyc import mypyc_attr
+
 GC_THRESHOLD = (50_000, 10, 10)  # generation 0, 1 and 2 thresholds while events run (CPython's: 700, 10, 10)
 
 
@@ -34,6 +36,7 @@ def fewer_collections() -> Iterator[None]:
         gc.set_threshold(*thresholds)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Engine:
     __slots__ = ("now", "_heap", "_seq", "events")
 

@@ -17,19 +17,23 @@ from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 import numpy as np
+
+from hermes_env._mypyc import mypyc_attr
 
 ROW_FIELDS = ("id", "template", "class", "tier", "arrival", "completion", "completion_time", "slo_met", "failed",
               "stages", "queue_times", "service_times")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LogHistogram:
     """Counts of non-negative values in logarithmic bins (``per_decade`` per factor of 10, from 1e-6 to 1e6;
     values below 1e-6 count as zero, above 1e6 in the last bin), with the exact count, sum and maximum."""
 
-    LOW, DECADES = 1e-6, 12
+    LOW: ClassVar[float] = 1e-6
+    DECADES: ClassVar[int] = 12
 
     def __init__(self, per_decade: int = 1000) -> None:
         self.per_decade = per_decade
@@ -107,6 +111,7 @@ def _tier_counts() -> dict[str, int]:
     return dict.fromkeys(TIER_COUNTS, 0)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Recorder:
     """What the summary needs of every application, taken when it completes or fails."""
 
@@ -155,9 +160,9 @@ class Recorder:
             self.completion_times.append(jct)
             self.lower_bounds.append(app.lower_bound)
             if math.isfinite(app.mix.slo):
-                counts = self.slo[app.app_class]
-                counts[0] += jct <= app.mix.slo
-                counts[1] += 1
+                met = self.slo[app.app_class]
+                met[0] += jct <= app.mix.slo
+                met[1] += 1
             for run, wait in zip(app.runs, app.queue_times, strict=False):
                 self.stage_wait[f"{app.template}/{run.stage}"].add(wait)
         if self.keep:
@@ -182,6 +187,7 @@ class Recorder:
             self._file = None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 @dataclass
 class SimulationResult:
     rows: list[dict[str, Any]]
@@ -251,7 +257,8 @@ def tier_summary(rec: Recorder, now: float, last_arrival: float) -> dict[str, An
     their SLO per second, per tier and ``all``. The time is that of the last arrival (``now`` if earlier),
     the same for every policy under a seed, so that goodputs compare as the counts do (a policy that sheds
     work does not gain by ending sooner)."""
-    tiers = {t: {**c, "goodput": per_second(c["slo_met"], now, last_arrival)} for t, c in sorted(rec.tiers.items())}
+    tiers: dict[str, dict[str, Any]] = {t: {**c, "goodput": per_second(c["slo_met"], now, last_arrival)}
+                                        for t, c in sorted(rec.tiers.items())}
     goodput = {t: c["goodput"] for t, c in tiers.items()}
     goodput["all"] = per_second(sum(c["slo_met"] for c in tiers.values()), now, last_arrival)
     return {"tiers": tiers, "goodput": goodput}
