@@ -48,14 +48,27 @@ import numpy as np
 from hermes_env.catalog import config_path, names
 from hermes_env.errors import ConfigError, require
 from hermes_env.sim.metrics import mean_ci
-from hermes_env.sim.policies import load_family, make_autoscaler, make_prewarm, make_router, make_scheduler
+from hermes_env.sim.policies import (
+    load_family,
+    make_admission,
+    make_autoscaler,
+    make_prewarm,
+    make_retention,
+    make_router,
+    make_scheduler,
+)
 from hermes_env.validation import as_integer, check_keys, choice, load_yaml
 
 OBJECTIVES = ("mean", "p95", "slo_miss", "cost")
 PARTS = {"hermes_env/Scheduling-v0": "schedule", "hermes_env/Prewarm-v0": "prewarm",
-         "hermes_env/Routing-v0": "route", "hermes_env/Autoscaling-v0": "scale", "hermes_env/Joint-v0": "joint"}
-POLICY_ARGS = {"schedule": "scheduler", "prewarm": "prewarm", "route": "router", "scale": "autoscaler"}
-MAKERS = {"scheduler": make_scheduler, "prewarm": make_prewarm, "router": make_router, "autoscaler": make_autoscaler}
+         "hermes_env/Routing-v0": "route", "hermes_env/Autoscaling-v0": "scale", "hermes_env/Joint-v0": "joint",
+         "hermes_env/KVCache-v0": "retain"}
+POLICY_ARGS = {"schedule": "scheduler", "prewarm": "prewarm", "route": "router", "scale": "autoscaler",
+               "admit": "admission", "retain": "retention"}
+JOINT_ARGS = ("scheduler", "prewarm", "router", "autoscaler")  # a Joint-v0 heuristic's four names, in order
+MAKERS = {"scheduler": make_scheduler, "prewarm": make_prewarm, "router": make_router, "autoscaler": make_autoscaler,
+          "admission": make_admission, "retention": make_retention}
+SECTIONS = ("headroom", "controls")  # suite v2: a planner beats the best heuristic by 10% or more, or not
 ENV_POLICY_FAMILIES = "hermes_env.env_policy_families"
 MAX_SEED = 2**32 - 1  # as hermes-env simulate --seed
 
@@ -76,9 +89,13 @@ class Task:
     heldout: dict[str, Any] = field(default_factory=dict)
     learned: tuple[str, ...] = ()  # shipped learned policies (specs), evaluated in the leaderboard
 
+    section: str = "controls"  # suite v2's: "headroom" (a measured planner margin of 10% or more) or "controls"
+
     @property
     def part(self) -> str:
-        return PARTS[self.env_id]
+        """The decision kind the task's heuristics and planner take: the environment's, or ``admit`` where a
+        Scheduling-v0 task gives the agent admission (``admission_control: true``)."""
+        return "admit" if self.env_kwargs.get("admission_control") else PARTS[self.env_id]
 
     @classmethod
     def from_yaml(cls, name_or_path: str | Path) -> Task:
@@ -86,7 +103,7 @@ class Task:
         spec = load_yaml(path, "task")
         where = f"task {path.stem}"
         check_keys(spec, ("description", "env_id", "env_kwargs", "objective", "simplest", "heuristics", "train_seeds",
-                          "eval_seeds", "found", "heldout", "learned", "clairvoyant"), where)
+                          "eval_seeds", "found", "heldout", "learned", "clairvoyant", "section"), where)
         env_id = choice(spec, "env_id", where, tuple(PARTS))
         seeds = {}
         for key in ("train_seeds", "eval_seeds"):
@@ -98,8 +115,8 @@ class Task:
             seeds[key] = tuple(range(first, first + count))
         require(not set(seeds["train_seeds"]) & set(seeds["eval_seeds"]), f"{where}.eval_seeds",
                 "overlap the training seeds", "held-out seeds must be new")
-        part = PARTS[env_id]
         kwargs = spec.get("env_kwargs") or {}
+        part = "admit" if kwargs.get("admission_control") else PARTS[env_id]
         check_keys(kwargs, _env_keywords(), f"{where}.env_kwargs")
         heuristics = _texts(spec, "heuristics", where)
         require(bool(heuristics), f"{where}.heuristics", "is empty", "list the heuristics the best one is chosen from")
@@ -113,7 +130,7 @@ class Task:
         return cls(path.stem, _text(spec, "description", where, ""), env_id, dict(kwargs),
                    choice(spec, "objective", where, OBJECTIVES), simplest, tuple(heuristics), seeds["train_seeds"],
                    seeds["eval_seeds"], _text(spec, "found", where, ""), clairvoyant, dict(heldout),
-                   tuple(_texts(spec, "learned", where)))
+                   tuple(_texts(spec, "learned", where)), choice(spec, "section", where, SECTIONS, "controls"))
 
     def env(self, heldout: bool = False) -> Any:
         import gymnasium as gym
@@ -169,7 +186,7 @@ def _heuristic(part: str, spec: str, field: str) -> dict[str, str]:
         names = spec.split("+")
         require(len(names) == 4, field, f"{spec!r} names {len(names)} policies",
                 "name a Joint-v0 heuristic as scheduler+prewarm+router+autoscaler")
-        policies = dict(zip(POLICY_ARGS.values(), names, strict=True))
+        policies = dict(zip(JOINT_ARGS, names, strict=True))
     else:
         policies = {POLICY_ARGS[part]: spec}
     for arg, name in policies.items():
@@ -224,8 +241,7 @@ def _prepare(task: Task, spec: str, seed: int, heldout: bool = False) -> tuple[A
 
     policies = {arg: env.policy_names[part] for part, arg in POLICY_ARGS.items()}
     policies.update(_heuristic(task.part, spec, "policy"))
-    sim = Simulation(env.experiment, seed=seed, keep_applications=False, admission=env.policy_names["admit"],
-                     **policies)
+    sim = Simulation(env.experiment, seed=seed, keep_applications=False, **policies)
     price_planners(task, env, sim)
     return env, lambda: sim.run().summary
 
@@ -245,7 +261,8 @@ def planner_weights(task: Task, env: Any) -> dict[str, float]:
 def price_planners(task: Task, env: Any, sim: Any) -> None:
     """Give every planner among ``sim``'s policies (those with ``price``) the task's rollout cost."""
     routers = [b.router for b in sim.llm_backends.values()]
-    for policy in {id(p): p for p in (sim.scheduler, sim.prewarm_policy, sim.autoscaler, *routers)}.values():
+    for policy in {id(p): p for p in (sim.scheduler, sim.prewarm_policy, sim.autoscaler, sim.admission,
+                                      sim.retention, *routers)}.values():
         if hasattr(policy, "price"):
             policy.price(**planner_weights(task, env))
 

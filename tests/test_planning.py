@@ -151,6 +151,9 @@ PLANNED = {  # experiment, the policy argument, its base, the rollout cost's wei
     "contended": ("scheduler", "fcfs", {}, 10),
     "routing": ("router", "round_robin", {}, 16),
     "autoscaling": ("autoscaler", "queue_threshold", {"gpu": 1.0}, 15),
+    "hetero-autoscaling": ("autoscaler", "queue_threshold-cheapest", {"gpu": 1.0}, 25),  # a load order per kind
+    "overload-slo": ("admission", "queue_threshold:2:4", {"slo_miss": 10.0}, 30),
+    "agent-kv": ("retention", "lru", {}, 2),
 }
 
 
@@ -159,12 +162,12 @@ def _planned(name: str, spec: str, seed: int = 5) -> tuple[Simulation, float]:
     exp = load_experiment(name, {"workload": {"num_applications": n}})
     sim = Simulation(exp, seed=seed, keep_applications=False, **{arg: spec})
     routers = [b.router for b in sim.llm_backends.values()]
-    for policy in (sim.scheduler, sim.autoscaler, *routers):
+    for policy in (sim.scheduler, sim.autoscaler, sim.admission, sim.retention, *routers):
         if hasattr(policy, "price"):
             policy.price(**weights)
     sim.run()
-    area, _, _, gpu = sim.totals()
-    return sim, area + weights.get("gpu", 0.0) * gpu
+    area, _, missed, gpu = sim.totals()
+    return sim, area + weights.get("gpu", 0.0) * gpu + weights.get("slo_miss", 0.0) * missed
 
 
 @pytest.mark.parametrize("name", sorted(PLANNED))
@@ -173,12 +176,13 @@ def test_the_clairvoyant_planner_to_the_end_is_never_worse_than_its_base(name):
     _, native = _planned(name, base)
     _, followed = _planned(name, f"oracle-rollout:{base}@width=1")  # BASE, deciding through the planner's pauses
     planner, planned = _planned(name, f"oracle-rollout:{base}@horizon=inf,width=2,every=0")
-    if name != "autoscaling":  # scheduling and routing pause exactly where BASE decides natively
+    if name in ("contended", "routing", "overload-slo"):  # they pause exactly where BASE decides natively
         assert followed == native
     assert planned <= followed * (1 + 1e-12)
     if name == "contended":  # two decisions deep on the true future: never worse either
         assert _planned(name, f"oracle-search:{base}@horizon=inf,width=2")[1] <= followed * (1 + 1e-12)
-    owners = [planner.scheduler, planner.autoscaler, *(b.router for b in planner.llm_backends.values())]
+    owners = [planner.scheduler, planner.autoscaler, planner.admission, planner.retention,
+              *(b.router for b in planner.llm_backends.values())]
     assert sum(getattr(p, "plans", 0) for p in owners) > 0
 
 

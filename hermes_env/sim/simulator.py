@@ -585,7 +585,8 @@ class Simulation:
     def owner(self, decision: Decision) -> Any:
         """The policy that settles ``decision`` itself (a planner: it has ``act``), or None (an agent)."""
         policy = {"schedule": self.scheduler, "prewarm": self.prewarm_policy, "scale": self.autoscaler,
-                  "admit": self.admission}.get(decision.kind) or self.llm_backends[decision.backend].router
+                  "admit": self.admission, "retain": self.retention}.get(decision.kind) or \
+            self.llm_backends[decision.backend].router
         return policy if hasattr(policy, "act") else None
 
     def _settle_owned(self, decision: Decision) -> None:
@@ -599,7 +600,7 @@ class Simulation:
     def _drivers(self) -> bool:
         routers = [b.router for b in self.llm_backends.values()]
         return any(hasattr(p, "act") for p in (self.scheduler, self.prewarm_policy, self.autoscaler, self.admission,
-                                                *routers))
+                                                self.retention, *routers))
 
     def resolve(self, choice: int | None = None) -> None:
         """Settle the oldest pending decision: for a scheduling decision, admit the waiting request at
