@@ -194,6 +194,27 @@ def test_rollout_samples_futures_deterministically_and_names_itself():
     assert a.run().summary["scheduler"] == spec
 
 
+@pytest.mark.parametrize("name", ["overload-slo", "agent-kv"])
+def test_admission_and_retention_sample_futures_deterministically(name):
+    """Admission and retention plan on sampled futures as the other kinds do: run to run the same, with
+    planning decisions made."""
+    arg, base = PLANNED[name][:2]
+    spec = f"rollout:{base}@futures=2,horizon=2,width=2,every=60"
+    a, cost_a = _planned(name, spec)
+    b, cost_b = _planned(name, spec)
+    assert cost_a == cost_b and getattr(a, arg).plans == getattr(b, arg).plans > 0 and getattr(a, arg).name == spec
+
+
+def test_a_scaling_planner_tries_one_load_per_replica_kind():
+    from hermes_env.sim.simulator import Decision
+
+    exp = load_experiment("hetero-autoscaling", {"workload": {"num_applications": 5}})
+    sim = Simulation(exp, seed=0, autoscaler="rollout:queue_threshold-cheapest@width=5")
+    name = next(iter(sim.llm_backends))
+    orders = sim.autoscaler.candidates(sim, Decision("scale", 0.0, ""))
+    assert orders == ["base", "nothing", ("load", name, "h100"), ("load", name, "h200"), ("release", name)]
+
+
 def test_planner_specs_are_checked():
     from hermes_env.errors import ConfigError
     from hermes_env.sim.policies import make_autoscaler, make_router
