@@ -1,24 +1,29 @@
 """Planner baselines: rollout and search over copies of the simulation, the achievable references.
 
 ``rollout:BASE`` (any registered heuristic of the decision's kind: ``rollout:gittins`` a scheduler,
-``rollout:prefix_affinity`` a router, ``rollout:on_demand`` a prewarm policy, ``rollout:queue_threshold`` an
-autoscaler, ``rollout:llumnix`` a migration policy) decides as BASE does except at its *planning* decisions,
+``rollout:prefix_affinity`` a router, ``rollout:on_demand`` a prewarm policy, ``rollout:queue_threshold``
+an autoscaler, ``rollout:queue_threshold:8:16`` an admission policy, ``rollout:pdgraph`` a retention
+policy, ``rollout:llumnix`` a migration policy) decides as BASE does except at its *planning* decisions,
 where it copies the simulation (:meth:`~hermes_env.sim.simulator.Simulation.snapshot`), tries each candidate
-action, rolls each copy out with BASE for ``horizon`` simulated seconds and keeps the cheapest on average over
-``futures`` sampled futures (Bertsekas's rollout algorithm: one step of policy improvement over BASE). The
-futures are drawn with :meth:`~hermes_env.sim.simulator.Simulation.resample_future` (what a non-clairvoyant
-policy cannot know, from the PDGraphs the schedulers believe), the same ones for every candidate (common random
-numbers). ``search:BASE`` looks two planning decisions ahead: each candidate, then at the next planning decision
-within the horizon the best of its candidates on the same future, then BASE (hindsight optimisation over sampled
-futures: iterated rollout of depth 2). ``oracle-rollout:BASE`` and ``oracle-search:BASE`` plan on the true
-future (one copy, no resampling): clairvoyant references, not achievable; with an infinite horizon the first is
-never worse than BASE on the same workload (policy improvement).
+action, rolls each copy out
+with BASE for ``horizon`` simulated seconds and keeps the cheapest on average over ``futures`` sampled
+futures (Bertsekas's rollout algorithm: one step of policy improvement over BASE). The futures are drawn
+with :meth:`~hermes_env.sim.simulator.Simulation.resample_future` (what a non-clairvoyant policy cannot
+know, from the PDGraphs the schedulers believe), the same ones for every candidate (common random
+numbers). ``search:BASE`` looks two planning decisions ahead: each candidate, then at the next planning
+decision within the horizon the best of its candidates on the same future, then BASE (hindsight
+optimisation over sampled futures: iterated rollout of depth 2). ``oracle-rollout:BASE`` and
+``oracle-search:BASE`` plan on the true future (one copy, no resampling): clairvoyant references, not
+achievable; with an infinite horizon the first is never worse than BASE on the same workload (policy
+improvement).
 
 Options follow an ``@``: ``rollout:gittins@futures=8,horizon=30,width=3,every=0,seed=0``. ``width``: the
 candidates tried (scheduling: BASE's first choices in its order; routing: every replica; prewarm and
-scaling: BASE's own orders, nothing, then one warm/release (load/release) order per backend; migration:
-BASE's own moves, no move, then one move per pair of replicas that can make one, the busiest source and
-the freest target first); ``every``:
+scaling: BASE's own orders, nothing, then one warm/release (load/release) order per backend, one load order
+per replica kind where a backend has several; admission: BASE's order, then the others of admit, defer and
+reject the application's tier allows; retention: BASE's plan at the tool boundary, then each of
+:data:`~hermes_env.sim.retention.RETAIN_ACTIONS`; migration: BASE's own moves, no move, then one move per
+pair of replicas that can make one, the busiest source and the freest target first); ``every``:
 seconds between planning decisions (the others are BASE's), so that frequent decision points (prewarm
 and autoscalers that react to every arrival) cost a bounded number of plans. The rollout cost is the
 environments' reward: applications in the system integrated over time, plus ``price``'s weights times
@@ -36,31 +41,41 @@ import numpy as np
 
 from hermes_env.errors import require
 from hermes_env.sim.policies import (
+    ADMIT,
+    DEFER,
+    REJECT,
+    AdmissionPolicy,
     Autoscaler,
     MigrationPolicy,
     PrewarmPolicy,
     Router,
     SchedulingPolicy,
+    make_admission,
     make_autoscaler,
     make_migration,
     make_prewarm,
+    make_retention,
     make_router,
     make_scheduler,
     register_family,
 )
+from hermes_env.sim.retention import RETAIN_ACTIONS, ExternalRetention, RetentionPolicy
 from hermes_env.sim.simulator import Decision, Simulation
 
 KINDS = {"scheduler": "schedule", "router": "route", "prewarm": "prewarm", "autoscaler": "scale",
-         "migration": "migrate"}
+         "migration": "migrate", "admission": "admit", "retention": "retain"}
 MAKERS = {"scheduler": make_scheduler, "router": make_router, "prewarm": make_prewarm, "autoscaler": make_autoscaler,
-          "migration": make_migration}
+          "migration": make_migration, "admission": make_admission, "retention": make_retention}
 DEFAULTS = {  # futures, horizon (s), width, every (s)
     "schedule": {"futures": 4, "horizon": 60.0, "width": 3, "every": 0.0},
     "route": {"futures": 4, "horizon": 60.0, "width": 8, "every": 0.0},
     "prewarm": {"futures": 4, "horizon": 60.0, "width": 6, "every": 5.0},
     "scale": {"futures": 4, "horizon": 60.0, "width": 4, "every": 5.0},
     "migrate": {"futures": 4, "horizon": 30.0, "width": 4, "every": 1.0},
+    "admit": {"futures": 4, "horizon": 60.0, "width": 3, "every": 0.0},
+    "retain": {"futures": 4, "horizon": 60.0, "width": 6, "every": 0.0},
 }
+CHOICES = ("schedule", "route", "admit", "retain")  # kinds settled by one choice that BASE proposes first
 BASE, NOTHING = "base", "nothing"
 
 
@@ -82,7 +97,7 @@ def parse_options(spec: str, decision: str) -> tuple[str, dict[str, float]]:
 
 
 class Planner:
-    """The machinery shared by the five kinds (see the module docstring)."""
+    """The machinery shared by the seven kinds (see the module docstring)."""
 
     external = True
 
@@ -143,7 +158,7 @@ class Planner:
 
     def follow(self, sim: Simulation, d: Decision) -> None:
         """Settle ``d`` as BASE would."""
-        self._apply(sim, d, self.candidates(sim, d)[0] if d.kind in ("schedule", "route") else BASE, proposed=True)
+        self._apply(sim, d, self.candidates(sim, d)[0] if d.kind in CHOICES else BASE, proposed=True)
 
     def candidates(self, sim: Simulation, d: Decision) -> list[Any]:
         """The options tried, BASE's first (asking BASE: call once per decision, see ``_apply``)."""
@@ -160,6 +175,18 @@ class Planner:
             backend = sim.llm_backends[d.backend]
             first = self.base.route(backend, d.request, d.candidates, now).index
             return [first, *(r.index for r in d.candidates if r.index != first)][:self.width]
+        if d.kind == "admit":
+            app = d.app
+            first = self.base.admit(sim, app, now)
+            allowed = (ADMIT, *(DEFER,) * sim.may_defer(app, now), *(REJECT,) * sim.may_reject(app))
+            return [first, *(o for o in allowed if o != first)][:self.width]
+        if d.kind == "retain":
+            replica, ctx = d.candidates[0], d.context
+            first = self.base.at_boundary(replica, ctx, now)
+            memo, ctx.memo = ctx.memo, self.agent.next_use(replica, ctx)  # the forecast the agent's plans read
+            plans = [self.agent.plan(replica, ctx, a, now) for a in range(len(RETAIN_ACTIONS))]
+            ctx.memo = memo  # BASE's, for what follows the plan
+            return [first, *(p for p in plans if p != first)][:self.width]
         orders: list[Any] = [BASE, NOTHING]
         if d.kind == "migrate":
             backend = sim.llm_backends[d.backend]
@@ -172,19 +199,23 @@ class Planner:
                 orders += [("warm", name)] * b.can_prewarm() + [("release", name)] * b.can_release()
         else:
             for name, b in sim.llm_backends.items():
-                orders += [("load", name)] * b.can_scale_up() + [("release", name)] * b.can_scale_down()
+                kinds = [k.name for k in b.cfg.kinds] if len(b.cfg.kinds) > 1 else [None]
+                orders += [("load", name, k) for k in kinds if b.can_scale_up(k)]
+                orders += [("release", name)] * b.can_scale_down()
         return orders[:self.width]
 
     def _apply(self, sim: Simulation, d: Decision, action: Any, proposed: bool = False) -> None:
         """Settle ``d`` with ``action`` on ``sim`` (a copy asks BASE first, as the original did)."""
         now = sim.engine.now
         owner = sim.owner(d)
-        if not proposed and d.kind in ("schedule", "route"):
-            owner.candidates(sim, d)  # BASE's state (a turn, a random draw) moves as in the original
+        if not proposed and d.kind in CHOICES:
+            owner.candidates(sim, d)  # BASE's state (a turn, a random draw, tokens) moves as in the original
         if d.kind == "schedule":
             sim.resolve(next(i for i, r in enumerate(d.queue.waiting) if r.seq == action))
         elif d.kind == "route":
             sim.resolve(next(i for i, r in enumerate(d.candidates) if r.index == action))
+        elif d.kind in ("admit", "retain"):
+            sim.resolve(action)  # an order (ADMIT, DEFER, REJECT) or a retention Plan
         else:
             if d.kind == "migrate":
                 if action == BASE:
@@ -194,10 +225,11 @@ class Planner:
             if action == BASE:
                 owner.base.decide(sim, now)
             elif action != NOTHING:
-                verb, name = action
-                order = {"warm": sim.prewarm, "load": sim.scale_up,
-                         "release": sim.release if d.kind == "prewarm" else sim.scale_down}[verb]
-                order(name, now)
+                verb, name, *kind = action
+                if verb == "load":
+                    sim.scale_up(name, now, *kind)
+                else:
+                    (sim.release if d.kind == "prewarm" else sim.scale_down)(name, now)
             sim.resolve()
 
     # -- rollouts -------------------------------------------------------------------------------------
@@ -299,8 +331,58 @@ class PlanningMigration(Planner, MigrationPolicy):
         sim.request_migration_decisions(now)
 
 
+class PlanningAdmission(Planner, AdmissionPolicy):
+    """Asks for a decision at each arrival and each reconsideration of a deferred application."""
+
+    def __init__(self, spec: str, depth: int = 1, clairvoyant: bool = False) -> None:
+        super().__init__("admission", spec, depth, clairvoyant)
+
+    def bind(self, sim: Any) -> None:
+        self.base.bind(sim)
+
+    def admit(self, sim: Any, app: Any, now: float) -> int | None:
+        sim.request_admission_decision(app, now)
+        return None
+
+
+class PlanningRetention(Planner, RetentionPolicy):
+    """Asks for a decision at each tool boundary that has a next call (a last call is BASE's); what follows
+    a plan (a pin running out, memory pressure) is BASE's."""
+
+    def __init__(self, spec: str, depth: int = 1, clairvoyant: bool = False) -> None:
+        super().__init__("retention", spec, depth, clairvoyant)
+        self.reclaim_for_admission = self.base.reclaim_for_admission
+
+    def bind(self, sim: Any) -> None:
+        self.sim = sim
+        self.base.bind(sim)
+        self.agent = ExternalRetention()  # the agent's plans (KVCache-v0's actions), the candidates after BASE's
+        self.agent.bind(sim)
+
+    def at_boundary(self, replica: Any, ctx: Any, now: float) -> Any:
+        if self.next_run(ctx) is None:
+            return self.base.at_boundary(replica, ctx, now)
+        self.sim.request_retention_decision(replica, ctx, now)
+        return None
+
+    def decide(self, replica: Any, ctx: Any, plan: Any, now: float) -> None:
+        """Carry out ``plan`` (a candidate of :meth:`candidates`), unless the context was claimed meanwhile."""
+        if replica.kvmem.contexts.get(ctx.app) is ctx and ctx.state == "undecided":
+            replica.kvmem.apply(self, ctx, plan, now)
+
+    def after_pin(self, replica: Any, ctx: Any, now: float) -> Any:
+        return self.base.after_pin(replica, ctx, now)
+
+    def victim_key(self, replica: Any, ctx: Any, now: float) -> Any:
+        return self.base.victim_key(replica, ctx, now)
+
+    def pressure_plan(self, replica: Any, ctx: Any, now: float) -> Any:
+        return self.base.pressure_plan(replica, ctx, now)
+
+
 CLASSES = {"scheduler": PlanningScheduler, "router": PlanningRouter, "prewarm": PlanningPrewarm,
-           "autoscaler": PlanningAutoscaler, "migration": PlanningMigration}
+           "autoscaler": PlanningAutoscaler, "migration": PlanningMigration, "admission": PlanningAdmission,
+           "retention": PlanningRetention}
 FAMILIES = {"rollout": (1, False), "search": (2, False), "oracle-rollout": (1, True), "oracle-search": (2, True)}
 
 

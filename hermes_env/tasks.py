@@ -54,8 +54,10 @@ from hermes_env.sim.metrics import mean_ci
 from hermes_env.sim.policies import (
     ResidualAutoscaler,
     load_family,
+    make_admission,
     make_autoscaler,
     make_prewarm,
+    make_retention,
     make_router,
     make_scheduler,
 )
@@ -63,9 +65,14 @@ from hermes_env.validation import as_integer, check_keys, choice, load_yaml
 
 OBJECTIVES = ("mean", "p95", "slo_miss", "cost")
 PARTS = {"hermes_env/Scheduling-v0": "schedule", "hermes_env/Prewarm-v0": "prewarm",
-         "hermes_env/Routing-v0": "route", "hermes_env/Autoscaling-v0": "scale", "hermes_env/Joint-v0": "joint"}
-POLICY_ARGS = {"schedule": "scheduler", "prewarm": "prewarm", "route": "router", "scale": "autoscaler"}
-MAKERS = {"scheduler": make_scheduler, "prewarm": make_prewarm, "router": make_router, "autoscaler": make_autoscaler}
+         "hermes_env/Routing-v0": "route", "hermes_env/Autoscaling-v0": "scale", "hermes_env/Joint-v0": "joint",
+         "hermes_env/KVCache-v0": "retain"}
+POLICY_ARGS = {"schedule": "scheduler", "prewarm": "prewarm", "route": "router", "scale": "autoscaler",
+               "admit": "admission", "retain": "retention"}
+JOINT_ARGS = ("scheduler", "prewarm", "router", "autoscaler")  # a Joint-v0 heuristic's four names, in order
+MAKERS = {"scheduler": make_scheduler, "prewarm": make_prewarm, "router": make_router, "autoscaler": make_autoscaler,
+          "admission": make_admission, "retention": make_retention}
+SECTIONS = ("headroom", "controls")  # suite v2: a planner beats the best heuristic by 10% or more, or not
 ENV_POLICY_FAMILIES = "hermes_env.env_policy_families"
 MAX_SEED = 2**32 - 1  # as hermes-env simulate --seed
 
@@ -86,9 +93,13 @@ class Task:
     heldout: dict[str, Any] = field(default_factory=dict)
     learned: tuple[str, ...] = ()  # shipped learned policies (specs), evaluated in the leaderboard
 
+    section: str = "controls"  # suite v2's: "headroom" (a measured planner margin of 10% or more) or "controls"
+
     @property
     def part(self) -> str:
-        return PARTS[self.env_id]
+        """The decision kind the task's heuristics and planner take: the environment's, or ``admit`` where a
+        Scheduling-v0 task gives the agent admission (``admission_control: true``)."""
+        return "admit" if self.env_kwargs.get("admission_control") else PARTS[self.env_id]
 
     @classmethod
     def from_yaml(cls, name_or_path: str | Path) -> Task:
@@ -96,7 +107,7 @@ class Task:
         spec = load_yaml(path, "task")
         where = f"task {path.stem}"
         check_keys(spec, ("description", "env_id", "env_kwargs", "objective", "simplest", "heuristics", "train_seeds",
-                          "eval_seeds", "found", "heldout", "learned", "clairvoyant"), where)
+                          "eval_seeds", "found", "heldout", "learned", "clairvoyant", "section"), where)
         env_id = choice(spec, "env_id", where, tuple(PARTS))
         seeds = {}
         for key in ("train_seeds", "eval_seeds"):
@@ -108,8 +119,8 @@ class Task:
             seeds[key] = tuple(range(first, first + count))
         require(not set(seeds["train_seeds"]) & set(seeds["eval_seeds"]), f"{where}.eval_seeds",
                 "overlap the training seeds", "held-out seeds must be new")
-        part = PARTS[env_id]
         kwargs = spec.get("env_kwargs") or {}
+        part = "admit" if kwargs.get("admission_control") else PARTS[env_id]
         check_keys(kwargs, _env_keywords(), f"{where}.env_kwargs")
         heuristics = _texts(spec, "heuristics", where)
         require(bool(heuristics), f"{where}.heuristics", "is empty", "list the heuristics the best one is chosen from")
@@ -123,7 +134,7 @@ class Task:
         return cls(path.stem, _text(spec, "description", where, ""), env_id, dict(kwargs),
                    choice(spec, "objective", where, OBJECTIVES), simplest, tuple(heuristics), seeds["train_seeds"],
                    seeds["eval_seeds"], _text(spec, "found", where, ""), clairvoyant, dict(heldout),
-                   tuple(_texts(spec, "learned", where)))
+                   tuple(_texts(spec, "learned", where)), choice(spec, "section", where, SECTIONS, "controls"))
 
     def shortened(self, fraction: float) -> Task:
         """The task with ``fraction`` of its applications per episode (at least 30; 1 or more: the task
@@ -188,7 +199,7 @@ def _heuristic(part: str, spec: str, field: str) -> dict[str, str]:
         names = spec.split("+")
         require(len(names) == 4, field, f"{spec!r} names {len(names)} policies",
                 "name a Joint-v0 heuristic as scheduler+prewarm+router+autoscaler")
-        policies = dict(zip(POLICY_ARGS.values(), names, strict=True))
+        policies = dict(zip(JOINT_ARGS, names, strict=True))
     else:
         policies = {POLICY_ARGS[part]: spec}
     for arg, name in policies.items():
@@ -246,8 +257,7 @@ def _prepare(task: Task, spec: str, seed: int, heldout: bool = False) -> tuple[A
     if env.residual is not None:  # the heuristic's orders add to the native autoscaler, as the agent's would
         native, orders = make_autoscaler(env.residual), make_autoscaler(policies["autoscaler"])
         policies["autoscaler"] = ResidualAutoscaler(native, orders)
-    sim = Simulation(env.experiment, seed=seed, keep_applications=False, admission=env.policy_names["admit"],
-                     **policies)
+    sim = Simulation(env.experiment, seed=seed, keep_applications=False, **policies)
     price_planners(task, env, sim)
     return env, lambda: sim.run().summary
 
@@ -268,7 +278,8 @@ def price_planners(task: Task, env: Any, sim: Any) -> None:
     """Give every planner among ``sim``'s policies (those with ``price``) the task's rollout cost."""
     routers = [b.router for b in sim.llm_backends.values()]
     scalers = getattr(sim.autoscaler, "parts", (sim.autoscaler,))  # a residual autoscaler's native and orders
-    for policy in {id(p): p for p in (sim.scheduler, sim.prewarm_policy, *scalers, *routers)}.values():
+    for policy in {id(p): p for p in (sim.scheduler, sim.prewarm_policy, *scalers, sim.admission, sim.retention,
+                                      sim.migration, *routers)}.values():
         if hasattr(policy, "price"):
             policy.price(**planner_weights(task, env))
 
@@ -425,12 +436,6 @@ def _pm(value: tuple[float, float], mean: str = ".3g", half: str = ".2g") -> str
 
 
 def _markdown(rows: list, commit: str) -> str:
-    def cell(r: dict[str, Any]) -> str:
-        return _pm(r["objective"], ".4g")
-
-    def norm(r: dict[str, Any]) -> str:
-        return _pm(r["normalised"], ".3f", ".3f")
-
     lines = ["# The task suite: leaderboard", "",
              f"Regenerated by `hermes-env leaderboard --out docs/tasks.md` (commit {commit}). Objectives are "
              "lower-is-better; each cell is the mean over the held-out seeds +- its 95% confidence half-width, "
@@ -439,10 +444,35 @@ def _markdown(rows: list, commit: str) -> str:
              "its reusable prefixes cached): a bound, not a target. The best heuristic is chosen on the "
              "training seeds. The planner is the achievable reference (`hermes-env leaderboard --planner "
              "'rollout:{best}'`): one-step rollout of the best heuristic over futures it samples, never the "
-             "true one (baselines/planners.py); '-' where it was not run. The written column holds the best on the "
+             "true one (baselines/planners.py); '-' where it was not run. Suite v2 (issue 22): a task is kept "
+             "with headroom (`section: headroom` in its file) only when a non-clairvoyant planner beat its best "
+             "heuristic by 10% or more on its training seeds (scripts/planner_headroom.py, docs/planning.md); the "
+             "others are controls, a heuristic already solves them. The written column holds the best on the "
              "training seeds of the written policies of the task's decision kind (`hermes-env leaderboard --written "
-             "FILE.py:Name,...`; \"Written policies\" below).", "",
-             "| task | objective | random | simplest | best heuristic | learned | planner (achievable) | written | "
+             "FILE.py:Name,...`; \"Written policies\" below)."]
+    for section, title in zip(SECTIONS, ("Task suite v2: tasks with achievable headroom",
+                                         "Controls: a heuristic already solves them"), strict=True):
+        lines += ["", f"## {title}", ""]
+        lines += _table([row for row in rows if row[0].section == section])
+    lines += _learned_and_tasks(rows)
+    return "\n".join(lines)
+
+
+def cell(r: dict[str, Any]) -> str:
+    """A result's objective, mean +- half-width."""
+    return _pm(r["objective"], ".4g")
+
+
+def norm(r: dict[str, Any]) -> str:
+    """A result's normalised score, mean +- half-width."""
+    return _pm(r["normalised"], ".3f", ".3f")
+
+
+def _table(rows: list) -> list[str]:
+    """The references of ``rows`` (one task each), one line per task."""
+    if not rows:
+        return ["(none)"]
+    lines = ["| task | objective | random | simplest | best heuristic | learned | planner (achievable) | written | "
              "clairvoyant heuristic | bound | best heuristic normalised | learned normalised | "
              "seeds (train / held-out) |", "| --- " * 13 + "|"]
     for task, best, scores, learned, _, mine in rows:
@@ -459,7 +489,12 @@ def _markdown(rows: list, commit: str) -> str:
                      f"{scores['simplest']['bound'][0]:.4g} | "
                      f"{norm(scores['best heuristic'])} | {norm(lr) if lr else '-'} | "
                      f"{task.train_seeds[0]}-{task.train_seeds[-1]} / {task.eval_seeds[0]}-{task.eval_seeds[-1]} |")
-    lines += ["", "## Learned policies against the best heuristic", "",
+    return lines
+
+
+def _learned_and_tasks(rows: list) -> list[str]:
+    """The learned policies against the best heuristic, then each task's description."""
+    lines = ["", "## Learned policies against the best heuristic", "",
               "Paired over the same seeds: the difference of objectives (negative: the learned policy is better) "
               "and the share of the best heuristic's gap to the bound it closes, each +- its 95% confidence "
               "half-width. The issue's target: better by a margin outside the interval, and at least half the gap "
@@ -495,4 +530,4 @@ def _markdown(rows: list, commit: str) -> str:
         for r in heldout.values():
             lines.append(f"- held-out workload: {format_score(r)}")
         lines.append("")
-    return "\n".join(lines)
+    return lines

@@ -151,6 +151,9 @@ PLANNED = {  # experiment, the policy argument, its base, the rollout cost's wei
     "contended": ("scheduler", "fcfs", {}, 10),
     "routing": ("router", "round_robin", {}, 16),
     "autoscaling": ("autoscaler", "queue_threshold", {"gpu": 1.0}, 15),
+    "hetero-autoscaling": ("autoscaler", "queue_threshold-cheapest", {"gpu": 1.0}, 25),  # a load order per kind
+    "overload-slo": ("admission", "queue_threshold:2:4", {"slo_miss": 10.0}, 30),
+    "agent-kv": ("retention", "lru", {}, 2),
 }
 
 
@@ -159,12 +162,12 @@ def _planned(name: str, spec: str, seed: int = 5) -> tuple[Simulation, float]:
     exp = load_experiment(name, {"workload": {"num_applications": n}})
     sim = Simulation(exp, seed=seed, keep_applications=False, **{arg: spec})
     routers = [b.router for b in sim.llm_backends.values()]
-    for policy in (sim.scheduler, sim.autoscaler, *routers):
+    for policy in (sim.scheduler, sim.autoscaler, sim.admission, sim.retention, *routers):
         if hasattr(policy, "price"):
             policy.price(**weights)
     sim.run()
-    area, _, _, gpu = sim.totals()
-    return sim, area + weights.get("gpu", 0.0) * gpu
+    area, _, missed, gpu = sim.totals()
+    return sim, area + weights.get("gpu", 0.0) * gpu + weights.get("slo_miss", 0.0) * missed
 
 
 @pytest.mark.parametrize("name", sorted(PLANNED))
@@ -173,12 +176,13 @@ def test_the_clairvoyant_planner_to_the_end_is_never_worse_than_its_base(name):
     _, native = _planned(name, base)
     _, followed = _planned(name, f"oracle-rollout:{base}@width=1")  # BASE, deciding through the planner's pauses
     planner, planned = _planned(name, f"oracle-rollout:{base}@horizon=inf,width=2,every=0")
-    if name != "autoscaling":  # scheduling and routing pause exactly where BASE decides natively
+    if name in ("contended", "routing", "overload-slo"):  # they pause exactly where BASE decides natively
         assert followed == native
     assert planned <= followed * (1 + 1e-12)
     if name == "contended":  # two decisions deep on the true future: never worse either
         assert _planned(name, f"oracle-search:{base}@horizon=inf,width=2")[1] <= followed * (1 + 1e-12)
-    owners = [planner.scheduler, planner.autoscaler, *(b.router for b in planner.llm_backends.values())]
+    owners = [planner.scheduler, planner.autoscaler, planner.admission, planner.retention,
+              *(b.router for b in planner.llm_backends.values())]
     assert sum(getattr(p, "plans", 0) for p in owners) > 0
 
 
@@ -188,6 +192,27 @@ def test_rollout_samples_futures_deterministically_and_names_itself():
     b, cost_b = _planned("contended", spec)
     assert cost_a == cost_b and a.scheduler.plans == b.scheduler.plans > 0
     assert a.run().summary["scheduler"] == spec
+
+
+@pytest.mark.parametrize("name", ["overload-slo", "agent-kv"])
+def test_admission_and_retention_sample_futures_deterministically(name):
+    """Admission and retention plan on sampled futures as the other kinds do: run to run the same, with
+    planning decisions made."""
+    arg, base = PLANNED[name][:2]
+    spec = f"rollout:{base}@futures=2,horizon=2,width=2,every=60"
+    a, cost_a = _planned(name, spec)
+    b, cost_b = _planned(name, spec)
+    assert cost_a == cost_b and getattr(a, arg).plans == getattr(b, arg).plans > 0 and getattr(a, arg).name == spec
+
+
+def test_a_scaling_planner_tries_one_load_per_replica_kind():
+    from hermes_env.sim.simulator import Decision
+
+    exp = load_experiment("hetero-autoscaling", {"workload": {"num_applications": 5}})
+    sim = Simulation(exp, seed=0, autoscaler="rollout:queue_threshold-cheapest@width=5")
+    name = next(iter(sim.llm_backends))
+    orders = sim.autoscaler.candidates(sim, Decision("scale", 0.0, ""))
+    assert orders == ["base", "nothing", ("load", name, "h100"), ("load", name, "h200"), ("release", name)]
 
 
 def test_planner_specs_are_checked():

@@ -77,7 +77,7 @@ _PLUGINS_LOADED = False
 _FAMILIES: dict[str, Callable[..., Any]] = {}  # scheduler families; other kinds' in _KIND_FAMILIES
 _KIND_FAMILIES: dict[str, dict[str, Callable[..., Any]]] = {"scheduler": _FAMILIES, "prewarm": {}, "router": {},
                                                             "autoscaler": {}, "retention": {}, "migration": {},
-                                                            "disagg": {}}
+                                                            "disagg": {}, "admission": {}}
 _SCHEDULERS: dict[str, Callable[..., Any]] = {}
 _PREWARMERS: dict[str, Callable[..., Any]] = {}
 _ROUTERS: dict[str, Callable[..., Any]] = {}
@@ -210,8 +210,10 @@ def make_admission(name: str) -> Any:
     if is_written(name):
         return make_written("admission", name)
     prefix, _, arg = name.partition(":")
+    if arg and prefix in _KIND_FAMILIES["admission"]:  # a family (rollout:BASE, baselines/planners.py)
+        return _KIND_FAMILIES["admission"][prefix](arg)
     require(prefix in _ADMISSIONS, "admission", f"unknown admission policy {prefix!r}",
-            f"use one of {sorted(_ADMISSIONS)}")
+            f"use one of {sorted(_ADMISSIONS)}" + "".join(f" or {p}:ARG" for p in sorted(_KIND_FAMILIES["admission"])))
     policy = _ADMISSIONS[prefix].from_arg(arg)
     policy.name = name
     return policy

@@ -623,7 +623,7 @@ class Simulation:
     def owner(self, decision: Decision) -> Any:
         """The policy that settles ``decision`` itself (a planner: it has ``act``), or None (an agent)."""
         policy = {"schedule": self.scheduler, "prewarm": self.prewarm_policy, "scale": self._scalers[-1],
-                  "admit": self.admission, "migrate": self.migration}.get(decision.kind) \
+                  "admit": self.admission, "migrate": self.migration, "retain": self.retention}.get(decision.kind) \
             or self.llm_backends[decision.backend].router
         return policy if hasattr(policy, "act") else None
 
@@ -638,7 +638,7 @@ class Simulation:
     def _drivers(self) -> bool:
         routers = [b.router for b in self.llm_backends.values()]
         return any(hasattr(p, "act") for p in (self.scheduler, self.prewarm_policy, *self._scalers, self.admission,
-                                                self.migration, *routers))
+                                                self.migration, self.retention, *routers))
 
     def resolve(self, choice: int | None = None) -> None:
         """Settle the oldest pending decision: for a scheduling decision, admit the waiting request at
