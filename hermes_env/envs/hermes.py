@@ -195,24 +195,12 @@ class HermesEnv(gym.Env):
         # validate the heuristics' names now
         make_scheduler(scheduler), make_prewarm(prewarm), make_autoscaler(autoscaler), make_admission(admission)
         make_retention(retention), make_migration(migration), make_disagg(disagg)
-        require(isinstance(admission_control, bool), "admission_control", f"must be True or False, got "
-                f"{admission_control!r}")
-        if admission_control:
-            require(self.admission_allowed, "admission_control", f"is not available on {type(self).__name__}",
-                    "use Scheduling-v0 or Joint-v0")
-            require(admission == "none", "admission", f"is {admission!r}, but admission_control gives the agent "
-                    "the admission decisions", "leave admission at 'none', or admission_control False")
+        if self._opt_in("admission", admission_control, admission, self.admission_allowed, "Scheduling-v0"):
             require(slo_miss_weight > 0, "slo_miss_weight", "is 0: a rejected application leaves the system at "
                     "once, so the time-in-system reward alone pays the agent to reject", "price a rejection "
                     "(an SLO miss) with slo_miss_weight > 0")
             self.controls = (*self.controls, ADMIT_PART)
-        require(isinstance(migration_control, bool), "migration_control", f"must be True or False, got "
-                f"{migration_control!r}")
-        if migration_control:
-            require(self.migration_allowed, "migration_control", f"is not available on {type(self).__name__}",
-                    "use Routing-v0 or Joint-v0")
-            require(migration == "none", "migration", f"is {migration!r}, but migration_control gives the agent "
-                    "the migration decisions", "leave migration at 'none', or migration_control False")
+        if self._opt_in("migration", migration_control, migration, self.migration_allowed, "Routing-v0"):
             self.controls = (*self.controls, MIGRATE_PART)
         self.migration_tick = migration_tick
         if router != "shared":
@@ -257,6 +245,17 @@ class HermesEnv(gym.Env):
         self.sim: Simulation | None = None
 
     default_gpu_cost_weight = 0.0
+
+    def _opt_in(self, kind: str, control: Any, heuristic: str, allowed: bool, env_id: str) -> bool:
+        """Whether the agent takes ``kind``'s decisions (``KIND_control=True``): only on the ids that allow it,
+        and only with the heuristic ``kind`` left at ``none``."""
+        flag = f"{kind}_control"
+        require(isinstance(control, bool), flag, f"must be True or False, got {control!r}")
+        if control:
+            require(allowed, flag, f"is not available on {type(self).__name__}", f"use {env_id} or Joint-v0")
+            require(heuristic == "none", kind, f"is {heuristic!r}, but {flag} gives the agent the {kind} "
+                    f"decisions", f"leave {kind} at 'none', or {flag} False")
+        return control
 
     def _controls(self) -> tuple[str, ...]:
         """The parts this environment controls (a class's own; Joint-v0 adds retention where KV memory is
