@@ -24,7 +24,7 @@ COMPILED_SOURCES := $(shell sed -n 's/^    "\(hermes_env\/.*\.py\)",$$/\1/p' set
 COMPILED_STAMP := $(VENV)/.compiled-$(HERMES_ENV_COMPILE)
 
 $(COMPILED_STAMP): $(STAMP) setup.py hermes_env/_mypyc.py $(COMPILED_SOURCES)
-	rm -f $(VENV)/.compiled-* *__mypyc.*.so $(patsubst %.py,%.*.so,$(COMPILED_SOURCES))
+	rm -f $(VENV)/.compiled-* *__mypyc.*.so hermes_env/*__mypyc.*.so $(patsubst %.py,%.*.so,$(COMPILED_SOURCES))
 	if [ "$(HERMES_ENV_COMPILE)" != 0 ]; then $(PY) setup.py --quiet build_ext --inplace > /dev/null; fi
 	touch $@
 

@@ -60,7 +60,9 @@ def ext_modules() -> list:
             sys.exit(f"HERMES_ENV_COMPILE=1: {problem} (install mypy and a C compiler, or set HERMES_ENV_COMPILE=0)")
         print(f"hermes_env: {problem}; building pure Python", file=sys.stderr)
         return []
-    return mypycify(MYPY_OPTIONS + COMPILED, opt_level="3", debug_level="0")
+    # the modules' shared library inside the package (hermes_env/_compiled__mypyc), not at the top of
+    # sys.path: a checkout's console scripts find it there too (a top-level one is on sys.path only in the root)
+    return mypycify(MYPY_OPTIONS + COMPILED, opt_level="3", debug_level="0", group_name="hermes_env._compiled")
 
 
 class BuildExt(build_ext):

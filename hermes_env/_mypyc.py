@@ -60,10 +60,12 @@ def compiled_modules() -> list[str]:
 
 
 def running_compiled() -> list[str]:
-    """The package's modules imported from compiled extensions."""
+    """The package's modules imported from compiled extensions (not their shared library,
+    ``hermes_env._compiled__mypyc``)."""
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     return sorted(name for name, module in list(sys.modules.items())
-                  if name.startswith("hermes_env.") and str(getattr(module, "__file__", "")).endswith(suffixes))
+                  if name.startswith("hermes_env.") and not name.endswith("__mypyc")
+                  and str(getattr(module, "__file__", "")).endswith(suffixes))
 
 
 class _SourceOnly:

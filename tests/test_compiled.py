@@ -110,6 +110,20 @@ def test_compiled_and_pure_builds_give_identical_runs_snapshots_and_observations
     assert all(restored for _, restored in (compiled[k] for k in ("contended", "routing", "autoscaling")))
 
 
+def test_the_compiled_build_runs_outside_the_checkout(tmp_path: Path) -> None:
+    """As a console script (``.venv/bin/hermes-env``) runs it: sys.path without the checkout's root, so the
+    modules' shared library must sit inside the package (it once sat at the root: ModuleNotFoundError)."""
+    needs_compiled()
+    code = ("import sys, hermes_env.envs.hermes; from hermes_env._mypyc import running_compiled; "
+            "print(sorted(running_compiled()) == sorted(hermes_env.compiled_modules()), "
+            "[m for m in sys.modules if m.endswith('__mypyc')])")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HERMES_ENV_PURE")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True ['hermes_env._compiled__mypyc']"
+
+
 def test_hermes_env_pure_runs_the_source_in_a_fresh_process() -> None:
     code = ("import hermes_env.sim.engine as e, hermes_env.cluster.prefix as p; "
             "from hermes_env._mypyc import running_compiled; print(e.__file__, p.__file__, running_compiled())")
