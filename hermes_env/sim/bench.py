@@ -26,6 +26,7 @@ move to ``previous-<time they were written>/`` inside it, and a line says so.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import shutil
@@ -64,6 +65,8 @@ METRICS = ("mean", "p50", "p95", "p99")
 COUNTS = ("cold_starts", "idle_warm_cost", "gpu_seconds", "gpu_cost", "failed")
 EXECUTORS = ("serial", "process", "ray")
 POLICY_KEYS = ("scheduler", "prewarm", "router", "autoscaler", "admission", "retention", "migration", "disagg")
+LIST_FIELDS = ("schedulers", "prewarm", "routers", "autoscalers", "admissions", "retentions", "migrations",
+               "disaggs")  # BenchConfig's list of names for each of POLICY_KEYS, in its order
 CELL_KEYS = ("load", *POLICY_KEYS, "seed")
 CDF_KEYS = ["load", *POLICY_KEYS, "completion_time"]
 DEFAULT_POLICIES = {"scheduler": "fcfs", "prewarm": "none", "router": "shared", "autoscaler": "fixed",
@@ -90,8 +93,7 @@ class Cell:
 
     @property
     def combo(self) -> Combo:
-        return (self.scheduler, self.prewarm, self.router, self.autoscaler, self.admission, self.retention,
-                self.migration, self.disagg)
+        return tuple(getattr(self, k) for k in POLICY_KEYS)
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -171,10 +173,13 @@ class BenchConfig:
             Simulation(experiments[0], seed=0, keep_applications=False, **dict(zip(POLICY_KEYS, combo, strict=True)))
 
     @property
+    def lists(self) -> tuple[tuple[str, ...], ...]:
+        """The names compared for each of :data:`POLICY_KEYS`, in its order."""
+        return tuple(getattr(self, f) for f in LIST_FIELDS)
+
+    @property
     def combos(self) -> list[Combo]:
-        combos = [(s, p, r, a, d, k, m, g) for s in self.schedulers for p in self.prewarm for r in self.routers
-                  for a in self.autoscalers for d in self.admissions for k in self.retentions for m in self.migrations
-                  for g in self.disaggs]
+        combos = list(itertools.product(*self.lists))  # every combination, the last kind varying fastest
         return combos if self.reference in combos else [self.reference, *combos]
 
     def cells(self) -> list[Cell]:
@@ -488,9 +493,7 @@ def _summarise(cfg: BenchConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
                 base = float(np.mean([b[key] for _, b in paired])) if paired else math.nan
                 row[f"{key}_ratio"] = row[key] / base if base else math.nan
             rows.append(row)
-    varying = [k for k, names in zip(POLICY_KEYS, (cfg.schedulers, cfg.prewarm, cfg.routers, cfg.autoscalers,
-                                                   cfg.admissions, cfg.retentions, cfg.migrations, cfg.disaggs),
-                                                   strict=True)
+    varying = [k for k, names in zip(POLICY_KEYS, cfg.lists, strict=True)
                if len({*names, cfg.reference[POLICY_KEYS.index(k)]}) > 1]
     return {"reference": list(cfg.reference), "seeds": cfg.seeds, "loads": list(cfg.loads), "rows": rows,
             "varying": varying or ["scheduler"]}
