@@ -84,7 +84,7 @@ def compare(data: dict[str, Any], profile_path: str) -> dict[str, Any]:
     write_profile(dataclasses.replace(profile, scheduler_overhead=0.0, scheduler_overhead_per_request=0.0), bare)
     out: dict[str, Any] = {"profile": Path(profile_path).name, "runs": []}
     for run in data["runs"]:
-        row = {k: run[k] for k in ("kind", "policy", "load", "rate", "span", "seed", "applications", "ended")}
+        row = {k: run[k] for k in ("kind", "policy", "load", "rate", "span", "seed", "applications", "ended", "take")}
         row["real"] = metrics(run["requests"], run["apps"])
         row["steps"] = step_errors(run["steps"], profile)
         row["event_lateness_s"] = run["event_lateness_s"]
@@ -115,47 +115,81 @@ def compare(data: dict[str, Any], profile_path: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--fit-on", default="azure", help="the workload whose replay iterations the second profile "
-                                                          "is fitted to")
+    parser.add_argument("--fit-on", default="azure", help="the replays whose iterations the second profile is fitted "
+                        "to: a workload (azure), or runs named KIND:POLICY:LOAD:SPAN:TAKE,... (one lease's own run)")
+    parser.add_argument("--name", default="profile-replay", help="the second profile's file name (without .yaml)")
     parser.add_argument("--more", type=Path, nargs="*", default=[], help="runs.json.gz files of later runs")
     args = parser.parse_args()
     with gzip.open(args.folder / "runs.json.gz", "rt") as fh:
         data = json.load(fh)
-    for path in args.more:  # runs made later (the same engine settings): each replaces its namesake
+    data["runs"] = takes(data["runs"])
+    for path in args.more:  # runs made later (the same engine settings): each replaces its namesakes
         with gzip.open(path, "rt") as fh:
-            more = json.load(fh)["runs"]
-        names = {(r["kind"], r["policy"], r["load"]) for r in more}
-        data["runs"] = [r for r in data["runs"] if (r["kind"], r["policy"], r["load"]) not in names] + more
-    steps = [s for run in data["runs"] if run["kind"] == args.fit_on for s in run["steps"]]
+            more = takes(json.load(fh)["runs"])
+        names = {run_name(r)[:-1] for r in more}
+        data["runs"] = [r for r in data["runs"] if run_name(r)[:-1] not in names] + more
+    steps = [s for run in data["runs"] if fitted_on(run, args.fit_on) for s in run["steps"]]
     replay, report = fit(steps, "llama3-8b-h200-hf")
     replay = dataclasses.replace(replay, source=f"scripts/realgpu/compare.py: the {len(steps)} iterations of the "
                                                 f"{args.fit_on} replays on the transformers engine (H200)")
-    write_profile(replay, args.folder / "profile-replay.yaml")
+    write_profile(replay, args.folder / f"{args.name}.yaml")
     out = {"environment": data["environment"], "skipped": data.get("skipped", []), "replay_fit": report,
-           "profiles": [compare(data, str(args.folder / name)) for name in ("profile.yaml", "profile-replay.yaml")]}
-    (args.folder / "comparison.json").write_text(json.dumps(out, indent=1) + "\n")
+           "profiles": [compare(data, str(args.folder / name)) for name in ("profile.yaml", f"{args.name}.yaml")]}
+    suffix = args.name.removeprefix("profile-replay")
+    (args.folder / f"comparison{suffix}.json").write_text(json.dumps(out, indent=1) + "\n")
     text = "\n\n".join(f"### {p['profile']}\n\n" + tables(p) for p in out["profiles"])
-    (args.folder / "comparison.md").write_text(text + "\n")
+    (args.folder / f"comparison{suffix}.md").write_text(text + "\n")
     print(text)
 
 
-def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Gittins over FCFS, mean and P95 completion time, real and simulated, per load of the Hermes-like mix, over
-    the applications that ended in both real runs (a run cut at its deadline leaves a few out)."""
-    by = {(r["policy"], r["load"]): r for r in runs if r["kind"] == "hermes"}
+def fitted_on(run: dict[str, Any], spec: str) -> bool:
+    """Whether ``run`` is one of the replays ``spec`` names: a workload, or KIND:POLICY:LOAD:SPAN:TAKE,..."""
+    if ":" not in spec:
+        return run["kind"] == spec
+    names = {(k, p, float(x), float(s), int(t)) for k, p, x, s, t in (n.split(":") for n in spec.split(","))}
+    return run_name(run) in names
+
+
+def run_name(run: dict[str, Any]) -> tuple[Any, ...]:
+    """A run's identity: workload, policy, load, seconds of arrivals and its take (the same run made again)."""
+    return run["kind"], run["policy"], run["load"], run["span"], run["take"]
+
+
+def takes(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Number the runs made more than once in one file (FCFS, Gittins, FCFS again on one lease: the second
+    FCFS measures the engine's run-to-run spread) 1, 2, ... in the order they ran."""
+    seen: dict[tuple[Any, ...], int] = {}
     out = []
-    for load in sorted({load for _, load in by}):
-        g, f = by.get(("gittins", load)), by.get(("fcfs", load))
-        if g is None or f is None:
-            continue
-        common = set(g["jct"]["real"]) & set(f["jct"]["real"])
-        row: dict[str, Any] = {"load": load, "applications": len(common)}
-        for name in ("real", "sim"):
-            gv = np.array([g["jct"][name][a] for a in sorted(common)])
-            fv = np.array([f["jct"][name][a] for a in sorted(common)])
-            row[f"{name}_mean"] = float(gv.mean() / fv.mean())
-            row[f"{name}_p95"] = float(np.quantile(gv, 0.95) / np.quantile(fv, 0.95))
-        out.append(row)
+    for run in runs:
+        key = (run["kind"], run["policy"], run["load"], run["span"])
+        seen[key] = seen.get(key, 0) + 1
+        out.append({**run, "take": seen[key]})
+    return out
+
+
+def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per load (and length) of the Hermes-like mix: Gittins over each FCFS run, and a second FCFS run over the
+    first (the same schedule twice: the engine's own spread, which a policy ratio has to exceed to mean
+    anything), mean and P95 completion time, real and simulated, over the applications that ended in both
+    runs (a run cut at its deadline leaves a few out)."""
+    groups: dict[tuple[float, float], dict[str, list[dict[str, Any]]]] = {}
+    for r in runs:
+        if r["kind"] == "hermes":
+            groups.setdefault((r["load"], r["span"]), {}).setdefault(r["policy"], []).append(r)
+    out = []
+    for (load, span), by in sorted(groups.items()):
+        fcfs = by.get("fcfs", [])
+        pairs = [(g, f) for g in by.get("gittins", []) for f in fcfs] + [(f, fcfs[0]) for f in fcfs[1:]]
+        for a, b in pairs:
+            common = set(a["jct"]["real"]) & set(b["jct"]["real"])
+            row: dict[str, Any] = {"load": load, "span": span, "pair": f"{a['policy']} #{a['take']} / "
+                                   f"{b['policy']} #{b['take']}", "applications": len(common)}
+            for name in ("real", "sim"):
+                av = np.array([a["jct"][name][k] for k in sorted(common)])
+                bv = np.array([b["jct"][name][k] for k in sorted(common)])
+                row[f"{name}_mean"] = float(av.mean() / bv.mean())
+                row[f"{name}_p95"] = float(np.quantile(av, 0.95) / np.quantile(bv, 0.95))
+            out.append(row)
     return out
 
 
@@ -163,7 +197,8 @@ def tables(out: dict[str, Any]) -> str:
     lines = ["| workload | policy | load | rate | metric | real mean / P50 / P95 | simulated mean / P50 / P95 | "
              "error mean / P50 / P95 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in out["runs"]:
-        lines.append(f"| {r['kind']} | {r['policy']} | {r['load']:.2f} | {r['rate']:.3g}/s | iteration time "
+        name = f"{r['policy']}{' #' + str(r['take']) if r['take'] > 1 else ''}"
+        lines.append(f"| {r['kind']} | {name} | {r['load']:.2f} | {r['rate']:.3g}/s | iteration time "
                      f"(mean abs error, {r['steps']['iterations']} iterations) | | | "
                      f"{r['steps']['mean_abs_rel_error']:.1%} (total {r['steps']['total_time_rel_error']:+.1%}) |")
         for m in ("ttft", "tpot", "completion"):
@@ -175,12 +210,14 @@ def tables(out: dict[str, Any]) -> str:
             real = " / ".join(fmt.format(a[q] * unit) for q in ("mean", "p50", "p95"))
             sim = " / ".join(fmt.format(b[q] * unit) for q in ("mean", "p50", "p95"))
             err = " / ".join(f"{b[q] / a[q] - 1:+.1%}" for q in ("mean", "p50", "p95"))
-            lines.append(f"| {r['kind']} | {r['policy']} | {r['load']:.2f} | {r['rate']:.3g}/s | "
+            lines.append(f"| {r['kind']} | {name} | {r['load']:.2f} | {r['rate']:.3g}/s | "
                          f"{m}{' (ms)' if m == 'tpot' else ' (s)'} | {real} | {sim} | {err} |")
-    lines += ["", "| load | applications | Gittins/FCFS mean: real | simulated | P95: real | simulated |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| load | seconds of arrivals | runs | applications | mean: real | simulated | P95: real | "
+              "simulated |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in out["ratios"]:
-        lines.append(f"| {row['load']:.2f} | {row['applications']} | {row['real_mean']:.3f} | {row['sim_mean']:.3f} | "
+        lines.append(f"| {row['load']:.2f} | {row['span']:.0f} | {row['pair']} | {row['applications']} | "
+                     f"{row['real_mean']:.3f} | {row['sim_mean']:.3f} | "
                      f"{row['real_p95']:.3f} | {row['sim_p95']:.3f} |")
     return "\n".join(lines)
 
