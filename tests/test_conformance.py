@@ -12,15 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conformance.replay import HERE, RECORDINGS, compare, hermes_steps, load
+from tests.conformance.replay import HERE, RECORDINGS, accounting, compare, hermes_steps, load
 
 DIFFERENCES = json.loads((HERE / "differences.json").read_text())
+SYNC = [p for p in RECORDINGS if not p.stem.endswith("-async")]
 
 
 @functools.cache
 def replayed(path: Path) -> dict[str, list[dict]]:
     """hermes_env's schedule of each stream of a recording (replayed once per session)."""
-    return {name: hermes_steps(stream) for name, stream in load(path)["streams"].items()}
+    data = load(path)
+    return {name: hermes_steps(stream, accounting(data)) for name, stream in data["streams"].items()}
 
 
 @functools.cache
@@ -55,23 +57,45 @@ def test_every_differing_step_is_listed_with_its_cause(path):
     assert not stale, f"listed runs whose first step no longer differs (update differences.json): {stale}"
 
 
-@pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)
-def test_block_runs_start_where_vllm_has_no_block_left_but_hermes_env_has_tokens(path):
-    """The evidence for the ``blocks`` cause: where vLLM preempts and hermes_env does not, vLLM had fewer free
-    blocks after the step before than requests to grow by one token, and hermes_env at least one token each."""
+@pytest.mark.parametrize("path", SYNC, ids=lambda p: p.stem)
+def test_block_accounting_preempts_where_token_accounting_runs_on(path):
+    """Why the replay counts KV in vLLM's blocks: with hermes_env's default token accounting the replica preempts
+    later than vLLM under memory pressure. At each step where vLLM preempts and the token replay does not, vLLM had
+    fewer free blocks after the step before than requests to grow by one token, the token replay at least a token
+    each, and the block replay preempts the same requests as vLLM."""
     checked = 0
+    for name in ("preemption", "preemption_prefix"):
+        stream = load(path)["streams"][name]
+        tokens = {s["step"]: s for s in hermes_steps(stream, "tokens")}
+        blocks = {s["step"]: s for s in replayed(path)[name]}
+        vllm = {s["step"]: s for s in stream["steps"]}
+        for k, s in vllm.items():
+            if not s["preempted"] or k not in tokens or tokens[k]["preempted"] or k - 1 not in tokens:
+                continue
+            growing = len(s["scheduled"]) + len(s["preempted"])
+            assert vllm[k - 1]["free_blocks"] < growing <= tokens[k - 1]["free_tokens"], (name, k)
+            assert blocks[k]["preempted"] == s["preempted"], (name, k)
+            checked += 1
+    assert checked >= 4
+
+
+@pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)
+def test_preempted_block_runs_start_where_vllm_reuses_what_the_request_generated(path):
+    """The evidence for the ``preempted_blocks`` cause: at the run's first step a request vLLM preempted earlier
+    is prefilled again with fewer tokens than in hermes_env, by whole blocks (those it generated, cached)."""
+    block = {name: s["engine"]["block_size"] for name, s in load(path)["streams"].items()}
     for name, runs in DIFFERENCES["recordings"][path.stem].items():
         if name == "_identical":
             continue
         vllm = {s["step"]: s for s in load(path)["streams"][name]["steps"]}
         ours = {s["step"]: s for s in replayed(path)[name]}
         for first, _, cause in runs:
-            if cause != "blocks" or not vllm[first]["preempted"] or ours[first]["preempted"]:
-                continue  # an admission vLLM refused, not a preemption
-            growing = len(vllm[first]["scheduled"]) + len(vllm[first]["preempted"])
-            assert vllm[first - 1]["free_blocks"] < growing <= ours[first - 1]["free_tokens"], (name, first)
-            checked += 1
-    assert checked >= 4
+            if cause != "preempted_blocks":
+                continue
+            preempted = {rid for k, s in vllm.items() if k < first for rid in s["preempted"]}
+            theirs, mine = vllm[first]["scheduled"], ours[first]["scheduled"]
+            assert any(rid in preempted and 0 < mine.get(rid, 0) - n and (mine[rid] - n) % block[name] == 0
+                       for rid, n in theirs.items()), (name, first)
 
 
 @pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)

@@ -100,6 +100,11 @@ class Replica:
         self.chunked = cfg.chunked_prefill
         self.latency = kind.latency
         self.block = cfg.block_size
+        # vLLM's block accounting (kv_accounting vllm-0.11 / vllm-0.34, see _allocate): each admitted request's
+        # block table, in admission order (vLLM's running list); ``Request.kv`` is the part outside the cache
+        self.paged = cfg.kv_accounting != "tokens"
+        self.reserve_full = cfg.kv_accounting == "vllm-0.34"
+        self.table: dict[Request, int] = {}
         self.cache = PrefixCache(cfg.block_size) if cfg.enable_prefix_caching else None
         self.remote_cfg = cfg.remote_store
         self.kv_bytes_per_token = cfg.model.kv_bytes_per_token
@@ -186,7 +191,17 @@ class Replica:
         """Remove a running request; returns the KV tokens it held outside the prefix cache."""
         ctx0, _, _ = self.running.pop(r)
         self.sum_ctx0 -= ctx0
+        if self.paged:
+            del self.table[r]
+            return r.kv
         return ctx0 + self.clock - r.cached
+
+    def _private(self, r: Request) -> int:
+        """KV tokens a running request holds outside the prefix cache (what preempting it frees)."""
+        return r.kv if self.paged else self.context(r) - r.cached
+
+    def _blocks(self, tokens: int) -> int:
+        return -(-tokens // self.block)
 
     def _batch(self) -> int:
         return len(self.running) + len(self.prefilling) + len(self.staged) + len(self.ready) + self.inbound
@@ -269,7 +284,14 @@ class Replica:
         if self.planned > 1:
             done = self._iterations_by(now - self.t0)
             if done + 1 < self.planned:
-                self.kv_used -= (self.planned - done - 1) * len(self.running)  # unreserve the cut iterations
+                if self.paged:  # each keeps the blocks of the iterations left to run, the last at context + done
+                    for r in self.running:
+                        cut = self.table[r] - self._blocks(self.context(r) + done)
+                        self.table[r] -= cut
+                        r.kv -= cut * self.block
+                        self.kv_used -= cut * self.block
+                else:
+                    self.kv_used -= (self.planned - done - 1) * len(self.running)  # unreserve the cut iterations
                 self.planned = done + 1
                 self.version += 1
                 end = self.t0 + self._segment_time(self.planned)
@@ -311,7 +333,10 @@ class Replica:
     def _continue(self, now: float) -> None:
         """Admit, then plan the next iteration; suspends if an external policy has a choice to make."""
         try:
-            self._admit(now)
+            # paged: the admitted requests take this iteration's blocks first, and vLLM admits nothing in an
+            # iteration that preempted (unless nothing is left to run)
+            if not (self.paged and self._allocate(now) and (self.running or self._chunks)):
+                self._admit(now)
             if self._chunks:
                 self._plan_mixed(now)
             elif not (self.running and self._plan_segment(now)):  # it may preempt everything and admit again
@@ -381,8 +406,11 @@ class Replica:
         if self.cache is None or not r.chain:
             return
         full = r.prompt_tokens // self.block * self.block
-        added = self.cache.insert(r.chain, r.prompt_tokens)
-        self.kv_used += added * self.block - (full - r.cached)
+        if self.paged:
+            self._share(r, r.prompt_tokens)
+        else:
+            added = self.cache.insert(r.chain, r.prompt_tokens)
+            self.kv_used += added * self.block - (full - r.cached)
         r.cached = full
         if self.backend.remote is not None:
             self.backend.remote.publish(r.chain, r.prompt_tokens)
@@ -413,6 +441,8 @@ class Replica:
                 chunk = self._prefill_left(r)
                 if self._chunks and chunk > self._left:
                     break
+            if self.paged and not self._grow(r, self._done(r) + chunk, now):
+                break
             self.ready.pop(0)
             self._start_prefill(r, chunk)
         if self.incoming:  # prefilled elsewhere: their KV comes first
@@ -451,8 +481,13 @@ class Replica:
         growth = self._batch() + 1
         if self.cache is not None and r.chain:
             self.cache.acquire(r.chain)  # so that making room cannot evict the blocks it reuses
-        need = r.context - hit + growth
-        if not self._room(need, now, True, r.app) and not self._make_room(r, need, now):
+        fits = True
+        if self.paged:  # the blocks of its first chunk (0.34: only if its whole context fits the free blocks)
+            need = self._blocks(r.context - compute + chunk) * self.block - hit
+            fits = not self.reserve_full or self._blocks(r.context) * self.block - hit <= self.free_tokens()
+        else:
+            need = r.context - hit + growth
+        if not fits or not self._room(need, now, True, r.app) and not self._make_room(r, need, now):
             if self.cache is not None and r.chain:
                 self.cache.release(r.chain)
             return False
@@ -460,8 +495,11 @@ class Replica:
         r.started = now if r.started < 0 else r.started
         r.admitted_at = now
         r.cached, r.host, r.loaded, r.computed = hit, host, loaded, 0
-        r.kv = r.context - hit
+        r.kv = need if self.paged else r.context - hit
         self.kv_used += r.kv
+        if self.paged:
+            self.table[r] = need // self.block + hit // self.block
+            self._share(r, r.context - compute + chunk)
         self.context_tokens += r.context
         self.cached_tokens += hit
         self.loaded_tokens += r.loaded
@@ -547,7 +585,7 @@ class Replica:
             finishing += chunk == self._prefill_left(r)
         # every decode and each finished prefill grows by a token: admission reserved that room, but a
         # chunked iteration may admit nothing, so make it here (evicting, then preempting) if need be
-        while self.running and not self._room(len(self.running) + finishing, now):
+        while not self.paged and self.running and not self._room(len(self.running) + finishing, now):
             self._preempt(now)
         n_run = len(self.running)
         self.t0, self.planned = now, 0
@@ -556,16 +594,18 @@ class Replica:
             requests=n_run + len(self._chunks))
         if n_run and self.mixed_time > self.longest_iteration:
             self.longest_iteration = self.mixed_time
-        self.kv_used += n_run + finishing  # every decoding request's next token, and each finished prefill's
+        if not self.paged:  # (paged: _allocate took the iteration's blocks)
+            self.kv_used += n_run + finishing  # every decoding request's next token, and each finished prefill's
 
     def _plan_segment(self, now: float) -> bool:
         """Plan a decode segment (True), or a mixed iteration if every running request had to be preempted and
         one was admitted again; False when none could be and KV in flight holds the cache (the replica waits for
         it: a staged request's remote prefix or hand-off, a split request's KV not yet taken by the decode pool)."""
-        if self.kvmem is not None and len(self.running) > self.free_tokens():  # idle contexts go before a request
-            self.kvmem.reclaim(self.backend.retention, len(self.running) - self.free_tokens(), now, False)
-        while self.running and len(self.running) > self.free_tokens():  # no room for one more token each
-            self._preempt(now)
+        if not self.paged:  # (paged: _allocate took the iteration's blocks, preempting if need be)
+            if self.kvmem is not None and len(self.running) > self.free_tokens():  # idle contexts go first
+                self.kvmem.reclaim(self.backend.retention, len(self.running) - self.free_tokens(), now, False)
+            while self.running and len(self.running) > self.free_tokens():  # no room for one more token each
+                self._preempt(now)
         n = len(self.running)
         if n == 0:  # everything was preempted: restart from admission
             self._plan_chunks()
@@ -579,7 +619,8 @@ class Replica:
         heap = self._finish
         while self.running.get(heap[0][2], (0, 0, -1))[2] != heap[0][1]:
             heapq.heappop(heap)
-        m = 1 if self.on_iteration is not None else min(heap[0][0] - self.clock, self.free_tokens() // n)
+        room = self._decodes_fitting() if self.paged else self.free_tokens() // n
+        m = 1 if self.on_iteration is not None else min(heap[0][0] - self.clock, room)
         lat = self.latency
         # Decode attention is the larger of a term in all cached tokens (growing n per iteration) and one
         # in the longest context (growing 1): iteration k takes base + k * step while the larger stays the
@@ -589,14 +630,96 @@ class Replica:
         (lead, lead_step), (other, other_step) = (kv, longest) if kv[0] >= longest[0] else (longest, kv)
         if other_step > lead_step:  # the lead holds for iterations k <= (lead - other) / (other_step - lead_step)
             m = min(m, int((lead - other) / (other_step - lead_step)) + 1)
-        self._room(m * n)
+        if self.paged:
+            self._reserve_decodes(m)
+        else:
+            self._room(m * n)
         base, step = float(lat.linear_layers(n)) + lead, lead_step  # step: growth of the time per iteration
         if lat.scheduler_overhead or lat.scheduler_overhead_per_request:  # the engine's time between passes
             base += lat.overhead(n)
         self.a, self.b = step / 2.0, base - step / 2.0
         self.t0, self.planned = now, m
-        self.kv_used += m * n  # reserve the segment's growth
+        if not self.paged:
+            self.kv_used += m * n  # reserve the segment's growth
         return True
+
+    # -- vLLM's block accounting (kv_accounting vllm-0.11 / vllm-0.34) -----------------------------------
+    def _done(self, r: Request) -> int:
+        """Tokens of an admitted request's context whose KV is in place or being prefilled."""
+        return r.cached + r.host + r.loaded + r.computed
+
+    def _grow(self, r: Request, tokens: int, now: float) -> bool:
+        """Give ``r``'s block table the blocks ``tokens`` tokens need (evicting unreferenced cached blocks if
+        need be); False if they cannot be had. A prefill's full prompt blocks enter the prefix cache as they are
+        scheduled, as vLLM caches them (so a request admitted after it in the same iteration reuses them)."""
+        need = self._blocks(tokens) - self.table[r]
+        if need > 0:
+            if not self._room(need * self.block, now):
+                return False
+            self.table[r] += need
+            r.kv += need * self.block
+            self.kv_used += need * self.block
+        if r not in self.running:
+            self._share(r, tokens)
+        return True
+
+    def _share(self, r: Request, tokens: int) -> None:
+        """The full blocks of ``r``'s prompt within its first ``tokens`` tokens enter the prefix cache: its
+        blocks there are shared (a block another request cached meanwhile is freed, its copy used)."""
+        if self.cache is None or not r.chain:
+            return
+        upto = min(tokens, r.prompt_tokens)
+        mine = self.table[r] * self.block - r.kv  # tokens of its table in the cache already
+        newly = upto // self.block * self.block - mine
+        if newly > 0:
+            added = self.cache.insert(r.chain, upto)
+            r.kv -= newly
+            self.kv_used += added * self.block - newly
+
+    def _allocate(self, now: float) -> bool:
+        """vLLM's first pass over its running requests: each admitted request, in admission order, takes the
+        blocks this iteration's tokens need (a decode its next token's, a prefill its chunk's); when none are
+        free the lowest-priority admitted request is preempted and its blocks freed. True if one was."""
+        preempted = False
+        for r in list(self.table):
+            if r in self.running:
+                tokens = self.context(r)
+            elif r in self._chunks:
+                tokens = self._done(r) + self._chunks[r]
+            else:
+                continue  # staged, or gone as a victim
+            while r in self.table and not self._grow(r, tokens, now):
+                self._preempt(now, self._victim())
+                preempted = True
+        return preempted
+
+    def _victim(self) -> Request:
+        """The request preemption takes: the lowest-priority running one (paged: or prefilling one)."""
+        candidates = (*self.running, *self.prefilling) if self.paged else self.running
+        return max(candidates, key=lambda r: (r.key, r.seq))
+
+    def _decodes_fitting(self) -> int:
+        """Decode iterations the running requests can run before one needs a block that no free block is left
+        for. A request holding ``h`` blocks at context ``c`` takes its next block at iteration ``h B + 1 - c``
+        (counting from 0) and another every ``B``: with ``F`` blocks free, the ``F + 1``-th block is wanted
+        after ``F // n`` rounds of ``B`` iterations, at the ``F % n``-th earliest of those offsets."""
+        block = self.block
+        free = self.free_tokens() // block
+        offsets = sorted(self.table[r] * block + 1 - self.context(r) for r in self.running)
+        return free // len(offsets) * block + offsets[free % len(offsets)]
+
+    def _reserve_decodes(self, m: int) -> None:
+        """Give each running request the blocks of ``m`` decode iterations (which :meth:`_decodes_fitting`
+        says are free, evicting unreferenced cached blocks if need be)."""
+        total = 0
+        for r in self.running:
+            extra = self._blocks(self.context(r) + m - 1) - self.table[r]
+            if extra > 0:
+                self.table[r] += extra
+                r.kv += extra * self.block
+                total += extra
+        self._room(total * self.block)
+        self.kv_used += total * self.block
 
     def _make_room(self, head: Request, need: int, now: float) -> bool:
         """If the policy lets ``head`` take KV memory from running requests (BROS: real-time from
@@ -605,7 +728,7 @@ class Replica:
         if may_preempt is None:
             return False
         victims = sorted((r for r in self.running if may_preempt(head, r)), key=lambda r: (r.key, r.seq))
-        if self.free_tokens() + sum(self.context(r) - r.cached for r in victims) < need:
+        if self.free_tokens() + sum(self._private(r) for r in victims) < need:
             return False
         while not self._room(need):
             self._preempt(now, victims.pop())
@@ -615,11 +738,18 @@ class Replica:
         """Free the KV of a running request (by default the lowest-priority one) and send it back to its
         queue; what it generated is recomputed when it is admitted again."""
         if victim is None:
-            victim = max(self.running, key=lambda r: (r.key, r.seq))
+            victim = self._victim()
         if self.backend.timeline is not None:
             self.backend.timeline.preempted(self, victim, now)
-        held = self._leave(victim)
-        victim.generated = held + victim.cached - victim.prompt_tokens
+        if victim in self.running:
+            victim.generated = self.context(victim) - victim.prompt_tokens
+            held = self._leave(victim)
+        else:  # paged: a request still prefilling (in vLLM's running list too) loses its chunks so far
+            self.prefilling.remove(victim)
+            self._left += self._chunks.pop(victim, 0)
+            self.computed_tokens -= self._prefill_left(victim)
+            del self.table[victim]
+            held = victim.kv
         self.kv_used -= held
         if self.cache is not None and victim.chain:
             self.cache.release(victim.chain)
@@ -691,11 +821,14 @@ class Replica:
         assert self.kv_used <= self.capacity, f"{name}: KV {self.kv_used} > capacity {self.capacity}"
         assert self._batch() <= self.max_batch, f"{name}: batch over max_batch"
         staged = [*self.prefilling, *self.staged, *self.ready]
-        held = self._kv_held() - sum(r.cached for r in self.running) + sum(r.kv for r in staged) \
-            + sum(self.sending.values())
         shared = self.block * self.cache.blocks if self.cache is not None else 0
-        assert 0 <= held + shared <= self.kv_used, f"{name}: requests hold {held} KV tokens and the cache " \
-                                                   f"{shared}, accounted {self.kv_used}"
+        if self.paged:
+            self._check_blocks(name, staged, shared)
+        else:
+            held = self._kv_held() - sum(r.cached for r in self.running) + sum(r.kv for r in staged) \
+                + sum(self.sending.values())
+            assert 0 <= held + shared <= self.kv_used, f"{name}: requests hold {held} KV tokens and the cache " \
+                                                       f"{shared}, accounted {self.kv_used}"
         assert self.sum_ctx0 == sum(v[0] for v in self.running.values())
         for r, (ctx0, finish, _) in self.running.items():  # a request finishes when its context is whole
             assert finish == r.prompt_tokens + r.output_tokens - ctx0, f"{name}: {r} finishes at the wrong clock"
@@ -712,6 +845,22 @@ class Replica:
                 f"{name}: a cold replica holds work"
         if self.kvmem is not None:
             self.kvmem.check_invariants(name)
+
+    def _check_blocks(self, name: str, admitted: list[Request], shared: int) -> None:
+        """Paged accounting: the replica's blocks are its requests' private blocks and the cache's, within its
+        capacity, and each running request holds the blocks of its KV (through the iterations planned)."""
+        block = self.block
+        assert self.kv_used % block == 0 and self.capacity % block == 0, f"{name}: KV not in whole blocks"
+        assert set(self.table) == {*self.running, *admitted}, f"{name}: block tables and admitted requests differ"
+        held = sum(r.kv for r in self.table)
+        assert held + shared == self.kv_used, f"{name}: requests hold {held} KV tokens in blocks and the cache " \
+                                              f"{shared}, accounted {self.kv_used}"
+        ahead = max(self.planned, 1)  # the iterations planned (or about to be): their blocks may be taken
+        for r in self.running:
+            c = self.context(r)
+            assert r.kv % block == 0 and 0 <= r.kv <= self.table[r] * block, f"{name}: {r} holds {r.kv} tokens"
+            assert self._blocks(c - 1) <= self.table[r] <= self._blocks(c - 1 + ahead), \
+                f"{name}: {r} at context {c} holds {self.table[r]} blocks"
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
