@@ -161,3 +161,11 @@ def test_replay_is_deterministic_and_admits_arrivals_before_their_step():
         for rid in s["scheduled"]:
             seen.setdefault(rid, s["step"])
     assert set(seen) == set(arrive) and all(seen[r] >= arrive[r] for r in arrive)
+
+
+def test_the_default_token_accounting_replays_as_before():
+    """hermes_env's default accounting (tokens, the whole context reserved at admission) is unchanged by the block
+    accounting beside it: its replay of the 0.11.0 recording differs where it did (705 of 758 steps identical)."""
+    data = load(HERE / "vllm-0.11.0.json")
+    differing = sum(len(compare(s["steps"], hermes_steps(s, "tokens"))) for s in data["streams"].values())
+    assert differing == 758 - 705

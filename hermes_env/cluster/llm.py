@@ -105,6 +105,7 @@ class Replica:
         self.paged = cfg.kv_accounting != "tokens"
         self.reserve_full = cfg.kv_accounting == "vllm-0.34"
         self.table: dict[Request, int] = {}
+        self.held_back = False  # paged: admission skipped in the iteration planned, which preempted
         self.cache = PrefixCache(cfg.block_size) if cfg.enable_prefix_caching else None
         self.remote_cfg = cfg.remote_store
         self.kv_bytes_per_token = cfg.model.kv_bytes_per_token
@@ -334,8 +335,9 @@ class Replica:
         """Admit, then plan the next iteration; suspends if an external policy has a choice to make."""
         try:
             # paged: the admitted requests take this iteration's blocks first, and vLLM admits nothing in an
-            # iteration that preempted (unless nothing is left to run)
-            if not (self.paged and self._allocate(now) and (self.running or self._chunks)):
+            # iteration that preempted (unless nothing is left to run): the queue is tried again at the next one
+            self.held_back = self.paged and self._allocate(now) and bool(self.running or self._chunks)
+            if not self.held_back:
                 self._admit(now)
             if self._chunks:
                 self._plan_mixed(now)
@@ -620,7 +622,8 @@ class Replica:
         while self.running.get(heap[0][2], (0, 0, -1))[2] != heap[0][1]:
             heapq.heappop(heap)
         room = self._decodes_fitting() if self.paged else self.free_tokens() // n
-        m = 1 if self.on_iteration is not None else min(heap[0][0] - self.clock, room)
+        m = 1 if self.on_iteration is not None or self.held_back and len(self.queue) else \
+            min(heap[0][0] - self.clock, room)
         lat = self.latency
         # Decode attention is the larger of a term in all cached tokens (growing n per iteration) and one
         # in the longest context (growing 1): iteration k takes base + k * step while the larger stays the
