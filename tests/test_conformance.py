@@ -80,25 +80,6 @@ def test_block_accounting_preempts_where_token_accounting_runs_on(path):
 
 
 @pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)
-def test_preempted_block_runs_start_where_vllm_reuses_what_the_request_generated(path):
-    """The evidence for the ``preempted_blocks`` cause: at the run's first step a request vLLM preempted earlier
-    is prefilled again with fewer tokens than in hermes_env, by whole blocks (those it generated, cached)."""
-    block = {name: s["engine"]["block_size"] for name, s in load(path)["streams"].items()}
-    for name, runs in DIFFERENCES["recordings"][path.stem].items():
-        if name == "_identical":
-            continue
-        vllm = {s["step"]: s for s in load(path)["streams"][name]["steps"]}
-        ours = {s["step"]: s for s in replayed(path)[name]}
-        for first, _, cause in runs:
-            if cause != "preempted_blocks":
-                continue
-            preempted = {rid for k, s in vllm.items() if k < first for rid in s["preempted"]}
-            theirs, mine = vllm[first]["scheduled"], ours[first]["scheduled"]
-            assert any(rid in preempted and 0 < mine.get(rid, 0) - n and (mine[rid] - n) % block[name] == 0
-                       for rid, n in theirs.items()), (name, first)
-
-
-@pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)
 def test_identical_fraction_is_the_documented_one(path):
     data = load(path)
     steps = sum(len({s["step"] for s in stream["steps"]} | differing_steps(path)[name])

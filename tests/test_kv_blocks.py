@@ -35,6 +35,18 @@ def test_a_decode_takes_a_block_when_it_crosses_a_boundary():
     assert tokens == [17, 18, 19, 20]
 
 
+def test_a_preempted_request_reuses_the_blocks_it_generated():
+    # r0 (32-token prompt, 2 blocks) and r1 (16, 1 block) on 6 blocks: their first decodes take a block each (contexts
+    # 33 and 17), and at step 17 both want another (contexts 49 and 33) with one free: r0 takes it, r1 is preempted
+    # with 17 tokens generated. Its two full blocks (its prompt and 16 generated tokens) stay cached, free to evict;
+    # when r0 finishes (step 19) r1 is admitted again with 32 of its 33 tokens cached and recomputes one.
+    s = stream(6, [(0, 32, 20), (0, 16, 60)], enable_prefix_caching=True)
+    steps = {st["step"]: st for st in hermes_steps(s, "vllm-0.11")}
+    assert [k for k, st in steps.items() if st["preempted"]] == [17] and steps[17]["preempted"] == ["r1"]
+    assert steps[17]["free_tokens"] == 2 * 16  # r1's cached blocks count as free
+    assert [steps[k]["scheduled"] for k in (18, 19, 20)] == [{"r0": 1}, {"r0": 1}, {"r1": 1}]
+
+
 def run(s: dict, kv_accounting: str, stepwise: bool, check: bool = False) -> tuple[list, dict]:
     """Run a stream to the end with decode segments (``stepwise``: one iteration each, the conformance hook);
     returns the (step, request) of every preemption and each request's iteration of finishing."""

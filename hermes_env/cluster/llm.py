@@ -256,8 +256,11 @@ class Replica:
         return tokens * self.kv_bytes_per_token / self.remote_cfg.load_bandwidth
 
     def prefix_hit(self, r: Request) -> int:
-        """Tokens of ``r``'s prompt this replica's prefix cache holds now (whole blocks)."""
-        return self.cache.match(r.chain, r.prompt_tokens) if self.cache is not None and r.chain else 0
+        """Tokens of ``r``'s prompt this replica's prefix cache holds now (whole blocks; paged, of its context: a
+        preempted request's generated blocks are cached too)."""
+        if self.cache is None or not r.chain:
+            return 0
+        return self.cache.match(r.chain, r.context if self.paged else r.prompt_tokens)
 
     def _remote_tokens(self, r: Request, hit: int) -> int:
         """Tokens the remote store serves beyond the local hit."""
@@ -407,27 +410,31 @@ class Replica:
         """The prompt's whole blocks enter the prefix cache (and the remote store): its KV there is shared."""
         if self.cache is None or not r.chain:
             return
-        full = r.prompt_tokens // self.block * self.block
-        if self.paged:
-            self._share(r, r.prompt_tokens)
+        if self.paged:  # (its blocks entered the cache as its chunks were scheduled)
+            self._share(r, r.context - 1)
         else:
+            full = r.prompt_tokens // self.block * self.block
             added = self.cache.insert(r.chain, r.prompt_tokens)
             self.kv_used += added * self.block - (full - r.cached)
-        r.cached = full
+            r.cached = full
         if self.backend.remote is not None:
             self.backend.remote.publish(r.chain, r.prompt_tokens)
 
     def _finished(self, r: Request, now: float) -> None:
         """The answer continues the conversation: ``r.chain`` gains it, and its whole blocks are cached; the
         retention policy (if any) decides what happens to them until the application's next call."""
-        answer = Segment(r.chain[-1] if r.chain else None, r.prompt_tokens, r.output_tokens)
+        prompt = r.chain if r.answer is None else r.chain[:-1]
+        answer = r.answer
+        if answer is None or answer.size != r.output_tokens:  # (made when it was preempted, unless redrawn since)
+            answer = Segment(prompt[-1] if prompt else None, r.prompt_tokens, r.output_tokens)
+        whole = (*prompt, answer)
         if self.cache is not None and r.chain:
             # the answer's whole blocks stay, shared (the request's private KV was freed as it left)
-            self.kv_used += self.cache.insert((*r.chain, answer), r.prompt_tokens + r.output_tokens) * self.block
+            self.kv_used += self.cache.insert(whole, r.prompt_tokens + r.output_tokens) * self.block
             self.cache.release(r.chain)
             if self.backend.remote is not None:
-                self.backend.remote.publish((*r.chain, answer), r.prompt_tokens + r.output_tokens)
-        r.chain = (*r.chain, answer)
+                self.backend.remote.publish(whole, r.prompt_tokens + r.output_tokens)
+        r.chain = whole
         self._release_adapter(r)
         if self.kvmem is not None and r.copy == 0:
             self.kvmem.boundary(self.backend.retention, r, now)
@@ -671,7 +678,7 @@ class Replica:
         blocks there are shared (a block another request cached meanwhile is freed, its copy used)."""
         if self.cache is None or not r.chain:
             return
-        upto = min(tokens, r.prompt_tokens)
+        upto = min(tokens, r.prompt_tokens if r.answer is None else r.context)
         mine = self.table[r] * self.block - r.kv  # tokens of its table in the cache already
         newly = upto // self.block * self.block - mine
         if newly > 0:
@@ -695,6 +702,17 @@ class Replica:
                 self._preempt(now, self._victim())
                 preempted = True
         return preempted
+
+    def _keep_generated(self, r: Request) -> int:
+        """vLLM caches a request's blocks as they fill, those it generated too, and a preempted request's
+        stay cached (unreferenced, its last blocks evicted first) for its next admission to reuse: its answer's
+        segment is made now and its full blocks cached. Returns the KV tokens that moved to the cache."""
+        if self.cache is None or not r.chain or r.generated <= 0:
+            return 0
+        if r.answer is None:
+            r.answer = Segment(r.chain[-1], r.prompt_tokens, r.output_tokens)
+            r.chain = (*r.chain, r.answer)
+        return self.cache.insert(r.chain, r.context - 1) * self.block
 
     def _victim(self) -> Request:
         """The request preemption takes: the lowest-priority running one (paged: or prefilling one)."""
@@ -744,9 +762,12 @@ class Replica:
             victim = self._victim()
         if self.backend.timeline is not None:
             self.backend.timeline.preempted(self, victim, now)
+        chain = victim.chain
         if victim in self.running:
             victim.generated = self.context(victim) - victim.prompt_tokens
             held = self._leave(victim)
+            if self.paged:
+                held -= self._keep_generated(victim)
         else:  # paged: a request still prefilling (in vLLM's running list too) loses its chunks so far
             self.prefilling.remove(victim)
             self._left += self._chunks.pop(victim, 0)
@@ -754,8 +775,8 @@ class Replica:
             del self.table[victim]
             held = victim.kv
         self.kv_used -= held
-        if self.cache is not None and victim.chain:
-            self.cache.release(victim.chain)
+        if self.cache is not None and chain:
+            self.cache.release(chain)
         self._release_adapter(victim)
         victim.cached = victim.host = victim.loaded = victim.computed = victim.kv = 0
         victim.admitted_at = -1.0
@@ -838,7 +859,8 @@ class Replica:
         if self.cache is not None:
             self.cache.check_invariants()
             for r in self.running:  # the blocks a running request reads are never evicted under it
-                assert self.cache.lookup(r.chain, r.prompt_tokens) >= r.cached, f"{name}: {r} lost cached blocks"
+                limit = r.context if self.paged else r.prompt_tokens
+                assert self.cache.lookup(r.chain, limit) >= r.cached, f"{name}: {r} lost cached blocks"
         left = sum(self._prefill_left(r) for r in (*self.prefilling, *self.staged, *self.ready))
         assert self.prefilled_tokens + left == self.computed_tokens, f"{name}: prefill run differs from that admitted"
         if self.lora is not None:
