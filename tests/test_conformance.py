@@ -150,3 +150,15 @@ def test_the_default_token_accounting_replays_as_before():
     data = load(HERE / "vllm-0.11.0.json")
     differing = sum(len(compare(s["steps"], hermes_steps(s, "tokens"))) for s in data["streams"].values())
     assert differing == 758 - 705
+
+
+def test_the_releases_differ_in_their_admission_rule_alone():
+    """vLLM 0.34 admits a prompt only if it fits whole (scheduler_reserve_full_isl), 0.11 its first chunk: each
+    release's recording replayed with the other's accounting differs exactly where the two recordings differ."""
+    old, new = (load(HERE / f"vllm-{v}.json")["streams"] for v in ("0.11.0", "0.34.0"))
+    between = {name: [d["step"] for d in compare(old[name]["steps"], new[name]["steps"])] for name in old}
+    assert between["random_arrivals_no_cache"] == [27, 28, 29, 53, 54, 55]
+    for recorded, other in ((old, "vllm-0.34"), (new, "vllm-0.11")):
+        crossed = {name: [d["step"] for d in compare(s["steps"], hermes_steps(s, other))]
+                   for name, s in recorded.items()}
+        assert crossed == between
