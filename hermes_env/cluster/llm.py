@@ -25,6 +25,23 @@ recomputed later (vLLM's recompute preemption): its KV is freed and it rejoins i
 tokens it generated, which its next prefill recomputes. KV is accounted in tokens; the capacity and the
 prefix cache are whole blocks (fragmentation inside a request's last private block is not modelled).
 
+**KV accounting** (``kv_accounting``). The above is the default, ``tokens``. ``vllm-0.11`` and ``vllm-0.34``
+count KV as vLLM's ``KVCacheManager`` does, in whole blocks (``paged``): a request's block table holds
+``ceil(tokens / block_size)`` blocks for the tokens whose KV the iteration planned computes, its prefix hit's
+included. Each iteration the admitted requests, in admission order (vLLM's running list), first take the blocks
+their tokens need: a decode a new block each time it crosses a block boundary, a prefill its chunk's. When none
+is free the lowest-priority admitted request, running or prefilling, is preempted and its blocks freed, and
+nothing is admitted in an iteration that preempted. A new request is admitted when the blocks of its first
+chunk are free (``vllm-0.34``: and those of its whole context, vLLM's ``scheduler_reserve_full_isl``), with no
+reserve for the running requests' growth. A prompt's full blocks enter the prefix cache as they are scheduled,
+so that a request admitted after it in the same iteration reuses them; a preempted request's full blocks, those
+it generated too, stay cached and unreferenced (its answer's segment is made then) for its next admission. A
+decode segment takes the blocks of its iterations at once and ends before the iteration that would want a
+block none is free for: a request holding ``h`` blocks at context ``c`` takes its next one ``h B + 1 - c``
+iterations on and another every ``B``, so with ``F`` blocks free the segment runs ``(F // n) B`` iterations
+plus the ``(F % n)``-th smallest of those offsets (a sort per segment); a cut gives back the blocks of the
+iterations cut. Not with disaggregation or a migration policy, which move KV in tokens.
+
 **Prefix reuse** (:mod:`hermes_env.cluster.prefix`). With ``enable_prefix_caching`` a request reuses the
 longest run of whole blocks of its prompt that its replica's cache holds, then loads from the remote store
 (when the backend has one) the blocks the store holds beyond that, and computes the rest. In ``async``
@@ -289,11 +306,12 @@ class Replica:
             done = self._iterations_by(now - self.t0)
             if done + 1 < self.planned:
                 if self.paged:  # each keeps the blocks of the iterations left to run, the last at context + done
-                    for r in self.running:
-                        cut = self.table[r] - self._blocks(self.context(r) + done)
-                        self.table[r] -= cut
-                        r.kv -= cut * self.block
-                        self.kv_used -= cut * self.block
+                    table, block, last = self.table, self.block, self.clock + done
+                    for r, entry in self.running.items():
+                        cut = table[r] - (entry[0] + last + block - 1) // block
+                        table[r] -= cut
+                        r.kv -= cut * block
+                        self.kv_used -= cut * block
                 else:
                     self.kv_used -= (self.planned - done - 1) * len(self.running)  # unreserve the cut iterations
                 self.planned = done + 1
@@ -628,9 +646,12 @@ class Replica:
         heap = self._finish
         while self.running.get(heap[0][2], (0, 0, -1))[2] != heap[0][1]:
             heapq.heappop(heap)
-        room = self._decodes_fitting() if self.paged else self.free_tokens() // n
-        m = 1 if self.on_iteration is not None or self.held_back and len(self.queue) else \
-            min(heap[0][0] - self.clock, room)
+        if self.on_iteration is not None or self.held_back and len(self.queue):
+            m = 1
+        elif self.paged:
+            m = min(heap[0][0] - self.clock, self._decodes_fitting(heap[0][0] - self.clock))
+        else:
+            m = min(heap[0][0] - self.clock, self.free_tokens() // n)
         lat = self.latency
         # Decode attention is the larger of a term in all cached tokens (growing n per iteration) and one
         # in the longest context (growing 1): iteration k takes base + k * step while the larger stays the
@@ -691,9 +712,12 @@ class Replica:
         blocks this iteration's tokens need (a decode its next token's, a prefill its chunk's); when none are
         free the lowest-priority admitted request is preempted and its blocks freed. True if one was."""
         preempted = False
-        for r in list(self.table):
-            if r in self.running:
-                tokens = self.context(r)
+        table, running, block, clock = self.table, self.running, self.block, self.clock
+        for r in list(table):
+            if r in running:
+                tokens = running[r][0] + clock
+                if tokens <= table[r] * block:
+                    continue  # its blocks hold this decode's token
             elif r in self._chunks:
                 tokens = self._done(r) + self._chunks[r]
             else:
@@ -719,28 +743,32 @@ class Replica:
         candidates = (*self.running, *self.prefilling) if self.paged else self.running
         return max(candidates, key=lambda r: (r.key, r.seq))
 
-    def _decodes_fitting(self) -> int:
+    def _decodes_fitting(self, wanted: int) -> int:
         """Decode iterations the running requests can run before one needs a block that no free block is left
-        for. A request holding ``h`` blocks at context ``c`` takes its next block at iteration ``h B + 1 - c``
-        (counting from 0) and another every ``B``: with ``F`` blocks free, the ``F + 1``-th block is wanted
-        after ``F // n`` rounds of ``B`` iterations, at the ``F % n``-th earliest of those offsets."""
-        block = self.block
+        for (or ``wanted``, when they can run that many). A request holding ``h`` blocks at context ``c`` takes
+        its next block at iteration ``h B + 1 - c`` (counting from 0, at least 1) and another every ``B``: with
+        ``F`` blocks free, the ``F + 1``-th block is wanted after ``F // n`` rounds of ``B`` iterations, at the
+        ``F % n``-th earliest of those offsets."""
+        block, n = self.block, len(self.running)
         free = self.free_tokens() // block
-        offsets = sorted(self.table[r] * block + 1 - self.context(r) for r in self.running)
-        return free // len(offsets) * block + offsets[free % len(offsets)]
+        if free // n * block + 1 >= wanted:  # the earliest the blocks can run out: no need to sort
+            return wanted
+        table, clock = self.table, self.clock
+        offsets = sorted(table[r] * block + 1 - entry[0] - clock for r, entry in self.running.items())
+        return free // n * block + offsets[free % n]
 
     def _reserve_decodes(self, m: int) -> None:
         """Give each running request the blocks of ``m`` decode iterations (which :meth:`_decodes_fitting`
         says are free, evicting unreferenced cached blocks if need be)."""
-        total = 0
-        for r in self.running:
-            extra = self._blocks(self.context(r) + m - 1) - self.table[r]
+        total, table, block, last = 0, self.table, self.block, self.clock + m - 1
+        for r, entry in self.running.items():
+            extra = (entry[0] + last + block - 1) // block - table[r]  # the blocks of context ctx0 + clock + m - 1
             if extra > 0:
-                self.table[r] += extra
-                r.kv += extra * self.block
+                table[r] += extra
+                r.kv += extra * block
                 total += extra
-        self._room(total * self.block)
-        self.kv_used += total * self.block
+        self._room(total * block)
+        self.kv_used += total * block
 
     def _make_room(self, head: Request, need: int, now: float) -> bool:
         """If the policy lets ``head`` take KV memory from running requests (BROS: real-time from
