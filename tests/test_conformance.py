@@ -1,8 +1,9 @@
 """Decision-level conformance with vLLM's own V1 scheduler (issue 23, item 1): the schedules vLLM ran over the
 golden streams (recorded by scripts/conformance/record_vllm.py, committed under tests/conformance/) replayed
-through hermes_env's replica one step at a time. Every step must schedule the same tokens for the same
-requests and preempt the same ones, or lie in a run of steps that tests/conformance/differences.json lists with
-its cause (a deliberate simplification, docs/fidelity.md). No vLLM is needed."""
+through hermes_env's replica one step at a time, counting KV as the recorded release does (kv_accounting
+vllm-0.11 or vllm-0.34). Every step must schedule the same tokens for the same requests and preempt the same
+ones, or lie in a run of steps that tests/conformance/differences.json lists with its cause (docs/fidelity.md).
+No vLLM is needed."""
 
 import copy
 import functools

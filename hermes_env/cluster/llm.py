@@ -260,7 +260,7 @@ class Replica:
                 return True
         if self.cache.evictable_blocks() * self.block < short:
             return False
-        evicted = self.cache.evict(-(-short // self.block))
+        evicted = self.cache.evict(self._blocks(short))
         self.kv_used -= evicted * self.block
         return True
 

@@ -2,11 +2,12 @@
 
 A recording (``vllm-<version>.json``, made by ``scripts/conformance/record_vllm.py`` with vLLM's own V1
 scheduler and KV-cache manager) holds golden request streams and, per scheduler step, the tokens scheduled
-for each request and the requests preempted. :func:`hermes_steps` drives one hermes_env replica over the same
-stream one iteration at a time (the replica's ``on_iteration`` hook) with the same rules for time: requests
-arrive before the step the stream names, and when the engine has nothing to do the step count jumps to the
-next arrival. :func:`compare` lists the steps that differ. ``python -m tests.conformance.replay`` prints the
-figures docs/fidelity.md quotes."""
+for each request and the requests preempted. :func:`hermes_steps` drives one hermes_env replica, counting KV
+as the recorded release does (:func:`accounting`), over the same stream one iteration at a time (the
+replica's ``on_iteration`` hook) with the same rules for time: requests arrive before the step the stream
+names, and when the engine has nothing to do the step count jumps to the next arrival. :func:`compare`
+lists the steps that differ. ``python -m tests.conformance.replay`` prints the figures docs/fidelity.md
+quotes."""
 
 from __future__ import annotations
 
