@@ -23,7 +23,8 @@ SYNC = [p for p in RECORDINGS if not p.stem.endswith("-async")]
 def replayed(path: Path) -> dict[str, list[dict]]:
     """hermes_env's schedule of each stream of a recording (replayed once per session)."""
     data = load(path)
-    return {name: hermes_steps(stream, accounting(data)) for name, stream in data["streams"].items()}
+    return {name: hermes_steps(stream, accounting(data), data["scheduler"] == "async")
+            for name, stream in data["streams"].items()}
 
 
 @functools.cache
@@ -163,3 +164,15 @@ def test_the_releases_differ_in_their_admission_rule_alone():
         crossed = {name: [d["step"] for d in compare(s["steps"], hermes_steps(s, other))]
                    for name, s in recorded.items()}
         assert crossed == between
+
+
+def test_the_asynchronous_recording_needs_the_finish_lag():
+    """vLLM 0.34's asynchronous scheduler plans step k + 1 before applying step k's output, so a request that
+    finishes in step k holds its slot and blocks while k + 1 is planned. Replayed without that lag, the
+    asynchronous recording differs at 74 steps, from the first admission behind a finish on (max_num_seqs,
+    step 5: r4 waits for r0's slot one step longer)."""
+    data = load(HERE / "vllm-0.34.0-async.json")["streams"]
+    without = {name: [d["step"] for d in compare(s["steps"], hermes_steps(s, "vllm-0.34"))] for name, s in data.items()}
+    assert sum(map(len, without.values())) == 74 and without["max_num_seqs"][0] == 5
+    step5 = {s["step"]: s for s in hermes_steps(data["max_num_seqs"], "vllm-0.34", True)}[5]
+    assert step5["scheduled"] == {"r1": 1, "r2": 1, "r3": 1}

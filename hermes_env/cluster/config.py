@@ -254,7 +254,8 @@ class LLMBackendConfig:
     (:class:`DisaggregationConfig`). ``kv_accounting`` chooses how a replica counts KV memory: ``tokens`` (the
     default: the whole context reserved at admission, counted in tokens) or the block-granular accounting of
     vLLM's ``KVCacheManager`` (``vllm-0.11``, ``vllm-0.34``: whole blocks allocated per scheduled chunk and
-    decode step, :mod:`hermes_env.cluster.llm`)."""
+    decode step, :mod:`hermes_env.cluster.llm`); ``async_scheduling`` (vLLM's --async-scheduling, 0.34's default on a
+    GPU) plans each iteration before the previous one's output is applied."""
 
     name: str
     model: ModelShape
@@ -273,6 +274,7 @@ class LLMBackendConfig:
     migration_link: MigrationLink = MigrationLink()
     disaggregation: DisaggregationConfig | None = None
     kv_accounting: str = "tokens"
+    async_scheduling: bool = False
 
     @property
     def latency(self) -> IterationLatency:
@@ -323,7 +325,7 @@ class LLMBackendConfig:
         engine_fields = {"name", "model", "gpu_memory_utilization", "engine", "chunked_prefill",
                          "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens", "block_size",
                          "max_model_len", "remote_prefix_store", "lora", "source", "replica_kinds", "host_kv_tier",
-                         "migration_link", "disaggregation", "kv_accounting"}
+                         "migration_link", "disaggregation", "kv_accounting", "async_scheduling"}
         check_keys(spec, engine_fields | KIND_FIELDS, where)
         name = spec.get("name")
         require(isinstance(name, str) and backend_kind(name) == "llm", f"{where}.name",
@@ -377,6 +379,7 @@ class LLMBackendConfig:
             disaggregation=None if spec.get("disaggregation") is None else DisaggregationConfig.from_dict(
                 spec["disaggregation"], f"{where}.disaggregation", sum(k.max_replicas for k in kinds)),
             kv_accounting=choice(spec, "kv_accounting", where, KV_ACCOUNTING, "tokens"),
+            async_scheduling=flag(spec, "async_scheduling", where, False),
         )
         require(cfg.kv_accounting == "tokens" or cfg.disaggregation is None, f"{where}.kv_accounting",
                 f"{cfg.kv_accounting} is not modelled together with disaggregation (a hand-off moves KV in tokens)",

@@ -42,6 +42,12 @@ iterations on and another every ``B``, so with ``F`` blocks free the segment run
 plus the ``(F % n)``-th smallest of those offsets (a sort per segment); a cut gives back the blocks of the
 iterations cut. Not with disaggregation or a migration policy, which move KV in tokens.
 
+**Asynchronous scheduling** (``async_scheduling``, vLLM's ``--async-scheduling``). vLLM's asynchronous engine
+plans iteration ``k + 1`` before it applies iteration ``k``'s output, so a request that finishes in iteration
+``k`` still holds its batch slot and its KV while ``k + 1`` is planned, and what waits for them is admitted an
+iteration later. With the option the replica does the same: a finished request leaves (its KV freed, its
+answer cached, its application told) once the next iteration is planned.
+
 **Prefix reuse** (:mod:`hermes_env.cluster.prefix`). With ``enable_prefix_caching`` a request reuses the
 longest run of whole blocks of its prompt that its replica's cache holds, then loads from the remote store
 (when the backend has one) the blocks the store holds beyond that, and computes the rest. In ``async``
@@ -123,6 +129,10 @@ class Replica:
         self.reserve_full = cfg.kv_accounting == "vllm-0.34"
         self.table: dict[Request, int] = {}
         self.held_back = False  # paged: admission skipped in the iteration planned, which preempted
+        # async scheduling: requests that finished in the iteration just run, with the KV tokens they held, which
+        # they keep (and their batch slots) until the next iteration is planned
+        self.async_scheduling = cfg.async_scheduling
+        self.finishing: list[tuple[Request, int]] = []
         self.cache = PrefixCache(cfg.block_size) if cfg.enable_prefix_caching else None
         self.remote_cfg = cfg.remote_store
         self.kv_bytes_per_token = cfg.model.kv_bytes_per_token
@@ -222,7 +232,8 @@ class Replica:
         return -(-tokens // self.block)
 
     def _batch(self) -> int:
-        return len(self.running) + len(self.prefilling) + len(self.staged) + len(self.ready) + self.inbound
+        return len(self.running) + len(self.prefilling) + len(self.staged) + len(self.ready) + self.inbound \
+            + len(self.finishing)
 
     def context_now(self, request: Request, now: float) -> int:
         """A running request's context at ``now``, counting the iterations of the segment under way."""
@@ -368,6 +379,7 @@ class Replica:
                     self.backend.timeline.idle(self, now)
                 if not self._batch():
                     self.backend.replica_idle(self, now)
+                self._release_finished(now)
                 return
         except DecisionPending:
             self.deciding = True
@@ -379,6 +391,21 @@ class Replica:
         self.version += 1
         end = self.t0 + (self.mixed_time if self.planned == 0 else self._segment_time(self.planned))
         self.backend.engine.at(end, self._boundary, self.version)
+        self._release_finished(now)
+
+    def _release_finished(self, now: float) -> None:
+        """Async scheduling: the requests that finished in the iteration before the one just planned leave, as
+        vLLM applies an iteration's output only once the next is planned: their slots and KV were still held
+        while it was, and what waits for them is admitted at the next boundary."""
+        if not self.finishing:
+            return
+        done, self.finishing = self.finishing, []
+        for r, held in done:
+            self.kv_used -= held
+            self._finished(r, now)
+            self.backend.finish(r, now)
+        if len(self.queue):
+            self.poke(now)
 
     def _plan_chunks(self) -> None:
         """Start an iteration's plan: with chunked prefill, decodes take their tokens first, then each
@@ -418,9 +445,13 @@ class Replica:
             _, admission, r = heapq.heappop(heap)
             if running.get(r, (0, 0, -1))[2] != admission:
                 continue  # stale: preempted since
-            self.kv_used -= self._leave(r)
+            held = self._leave(r)
             r.generated = r.output_tokens
             r.finished = now
+            if self.async_scheduling:
+                self.finishing.append((r, held))
+                continue
+            self.kv_used -= held
             self._finished(r, now)
             self.backend.finish(r, now)
 
@@ -905,7 +936,7 @@ class Replica:
         block = self.block
         assert self.kv_used % block == 0 and self.capacity % block == 0, f"{name}: KV not in whole blocks"
         assert set(self.table) == {*self.running, *admitted}, f"{name}: block tables and admitted requests differ"
-        held = sum(r.kv for r in self.table)
+        held = sum(r.kv for r in self.table) + sum(h for _, h in self.finishing)
         assert held + shared == self.kv_used, f"{name}: requests hold {held} KV tokens in blocks and the cache " \
                                               f"{shared}, accounted {self.kv_used}"
         ahead = max(self.planned, 1)  # the iterations planned (or about to be): their blocks may be taken

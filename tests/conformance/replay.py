@@ -37,13 +37,15 @@ def accounting(data: dict[str, Any]) -> str:
     return "vllm-0.11" if data["vllm_version"].startswith("0.11.") else "vllm-0.34"
 
 
-def _backend(engine_spec: dict[str, Any], engine: Engine, done: list[Request], kv_accounting: str) -> LLMBackend:
+def _backend(engine_spec: dict[str, Any], engine: Engine, done: list[Request], kv_accounting: str,
+             async_scheduling: bool = False) -> LLMBackend:
     cfg = LLMBackendConfig.from_dict({
         "name": "llm:conformance", "profile": "llama3-8b-h100", "model": "llama3-8b",
         "max_num_seqs": engine_spec["max_num_seqs"], "max_num_batched_tokens": engine_spec["max_num_batched_tokens"],
         "block_size": engine_spec["block_size"], "max_model_len": engine_spec["max_model_len"],
         "enable_prefix_caching": engine_spec["enable_prefix_caching"],
-        "chunked_prefill": engine_spec["enable_chunked_prefill"], "kv_accounting": kv_accounting}, "conformance")
+        "chunked_prefill": engine_spec["enable_chunked_prefill"], "kv_accounting": kv_accounting,
+        "async_scheduling": async_scheduling}, "conformance")
     fcfs = make_scheduler("fcfs")
 
     def failed(r: Request, now: float) -> None:
@@ -81,12 +83,13 @@ class _Chains:
         self.segments[(*(name for name, _ in prompt), f"@{rid}")] = chain[-1]
 
 
-def hermes_steps(stream: dict[str, Any], kv_accounting: str = "vllm-0.11") -> list[dict[str, Any]]:
-    """The schedule hermes_env's replica runs for ``stream`` with ``kv_accounting``: per step its index, the
-    tokens scheduled per request (one per decode, the chunk per prefill), the requests preempted while planning
-    it and the KV tokens left free (unreferenced prefix-cache blocks count as free)."""
+def hermes_steps(stream: dict[str, Any], kv_accounting: str = "vllm-0.11",
+                 async_scheduling: bool = False) -> list[dict[str, Any]]:
+    """The schedule hermes_env's replica runs for ``stream`` with ``kv_accounting`` (and ``async_scheduling``):
+    per step its index, the tokens scheduled per request (one per decode, the chunk per prefill), the requests
+    preempted while planning it and the KV tokens left free (unreferenced prefix-cache blocks count as free)."""
     engine, done = Engine(), []
-    backend = _backend(stream["engine"], engine, done, kv_accounting)
+    backend = _backend(stream["engine"], engine, done, kv_accounting, async_scheduling)
     replica = backend.replicas[0]
     chains = _Chains()
     specs = {spec["id"]: spec for spec in stream["requests"]}
@@ -164,7 +167,7 @@ def report(path: Path, verbose: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"recording": path.stem, "vllm": data["vllm_version"],
                            "scheduler": data.get("scheduler", "sync"), "streams": {}}
     for name, stream in data["streams"].items():
-        diffs = compare(stream["steps"], hermes_steps(stream, accounting(data)))
+        diffs = compare(stream["steps"], hermes_steps(stream, accounting(data), data["scheduler"] == "async"))
         differing = [d["step"] for d in diffs]
         steps = len({s["step"] for s in stream["steps"]} | set(differing))
         decided = decisions(stream["steps"])
