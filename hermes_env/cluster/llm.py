@@ -377,9 +377,9 @@ class Replica:
                 self.busy = False  # staged requests call poke when their wait is over
                 if self.backend.timeline is not None:
                     self.backend.timeline.idle(self, now)
-                if not self._batch():
+                self._release_finished(now)  # (what waited for their slots may start at once)
+                if not self.busy and not self._batch():
                     self.backend.replica_idle(self, now)
-                self._release_finished(now)
                 return
         except DecisionPending:
             self.deciding = True
