@@ -151,6 +151,18 @@ ROWS = [
                                           "slo": {"ttft_s": 1, "tpot_s": 0.1}}}]},
         "workload": {"arrivals": {"process": "trace", "trace": _trace(t, "a.csv", GOOD_TRACE)}}})),
         "--out", str(t / "s")], "disaggregation.link.bandwidth_gbps"),
+    # the KV accounting: an unknown one, and vLLM's blocks with a migration policy (which moves KV in tokens)
+    ("simulate unknown KV accounting", lambda t: ["simulate", _file(t, "e.yaml", yaml.safe_dump({
+        "cluster": {"llm_backends": [{"name": "llm:llama3-8b", "profile": "llama3-8b-h100", "model": "llama3-8b",
+                                      "kv_accounting": "pages"}]},
+        "workload": {"arrivals": {"process": "trace", "trace": _trace(t, "a.csv", GOOD_TRACE)}}})),
+        "--out", str(t / "s")], "kv_accounting: must be one of tokens, vllm-0.11, vllm-0.34, got 'pages'"),
+    ("simulate migration with vLLM's blocks", lambda t: ["simulate", _file(t, "e.yaml", yaml.safe_dump({
+        "cluster": {"llm_backends": [{"name": "llm:llama3-8b", "profile": "llama3-8b-h100", "model": "llama3-8b",
+                                      "replicas": 2, "kv_accounting": "vllm-0.11"}]},
+        "workload": {"arrivals": {"process": "trace", "trace": _trace(t, "a.csv", GOOD_TRACE)}}})),
+        "--router", "least_outstanding", "--migration", "llumnix", "--out", str(t / "s")],
+     "migration: is 'llumnix', but LLM backend 'llm:llama3-8b' counts KV as vllm-0.11"),
     ("simulate a split without a router", lambda t: ["simulate", "pd-disagg", "--disagg", "always",
                                                      "--out", str(t / "s")], "router: llm:llama3-8b splits"),
     ("simulate unknown disagg", lambda t: ["simulate", "small", "--disagg", "sometimes", "--out", str(t / "s")],

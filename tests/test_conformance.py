@@ -1,8 +1,9 @@
 """Decision-level conformance with vLLM's own V1 scheduler (issue 23, item 1): the schedules vLLM ran over the
 golden streams (recorded by scripts/conformance/record_vllm.py, committed under tests/conformance/) replayed
-through hermes_env's replica one step at a time. Every step must schedule the same tokens for the same
-requests and preempt the same ones, or lie in a run of steps that tests/conformance/differences.json lists with
-its cause (a deliberate simplification, docs/fidelity.md). No vLLM is needed."""
+through hermes_env's replica one step at a time, counting KV as the recorded release does (kv_accounting
+vllm-0.11 or vllm-0.34). Every step must schedule the same tokens for the same requests and preempt the same
+ones, or lie in a run of steps that tests/conformance/differences.json lists with its cause (docs/fidelity.md).
+No vLLM is needed."""
 
 import copy
 import functools
@@ -12,15 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conformance.replay import HERE, RECORDINGS, compare, hermes_steps, load
+from tests.conformance.replay import HERE, RECORDINGS, accounting, compare, hermes_steps, load
 
 DIFFERENCES = json.loads((HERE / "differences.json").read_text())
+SYNC = [p for p in RECORDINGS if not p.stem.endswith("-async")]
 
 
 @functools.cache
 def replayed(path: Path) -> dict[str, list[dict]]:
     """hermes_env's schedule of each stream of a recording (replayed once per session)."""
-    return {name: hermes_steps(stream) for name, stream in load(path)["streams"].items()}
+    data = load(path)
+    return {name: hermes_steps(stream, accounting(data), data["scheduler"] == "async")
+            for name, stream in data["streams"].items()}
 
 
 @functools.cache
@@ -55,21 +59,24 @@ def test_every_differing_step_is_listed_with_its_cause(path):
     assert not stale, f"listed runs whose first step no longer differs (update differences.json): {stale}"
 
 
-@pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)
-def test_block_runs_start_where_vllm_has_no_block_left_but_hermes_env_has_tokens(path):
-    """The evidence for the ``blocks`` cause: where vLLM preempts and hermes_env does not, vLLM had fewer free
-    blocks after the step before than requests to grow by one token, and hermes_env at least one token each."""
+@pytest.mark.parametrize("path", SYNC, ids=lambda p: p.stem)
+def test_block_accounting_preempts_where_token_accounting_runs_on(path):
+    """Why the replay counts KV in vLLM's blocks: with hermes_env's default token accounting the replica preempts
+    later than vLLM under memory pressure. At each step where vLLM preempts and the token replay does not, vLLM had
+    fewer free blocks after the step before than requests to grow by one token, the token replay at least a token
+    each, and the block replay preempts the same requests as vLLM."""
     checked = 0
-    for name, runs in DIFFERENCES["recordings"][path.stem].items():
-        if name == "_identical":
-            continue
-        vllm = {s["step"]: s for s in load(path)["streams"][name]["steps"]}
-        ours = {s["step"]: s for s in replayed(path)[name]}
-        for first, _, cause in runs:
-            if cause != "blocks" or not vllm[first]["preempted"] or ours[first]["preempted"]:
-                continue  # an admission vLLM refused, not a preemption
-            growing = len(vllm[first]["scheduled"]) + len(vllm[first]["preempted"])
-            assert vllm[first - 1]["free_blocks"] < growing <= ours[first - 1]["free_tokens"], (name, first)
+    for name in ("preemption", "preemption_prefix"):
+        stream = load(path)["streams"][name]
+        tokens = {s["step"]: s for s in hermes_steps(stream, "tokens")}
+        blocks = {s["step"]: s for s in replayed(path)[name]}
+        vllm = {s["step"]: s for s in stream["steps"]}
+        for k, s in vllm.items():
+            if not s["preempted"] or k not in tokens or tokens[k]["preempted"] or k - 1 not in tokens:
+                continue
+            growing = len(s["scheduled"]) + len(s["preempted"])
+            assert vllm[k - 1]["free_blocks"] < growing <= tokens[k - 1]["free_tokens"], (name, k)
+            assert blocks[k]["preempted"] == s["preempted"], (name, k)
             checked += 1
     assert checked >= 4
 
@@ -137,3 +144,35 @@ def test_replay_is_deterministic_and_admits_arrivals_before_their_step():
         for rid in s["scheduled"]:
             seen.setdefault(rid, s["step"])
     assert set(seen) == set(arrive) and all(seen[r] >= arrive[r] for r in arrive)
+
+
+def test_the_default_token_accounting_replays_as_before():
+    """hermes_env's default accounting (tokens, the whole context reserved at admission) is unchanged by the block
+    accounting beside it: its replay of the 0.11.0 recording differs where it did (705 of 758 steps identical)."""
+    data = load(HERE / "vllm-0.11.0.json")
+    differing = sum(len(compare(s["steps"], hermes_steps(s, "tokens"))) for s in data["streams"].values())
+    assert differing == 758 - 705
+
+
+def test_the_releases_differ_in_their_admission_rule_alone():
+    """vLLM 0.34 admits a prompt only if it fits whole (scheduler_reserve_full_isl), 0.11 its first chunk: each
+    release's recording replayed with the other's accounting differs exactly where the two recordings differ."""
+    old, new = (load(HERE / f"vllm-{v}.json")["streams"] for v in ("0.11.0", "0.34.0"))
+    between = {name: [d["step"] for d in compare(old[name]["steps"], new[name]["steps"])] for name in old}
+    assert between["random_arrivals_no_cache"] == [27, 28, 29, 53, 54, 55]
+    for recorded, other in ((old, "vllm-0.34"), (new, "vllm-0.11")):
+        crossed = {name: [d["step"] for d in compare(s["steps"], hermes_steps(s, other))]
+                   for name, s in recorded.items()}
+        assert crossed == between
+
+
+def test_the_asynchronous_recording_needs_the_finish_lag():
+    """vLLM 0.34's asynchronous scheduler plans step k + 1 before applying step k's output, so a request that
+    finishes in step k holds its slot and blocks while k + 1 is planned. Replayed without that lag, the
+    asynchronous recording differs at 74 steps, from the first admission behind a finish on (max_num_seqs,
+    step 5: r4 waits for r0's slot one step longer)."""
+    data = load(HERE / "vllm-0.34.0-async.json")["streams"]
+    without = {name: [d["step"] for d in compare(s["steps"], hermes_steps(s, "vllm-0.34"))] for name, s in data.items()}
+    assert sum(map(len, without.values())) == 74 and without["max_num_seqs"][0] == 5
+    step5 = {s["step"]: s for s in hermes_steps(data["max_num_seqs"], "vllm-0.34", True)}[5]
+    assert step5["scheduled"] == {"r1": 1, "r2": 1, "r3": 1}

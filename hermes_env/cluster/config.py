@@ -81,6 +81,11 @@ ENGINES = {
                "max_num_batched_tokens": 8192},
 }
 
+# How a replica counts KV memory (LLMBackendConfig.kv_accounting): hermes_env's tokens, or the whole blocks of
+# vLLM's KVCacheManager, allocated per scheduled chunk; vllm-0.34 also admits a prompt only if it fits whole
+# (scheduler_reserve_full_isl, on by default there), where vllm-0.11 admits its first chunk.
+KV_ACCOUNTING = ("tokens", "vllm-0.11", "vllm-0.34")
+
 
 def load_bandwidth(spec: Mapping[str, Any], where: str, tier: str) -> float:
     """Bytes/s of a load: ``load_bandwidth_gbps`` (GB/s) when given, else the tier's default."""
@@ -246,7 +251,11 @@ class LLMBackendConfig:
     ``host_kv_tier`` gives each replica a host-memory KV tier (:mod:`hermes_env.cluster.kvtier`);
     ``migration_link`` the link and schedule of request migration (:mod:`hermes_env.cluster.migration`), used
     only when a migration policy runs; ``disaggregation`` splits the replicas into prefill and decode pools
-    (:class:`DisaggregationConfig`)."""
+    (:class:`DisaggregationConfig`). ``kv_accounting`` chooses how a replica counts KV memory: ``tokens`` (the
+    default: the whole context reserved at admission, counted in tokens) or the block-granular accounting of
+    vLLM's ``KVCacheManager`` (``vllm-0.11``, ``vllm-0.34``: whole blocks allocated per scheduled chunk and
+    decode step, :mod:`hermes_env.cluster.llm`); ``async_scheduling`` (vLLM's --async-scheduling, 0.34's default on a
+    GPU) plans each iteration before the previous one's output is applied."""
 
     name: str
     model: ModelShape
@@ -264,6 +273,8 @@ class LLMBackendConfig:
     host_kv_tier: HostTierConfig | None = None
     migration_link: MigrationLink = MigrationLink()
     disaggregation: DisaggregationConfig | None = None
+    kv_accounting: str = "tokens"
+    async_scheduling: bool = False
 
     @property
     def latency(self) -> IterationLatency:
@@ -314,7 +325,7 @@ class LLMBackendConfig:
         engine_fields = {"name", "model", "gpu_memory_utilization", "engine", "chunked_prefill",
                          "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens", "block_size",
                          "max_model_len", "remote_prefix_store", "lora", "source", "replica_kinds", "host_kv_tier",
-                         "migration_link", "disaggregation"}
+                         "migration_link", "disaggregation", "kv_accounting", "async_scheduling"}
         check_keys(spec, engine_fields | KIND_FIELDS, where)
         name = spec.get("name")
         require(isinstance(name, str) and backend_kind(name) == "llm", f"{where}.name",
@@ -367,7 +378,12 @@ class LLMBackendConfig:
             migration_link=MigrationLink.from_dict(spec.get("migration_link", {}), f"{where}.migration_link"),
             disaggregation=None if spec.get("disaggregation") is None else DisaggregationConfig.from_dict(
                 spec["disaggregation"], f"{where}.disaggregation", sum(k.max_replicas for k in kinds)),
+            kv_accounting=choice(spec, "kv_accounting", where, KV_ACCOUNTING, "tokens"),
+            async_scheduling=flag(spec, "async_scheduling", where, False),
         )
+        require(cfg.kv_accounting == "tokens" or cfg.disaggregation is None, f"{where}.kv_accounting",
+                f"{cfg.kv_accounting} is not modelled together with disaggregation (a hand-off moves KV in tokens)",
+                "use kv_accounting: tokens, or remove disaggregation")
         if cfg.disaggregation is not None:  # a hand-off moves a request's KV alone: adapters and host contexts stay
             for field, value in (("lora", cfg.lora), ("host_kv_tier", cfg.host_kv_tier)):
                 require(value is None, f"{where}.disaggregation", f"is not modelled together with {field}",

@@ -25,6 +25,29 @@ recomputed later (vLLM's recompute preemption): its KV is freed and it rejoins i
 tokens it generated, which its next prefill recomputes. KV is accounted in tokens; the capacity and the
 prefix cache are whole blocks (fragmentation inside a request's last private block is not modelled).
 
+**KV accounting** (``kv_accounting``). The above is the default, ``tokens``. ``vllm-0.11`` and ``vllm-0.34``
+count KV as vLLM's ``KVCacheManager`` does, in whole blocks (``paged``): a request's block table holds
+``ceil(tokens / block_size)`` blocks for the tokens whose KV the iteration planned computes, its prefix hit's
+included. Each iteration the admitted requests, in admission order (vLLM's running list), first take the blocks
+their tokens need: a decode a new block each time it crosses a block boundary, a prefill its chunk's. When none
+is free the lowest-priority admitted request, running or prefilling, is preempted and its blocks freed, and
+nothing is admitted in an iteration that preempted. A new request is admitted when the blocks of its first
+chunk are free (``vllm-0.34``: and those of its whole context, vLLM's ``scheduler_reserve_full_isl``), with no
+reserve for the running requests' growth. A prompt's full blocks enter the prefix cache as they are scheduled,
+so that a request admitted after it in the same iteration reuses them; a preempted request's full blocks, those
+it generated too, stay cached and unreferenced (its answer's segment is made then) for its next admission. A
+decode segment takes the blocks of its iterations at once and ends before the iteration that would want a
+block none is free for: a request holding ``h`` blocks at context ``c`` takes its next one ``h B + 1 - c``
+iterations on and another every ``B``, so with ``F`` blocks free the segment runs ``(F // n) B`` iterations
+plus the ``(F % n)``-th smallest of those offsets (a sort per segment); a cut gives back the blocks of the
+iterations cut. Not with disaggregation or a migration policy, which move KV in tokens.
+
+**Asynchronous scheduling** (``async_scheduling``, vLLM's ``--async-scheduling``). vLLM's asynchronous engine
+plans iteration ``k + 1`` before it applies iteration ``k``'s output, so a request that finishes in iteration
+``k`` still holds its batch slot and its KV while ``k + 1`` is planned, and what waits for them is admitted an
+iteration later. With the option the replica does the same: a finished request leaves (its KV freed, its
+answer cached, its application told) once the next iteration is planned.
+
 **Prefix reuse** (:mod:`hermes_env.cluster.prefix`). With ``enable_prefix_caching`` a request reuses the
 longest run of whole blocks of its prompt that its replica's cache holds, then loads from the remote store
 (when the backend has one) the blocks the store holds beyond that, and computes the rest. In ``async``
@@ -100,6 +123,16 @@ class Replica:
         self.chunked = cfg.chunked_prefill
         self.latency = kind.latency
         self.block = cfg.block_size
+        # vLLM's block accounting (kv_accounting vllm-0.11 / vllm-0.34, see _allocate): each admitted request's
+        # block table, in admission order (vLLM's running list); ``Request.kv`` is the part outside the cache
+        self.paged = cfg.kv_accounting != "tokens"
+        self.reserve_full = cfg.kv_accounting == "vllm-0.34"
+        self.table: dict[Request, int] = {}
+        self.held_back = False  # paged: admission skipped in the iteration planned, which preempted
+        # async scheduling: requests that finished in the iteration just run, with the KV tokens they held, which
+        # they keep (and their batch slots) until the next iteration is planned
+        self.async_scheduling = cfg.async_scheduling
+        self.finishing: list[tuple[Request, int]] = []
         self.cache = PrefixCache(cfg.block_size) if cfg.enable_prefix_caching else None
         self.remote_cfg = cfg.remote_store
         self.kv_bytes_per_token = cfg.model.kv_bytes_per_token
@@ -186,10 +219,21 @@ class Replica:
         """Remove a running request; returns the KV tokens it held outside the prefix cache."""
         ctx0, _, _ = self.running.pop(r)
         self.sum_ctx0 -= ctx0
+        if self.paged:
+            del self.table[r]
+            return r.kv
         return ctx0 + self.clock - r.cached
 
+    def _private(self, r: Request) -> int:
+        """KV tokens a running request holds outside the prefix cache (what preempting it frees)."""
+        return r.kv if self.paged else self.context(r) - r.cached
+
+    def _blocks(self, tokens: int) -> int:
+        return -(-tokens // self.block)
+
     def _batch(self) -> int:
-        return len(self.running) + len(self.prefilling) + len(self.staged) + len(self.ready) + self.inbound
+        return len(self.running) + len(self.prefilling) + len(self.staged) + len(self.ready) + self.inbound \
+            + len(self.finishing)
 
     def context_now(self, request: Request, now: float) -> int:
         """A running request's context at ``now``, counting the iterations of the segment under way."""
@@ -227,7 +271,7 @@ class Replica:
                 return True
         if self.cache.evictable_blocks() * self.block < short:
             return False
-        evicted = self.cache.evict(-(-short // self.block))
+        evicted = self.cache.evict(self._blocks(short))
         self.kv_used -= evicted * self.block
         return True
 
@@ -240,8 +284,11 @@ class Replica:
         return tokens * self.kv_bytes_per_token / self.remote_cfg.load_bandwidth
 
     def prefix_hit(self, r: Request) -> int:
-        """Tokens of ``r``'s prompt this replica's prefix cache holds now (whole blocks)."""
-        return self.cache.match(r.chain, r.prompt_tokens) if self.cache is not None and r.chain else 0
+        """Tokens of ``r``'s prompt this replica's prefix cache holds now (whole blocks; paged, of its context: a
+        preempted request's generated blocks are cached too)."""
+        if self.cache is None or not r.chain:
+            return 0
+        return self.cache.match(r.chain, r.context if self.paged else r.prompt_tokens)
 
     def _remote_tokens(self, r: Request, hit: int) -> int:
         """Tokens the remote store serves beyond the local hit."""
@@ -269,7 +316,15 @@ class Replica:
         if self.planned > 1:
             done = self._iterations_by(now - self.t0)
             if done + 1 < self.planned:
-                self.kv_used -= (self.planned - done - 1) * len(self.running)  # unreserve the cut iterations
+                if self.paged:  # each keeps the blocks of the iterations left to run, the last at context + done
+                    table, block, last = self.table, self.block, self.clock + done
+                    for r, entry in self.running.items():
+                        cut = table[r] - (entry[0] + last + block - 1) // block
+                        table[r] -= cut
+                        r.kv -= cut * block
+                        self.kv_used -= cut * block
+                else:
+                    self.kv_used -= (self.planned - done - 1) * len(self.running)  # unreserve the cut iterations
                 self.planned = done + 1
                 self.version += 1
                 end = self.t0 + self._segment_time(self.planned)
@@ -311,14 +366,19 @@ class Replica:
     def _continue(self, now: float) -> None:
         """Admit, then plan the next iteration; suspends if an external policy has a choice to make."""
         try:
-            self._admit(now)
+            # paged: the admitted requests take this iteration's blocks first, and vLLM admits nothing in an
+            # iteration that preempted (unless nothing is left to run): the queue is tried again at the next one
+            self.held_back = self.paged and self._allocate(now) and bool(self.running or self._chunks)
+            if not self.held_back:
+                self._admit(now)
             if self._chunks:
                 self._plan_mixed(now)
             elif not (self.running and self._plan_segment(now)):  # it may preempt everything and admit again
                 self.busy = False  # staged requests call poke when their wait is over
                 if self.backend.timeline is not None:
                     self.backend.timeline.idle(self, now)
-                if not self._batch():
+                self._release_finished(now)  # (what waited for their slots may start at once)
+                if not self.busy and not self._batch():
                     self.backend.replica_idle(self, now)
                 return
         except DecisionPending:
@@ -331,6 +391,21 @@ class Replica:
         self.version += 1
         end = self.t0 + (self.mixed_time if self.planned == 0 else self._segment_time(self.planned))
         self.backend.engine.at(end, self._boundary, self.version)
+        self._release_finished(now)
+
+    def _release_finished(self, now: float) -> None:
+        """Async scheduling: the requests that finished in the iteration before the one just planned leave, as
+        vLLM applies an iteration's output only once the next is planned: their slots and KV were still held
+        while it was, and what waits for them is admitted at the next boundary."""
+        if not self.finishing:
+            return
+        done, self.finishing = self.finishing, []
+        for r, held in done:
+            self.kv_used -= held
+            self._finished(r, now)
+            self.backend.finish(r, now)
+        if len(self.queue):
+            self.poke(now)
 
     def _plan_chunks(self) -> None:
         """Start an iteration's plan: with chunked prefill, decodes take their tokens first, then each
@@ -370,9 +445,13 @@ class Replica:
             _, admission, r = heapq.heappop(heap)
             if running.get(r, (0, 0, -1))[2] != admission:
                 continue  # stale: preempted since
-            self.kv_used -= self._leave(r)
+            held = self._leave(r)
             r.generated = r.output_tokens
             r.finished = now
+            if self.async_scheduling:
+                self.finishing.append((r, held))
+                continue
+            self.kv_used -= held
             self._finished(r, now)
             self.backend.finish(r, now)
 
@@ -380,24 +459,31 @@ class Replica:
         """The prompt's whole blocks enter the prefix cache (and the remote store): its KV there is shared."""
         if self.cache is None or not r.chain:
             return
-        full = r.prompt_tokens // self.block * self.block
-        added = self.cache.insert(r.chain, r.prompt_tokens)
-        self.kv_used += added * self.block - (full - r.cached)
-        r.cached = full
+        if self.paged:  # (its blocks entered the cache as its chunks were scheduled)
+            self._share(r, r.context - 1)
+        else:
+            full = r.prompt_tokens // self.block * self.block
+            added = self.cache.insert(r.chain, r.prompt_tokens)
+            self.kv_used += added * self.block - (full - r.cached)
+            r.cached = full
         if self.backend.remote is not None:
             self.backend.remote.publish(r.chain, r.prompt_tokens)
 
     def _finished(self, r: Request, now: float) -> None:
         """The answer continues the conversation: ``r.chain`` gains it, and its whole blocks are cached; the
         retention policy (if any) decides what happens to them until the application's next call."""
-        answer = Segment(r.chain[-1] if r.chain else None, r.prompt_tokens, r.output_tokens)
+        prompt = r.chain if r.answer is None else r.chain[:-1]
+        answer = r.answer
+        if answer is None or answer.size != r.output_tokens:  # (made when it was preempted, unless redrawn since)
+            answer = Segment(prompt[-1] if prompt else None, r.prompt_tokens, r.output_tokens)
+        whole = (*prompt, answer)
         if self.cache is not None and r.chain:
             # the answer's whole blocks stay, shared (the request's private KV was freed as it left)
-            self.kv_used += self.cache.insert((*r.chain, answer), r.prompt_tokens + r.output_tokens) * self.block
+            self.kv_used += self.cache.insert(whole, r.prompt_tokens + r.output_tokens) * self.block
             self.cache.release(r.chain)
             if self.backend.remote is not None:
-                self.backend.remote.publish((*r.chain, answer), r.prompt_tokens + r.output_tokens)
-        r.chain = (*r.chain, answer)
+                self.backend.remote.publish(whole, r.prompt_tokens + r.output_tokens)
+        r.chain = whole
         self._release_adapter(r)
         if self.kvmem is not None and r.copy == 0:
             self.kvmem.boundary(self.backend.retention, r, now)
@@ -413,6 +499,8 @@ class Replica:
                 chunk = self._prefill_left(r)
                 if self._chunks and chunk > self._left:
                     break
+            if self.paged and not self._grow(r, self._done(r) + chunk, now):
+                break
             self.ready.pop(0)
             self._start_prefill(r, chunk)
         if self.incoming:  # prefilled elsewhere: their KV comes first
@@ -451,8 +539,13 @@ class Replica:
         growth = self._batch() + 1
         if self.cache is not None and r.chain:
             self.cache.acquire(r.chain)  # so that making room cannot evict the blocks it reuses
-        need = r.context - hit + growth
-        if not self._room(need, now, True, r.app) and not self._make_room(r, need, now):
+        fits = True
+        if self.paged:  # the blocks of its first chunk (0.34: only if its whole context fits the free blocks)
+            need = self._blocks(r.context - compute + chunk) * self.block - hit
+            fits = not self.reserve_full or self._blocks(r.context) * self.block - hit <= self.free_tokens()
+        else:
+            need = r.context - hit + growth
+        if not fits or not self._room(need, now, True, r.app) and not self._make_room(r, need, now):
             if self.cache is not None and r.chain:
                 self.cache.release(r.chain)
             return False
@@ -460,8 +553,11 @@ class Replica:
         r.started = now if r.started < 0 else r.started
         r.admitted_at = now
         r.cached, r.host, r.loaded, r.computed = hit, host, loaded, 0
-        r.kv = r.context - hit
+        r.kv = need if self.paged else r.context - hit
         self.kv_used += r.kv
+        if self.paged:
+            self.table[r] = need // self.block + hit // self.block
+            self._share(r, r.context - compute + chunk)
         self.context_tokens += r.context
         self.cached_tokens += hit
         self.loaded_tokens += r.loaded
@@ -547,7 +643,7 @@ class Replica:
             finishing += chunk == self._prefill_left(r)
         # every decode and each finished prefill grows by a token: admission reserved that room, but a
         # chunked iteration may admit nothing, so make it here (evicting, then preempting) if need be
-        while self.running and not self._room(len(self.running) + finishing, now):
+        while not self.paged and self.running and not self._room(len(self.running) + finishing, now):
             self._preempt(now)
         n_run = len(self.running)
         self.t0, self.planned = now, 0
@@ -556,16 +652,18 @@ class Replica:
             requests=n_run + len(self._chunks))
         if n_run and self.mixed_time > self.longest_iteration:
             self.longest_iteration = self.mixed_time
-        self.kv_used += n_run + finishing  # every decoding request's next token, and each finished prefill's
+        if not self.paged:  # (paged: _allocate took the iteration's blocks)
+            self.kv_used += n_run + finishing  # every decoding request's next token, and each finished prefill's
 
     def _plan_segment(self, now: float) -> bool:
         """Plan a decode segment (True), or a mixed iteration if every running request had to be preempted and
         one was admitted again; False when none could be and KV in flight holds the cache (the replica waits for
         it: a staged request's remote prefix or hand-off, a split request's KV not yet taken by the decode pool)."""
-        if self.kvmem is not None and len(self.running) > self.free_tokens():  # idle contexts go before a request
-            self.kvmem.reclaim(self.backend.retention, len(self.running) - self.free_tokens(), now, False)
-        while self.running and len(self.running) > self.free_tokens():  # no room for one more token each
-            self._preempt(now)
+        if not self.paged:  # (paged: _allocate took the iteration's blocks, preempting if need be)
+            if self.kvmem is not None and len(self.running) > self.free_tokens():  # idle contexts go first
+                self.kvmem.reclaim(self.backend.retention, len(self.running) - self.free_tokens(), now, False)
+            while self.running and len(self.running) > self.free_tokens():  # no room for one more token each
+                self._preempt(now)
         n = len(self.running)
         if n == 0:  # everything was preempted: restart from admission
             self._plan_chunks()
@@ -579,7 +677,12 @@ class Replica:
         heap = self._finish
         while self.running.get(heap[0][2], (0, 0, -1))[2] != heap[0][1]:
             heapq.heappop(heap)
-        m = 1 if self.on_iteration is not None else min(heap[0][0] - self.clock, self.free_tokens() // n)
+        if self.on_iteration is not None or self.held_back and len(self.queue):
+            m = 1
+        elif self.paged:
+            m = min(heap[0][0] - self.clock, self._decodes_fitting(heap[0][0] - self.clock))
+        else:
+            m = min(heap[0][0] - self.clock, self.free_tokens() // n)
         lat = self.latency
         # Decode attention is the larger of a term in all cached tokens (growing n per iteration) and one
         # in the longest context (growing 1): iteration k takes base + k * step while the larger stays the
@@ -589,14 +692,114 @@ class Replica:
         (lead, lead_step), (other, other_step) = (kv, longest) if kv[0] >= longest[0] else (longest, kv)
         if other_step > lead_step:  # the lead holds for iterations k <= (lead - other) / (other_step - lead_step)
             m = min(m, int((lead - other) / (other_step - lead_step)) + 1)
-        self._room(m * n)
+        if self.paged:
+            self._reserve_decodes(m)
+        else:
+            self._room(m * n)
         base, step = float(lat.linear_layers(n)) + lead, lead_step  # step: growth of the time per iteration
         if lat.scheduler_overhead or lat.scheduler_overhead_per_request:  # the engine's time between passes
             base += lat.overhead(n)
         self.a, self.b = step / 2.0, base - step / 2.0
         self.t0, self.planned = now, m
-        self.kv_used += m * n  # reserve the segment's growth
+        if not self.paged:
+            self.kv_used += m * n  # reserve the segment's growth
         return True
+
+    # -- vLLM's block accounting (kv_accounting vllm-0.11 / vllm-0.34) -----------------------------------
+    def _done(self, r: Request) -> int:
+        """Tokens of an admitted request's context whose KV is in place or being prefilled."""
+        return r.cached + r.host + r.loaded + r.computed
+
+    def _grow(self, r: Request, tokens: int, now: float) -> bool:
+        """Give ``r``'s block table the blocks ``tokens`` tokens need (evicting unreferenced cached blocks if
+        need be); False if they cannot be had. A prefill's full prompt blocks enter the prefix cache as they are
+        scheduled, as vLLM caches them (so a request admitted after it in the same iteration reuses them)."""
+        need = self._blocks(tokens) - self.table[r]
+        if need > 0:
+            if not self._room(need * self.block, now):
+                return False
+            self.table[r] += need
+            r.kv += need * self.block
+            self.kv_used += need * self.block
+        if r not in self.running:
+            self._share(r, tokens)
+        return True
+
+    def _share(self, r: Request, tokens: int) -> None:
+        """The full blocks of ``r``'s prompt within its first ``tokens`` tokens enter the prefix cache: its
+        blocks there are shared (a block another request cached meanwhile is freed, its copy used)."""
+        if self.cache is None or not r.chain:
+            return
+        upto = min(tokens, r.prompt_tokens if r.answer is None else r.context)
+        mine = self.table[r] * self.block - r.kv  # tokens of its table in the cache already
+        newly = upto // self.block * self.block - mine
+        if newly > 0:
+            added = self.cache.insert(r.chain, upto)
+            r.kv -= newly
+            self.kv_used += added * self.block - newly
+
+    def _allocate(self, now: float) -> bool:
+        """vLLM's first pass over its running requests: each admitted request, in admission order, takes the
+        blocks this iteration's tokens need (a decode its next token's, a prefill its chunk's); when none are
+        free the lowest-priority admitted request is preempted and its blocks freed. True if one was."""
+        preempted = False
+        table, running, block, clock = self.table, self.running, self.block, self.clock
+        for r in list(table):
+            if r in running:
+                tokens = running[r][0] + clock
+                if tokens <= table[r] * block:
+                    continue  # its blocks hold this decode's token
+            elif r in self._chunks:
+                tokens = self._done(r) + self._chunks[r]
+            else:
+                continue  # staged, or gone as a victim
+            while r in self.table and not self._grow(r, tokens, now):
+                self._preempt(now, self._victim())
+                preempted = True
+        return preempted
+
+    def _keep_generated(self, r: Request) -> int:
+        """vLLM caches a request's blocks as they fill, those it generated too, and a preempted request's
+        stay cached (unreferenced, its last blocks evicted first) for its next admission to reuse: its answer's
+        segment is made now and its full blocks cached. Returns the KV tokens that moved to the cache."""
+        if self.cache is None or not r.chain or r.generated <= 0:
+            return 0
+        if r.answer is None:
+            r.answer = Segment(r.chain[-1], r.prompt_tokens, r.output_tokens)
+            r.chain = (*r.chain, r.answer)
+        return self.cache.insert(r.chain, r.context - 1) * self.block
+
+    def _victim(self) -> Request:
+        """The request preemption takes: the lowest-priority running one (paged: or prefilling one)."""
+        candidates = (*self.running, *self.prefilling) if self.paged else self.running
+        return max(candidates, key=lambda r: (r.key, r.seq))
+
+    def _decodes_fitting(self, wanted: int) -> int:
+        """Decode iterations the running requests can run before one needs a block that no free block is left
+        for (or ``wanted``, when they can run that many). A request holding ``h`` blocks at context ``c`` takes
+        its next block at iteration ``h B + 1 - c`` (counting from 0, at least 1) and another every ``B``: with
+        ``F`` blocks free, the ``F + 1``-th block is wanted after ``F // n`` rounds of ``B`` iterations, at the
+        ``F % n``-th earliest of those offsets."""
+        block, n = self.block, len(self.running)
+        free = self.free_tokens() // block
+        if free // n * block + 1 >= wanted:  # the earliest the blocks can run out: no need to sort
+            return wanted
+        table, clock = self.table, self.clock
+        offsets = sorted(table[r] * block + 1 - entry[0] - clock for r, entry in self.running.items())
+        return free // n * block + offsets[free % n]
+
+    def _reserve_decodes(self, m: int) -> None:
+        """Give each running request the blocks of ``m`` decode iterations (which :meth:`_decodes_fitting`
+        says are free, evicting unreferenced cached blocks if need be)."""
+        total, table, block, last = 0, self.table, self.block, self.clock + m - 1
+        for r, entry in self.running.items():
+            extra = (entry[0] + last + block - 1) // block - table[r]  # the blocks of context ctx0 + clock + m - 1
+            if extra > 0:
+                table[r] += extra
+                r.kv += extra * block
+                total += extra
+        self._room(total * block)
+        self.kv_used += total * block
 
     def _make_room(self, head: Request, need: int, now: float) -> bool:
         """If the policy lets ``head`` take KV memory from running requests (BROS: real-time from
@@ -605,7 +808,7 @@ class Replica:
         if may_preempt is None:
             return False
         victims = sorted((r for r in self.running if may_preempt(head, r)), key=lambda r: (r.key, r.seq))
-        if self.free_tokens() + sum(self.context(r) - r.cached for r in victims) < need:
+        if self.free_tokens() + sum(self._private(r) for r in victims) < need:
             return False
         while not self._room(need):
             self._preempt(now, victims.pop())
@@ -615,14 +818,24 @@ class Replica:
         """Free the KV of a running request (by default the lowest-priority one) and send it back to its
         queue; what it generated is recomputed when it is admitted again."""
         if victim is None:
-            victim = max(self.running, key=lambda r: (r.key, r.seq))
+            victim = self._victim()
         if self.backend.timeline is not None:
             self.backend.timeline.preempted(self, victim, now)
-        held = self._leave(victim)
-        victim.generated = held + victim.cached - victim.prompt_tokens
+        chain = victim.chain
+        if victim in self.running:
+            victim.generated = self.context(victim) - victim.prompt_tokens
+            held = self._leave(victim)
+            if self.paged:
+                held -= self._keep_generated(victim)
+        else:  # paged: a request still prefilling (in vLLM's running list too) loses its chunks so far
+            self.prefilling.remove(victim)
+            self._left += self._chunks.pop(victim, 0)
+            self.computed_tokens -= self._prefill_left(victim)
+            del self.table[victim]
+            held = victim.kv
         self.kv_used -= held
-        if self.cache is not None and victim.chain:
-            self.cache.release(victim.chain)
+        if self.cache is not None and chain:
+            self.cache.release(chain)
         self._release_adapter(victim)
         victim.cached = victim.host = victim.loaded = victim.computed = victim.kv = 0
         victim.admitted_at = -1.0
@@ -691,18 +904,22 @@ class Replica:
         assert self.kv_used <= self.capacity, f"{name}: KV {self.kv_used} > capacity {self.capacity}"
         assert self._batch() <= self.max_batch, f"{name}: batch over max_batch"
         staged = [*self.prefilling, *self.staged, *self.ready]
-        held = self._kv_held() - sum(r.cached for r in self.running) + sum(r.kv for r in staged) \
-            + sum(self.sending.values())
         shared = self.block * self.cache.blocks if self.cache is not None else 0
-        assert 0 <= held + shared <= self.kv_used, f"{name}: requests hold {held} KV tokens and the cache " \
-                                                   f"{shared}, accounted {self.kv_used}"
+        if self.paged:
+            self._check_blocks(name, staged, shared)
+        else:
+            held = self._kv_held() - sum(r.cached for r in self.running) + sum(r.kv for r in staged) \
+                + sum(self.sending.values())
+            assert 0 <= held + shared <= self.kv_used, f"{name}: requests hold {held} KV tokens and the cache " \
+                                                       f"{shared}, accounted {self.kv_used}"
         assert self.sum_ctx0 == sum(v[0] for v in self.running.values())
         for r, (ctx0, finish, _) in self.running.items():  # a request finishes when its context is whole
             assert finish == r.prompt_tokens + r.output_tokens - ctx0, f"{name}: {r} finishes at the wrong clock"
         if self.cache is not None:
             self.cache.check_invariants()
             for r in self.running:  # the blocks a running request reads are never evicted under it
-                assert self.cache.lookup(r.chain, r.prompt_tokens) >= r.cached, f"{name}: {r} lost cached blocks"
+                limit = r.context if self.paged else r.prompt_tokens
+                assert self.cache.lookup(r.chain, limit) >= r.cached, f"{name}: {r} lost cached blocks"
         left = sum(self._prefill_left(r) for r in (*self.prefilling, *self.staged, *self.ready))
         assert self.prefilled_tokens + left == self.computed_tokens, f"{name}: prefill run differs from that admitted"
         if self.lora is not None:
@@ -712,6 +929,22 @@ class Replica:
                 f"{name}: a cold replica holds work"
         if self.kvmem is not None:
             self.kvmem.check_invariants(name)
+
+    def _check_blocks(self, name: str, admitted: list[Request], shared: int) -> None:
+        """Paged accounting: the replica's blocks are its requests' private blocks and the cache's, within its
+        capacity, and each running request holds the blocks of its KV (through the iterations planned)."""
+        block = self.block
+        assert self.kv_used % block == 0 and self.capacity % block == 0, f"{name}: KV not in whole blocks"
+        assert set(self.table) == {*self.running, *admitted}, f"{name}: block tables and admitted requests differ"
+        held = sum(r.kv for r in self.table) + sum(h for _, h in self.finishing)
+        assert held + shared == self.kv_used, f"{name}: requests hold {held} KV tokens in blocks and the cache " \
+                                              f"{shared}, accounted {self.kv_used}"
+        ahead = max(self.planned, 1)  # the iterations planned (or about to be): their blocks may be taken
+        for r in self.running:
+            c = self.context(r)
+            assert r.kv % block == 0 and 0 <= r.kv <= self.table[r] * block, f"{name}: {r} holds {r.kv} tokens"
+            assert self._blocks(c - 1) <= self.table[r] <= self._blocks(c - 1 + ahead), \
+                f"{name}: {r} at context {c} holds {self.table[r]} blocks"
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

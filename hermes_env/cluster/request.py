@@ -42,7 +42,7 @@ class Request:
     __slots__ = ("app", "run_index", "copy", "backend", "prompt_tokens", "output_tokens", "service_time",
                  "enqueued", "first_enqueued", "started", "first_token", "finished", "generated", "key",
                  "preemptions", "seq", "prefix_tokens", "chain", "adapter", "replica", "cached", "loaded",
-                 "computed", "kv", "failed", "admitted_at", "host", "resumed", "own", "split")
+                 "computed", "kv", "failed", "admitted_at", "host", "resumed", "own", "split", "answer")
 
     def __init__(self, app: Any, run_index: int, copy: int, backend: str, prompt_tokens: int = 0,
                  output_tokens: int = 0, service_time: float = 0.0, prefix_tokens: int = 0,
@@ -70,6 +70,9 @@ class Request:
         self.seq = 0
         self.failed = ""
         self.split = False  # prefilled on a prefill replica, decoded on a decode one (hermes_env.cluster.disagg)
+        # its answer's segment, made (and appended to ``chain``) when it is preempted under vLLM's block accounting,
+        # which caches the blocks it generated (hermes_env.cluster.llm); None until then
+        self.answer: Any = None
 
     def __deepcopy__(self, memo: dict) -> Request:
         return copy_slots(self, memo)

@@ -318,6 +318,9 @@ class Simulation:
                 require(backend.cfg.disaggregation is None, "migration", f"is {self.migration.name!r}, but LLM "
                         f"backend {backend.cfg.name!r} is disaggregated (request migration between pools is "
                         "not modelled)", "use migration 'none' with a disaggregated backend")
+                require(backend.cfg.kv_accounting == "tokens", "migration", f"is {self.migration.name!r}, but LLM "
+                        f"backend {backend.cfg.name!r} counts KV as {backend.cfg.kv_accounting} (a migration "
+                        "moves KV in tokens)", "use migration 'none', or kv_accounting: tokens")
                 backend.migrator = Migrator(backend, backend.cfg.migration_link)
         self.tool_backends = {c.name: ToolBackend(c, self.engine, WaitQueue(c.name, self.scheduler), cluster_rng,
                                                   self._done, self._decision_needed)

@@ -2,11 +2,12 @@
 
 A recording (``vllm-<version>.json``, made by ``scripts/conformance/record_vllm.py`` with vLLM's own V1
 scheduler and KV-cache manager) holds golden request streams and, per scheduler step, the tokens scheduled
-for each request and the requests preempted. :func:`hermes_steps` drives one hermes_env replica over the same
-stream one iteration at a time (the replica's ``on_iteration`` hook) with the same rules for time: requests
-arrive before the step the stream names, and when the engine has nothing to do the step count jumps to the
-next arrival. :func:`compare` lists the steps that differ. ``python -m tests.conformance.replay`` prints the
-figures docs/fidelity.md quotes."""
+for each request and the requests preempted. :func:`hermes_steps` drives one hermes_env replica, counting KV
+as the recorded release does (:func:`accounting`), over the same stream one iteration at a time (the
+replica's ``on_iteration`` hook) with the same rules for time: requests arrive before the step the stream
+names, and when the engine has nothing to do the step count jumps to the next arrival. :func:`compare`
+lists the steps that differ. ``python -m tests.conformance.replay`` prints the figures docs/fidelity.md
+quotes."""
 
 from __future__ import annotations
 
@@ -31,13 +32,20 @@ def load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _backend(engine_spec: dict[str, Any], engine: Engine, done: list[Request]) -> LLMBackend:
+def accounting(data: dict[str, Any]) -> str:
+    """The replica's KV accounting for a recording: vLLM's own blocks, of the recorded release's line."""
+    return "vllm-0.11" if data["vllm_version"].startswith("0.11.") else "vllm-0.34"
+
+
+def _backend(engine_spec: dict[str, Any], engine: Engine, done: list[Request], kv_accounting: str,
+             async_scheduling: bool = False) -> LLMBackend:
     cfg = LLMBackendConfig.from_dict({
         "name": "llm:conformance", "profile": "llama3-8b-h100", "model": "llama3-8b",
         "max_num_seqs": engine_spec["max_num_seqs"], "max_num_batched_tokens": engine_spec["max_num_batched_tokens"],
         "block_size": engine_spec["block_size"], "max_model_len": engine_spec["max_model_len"],
         "enable_prefix_caching": engine_spec["enable_prefix_caching"],
-        "chunked_prefill": engine_spec["enable_chunked_prefill"]}, "conformance")
+        "chunked_prefill": engine_spec["enable_chunked_prefill"], "kv_accounting": kv_accounting,
+        "async_scheduling": async_scheduling}, "conformance")
     fcfs = make_scheduler("fcfs")
 
     def failed(r: Request, now: float) -> None:
@@ -75,12 +83,13 @@ class _Chains:
         self.segments[(*(name for name, _ in prompt), f"@{rid}")] = chain[-1]
 
 
-def hermes_steps(stream: dict[str, Any]) -> list[dict[str, Any]]:
-    """The schedule hermes_env's replica runs for ``stream``: per step its index, the tokens scheduled per
-    request (one per decode, the chunk per prefill), the requests preempted while planning it and the KV tokens
-    left free (unreferenced prefix-cache blocks count as free)."""
+def hermes_steps(stream: dict[str, Any], kv_accounting: str = "vllm-0.11",
+                 async_scheduling: bool = False) -> list[dict[str, Any]]:
+    """The schedule hermes_env's replica runs for ``stream`` with ``kv_accounting`` (and ``async_scheduling``):
+    per step its index, the tokens scheduled per request (one per decode, the chunk per prefill), the requests
+    preempted while planning it and the KV tokens left free (unreferenced prefix-cache blocks count as free)."""
     engine, done = Engine(), []
-    backend = _backend(stream["engine"], engine, done)
+    backend = _backend(stream["engine"], engine, done, kv_accounting, async_scheduling)
     replica = backend.replicas[0]
     chains = _Chains()
     specs = {spec["id"]: spec for spec in stream["requests"]}
@@ -158,7 +167,7 @@ def report(path: Path, verbose: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"recording": path.stem, "vllm": data["vllm_version"],
                            "scheduler": data.get("scheduler", "sync"), "streams": {}}
     for name, stream in data["streams"].items():
-        diffs = compare(stream["steps"], hermes_steps(stream))
+        diffs = compare(stream["steps"], hermes_steps(stream, accounting(data), data["scheduler"] == "async"))
         differing = [d["step"] for d in diffs]
         steps = len({s["step"] for s in stream["steps"]} | set(differing))
         decided = decisions(stream["steps"])
