@@ -80,3 +80,26 @@ def test_expected_arrivals_of_a_declared_process():
                                                                              {"duration": 10, "rate": 3}]}, "a")
     assert [cycle.expected_arrivals(t) for t in (5, 15, 20, 25)] == [5, 25, 40, 45]  # the cycle repeats
     assert ArrivalConfig.from_dict({"process": "poisson", "rate": 2}, "a").expected_arrivals(3) == 6
+
+
+@pytest.mark.parametrize("name", ["autoscaling-cycles-cost-distill", "autoscaling-slowstart-pricey-distill",
+                                  "hetero-slow-cost-distill"])
+def test_every_shipped_student_loads_and_gives_valid_orders_on_its_task(name):
+    # A shipped checkpoint (agents/checkpoints/NAME.pt) loads by name and its orders respect the mask of its
+    # own task's environment, kinds included (hetero-slow-cost orders one of two kinds per backend).
+    from agents.distill import part_sizes
+
+    ckpt = torch.load(f"agents/checkpoints/{name}.pt", map_location="cpu", weights_only=False)
+    env = DistillConfig(**{**ckpt["config"], "fraction": 0.02}).shortened().env()
+    act = agent_policy(name, env)  # agent:NAME, as evaluate --policy takes it
+    offsets = np.cumsum([0, *part_sizes(env)[:-1]])
+    obs, info = env.reset(seed=1000, options={"simulation_seed": 1000})
+    orders = set()
+    for _ in range(30):
+        action = act(obs, info["action_mask"])
+        assert info["action_mask"][offsets + action].all()
+        orders.add(tuple(action))
+        obs, _, done, _, info = env.step(action)
+        if done:
+            break
+    assert len(orders) > 1  # the student reacts to the state, not one fixed order
