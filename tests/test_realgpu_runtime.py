@@ -105,13 +105,15 @@ def test_every_application_ends_with_real_timestamps_and_the_policy_orders_the_e
                           list(p[first.prompt_tokens:first.prompt_tokens + 3]) == [7, 8, 9])
             assert len(prompt) == first.prompt_tokens + 3 + 10
     # the arrivals come faster than the engine serves: whenever it chose among waiting requests (those that
-    # reached the queue before the previous request finished: the runtime had them all), the longest went first
+    # reached the queue before the previous request finished: the runtime had them all), the longest went first;
+    # one that arrived after that finish but before the engine's next choice may go first too, if longer still
+    # (wall-clock timing: under load that window holds arrivals)
     order = [len(states[rid].initial_tokens) for rid in fake.admitted]
     sim_request = dict(zip(fake.admitted, sorted(requests, key=lambda q: q.started), strict=True))
     chose = 0
     for i in range(1, len(fake.admitted)):
         before = sim_request[fake.admitted[i - 1]].finished
         rivals = [len(states[o].initial_tokens) for o in fake.admitted[i:] if sim_request[o].first_enqueued <= before]
-        assert not rivals or order[i] == max(rivals)
+        assert not rivals or order[i] >= max(rivals)
         chose += len(rivals) > 1
     assert chose >= 3
