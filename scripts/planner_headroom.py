@@ -17,7 +17,8 @@ futures, horizon, width and cadence (baselines/planners.py), ``--task-options TA
 task's own; ``--base TASK=HEURISTIC,...`` plans over another of a task's heuristics than its best (the margin
 is still against the best). Runs (task, policy,
 seed) are spread over ``--workers`` processes; each result is a function of its inputs alone, whatever the
-split, so a sweep stopped midway resumes from ``OUT/runs.jsonl``.
+split, so a sweep stopped midway resumes from ``OUT/runs.jsonl`` (``--heuristics-only`` runs the cheap heuristics on one
+machine, the planners then resume from its ``runs.jsonl`` on a bigger one).
 
 ``--residual NAME`` (autoscaling tasks) runs the tasks with residual control (docs/environments.md): the
 native autoscaler NAME runs in every episode and the only heuristic is ``fixed`` (the native heuristic alone,
@@ -73,6 +74,8 @@ def main() -> None:
     parser.add_argument("--task-options", action="append", default=[], metavar="TASK=OPTIONS",
                         help="a task's own planner options (repeat for several tasks)")
     parser.add_argument("--base", default="", help="TASK=HEURISTIC,...: plan over that heuristic, not the best")
+    parser.add_argument("--heuristics-only", action="store_true", help="run the heuristics only (into OUT/runs.jsonl, "
+                        "where a later run on another machine resumes: the planners there)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/planner_headroom"))
     args = parser.parse_args()
@@ -104,6 +107,9 @@ def main() -> None:
             means = {h: np.mean([r["objective"] for r in runs if r["task"] == n and r["policy"] == h])
                      for h in t.heuristics}
             best[n] = min(means, key=means.get)
+        if args.heuristics_only:
+            print("\n".join(f"{n}: best heuristic {best[n]}" for n in tasks))
+            return
         bases = {**best, **dict(item.split("=", 1) for item in filter(None, args.base.split(",")))}
         planners = [(n, args.fraction, planner_spec(args, bases[n], n), s, args.residual)
                     for n in tasks for s in seeds[n]]
