@@ -27,7 +27,8 @@ pair of replicas that can make one, the busiest source and the freest target fir
 seconds between planning decisions (the others are BASE's), so that frequent decision points (prewarm
 and autoscalers that react to every arrival) cost a bounded number of plans. The rollout cost is the
 environments' reward: applications in the system integrated over time, plus ``price``'s weights times
-the idle warm tool cost, the SLO misses and the GPU-seconds (``hermes_env.tasks`` sets them from a task).
+the idle warm tool cost, the SLO misses (with the applications still in the system past their SLO at the
+horizon: certain misses) and the GPU-seconds (``hermes_env.tasks`` sets them from a task).
 A planner may take the heuristic part of an environment: inside its rollouts the agent's own decisions
 take the environment's fallback (the oldest request, the first replica, no order).
 """
@@ -256,9 +257,15 @@ class Planner:
             owner.follow(sim, d)
 
     def _price(self, sim: Simulation, until: float) -> float:
-        """The weighted totals at ``until`` (at the end, if the run ends before)."""
+        """The weighted totals at ``until`` (at the end, if the run ends before). An application still in the
+        system past its SLO at ``until`` counts as a miss: it will miss for certain, and counting misses only
+        at completion would make an admission whose miss falls beyond the horizon look free beside a rejection
+        (a miss at once)."""
         end = sim.engine.now if sim._finished() or math.isinf(until) else until
-        return float(np.dot(self.weights, sim.totals(end)))
+        area, idle, missed, gpu = sim.totals(end)
+        if self.weights[2]:
+            missed += sum(end - app.arrival > app.mix.slo for app in sim.active.values())
+        return float(np.dot(self.weights, (area, idle, missed, gpu)))
 
 
 class PlanningScheduler(Planner, SchedulingPolicy):

@@ -13,10 +13,12 @@ planner is better); the table gives its mean +- the 95% half-width over the seed
 decisions. ``--fraction`` shortens every episode to that fraction of the task's applications (at least
 30; heuristics and planner alike: the figures are for that size, not the task's), so that the whole fits
 a small machine; ``--options`` sets the planner's
-futures, horizon, width and cadence (baselines/planners.py); ``--base TASK=HEURISTIC,...`` plans over
-another of a task's heuristics than its best (the margin is still against the best). Runs (task, policy,
+futures, horizon, width and cadence (baselines/planners.py), ``--task-options TASK=OPTIONS`` (repeated) a
+task's own; ``--base TASK=HEURISTIC,...`` plans over another of a task's heuristics than its best (the margin
+is still against the best). Runs (task, policy,
 seed) are spread over ``--workers`` processes; each result is a function of its inputs alone, whatever the
-split, so a sweep stopped midway resumes from ``OUT/runs.jsonl``.
+split, so a sweep stopped midway resumes from ``OUT/runs.jsonl`` (``--heuristics-only`` runs the cheap heuristics on one
+machine, the planners then resume from its ``runs.jsonl`` on a bigger one).
 
 ``--residual NAME`` (autoscaling tasks) runs the tasks with residual control (docs/environments.md): the
 native autoscaler NAME runs in every episode and the only heuristic is ``fixed`` (the native heuristic alone,
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from hermes_env.errors import require
 from hermes_env.sim.metrics import mean_ci
 from hermes_env.tasks import Task, run_policy, task_names
 
@@ -68,7 +71,11 @@ def main() -> None:
     parser.add_argument("--planner", default="rollout", help="rollout, search, oracle-rollout or oracle-search")
     parser.add_argument("--residual", default="", help="a native autoscaler the planner's orders add to "
                         "(autoscaling tasks; see above)")
+    parser.add_argument("--task-options", action="append", default=[], metavar="TASK=OPTIONS",
+                        help="a task's own planner options (repeat for several tasks)")
     parser.add_argument("--base", default="", help="TASK=HEURISTIC,...: plan over that heuristic, not the best")
+    parser.add_argument("--heuristics-only", action="store_true", help="run the heuristics only (into OUT/runs.jsonl, "
+                        "where a later run on another machine resumes: the planners there)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/planner_headroom"))
     args = parser.parse_args()
@@ -100,8 +107,11 @@ def main() -> None:
             means = {h: np.mean([r["objective"] for r in runs if r["task"] == n and r["policy"] == h])
                      for h in t.heuristics}
             best[n] = min(means, key=means.get)
+        if args.heuristics_only:
+            print("\n".join(f"{n}: best heuristic {best[n]}" for n in tasks))
+            return
         bases = {**best, **dict(item.split("=", 1) for item in filter(None, args.base.split(",")))}
-        planners = [(n, args.fraction, f"{args.planner}:{bases[n]}@{args.options}", s, args.residual)
+        planners = [(n, args.fraction, planner_spec(args, bases[n], n), s, args.residual)
                     for n in tasks for s in seeds[n]]
         runs += run_all(planners)
     (args.out / "runs.json").write_text(json.dumps(runs, indent=1) + "\n")
@@ -110,26 +120,34 @@ def main() -> None:
     print(text)
 
 
+def planner_spec(args: argparse.Namespace, base: str, task: str) -> str:
+    """The planner run on ``task``: ``PLANNER:BASE@OPTIONS``, the task's own options if given."""
+    options = dict(item.split("=", 1) for item in args.task_options)
+    unknown = set(options) - set(args.tasks.split(",") if args.tasks else task_names())
+    require(not unknown, "--task-options", f"names tasks not measured: {sorted(unknown)}", "name tasks of --tasks")
+    return f"{args.planner}:{base}@{options.get(task, args.options)}"
+
+
 def table(tasks: dict[str, Task], seeds: dict[str, tuple[int, ...]], best: dict[str, str], bases: dict[str, str],
           runs: list[dict], args: argparse.Namespace) -> str:
     size = (f"{args.fraction:g} of each task's applications per episode, at least 30" if args.fraction < 1
             else "the tasks' own episodes")
     residual = f", its orders added to the native `{args.residual}` (residual control)" if args.residual else ""
-    lines = [f"Planner `{args.planner}:BASE@{args.options}`{residual} (BASE: the best heuristic unless --base names "
-             f"one) against each task's best heuristic on its first "
-             f"{args.seeds} training seeds ({size}); margin = (best - planner) / best per seed, mean +- 95% "
-             "half-width (positive: the planner is better). Wall seconds per planner episode on this machine "
+    lines = [f"Planner `{args.planner}:BASE@OPTIONS`{residual} (BASE: the best heuristic unless --base names one; "
+             f"OPTIONS `{args.options}` unless --task-options gives the task's) against each task's best heuristic "
+             f"on its first {args.seeds} training seeds ({size}); margin = (best - planner) / best per seed, mean "
+             "+- 95% half-width (positive: the planner is better). Wall seconds per planner episode on this machine "
              "(indicative).", "",
-             "| task | objective | best heuristic | best | planner base | planner | margin | planner s/episode |",
+             "| task | objective | best heuristic | best | planner | planner objective | margin | planner s/episode |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n, task in tasks.items():
         def of(spec: str, name: str = n) -> list[dict]:
             return sorted((r for r in runs if r["task"] == name and r["policy"] == spec), key=lambda r: r["seed"])
-        spec = f"{args.planner}:{bases[n]}@{args.options}"
+        spec = planner_spec(args, bases[n], n)
         b, p = np.array([r["objective"] for r in of(best[n])]), np.array([r["objective"] for r in of(spec)])
         margin = mean_ci(np.where(b != 0, (b - p) / np.where(b != 0, b, 1), 0.0))
         seconds = np.mean([r["seconds"] for r in of(spec)])
-        lines.append(f"| `{n}` | {task.objective} | `{best[n]}` | {b.mean():.4g} | `{bases[n]}` | {p.mean():.4g} | "
+        lines.append(f"| `{n}` | {task.objective} | `{best[n]}` | {b.mean():.4g} | `{spec}` | {p.mean():.4g} | "
                      f"{margin[0]:+.1%} +- {margin[1]:.1%} | {seconds:.0f} |")
     return "\n".join(lines)
 

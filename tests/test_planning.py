@@ -243,3 +243,18 @@ def test_a_planner_takes_the_heuristic_part_of_an_environment():
         assert info["decision"] in (None, "schedule")
         _, _, done, _, info = env.step(int(np.flatnonzero(info["action_mask"])[0]))
     assert env.sim.prewarm_policy.plans > 0 and env.sim.ended == 15
+
+
+def test_the_rollout_cost_counts_an_application_past_its_slo_as_a_miss():
+    """At the horizon an application still in the system past its SLO misses for certain: the rollout cost
+    counts it (an admission's miss beyond the horizon is not free beside a rejection's at once)."""
+    from hermes_env.sim.policies import make_admission
+
+    exp = load_experiment("overload-slo", {"workload": {"num_applications": 400}})
+    sim = Simulation(exp, seed=0, keep_applications=False)  # admits every application: a backlog grows
+    sim.run(until=150.0)
+    late = [app for app in sim.active.values() if 150.0 - app.arrival > app.mix.slo]
+    assert late and len(late) < len(sim.active)  # some past their SLO, some not yet
+    planner = make_admission("rollout:none").price(slo_miss=1.0, area=0.0)
+    assert planner._price(sim, 150.0) == sim.totals(150.0)[2] + len(late)
+    assert planner.price(slo_miss=0.0, area=1.0)._price(sim, 150.0) == sim.totals(150.0)[0]
