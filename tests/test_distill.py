@@ -83,7 +83,7 @@ def test_expected_arrivals_of_a_declared_process():
 
 
 SHIPPED = ["autoscaling-cycles-cost-distill", "autoscaling-slowstart-pricey-distill", "hetero-slow-cost-distill",
-           "autoscaling-70b-agentic-cost-distill", "batches-scale-to-zero-cost-distill"]
+           "autoscaling-70b-agentic-cost-distill", "batches-scale-to-zero-cost-distill", "two-model-slow-cost-distill"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
