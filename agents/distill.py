@@ -494,22 +494,23 @@ def eval_job(job: tuple[dict, str, str, int, bool]) -> dict[str, Any]:
 
 
 def evaluate(path: Path, workers: int, seeds: tuple[int, ...] | None = None, planner: bool = True,
-             fraction: float | None = None) -> dict:
+             fraction: float | None = None, sets: tuple[str, ...] = ("seeds", "workload"),
+             write: bool = True) -> dict:
     """The checkpoint, the best heuristic and the planner (the teacher, headless) on the task's held-out
-    seeds and held-out workload, paired, at the distilled size (or ``fraction`` of the task's applications);
-    writes ``eval.json`` (``eval-FRACTION.json``) beside the model."""
+    seeds and held-out workload (``sets``), paired, at the distilled size (or ``fraction`` of the task's
+    applications); with ``write``, writes ``eval.json`` (``eval-FRACTION.json``) beside the model."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     cfg = ckpt["config"] if fraction is None else {**ckpt["config"], "fraction": fraction}
     task = DistillConfig(**cfg).shortened()
     seeds = seeds or task.eval_seeds
     specs = ["learned", ckpt["best"]] + ([ckpt["teacher"]] if planner else [])
-    sets = [False] + ([True] if task.heldout else [])
-    jobs = [(cfg, s, str(path), seed, h) for h in sets for s in specs for seed in seeds]
+    heldouts = ([False] if "seeds" in sets else []) + ([True] if "workload" in sets and task.heldout else [])
+    jobs = [(cfg, s, str(path), seed, h) for h in heldouts for s in specs for seed in seeds]
     with ProcessPoolExecutor(workers) as pool:
         runs = list(pool.map(eval_job, sorted(jobs, key=lambda j: j[1] != ckpt["teacher"])))  # slowest first
     result: dict[str, Any] = {"task": task.name, "fraction": cfg["fraction"], "seeds": list(seeds),
                               "best": ckpt["best"], "teacher": ckpt["teacher"], "runs": runs}
-    for h in sets:
+    for h in heldouts:
         per = {s: [next(r["objective"] for r in runs if r["policy"] == s and r["seed"] == x and r["heldout"] == h)
                    for x in seeds] for s in specs}
         b = np.array(per[ckpt["best"]])
@@ -526,8 +527,9 @@ def evaluate(path: Path, workers: int, seeds: tuple[int, ...] | None = None, pla
             out["captured"] = float(np.sum(b - np.array(per["learned"])) / np.sum(margin)) if np.sum(
                 margin) > 0 else math.nan
         result["heldout_workload" if h else "heldout_seeds"] = out
-    name = "eval.json" if fraction is None else f"eval-{fraction:g}.json"
-    (path.parent / name).write_text(json.dumps(result, indent=1, default=float) + "\n")
+    if write:
+        name = "eval.json" if fraction is None else f"eval-{fraction:g}.json"
+        (path.parent / name).write_text(json.dumps(result, indent=1, default=float) + "\n")
     return result
 
 
