@@ -55,3 +55,16 @@ def test_bad_specs_name_the_field(spec, field):
     with pytest.raises(ConfigError) as err:
         distribution_from_spec(spec, "x")
     assert err.value.field == field
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s["dist"])
+def test_a_scalar_draw_is_the_same_draw_as_an_array_of_one(spec):
+    """PDGraph sampling draws one copy's tokens as a scalar (its hot path) and several as an array: the same
+    seed must give the same application either way, so both forms consume the generator alike."""
+    d = distribution_from_spec(spec)
+    scalar, array = np.random.default_rng(7), np.random.default_rng(7)
+    for _ in range(50):
+        one = d.sample(scalar)
+        assert np.ndim(one) == 0
+        assert float(one) == float(d.sample(array, 1)[0])
+    assert scalar.random() == array.random()  # and the generators are left in the same state

@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -110,3 +111,16 @@ def test_measured_cost_model_prices_the_library(cost):
     assert 2.5 < t < 4.0  # 337 batch-1 steps of ~9 ms plus a short prefill
     with pytest.raises(ConfigError, match="no latency profile"):
         measured.llm_service_time("llm:mistral", np.array([1.0]), np.array([1.0]))
+
+
+def test_isolated_service_time_of_numbers_is_that_of_arrays_bit_for_bit():
+    """The simulator's scalar path and the vectorised one are the same arithmetic."""
+    base = load_profile("llama3-8b-h100")
+    rng = np.random.default_rng(3)
+    prompt, output = rng.integers(1, 20_000, 200), rng.integers(1, 4_000, 200)
+    cached = np.minimum(rng.integers(0, 20_000, 200), prompt - 1)
+    for lat in (base, dataclasses.replace(base, scheduler_overhead=2e-3, scheduler_overhead_per_request=1e-5)):
+        array = lat.isolated_service_time(prompt, output, cached)
+        for i in range(200):
+            one = lat.isolated_service_time(int(prompt[i]), int(output[i]), int(cached[i]))
+            assert isinstance(one, float) and one == array[i]

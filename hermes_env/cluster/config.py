@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from hermes_env.cluster.kvtier import HostTierConfig
@@ -295,7 +296,7 @@ class LLMBackendConfig:
         usable = kind.gpu_memory_bytes * kind.gpus_per_replica * self.gpu_memory_utilization - self.model.weight_bytes
         return int(usable // (self.model.kv_bytes_per_token * self.block_size)) * self.block_size
 
-    @property
+    @cached_property  # read at every request's submission; the config is frozen
     def kv_capacity_tokens(self) -> int:
         """The smallest KV cache of any replica kind (every replica can hold a request that fits it)."""
         return min(self.kv_capacity(k) for k in self.kinds)

@@ -94,18 +94,22 @@ class IterationLatency:
         prompt = np.asarray(prompt, dtype=float)
         return self.linear_layers(prompt) + self.per_prefill_pair * prompt**2
 
-    def isolated_service_time(self, prompt: np.ndarray | int, output: np.ndarray | int,
-                              cached: np.ndarray | float = 0.0) -> np.ndarray:
+    def isolated_service_time(self, prompt: np.ndarray | float, output: np.ndarray | float,
+                              cached: np.ndarray | float = 0.0) -> np.ndarray | float:
         """Seconds to serve a request alone: its prefill (which yields the first token; the first ``cached``
         prompt tokens already in KV, so only the rest is computed, attending to the whole prompt) and
         ``output - 1`` decode steps at batch 1 whose context grows from ``prompt + 1``, each iteration with
-        the engine's overhead for one request."""
-        prompt = np.asarray(prompt, dtype=float)
-        cached = np.asarray(cached, dtype=float)
-        steps = np.asarray(output, dtype=float) - 1.0
+        the engine's overhead for one request. Plain numbers give a float (the simulator's hot path: no array
+        overhead), arrays an array; both by the same arithmetic, bit for bit."""
+        steps: np.ndarray | float
+        if isinstance(prompt, int | float) and isinstance(output, int | float) and isinstance(cached, int | float):
+            prompt, cached, steps = float(prompt), float(cached), float(output) - 1.0
+        else:
+            prompt, cached = np.asarray(prompt, dtype=float), np.asarray(cached, dtype=float)
+            steps = np.asarray(output, dtype=float) - 1.0
         context_sum = steps * prompt + steps * (steps + 1.0) / 2.0  # sum of prompt + k, k = 1..steps
         per_step = float(self.linear_layers(1.0))
-        prefill = self.linear_layers(prompt - cached) + self.per_prefill_pair * (prompt**2 - cached**2)
+        prefill = self.linear_layers(prompt - cached) + self.per_prefill_pair * (prompt * prompt - cached * cached)
         # alone, the sequence is both the whole cache and the longest context
         out = prefill + steps * per_step + max(self.per_kv_token, self.per_max_context) * context_sum
         return out + (steps + 1.0) * self.overhead(1.0) if self.scheduler_overhead or \
@@ -215,7 +219,7 @@ class ProfileCost:
     def llm_service_time(self, backend: str, prompt_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
         require(backend in self.per_backend, f"cost.backends.{backend}", "has no latency profile",
                 f"profiles are given for {sorted(self.per_backend)}")
-        return self.per_backend[backend].isolated_service_time(prompt_tokens, output_tokens)
+        return np.asarray(self.per_backend[backend].isolated_service_time(prompt_tokens, output_tokens))
 
     def fingerprint(self) -> dict[str, list[float]]:
         """What the service times depend on (the table cache's key: :mod:`hermes_env.pdgraph.tablecache`)."""

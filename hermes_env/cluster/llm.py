@@ -1062,7 +1062,10 @@ class LLMBackend:
 
     def isolated_service_time(self, prompt: int, output: int, cached: int) -> float:
         """Seconds to serve a request alone on the fastest replica kind for it (a relaxation's term)."""
-        return min(float(k.latency.isolated_service_time(prompt, output, cached)) for k in self.cfg.kinds)
+        best = math.inf
+        for kind in self.cfg.kinds:
+            best = min(best, float(kind.latency.isolated_service_time(prompt, output, cached)))
+        return best
 
     def claim_context(self, replica: Replica, app: Any, host_tokens: int, now: float) -> float:
         """``app``'s next request was admitted on ``replica``: its context there is used (returns when the

@@ -34,6 +34,7 @@ loop head to the loop edge's source), which gives nested loops their usual meani
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -481,7 +482,9 @@ class StateSpace:
             self.successors.append(np.array(
                 [self.END if k is None else new_id[index[k]] for k in moves], dtype=np.int64))
             self.probabilities.append(np.array(list(moves.values()), dtype=float))
-        self._cumulative = [np.cumsum(p) for p in self.probabilities]
+        # next_state's tables as plain lists: bisect over a few floats beats numpy's per-call overhead
+        self._cumulative = [np.cumsum(p).tolist() for p in self.probabilities]
+        self._successor_list = [s.tolist() for s in self.successors]
         self._id = {k: n for n, k in enumerate(self.keys)}
 
     def _moves(self, stage: int, counters: tuple[int, ...]) -> dict[tuple[int, tuple[int, ...]] | None, float]:
@@ -586,5 +589,4 @@ class StateSpace:
 
     def next_state(self, state: int, rng: np.random.Generator) -> int:
         cum = self._cumulative[state]
-        i = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(cum) - 1)
-        return int(self.successors[state][i])
+        return self._successor_list[state][min(bisect_right(cum, rng.random() * cum[-1]), len(cum) - 1)]

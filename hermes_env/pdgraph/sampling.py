@@ -67,6 +67,10 @@ class Realisation:
 def sample_tokens(stage: Stage, iteration: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Integer prompt and output tokens (at least 1 each) for ``width`` copies of an LLM stage."""
     growth = int(round(stage.prompt_growth_per_iteration * iteration))
+    if width == 1:  # most stages: plain numbers (a scalar draw is the same draw as an array of one; round is rint)
+        p = max(int(round(float(stage.prompt_tokens.sample(rng)))), 1) + growth  # type: ignore[union-attr, arg-type]
+        o = max(int(round(float(stage.output_tokens.sample(rng)))), 1)  # type: ignore[union-attr, arg-type]
+        return np.array([p], dtype=np.int64), np.array([o], dtype=np.int64)
     prompt = np.rint(stage.prompt_tokens.sample(rng, width)).astype(np.int64)  # type: ignore[union-attr]
     output = np.rint(stage.output_tokens.sample(rng, width)).astype(np.int64)  # type: ignore[union-attr]
     np.maximum(prompt, 1, out=prompt)
