@@ -15,7 +15,11 @@ table gives the best round of each. Run it after ``make compiled`` (it says so i
 4. Cost per event with 10,000 applications in the system against 10 (a burst of Hermes-like applications;
    target <= 1.3x).
 
-    python benchmarks/compiled_speed.py [--rounds 2]
+``--against CHECKOUT`` adds a third build to the same run: another checkout's compiled modules (build them
+there first: ``make compiled``, or ``setup.py build_ext --inplace``), e.g. the last release, so that a change's
+gain is a ratio measured in one run.
+
+    python benchmarks/compiled_speed.py [--rounds 2] [--against ../old-checkout]
 """
 
 from __future__ import annotations
@@ -86,10 +90,12 @@ print(json.dumps(out))
 """
 
 
-def measure(pure: bool) -> dict:
+def measure(pure: bool, checkout: Path | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "HERMES_ENV_PURE"}
     if pure:
         env["HERMES_ENV_PURE"] = "1"
+    if checkout is not None:  # its package first on the path (an editable install of this one stays behind it)
+        env["PYTHONPATH"] = os.pathsep.join([str(checkout), *filter(None, [env.get("PYTHONPATH")])])
     done = subprocess.run([sys.executable, "-c", CHILD, str(HERE)], env=env, capture_output=True, text=True,
                           check=True)
     return json.loads(done.stdout.splitlines()[-1])
@@ -115,23 +121,32 @@ LOWER_IS_BETTER = {"headless per event, x bare heapq event", "per event, 10,000 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
-    rounds = parser.parse_args().rounds
-    runs: dict[str, list[dict]] = {"source": [], "compiled": []}
+    parser.add_argument("--against", type=Path, help="another checkout whose compiled build is measured too")
+    args = parser.parse_args()
+    rounds, against = args.rounds, args.against.resolve() if args.against else None
+    runs: dict[str, list[dict]] = {"source": [], "compiled": [], **({"against": []} if against else {})}
     for _ in range(rounds):
-        for build in ("source", "compiled"):
-            runs[build].append(measure(pure=build == "source"))
-    if not runs["compiled"][0]["compiled"]:
-        sys.exit("the package runs from source: build the compiled modules first (make compiled)")
+        for build in runs:
+            runs[build].append(measure(pure=build == "source", checkout=against if build == "against" else None))
+    for build in ("compiled", "against")[: len(runs) - 1]:
+        if not runs[build][0]["compiled"]:
+            sys.exit(f"the {build} build runs from source: build its compiled modules first (make compiled)")
     best = {}
     for build, ms in runs.items():
         per_round = [figures(m) for m in ms]
         best[build] = {k: (min if k in LOWER_IS_BETTER else max)(r[k] for r in per_round) for k in per_round[0]}
-    print(f"best of {rounds} rounds per build; compiled modules: {runs['compiled'][0]['compiled']}")
-    print(f"{'figure':42s} {'source':>9s} {'compiled':>9s} {'speed-up':>8s} {'target':>9s}")
+    print(f"best of {rounds} rounds per build; compiled modules: {runs['compiled'][0]['compiled']}"
+          + (f"; against: {against}" if against else ""))
+    extra = f" {'against':>9s} {'vs it':>7s}" if against else ""
+    print(f"{'figure':42s} {'source':>9s} {'compiled':>9s} {'speed-up':>8s}{extra} {'target':>9s}")
     for key, target in TARGETS.items():
         s, c = best["source"][key], best["compiled"][key]
         gain = s / c if key in LOWER_IS_BETTER else c / s
-        print(f"{key:42s} {s:9.4g} {c:9.4g} {gain:7.2f}x {target:>9s}")
+        row = f"{key:42s} {s:9.4g} {c:9.4g} {gain:7.2f}x"
+        if against:
+            a = best["against"][key]
+            row += f" {a:9.4g} {(a / c if key in LOWER_IS_BETTER else c / a):6.2f}x"
+        print(f"{row} {target:>9s}")
     for build, ms in runs.items():
         m = ms[0]
         print(f"{build}: CartPole {m['cartpole']:,.0f} steps/s, bare heapq event {1e6 * m['bare']:.2f} us, "
