@@ -259,6 +259,7 @@ class PrefixCache(_Tier):
         """Evict up to ``blocks`` unreferenced blocks, least recently used first, each segment from its tail.
         Returns the blocks evicted."""
         freed = 0
+        self.compact()  # stale entries dropped in one pass rather than popped one by one below
         heap = self._lru
         while freed < blocks and heap:
             used, _, _, seg = heap[0]
@@ -288,7 +289,8 @@ class PrefixCache(_Tier):
 
     def _touch(self, seg: Segment) -> None:
         self.last_used[seg] = self._clock
-        heapq.heappush(self._lru, (self._clock, -seg.depth, seg.uid, seg))
+        if seg not in self.refs:  # one in use is not evictable, and release touches it again: no entry now
+            heapq.heappush(self._lru, (self._clock, -seg.depth, seg.uid, seg))
 
     def check_invariants(self) -> None:
         total = sum(self.blocks_of(seg) for seg in self.cached_end)
