@@ -37,6 +37,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ class Stage:
     next: tuple[Transition, ...] = ()
     description: str = ""
 
-    @property
+    @cached_property  # asked for every request issued; the stage is frozen
     def is_llm(self) -> bool:
         return backend_kind(self.backend) == "llm"
 
@@ -485,6 +486,7 @@ class StateSpace:
         # next_state's tables as plain lists: bisect over a few floats beats numpy's per-call overhead
         self._cumulative = [np.cumsum(p).tolist() for p in self.probabilities]
         self._successor_list = [s.tolist() for s in self.successors]
+        self._stage_at = [self.graph.stages[i] for i in self.stage_of.tolist()]
         self._id = {k: n for n, k in enumerate(self.keys)}
 
     def _moves(self, stage: int, counters: tuple[int, ...]) -> dict[tuple[int, tuple[int, ...]] | None, float]:
@@ -570,7 +572,7 @@ class StateSpace:
         return len(self.keys)
 
     def stage(self, state: int) -> Stage:
-        return self.graph.stages[self.stage_of[state]]
+        return self._stage_at[state]
 
     def loop_counters(self, state: int) -> dict[str, int]:
         return {lp.name: c for lp, c in zip(self.loops, self.keys[state][1], strict=True)}
