@@ -86,6 +86,7 @@ with tempfile.TemporaryDirectory() as tmp:
             events += sim.engine.events
         out[f"burst_{n}"] = cpu / events
 out["compiled"] = len(running_compiled())
+out["package"] = hermes_env.__file__
 print(json.dumps(out))
 """
 
@@ -94,11 +95,16 @@ def measure(pure: bool, checkout: Path | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "HERMES_ENV_PURE"}
     if pure:
         env["HERMES_ENV_PURE"] = "1"
-    if checkout is not None:  # its package first on the path (an editable install of this one stays behind it)
-        env["PYTHONPATH"] = os.pathsep.join([str(checkout), *filter(None, [env.get("PYTHONPATH")])])
-    done = subprocess.run([sys.executable, "-c", CHILD, str(HERE)], env=env, capture_output=True, text=True,
-                          check=True)
-    return json.loads(done.stdout.splitlines()[-1])
+    # the checkout's package first on the path, and its root the working directory, which `python -c` puts
+    # before everything else (an editable install of this checkout stays behind both)
+    root = HERE.parent if checkout is None else checkout
+    env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
+    done = subprocess.run([sys.executable, "-c", CHILD, str(HERE)], env=env, cwd=root, capture_output=True,
+                          text=True, check=True)
+    out = json.loads(done.stdout.splitlines()[-1])
+    if not Path(out["package"]).is_relative_to(root):
+        sys.exit(f"measured {out['package']}, not the package of {root}")
+    return out
 
 
 def figures(m: dict) -> dict[str, float]:
