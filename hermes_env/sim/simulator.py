@@ -401,8 +401,10 @@ class Simulation:
     @property
     def _scalers(self) -> tuple[Any, ...]:
         """The autoscalers that decide (a residual one's native heuristic, then its orders; else the one),
-        read from ``autoscaler`` each time, so that a planner installed on a copy takes its place."""
-        return getattr(self.autoscaler, "parts", (self.autoscaler,))
+        read from ``autoscaler`` each time, so that a planner installed on a copy takes its place. (``hasattr``,
+        not ``getattr`` with a default: compiled, the latter raises and formats an AttributeError per call.)"""
+        scaler = self.autoscaler
+        return scaler.parts if hasattr(scaler, "parts") else (scaler,)
 
     def __getstate__(self) -> dict:
         # PDGraph analyses are shared across simulations and rebuilt on demand, and the snapshots' memo of
