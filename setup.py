@@ -30,6 +30,7 @@ COMPILED = [
     "hermes_env/cluster/llm.py",
     "hermes_env/sim/engine.py",
     "hermes_env/sim/metrics.py",
+    "hermes_env/sim/simulator.py",
     "hermes_env/envs/features.py",
 ]
 # mypy checks the compiled modules strictly enough to compile them; the rest of the package is read for types

@@ -200,3 +200,27 @@ def test_stale_compiled_modules_are_never_used(tmp_path: Path, monkeypatch: pyte
     finally:
         _mypyc.PACKAGE = old_package
         sys.meta_path[:] = old_path
+
+
+def test_a_simulation_keeps_every_attribute_through_its_copies_in_either_build() -> None:
+    """``Simulation`` and ``Application`` are compiled classes (no ``__dict__``) in the compiled build:
+    snapshots copy the simulation by attribute name (``copy_state``), pickles through its
+    ``__getstate__``/``__setstate__``, and every copy, in either build, has the original's attributes and runs
+    on to the original's end."""
+    from hermes_env.envs.hermes import load_experiment
+    from hermes_env.sim import Simulation
+
+    sim = Simulation(load_experiment("contended", {"workload": {"num_applications": 40}}), seed=2,
+                     scheduler="gittins", prewarm="pdgraph")
+    sim.run(until=10.0)
+    compiled = "hermes_env.sim.simulator" in _mypyc.running_compiled()
+    assert sim.active and hasattr(sim, "__dict__") != compiled
+    assert not hasattr(next(iter(sim.active.values())), "__dict__")  # __slots__ when pure
+    names = _mypyc.attributes(sim).keys()
+    assert {"engine", "active", "recorder", "pending", "_shared_ids"} <= names
+    twins = [sim.branch(), Simulation.from_snapshot(sim.snapshot()), pickle.loads(pickle.dumps(sim)),
+             copy.deepcopy(sim)]
+    assert all(_mypyc.attributes(twin).keys() == names for twin in twins)
+    assert twins[0].engine is not sim.engine and twins[0].config is sim.config  # the experiment is shared
+    end = repr(sim.run().summary)
+    assert [repr(twin.run().summary) for twin in twins] == [end] * 4

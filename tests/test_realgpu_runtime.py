@@ -87,6 +87,7 @@ def experiment(n, rate):
 def test_every_application_ends_with_real_timestamps_and_the_policy_orders_the_engine():
     fake = FakeEngine()
     sim = hf_engine.real_simulation(experiment(12, 400.0), fake, scheduler=LongestFirst(), seed=1)
+    assert type(sim.engine) is hf_engine.RealTimeEngine  # the patched simulator.Engine, in either build
     sim.request_log = []
     result = sim.run(until=20.0)
     assert result.summary["completed"] == 12

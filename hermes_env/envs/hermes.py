@@ -373,7 +373,7 @@ class HermesEnv(gym.Env):
         self._require_episode("snapshot")
         self.sim.compact()
         snap = object.__new__(type(self))
-        copy_state([(self.sim, object.__new__(Simulation)), (self, snap)], self.sim.__dict__, self._static())
+        copy_state([(self.sim, Simulation.__new__(Simulation)), (self, snap)], self.sim, self._static())
         return Snapshot(snap)
 
     def restore(self, snap: Snapshot) -> None:
@@ -382,8 +382,8 @@ class HermesEnv(gym.Env):
         require(isinstance(snap, Snapshot) and isinstance(snap.copy, HermesEnv), "restore",
                 f"takes an environment's Snapshot, got {snap!r}", "pass what env.unwrapped.snapshot() returned")
         source = snap.copy
-        target = self.sim if self.sim is not None else object.__new__(Simulation)
-        copy_state([(source.sim, target), (source, self)], source.sim.__dict__, self._static())
+        target = self.sim if self.sim is not None else Simulation.__new__(Simulation)
+        copy_state([(source.sim, target), (source, self)], source.sim, self._static())
 
     def _static(self) -> tuple[Any, ...]:
         """What snapshots share rather than copy: the spaces and the graph cache (no step changes them)."""

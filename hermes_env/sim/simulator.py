@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import gc
 import math
+import sys
 import types
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -40,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from hermes_env._mypyc import attributes, mypyc_attr
 from hermes_env.catalog import config_path
 from hermes_env.cluster.config import ClusterConfig
 from hermes_env.cluster.latency import IterationLatency, ProfileCost
@@ -95,6 +97,7 @@ def inline_parts(spec: Mapping[str, Any], base: Path | None) -> dict[str, Any]:
     return out
 
 
+@mypyc_attr(native_class=False)  # frozen: copied and pickled as Python does
 @dataclass(frozen=True)
 class ExperimentConfig:
     cluster: ClusterConfig
@@ -119,6 +122,7 @@ def shared_demand_model(graph: PDGraph, profiles: tuple[tuple[str, IterationLate
     return DemandModel(graph, ProfileCost(dict(profiles)))
 
 
+@mypyc_attr(native_class=False)  # copied and pickled with the environments, made once per decision
 @dataclass
 class Decision:
     """A choice an external policy owes: ``schedule`` (which request ``queue`` admits next at ``backend``),
@@ -142,6 +146,7 @@ class Decision:
 ARRIVING, DEFERRED, ADMITTED, REJECTED = range(4)  # an application's admission state
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # copied and pickled (made by cls.__new__)
 class Application:
     """One application in the system: its realisation and how far it has got."""
 
@@ -211,6 +216,7 @@ class Application:
         return Progress(self.current.state, 0.0, self.pending)
 
 
+@mypyc_attr(native_class=False)  # frozen: copied and pickled as Python does
 @dataclass(frozen=True)
 class Snapshot:
     """A simulation's (or an environment's) state as ``snapshot()`` took it: a copy never run, for
@@ -236,49 +242,60 @@ def _reachable(root: Any) -> dict[int, Any]:
     return seen
 
 
-def _shared(state: dict[str, Any]) -> dict[int, Any]:
-    """The memo that makes a deep copy of a simulation's ``state`` share what no event changes: every
-    object of the experiment (walked once per simulation), the applications' realisations (frozen, replaced
-    rather than changed), the arrival arrays (replaced by ``resample_future``, never written), the PDGraph
-    analyses and forecast caches; the history of ended applications is copied as a list of references; a
-    rows file is not carried over. Everything else is deep-copied."""
-    if state["_shared_ids"] is None:
-        state["_shared_ids"] = _reachable(state["config"])
-    memo = dict(state["_shared_ids"])
-    memo[id(state["_shared_ids"])] = state["_shared_ids"]
-    for key in ("arrival_times", "app_mix", "_spaces", "_stages", "forecasts", "_demand_models"):
-        memo[id(state[key])] = state[key]
-    for app in (*state["active"].values(), *state["_gate"]):
+def _shared(sim: Simulation) -> dict[int, Any]:
+    """The memo that makes a deep copy of ``sim``'s state share what no event changes: every object of the
+    experiment (walked once per simulation), the applications' realisations (frozen, replaced rather than
+    changed), the arrival arrays (replaced by ``resample_future``, never written), the PDGraph analyses and
+    forecast caches; the history of ended applications is copied as a list of references; a rows file is not
+    carried over. Everything else is deep-copied."""
+    if sim._shared_ids is None:
+        sim._shared_ids = _reachable(sim.config)
+    memo = dict(sim._shared_ids)
+    memo[id(sim._shared_ids)] = sim._shared_ids
+    for value in (sim.arrival_times, sim.app_mix, sim._spaces, sim._stages, sim.forecasts, sim._demand_models):
+        memo[id(value)] = value
+    for app in (*sim.active.values(), *sim._gate):
         memo[id(app.runs)] = app.runs
         for run in app.runs:
             memo[id(run)] = run
-    for runs in state["_drawn"].values():
+    for runs in sim._drawn.values():
         memo[id(runs)] = runs
-    rec = state["recorder"]
+    rec = sim.recorder
     memo[id(rec.completed)] = list(rec.completed)
-    if state.get("request_log") is not None:  # finished requests kept for a trace export: references too
-        memo[id(state["request_log"])] = list(state["request_log"])
+    if sim.request_log is not None:  # finished requests kept for a trace export: references too
+        memo[id(sim.request_log)] = list(sim.request_log)
     if rec._file is not None:
         memo[id(rec._file)] = memo[id(rec._rows)] = None
     return memo
 
 
-def copy_state(pairs: list[tuple[Any, Any]], sim_state: dict[str, Any], shared: tuple[Any, ...] = ()) -> None:
+def copy_state(pairs: list[tuple[Any, Any]], sim: Simulation, shared: tuple[Any, ...] = ()) -> None:
     """Make each ``dst`` a deep copy of its ``src``, in order and with one memo, so that references between
     them (an environment's decision into its simulation) stay consistent; the copies share what
-    :func:`_shared` names for the simulation whose state is ``sim_state``, and ``shared``. References to a
-    ``src`` inside become references to its ``dst`` (a policy bound to the simulation is bound to the copy)."""
-    memo = _shared(sim_state)
+    :func:`_shared` names for ``sim``, and ``shared``. References to a ``src`` inside become references to its
+    ``dst`` (a policy bound to the simulation is bound to the copy). Attributes are copied by name
+    (:func:`~hermes_env._mypyc.attributes`): a compiled ``Simulation`` has no ``__dict__``."""
+    memo = _shared(sim)
     for obj in shared:
         memo[id(obj)] = obj
     for src, dst in pairs:
         memo[id(src)] = dst
     for src, dst in pairs:
-        state = copy.deepcopy(src.__dict__, memo)
-        dst.__dict__.clear()
-        dst.__dict__.update(state)
+        set_attributes(dst, copy.deepcopy(attributes(src), memo))
 
 
+def set_attributes(obj: Any, state: dict[str, Any]) -> None:
+    """Set ``obj``'s attributes to ``state``: by name for a compiled class (no ``__dict__``), else its
+    ``__dict__`` replaced."""
+    if hasattr(type(obj), "__mypyc_attrs__"):
+        for name, value in state.items():
+            setattr(obj, name, value)
+    else:
+        obj.__dict__.clear()
+        obj.__dict__.update(state)
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)  # copied, pickled and made by cls.__new__ (snapshots)
 class Simulation:
     """One run of an experiment under a scheduler, a prewarm policy, a router, an autoscaler and an
     admission policy, a KV retention policy and a disaggregation policy (names from the registries, or policy
@@ -293,25 +310,27 @@ class Simulation:
                  timeline: TimelineRecorder | None = None, retention: Any = "lru", migration: Any = "none",
                  disagg: Any = "colocated") -> None:
         self.config, self.seed, self.check = config, seed, check_invariants
-        self.engine = Engine()
-        self.scheduler = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
-        self.prewarm_policy = make_prewarm(prewarm) if isinstance(prewarm, str) else prewarm
-        self.autoscaler = make_autoscaler(autoscaler) if isinstance(autoscaler, str) else autoscaler
-        self.admission = make_admission(admission) if isinstance(admission, str) else admission
+        # looked up when called, so that a patched simulator.Engine (a real-time engine) is used compiled too
+        self.engine: Engine = sys.modules[__name__].Engine()
+        # the policies: any object with the registry's methods (a planner may take a copy's place)
+        self.scheduler: Any = make_scheduler(scheduler) if isinstance(scheduler, str) else scheduler
+        self.prewarm_policy: Any = make_prewarm(prewarm) if isinstance(prewarm, str) else prewarm
+        self.autoscaler: Any = make_autoscaler(autoscaler) if isinstance(autoscaler, str) else autoscaler
+        self.admission: Any = make_admission(admission) if isinstance(admission, str) else admission
         self._admits = self.admission.name != "none"  # ``none`` is never asked: 0.2's runs, bit for bit
         self._deferred: dict[int, Application] = {}  # deferred applications, by id, in the order deferred
         self._asked: set[int] = set()  # applications whose admission an external policy owes
-        self.router_name = router if isinstance(router, str) else router.name
+        self.router_name: str = router if isinstance(router, str) else router.name
         cluster_rng = np.random.default_rng([seed, 4])
-        self.retention = make_retention(retention) if isinstance(retention, str) else retention
+        self.retention: Any = make_retention(retention) if isinstance(retention, str) else retention
         self.retention.bind(self)
         held = None if self.retention.name == "lru" else self.retention  # lru: the engine's own behaviour
-        self.disagg = make_disagg(disagg) if isinstance(disagg, str) else disagg
+        self.disagg: Any = make_disagg(disagg) if isinstance(disagg, str) else disagg
         self.disagg.bind(self)
         self.llm_backends = {c.name: LLMBackend(c, self.engine, self._queue, self._done, self._failed,
                                                 self._decision_needed, self._router(router), held, self.disagg)
                              for c in config.cluster.llm_backends}
-        self.migration = make_migration(migration) if isinstance(migration, str) else migration
+        self.migration: Any = make_migration(migration) if isinstance(migration, str) else migration
         if self.migration.name != "none":  # ``none``: no migrator, the engine's runs bit for bit
             for backend in self.llm_backends.values():
                 # a split request's KV is on two replicas during its hand-off; moving it too is not modelled
@@ -382,13 +401,18 @@ class Simulation:
     @property
     def _scalers(self) -> tuple[Any, ...]:
         """The autoscalers that decide (a residual one's native heuristic, then its orders; else the one),
-        read from ``autoscaler`` each time, so that a planner installed on a copy takes its place."""
-        return getattr(self.autoscaler, "parts", (self.autoscaler,))
+        read from ``autoscaler`` each time, so that a planner installed on a copy takes its place. (``hasattr``,
+        not ``getattr`` with a default: compiled, the latter raises and formats an AttributeError per call.)"""
+        scaler = self.autoscaler
+        return scaler.parts if hasattr(scaler, "parts") else (scaler,)
 
     def __getstate__(self) -> dict:
         # PDGraph analyses are shared across simulations and rebuilt on demand, and the snapshots' memo of
         # the experiment's objects is walked again on demand: keep them out of pickles
-        return {**self.__dict__, "_demand_models": {}, "_shared_ids": None}
+        return {**attributes(self), "_demand_models": {}, "_shared_ids": None}
+
+    def __setstate__(self, state: dict) -> None:
+        set_attributes(self, state)
 
     @property
     def completed(self) -> list[Application]:
@@ -415,7 +439,7 @@ class Simulation:
         if self._drivers():  # planners settle their own decisions between events
             while True:
                 if not self.pending:  # (the engine runs an event before it checks stop)
-                    self.engine.run(until, stop=lambda: bool(self.pending) or self._finished())
+                    self.engine.run(until, stop=self._paused)
                 if not self.pending:
                     break
                 self._settle_owned(self.pending[0])
@@ -490,8 +514,8 @@ class Simulation:
         including state a mechanism adds later, is deep-copied. A simulation streaming its rows to a file
         (``rows_to``) keeps streaming only in the original."""
         self.compact()
-        snap = object.__new__(Simulation)
-        copy_state([(self, snap)], self.__dict__)
+        snap = Simulation.__new__(Simulation)
+        copy_state([(self, snap)], self)
         return Snapshot(snap)
 
     def restore(self, snap: Snapshot) -> None:
@@ -499,7 +523,7 @@ class Simulation:
         experiment); the snapshot stays usable, so one snapshot may be restored any number of times."""
         require(isinstance(snap, Snapshot) and isinstance(snap.copy, Simulation), "restore",
                 f"takes a Simulation's Snapshot, got {snap!r}", "pass what snapshot() returned")
-        copy_state([(snap.copy, self)], snap.copy.__dict__)
+        copy_state([(snap.copy, self)], snap.copy)
 
     def branch(self) -> Simulation:
         """An independent copy that runs on from here (one copy: a snapshot that is run rather than kept)."""
@@ -508,7 +532,7 @@ class Simulation:
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> Simulation:
         """A new simulation restored from ``snap`` (a planner's branch: one per candidate action)."""
-        sim = object.__new__(cls)
+        sim = cls.__new__(cls)
         sim.restore(snap)
         return sim
 
@@ -575,7 +599,7 @@ class Simulation:
             _, output = sample_tokens(space.stage(run.state), run.iteration, 1, rng)
             request.output_tokens = max(int(output[0]), request.generated + 1)
         else:
-            request.service_time = float(space.stage(run.state).service_time.sample(rng, 1)[0])
+            request.service_time = float(space.stage(run.state).service_time.sample(rng, 1)[0])  # type: ignore[union-attr, index]
 
     # -- external decisions (the Gymnasium environments) ------------------------------------------
     def _decision_needed(self, queue: WaitQueue, now: float, resume: Callable[[float], None]) -> None:
@@ -617,7 +641,7 @@ class Simulation:
         self._start()
         while True:
             if not self.pending and not self._finished():
-                self.engine.run(stop=lambda: bool(self.pending) or self._finished())
+                self.engine.run(stop=self._paused)
                 self._check_not_stalled()
             if not self.pending or self.owner(self.pending[0]) is None:
                 return self.pending[0] if self.pending else None
@@ -643,7 +667,7 @@ class Simulation:
         return any(hasattr(p, "act") for p in (self.scheduler, self.prewarm_policy, *self._scalers, self.admission,
                                                 self.migration, self.retention, *routers))
 
-    def resolve(self, choice: int | None = None) -> None:
+    def resolve(self, choice: Any = None) -> None:
         """Settle the oldest pending decision: for a scheduling decision, admit the waiting request at
         ``choice`` (an index of ``decision.queue.waiting``) and let the backend go on; for a routing
         decision, place the request on ``decision.candidates[choice]``; for an admission decision, apply the
@@ -666,7 +690,8 @@ class Simulation:
         elif decision.kind == "retain":
             self.retention.decide(decision.candidates[0], decision.context, choice, now)  # type: ignore[index]
         elif decision.kind == "migrate" and choice is not None:
-            self.migrate_between(decision.backend, *choice, now)  # type: ignore[misc]
+            source, target = choice
+            self.migrate_between(decision.backend, source, target, now)
 
     def _start(self) -> None:
         """Schedule the first arrival and the policies' ticks, once: later calls do nothing."""
@@ -682,6 +707,10 @@ class Simulation:
 
     def _finished(self) -> bool:
         return self.ended == self.config.workload.num_applications
+
+    def _paused(self) -> bool:
+        """Whether the engine's loop stops for a decision owed, or the end."""
+        return bool(self.pending) or self._finished()
 
     def _decision_point(self, now: float) -> None:
         self.prewarm_policy.decide(self, now)
@@ -717,8 +746,8 @@ class Simulation:
         if self._trace is None:
             return runs
         k = next(k for k, run in enumerate(runs) if run.tool_time is None)
-        prompt, output = runs[k].prompt_tokens.copy(), runs[k].output_tokens.copy()
-        prompt[0], output[0] = self._trace.prompt[i], max(int(self._trace.output[i]), 1)
+        prompt, output = runs[k].prompt_tokens.copy(), runs[k].output_tokens.copy()  # type: ignore[union-attr]
+        prompt[0], output[0] = self._trace.prompt[i], max(int(self._trace.output[i]), 1)  # type: ignore[index]
         return (*runs[:k], replace(runs[k], prompt_tokens=prompt, output_tokens=output), *runs[k + 1:])
 
     def _arrive(self, now: float, i: int) -> None:
@@ -813,36 +842,37 @@ class Simulation:
         run = app.current
         app.pending = run.width
         app.issued_at = now
-        backend = self.backends[run.backend]
         self._decision_point(now)
         if run.tool_time is not None:
+            tool = self.tool_backends[run.backend]
             app.lower_bound += float(run.tool_time.max())
             for copy in range(run.width):
                 self.stage_requests += 1
                 req = Request(app, app.cursor, copy, run.backend, service_time=float(run.tool_time[copy]))
                 if self.timeline is not None:
                     self.timeline.issued(req)
-                backend.submit(req, now)
+                tool.submit(req, now)
             return
+        backend = self.llm_backends[run.backend]
         stage = self._stages[(app.template, run.stage)]
         adapter = app.adapter if stage.adapter == "any" else stage.adapter
         history = app.context.get(backend.name, (0, ()))[0]
         slowest = 0.0
         for copy in range(run.width):
-            prompt = int(run.prompt_tokens[copy])
+            prompt = int(run.prompt_tokens[copy])  # type: ignore[index]
             prefix = int(prompt * stage.prefix_reuse)
             if self._agentic is not None:  # the trace row's blocks
                 ids = self._agentic.blocks(app.id, app.cursor, copy)
                 chain = self._blocks.chain(ids, prompt) if backend.cfg.enable_prefix_caching else ()
                 own = len(chain)  # trace blocks may be shared by any session: none is retained as the app's own
-            elif copy == 0 and app.cursor == app.trace_run and self._trace.block_ids is not None:
-                chain = self._blocks.chain(self._trace.block_ids[app.id], prompt) if backend.cfg.enable_prefix_caching \
-                    else ()
+            elif copy == 0 and app.cursor == app.trace_run and self._trace.block_ids is not None:  # type: ignore[union-attr]
+                ids = self._trace.block_ids[app.id]  # type: ignore[union-attr]
+                chain = self._blocks.chain(ids, prompt) if backend.cfg.enable_prefix_caching else ()
                 own = len(chain)  # a trace's blocks are shared by every request that has them
             else:
                 prompt, chain = self._prompt(app, stage, backend, prompt, prefix)
                 own = 1 if chain and chain[0].shared else 0
-            req = Request(app, app.cursor, copy, run.backend, prompt, int(run.output_tokens[copy]),
+            req = Request(app, app.cursor, copy, run.backend, prompt, int(run.output_tokens[copy]),  # type: ignore[index]
                           prefix_tokens=prefix, chain=chain, adapter=adapter)
             req.own = own
             if stage.context != "fresh":
@@ -1028,10 +1058,10 @@ class Simulation:
         now = self.engine.now
         assert now >= self._last_event, f"time went back from {self._last_event} to {now}"
         self._last_event = now
-        for b in self.tool_backends.values():
-            b.check_invariants()
-            free = any(i.state == WARM and i.busy < b.cfg.capacity for i in b.instances)
-            assert not (len(b.queue) and free), f"{b.name}: requests wait while a warm slot is free"
+        for tool in self.tool_backends.values():
+            tool.check_invariants()
+            free = any(i.state == WARM and i.busy < tool.cfg.capacity for i in tool.instances)
+            assert not (len(tool.queue) and free), f"{tool.name}: requests wait while a warm slot is free"
         for b in self.llm_backends.values():
             b.check_invariants()
             for r in b.replicas:
