@@ -804,9 +804,9 @@ class Replica:
     def _make_room(self, head: Request, need: int, now: float) -> bool:
         """If the policy lets ``head`` take KV memory from running requests (BROS: real-time from
         best-effort), preempt such requests, lowest priority first, until ``need`` tokens fit."""
-        may_preempt = getattr(self.queue.policy, "may_preempt", None)
-        if may_preempt is None:
+        if not hasattr(self.queue.policy, "may_preempt"):  # compiled, getattr's default costs an exception
             return False
+        may_preempt = self.queue.policy.may_preempt
         victims = sorted((r for r in self.running if may_preempt(head, r)), key=lambda r: (r.key, r.seq))
         if self.free_tokens() + sum(self._private(r) for r in victims) < need:
             return False
@@ -1077,9 +1077,9 @@ class LLMBackend:
 
     def _context_arrives(self, app: Any, now: float) -> None:
         """``app``'s next request arrived: a policy that prefetches on arrival (KVFlow) starts here."""
-        on_arrival = getattr(self.retention, "on_arrival", None)
-        if on_arrival is None:
+        if not hasattr(self.retention, "on_arrival"):  # compiled, getattr's default costs an exception
             return
+        on_arrival = self.retention.on_arrival
         for replica in self.replicas:
             ctx = replica.kvmem.contexts.get(app) if replica.kvmem is not None else None
             if ctx is not None:
