@@ -34,13 +34,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 CHILD = """
-import heapq, json, sys, tempfile, time
+import json, sys, tempfile, time
 from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import yaml
 sys.path.insert(0, sys.argv[1])
 from env_speed import cartpole_steps_per_second, steps_per_second
+from reference import bare_heapq_events
 from simulator_speed import ROOT, experiment, timed
 import hermes_env
 from hermes_env._mypyc import running_compiled
@@ -48,17 +49,8 @@ from hermes_env.sim import Simulation
 
 
 def bare_heapq_event(n=300_000):
-    heap, seq = [], 0
-    def noop(now, i):
-        nonlocal seq
-        if i < n:
-            seq += 1
-            heapq.heappush(heap, (now + 1.0, seq, noop, (i + 1,)))
-    heapq.heappush(heap, (0.0, 0, noop, (0,)))
     t0 = time.process_time()
-    while heap:
-        t, _, fn, args = heapq.heappop(heap)
-        fn(t, *args)
+    bare_heapq_events(n)
     return (time.process_time() - t0) / n
 
 

@@ -33,17 +33,10 @@ HERE = Path(__file__).resolve().parent
 
 WORK = {  # name -> (program run with the number of units as sys.argv[1], short units, long units)
     "bare heapq event": ("""
-import heapq, sys
-n, heap, seq = int(sys.argv[1]), [], 0
-def noop(now, i):
-    global seq
-    if i < n:
-        seq += 1
-        heapq.heappush(heap, (now + 1.0, seq, noop, (i + 1,)))
-heapq.heappush(heap, (0.0, 0, noop, (0,)))
-while heap:
-    t, _, fn, args = heapq.heappop(heap)
-    fn(t, *args)
+import sys
+sys.path.insert(0, sys.argv[2])
+from reference import bare_heapq_events
+bare_heapq_events(int(sys.argv[1]))
 """, 1_000, 101_000),
     "CartPole step": ("""
 import sys, gymnasium as gym, numpy as np
