@@ -31,6 +31,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from reference import checkout_process
+
 HERE = Path(__file__).resolve().parent
 
 CHILD = """
@@ -78,7 +80,6 @@ with tempfile.TemporaryDirectory() as tmp:
             events += sim.engine.events
         out[f"burst_{n}"] = cpu / events
 out["compiled"] = len(running_compiled())
-out["package"] = hermes_env.__file__
 print(json.dumps(out))
 """
 
@@ -87,16 +88,10 @@ def measure(pure: bool, checkout: Path | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "HERMES_ENV_PURE"}
     if pure:
         env["HERMES_ENV_PURE"] = "1"
-    # the checkout's package first on the path, and its root the working directory, which `python -c` puts
-    # before everything else (an editable install of this checkout stays behind both)
-    root = HERE.parent if checkout is None else checkout
-    env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
+    root, env = checkout_process(checkout, env)
     done = subprocess.run([sys.executable, "-c", CHILD, str(HERE)], env=env, cwd=root, capture_output=True,
                           text=True, check=True)
-    out = json.loads(done.stdout.splitlines()[-1])
-    if not Path(out["package"]).is_relative_to(root):
-        sys.exit(f"measured {out['package']}, not the package of {root}")
-    return out
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def figures(m: dict) -> dict[str, float]:

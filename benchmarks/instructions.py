@@ -29,6 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from reference import checkout_process
+
 HERE = Path(__file__).resolve().parent
 
 WORK = {  # name -> (program run with the number of units as sys.argv[1], short units, long units)
@@ -77,9 +79,7 @@ for i in range(20 + int(sys.argv[1])):
 
 def instructions(program: str, units: int, checkout: Path | None) -> tuple[int, int]:
     """Instructions callgrind counted for ``program`` run with ``units``, and the units it reports doing."""
-    env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict and set orders in every run
-    root = HERE.parent if checkout is None else checkout  # `python -c` puts the working directory first on the path
-    env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
+    root, env = checkout_process(checkout, {**os.environ, "PYTHONHASHSEED": "0"})  # the same dict and set orders
     done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c",
                            program, str(units), str(HERE)], env=env, cwd=root, capture_output=True, text=True,
                           check=True)
@@ -89,11 +89,6 @@ def instructions(program: str, units: int, checkout: Path | None) -> tuple[int, 
 
 
 def measure(checkout: Path | None) -> dict[str, float]:
-    root = HERE.parent if checkout is None else checkout
-    found = subprocess.run([sys.executable, "-c", "import hermes_env; print(hermes_env.__file__)"], cwd=root,
-                           env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, check=True)
-    if not Path(found.stdout.strip()).is_relative_to(root):
-        sys.exit(f"{root} imports hermes_env from {found.stdout.strip()}")
     out = {}
     for name, (program, short, long) in WORK.items():
         (a, ua), (b, ub) = instructions(program, short, checkout), instructions(program, long, checkout)

@@ -48,6 +48,17 @@ def attributes(obj: Any) -> dict[str, Any]:
     return {**found, **getattr(obj, "__dict__", {})}
 
 
+def set_attributes(obj: Any, state: dict[str, Any]) -> None:
+    """Set ``obj``'s attributes to ``state`` (what :func:`attributes` gave): by name for a class compiled by
+    mypyc (no ``__dict__``), else its ``__dict__`` replaced."""
+    if hasattr(type(obj), "__mypyc_attrs__"):
+        for name, value in state.items():
+            setattr(obj, name, value)
+    else:
+        obj.__dict__.clear()
+        obj.__dict__.update(state)
+
+
 PACKAGE = Path(__file__).parent
 SUBPACKAGES = ("pdgraph", "cluster", "sim", "envs")  # where setup.py's compiled modules live
 

@@ -33,7 +33,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from hermes_env._mypyc import attributes, mypyc_attr
+from hermes_env._mypyc import attributes, mypyc_attr, set_attributes
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -131,8 +131,7 @@ class _Tier:
         return attributes(self)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        for name, value in state.items():
-            setattr(self, name, value)
+        set_attributes(self, state)
 
     def lookup(self, chain: Sequence[Segment], limit: int) -> int:
         """Tokens of the longest run of cached blocks from the start of ``chain``, at most ``limit``."""

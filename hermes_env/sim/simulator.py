@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from hermes_env._mypyc import attributes, mypyc_attr
+from hermes_env._mypyc import attributes, mypyc_attr, set_attributes
 from hermes_env.catalog import config_path
 from hermes_env.cluster.config import ClusterConfig
 from hermes_env.cluster.latency import IterationLatency, ProfileCost
@@ -282,17 +282,6 @@ def copy_state(pairs: list[tuple[Any, Any]], sim: Simulation, shared: tuple[Any,
         memo[id(src)] = dst
     for src, dst in pairs:
         set_attributes(dst, copy.deepcopy(attributes(src), memo))
-
-
-def set_attributes(obj: Any, state: dict[str, Any]) -> None:
-    """Set ``obj``'s attributes to ``state``: by name for a compiled class (no ``__dict__``), else its
-    ``__dict__`` replaced."""
-    if hasattr(type(obj), "__mypyc_attrs__"):
-        for name, value in state.items():
-            setattr(obj, name, value)
-    else:
-        obj.__dict__.clear()
-        obj.__dict__.update(state)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # copied, pickled and made by cls.__new__ (snapshots)
